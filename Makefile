@@ -1,0 +1,45 @@
+# hpa-kernel: `make demo` and `make test` set up everything on a fresh machine.
+#
+# Torch: the CPU-only torch 2.13.0 wheel on this machine cannot be paired with the registry's
+# torchvision (a CUDA build), and timm imports torchvision. We install the registry's matching pair
+# at the Kaggle image's version (torch 2.10 / torchvision 0.25). It is a CUDA build that runs on
+# the CPU here. A stamp file keeps it from being reinstalled on every run.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.10.0 torchvision==0.25.0 timm==1.0.26
+# The 2021 watershed (scikit-image < 0.25) so that segmentation equals the reference arrays.
+EXTRAS := dev,notebooks,faithful
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-all venv bench clean-venv
+
+venv: $(VENV)/.hpa-installed
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+
+$(VENV)/.torch-installed: | $(BIN)/python
+	$(BIN)/python -m pip install -q $(TORCH)
+	@echo "$(TORCH)" > $@
+
+$(VENV)/.hpa-installed: pyproject.toml $(VENV)/.torch-installed
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]" $(TORCH)
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $@
+
+demo: venv
+	$(BIN)/hpa-kernel demo --out demo_out
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: venv
+	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+bench: venv
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

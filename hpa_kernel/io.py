@@ -1,0 +1,257 @@
+"""Reading HPA images and the Kaggle competition folder.
+
+An HPA image is four single-channel files, ``{ID}_red``, ``{ID}_green``, ``{ID}_blue`` and
+``{ID}_yellow``, as 8-bit PNG (Kaggle), 16-bit PNG or TIFF (the public HPA data) or JPG.
+:func:`read_image` returns them stacked as an (H, W, 4) array in the order R, G, B, Y with the
+file's dtype preserved.
+
+A file with several colour planes where one channel is expected is reduced to one plane:
+if the colour planes are identical (a grey image saved as RGB) that plane is used, otherwise the
+per-pixel maximum over the colour planes (R, G, B) is used, which recovers the signal of the
+colour-coded HPA downloads (red in R, green in G, blue in B, yellow in R and G). An alpha plane is
+ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpa_kernel import paths
+
+__all__ = [
+    "CHANNELS",
+    "EXTENSIONS",
+    "ImageReadError",
+    "Competition",
+    "channel_path",
+    "read_channel",
+    "read_image",
+    "write_image",
+    "to_float",
+    "list_image_ids",
+    "find_competition",
+]
+
+logger = logging.getLogger(__name__)
+
+CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+class ImageReadError(ValueError):
+    """A channel file exists but cannot be decoded, or the channels do not fit together."""
+
+
+def channel_path(folder: str | Path, image_id: str, channel: str) -> Path | None:
+    """The file of one channel of an image, trying each extension of :data:`EXTENSIONS`; None if absent."""
+    folder = Path(folder)
+    for ext in EXTENSIONS:
+        path = folder / f"{image_id}_{channel}{ext}"
+        if path.is_file():
+            return path
+    return None
+
+
+def read_channel(path: str | Path) -> np.ndarray:
+    """Read one channel file as a 2-D array with its dtype preserved.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ImageReadError
+        If the file cannot be decoded (corrupt or not an image) or has an unsupported layout.
+    """
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"channel file {path} does not exist")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ImageReadError(f"cannot decode {path}: the file is corrupt or not a PNG/TIFF/JPG image")
+    if image.ndim == 3:
+        planes = image[..., :3] if image.shape[2] >= 3 else image[..., :1]
+        if planes.shape[2] == 1 or all(np.array_equal(planes[..., 0], planes[..., k]) for k in range(1, planes.shape[2])):
+            image = planes[..., 0]
+        else:
+            logger.debug("%s has %d colour planes; using their maximum", path, planes.shape[2])
+            image = planes.max(axis=2)
+    if image.ndim != 2:
+        raise ImageReadError(f"{path}: expected a single-channel image, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def read_image(folder: str | Path, image_id: str) -> np.ndarray:
+    """Read the four channels of ``image_id`` from ``folder`` as an (H, W, 4) R, G, B, Y array.
+
+    Parameters
+    ----------
+    folder : path
+        Folder in the Kaggle layout (``{ID}_red.png`` and so on).
+    image_id : str
+        The image ID.
+
+    Returns
+    -------
+    image : ndarray, shape (H, W, 4)
+        dtype as stored (uint8 for Kaggle PNGs, uint16 for 16-bit PNG/TIFF).
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming every missing channel file.
+    ImageReadError
+        If a file is corrupt, or the channels differ in size or dtype.
+    """
+    folder = Path(folder)
+    found = {c: channel_path(folder, image_id, c) for c in CHANNELS}
+    missing = [c for c, p in found.items() if p is None]
+    if missing:
+        names = ", ".join(f"{image_id}_{c}.png" for c in missing)
+        raise FileNotFoundError(
+            f"image {image_id}: missing channel file(s) {names} in {folder} "
+            f"(any of the extensions {', '.join(EXTENSIONS)} is accepted)"
+        )
+    planes = {c: read_channel(p) for c, p in found.items()}
+    shapes = {c: a.shape for c, a in planes.items()}
+    if len(set(shapes.values())) != 1:
+        detail = ", ".join(f"{c} {h}x{w}" for c, (h, w) in shapes.items())
+        raise ImageReadError(f"image {image_id}: channels differ in size (HxW): {detail}")
+    dtypes = {c: a.dtype for c, a in planes.items()}
+    if len(set(dtypes.values())) != 1:
+        detail = ", ".join(f"{c} {d}" for c, d in dtypes.items())
+        raise ImageReadError(f"image {image_id}: channels differ in bit depth: {detail}")
+    return np.stack([planes[c] for c in CHANNELS], axis=-1)
+
+
+def write_image(folder: str | Path, image_id: str, image: np.ndarray, ext: str = ".png") -> list[Path]:
+    """Write an (H, W, 4) R, G, B, Y array as four channel files; returns their paths."""
+    import cv2
+
+    if image.ndim != 3 or image.shape[2] != 4:
+        raise ValueError(f"image must have shape (H, W, 4), got {image.shape}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"image must be uint8 or uint16, got {image.dtype}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k, c in enumerate(CHANNELS):
+        path = folder / f"{image_id}_{c}{ext}"
+        ok, buf = cv2.imencode(ext, np.ascontiguousarray(image[..., k]))
+        if not ok:
+            raise ImageReadError(f"cannot encode {path}")
+        buf.tofile(path)
+        out.append(path)
+    return out
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+    """Convert an image to float32 in [0, 1]: uint8 / 255, uint16 / 65535, bool as 0/1.
+
+    Float input is returned as float32, unscaled.
+
+    >>> to_float(np.array([[0, 255]], dtype=np.uint8)).tolist()
+    [[0.0, 1.0]]
+    """
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / np.float32(255)
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / np.float32(65535)
+    if image.dtype == bool:
+        return image.astype(np.float32)
+    if np.issubdtype(image.dtype, np.floating):
+        return image.astype(np.float32, copy=False)
+    raise ValueError(f"unsupported image dtype {image.dtype}: expected uint8, uint16, bool or float")
+
+
+def list_image_ids(folder: str | Path) -> list[str]:
+    """IDs in ``folder`` that have a red channel file, sorted."""
+    folder = Path(folder)
+    ids = set()
+    for ext in EXTENSIONS:
+        ids.update(p.name[: -len(f"_red{ext}")] for p in folder.glob(f"*_red{ext}"))
+    return sorted(ids)
+
+
+@dataclass(frozen=True)
+class Competition:
+    """A competition folder in the Kaggle layout.
+
+    ``train.csv`` (ID, Label), ``sample_submission.csv`` (ID, ImageWidth, ImageHeight,
+    PredictionString), ``train/`` and ``test/``. The synthetic generator also writes the truth for
+    its test images under ``truth/`` (``test_cells.csv`` and ``test_masks.npz``).
+    """
+
+    root: Path
+
+    @property
+    def train_csv(self) -> Path:
+        return self.root / "train.csv"
+
+    @property
+    def sample_submission(self) -> Path:
+        return self.root / "sample_submission.csv"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def test_dir(self) -> Path:
+        return self.root / "test"
+
+    @property
+    def truth_dir(self) -> Path:
+        return self.root / "truth"
+
+    def truth_cells(self, split: str = "test") -> Path:
+        return self.truth_dir / f"{split}_cells.csv"
+
+    def truth_masks(self, split: str = "test") -> Path:
+        return self.truth_dir / f"{split}_masks.npz"
+
+    def read_train(self):
+        """``train.csv`` as a DataFrame with a ``labels`` column of parsed class-id tuples."""
+        import pandas as pd
+
+        from hpa_kernel.classes import parse_labels
+
+        df = pd.read_csv(self.train_csv, dtype={"ID": str, "Label": str}, keep_default_na=False)
+        if list(df.columns[:2]) != ["ID", "Label"]:
+            raise ValueError(f"{self.train_csv}: expected columns ID,Label, got {','.join(df.columns)}")
+        df["labels"] = df["Label"].map(parse_labels)
+        return df
+
+    def read_sample_submission(self):
+        """``sample_submission.csv`` as a DataFrame (ID, ImageWidth, ImageHeight, PredictionString)."""
+        import pandas as pd
+
+        df = pd.read_csv(self.sample_submission, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
+        expected = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
+        if list(df.columns) != expected:
+            raise ValueError(f"{self.sample_submission}: expected columns {','.join(expected)}, got {','.join(df.columns)}")
+        return df
+
+
+def _is_competition(path: Path) -> bool:
+    return (path / "sample_submission.csv").is_file() or (path / "train.csv").is_file()
+
+
+def find_competition(path: str | Path | None = None, kaggle_root: Path | None = None) -> Competition:
+    """Locate the competition folder: ``path``, then ``$HPA_KERNEL_DATA``, then ``/kaggle/input/*``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no folder with ``sample_submission.csv`` or ``train.csv`` is found.
+    """
+    root = paths.resolve_dir(path, paths.DATA_ENV, _is_competition, "competition folder", kaggle_root)
+    if not _is_competition(root):
+        raise FileNotFoundError(f"{root} is not a competition folder: it has neither sample_submission.csv nor train.csv")
+    return Competition(root)
