@@ -1,0 +1,992 @@
+"""A seeded generator of synthetic HPA fields and of a whole competition folder.
+
+:func:`synthesize_image` draws one field of view: cells as wobbly ellipses that share borders
+where they touch (a weighted Voronoi partition), each with a nucleus (blue), a fibrous
+microtubule texture (red) and a reticular ER texture (yellow), and a green protein channel whose
+pattern follows the cell's classes (nucleoli are bright dots inside the nucleus, the plasma
+membrane a ring at the cell edge, and so on; see :data:`CLASS_FREQUENCIES`). Some cells are cut
+by the image border, some have two nuclei, some are rounded mitotic cells with condensed
+chromatin, and bright debris that is not a cell lies in the background.
+
+:func:`make_competition` writes such images in the Kaggle layout (:class:`hpa_kernel.io.Competition`)
+with the truth beside them, so that every stage of the pipeline can be run and scored offline.
+Everything is a pure function of the seed: the same seed gives the same bytes.
+
+Cell sizes scale with the image: a 2048 x 2048 field has about 15 to 35 cells like a real HPA
+field, a 512 x 512 one about 5 to 12 smaller cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import uuid
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hpa_kernel.classes import MITOTIC_SPINDLE, NEGATIVE, NUM_CLASSES, format_labels
+from hpa_kernel.io import Competition, write_image
+
+__all__ = [
+    "CLASS_FREQUENCIES",
+    "NUCLEAR_CLASSES",
+    "SyntheticImage",
+    "synthesize_image",
+    "make_competition",
+    "render_composite",
+    "write_npz",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Relative frequency of each class among image labels, roughly as in the HPA single-cell data:
+#: nucleoplasm and cytosol common, mitotic spindle and aggresome rare.
+CLASS_FREQUENCIES: tuple[float, ...] = (
+    0.30,  # 0 nucleoplasm
+    0.035,  # 1 nuclear membrane
+    0.08,  # 2 nucleoli
+    0.04,  # 3 nucleoli fibrillar center
+    0.06,  # 4 nuclear speckles
+    0.06,  # 5 nuclear bodies
+    0.035,  # 6 endoplasmic reticulum
+    0.06,  # 7 Golgi apparatus
+    0.03,  # 8 intermediate filaments
+    0.03,  # 9 actin filaments
+    0.03,  # 10 microtubules
+    0.01,  # 11 mitotic spindle
+    0.04,  # 12 centrosome
+    0.08,  # 13 plasma membrane
+    0.07,  # 14 mitochondria
+    0.01,  # 15 aggresome
+    0.22,  # 16 cytosol
+    0.08,  # 17 vesicles
+    0.02,  # 18 negative
+)
+
+#: Classes whose pattern lies inside the nucleus (absent in mitotic cells, whose envelope is gone).
+NUCLEAR_CLASSES: frozenset[int] = frozenset({0, 1, 2, 3, 4, 5})
+
+_REFERENCE_SIDE = 2048.0  # cell sizes below are for a 2048 x 2048 field
+_CELL_RADIUS = 175.0  # mean cell body radius at 2048
+_SIZE_EXPONENT = 0.6  # radius ~ side ** 0.6: smaller fields have fewer, smaller cells
+_COVERAGE = 0.55  # fraction of the field covered by cells, on average
+
+
+# ----------------------------------------------------------------------------------------------
+# result type
+
+
+@dataclass
+class SyntheticImage:
+    """One synthetic field of view and its truth.
+
+    Attributes
+    ----------
+    image : ndarray, shape (H, W, 4)
+        R, G, B, Y; uint8 or uint16.
+    cell_mask : ndarray of int32, shape (H, W)
+        0 background, k = cell k (ids 1..n, consecutive).
+    nuclei_mask : ndarray of int32, shape (H, W)
+        The nuclei with their cell's id (both nuclei of a binucleate cell carry the same id;
+        for a mitotic cell, the condensed chromatin).
+    cell_labels : dict
+        Cell id -> ascending tuple of class ids; ``(18,)`` for a negative cell.
+    nucleus_cut : dict
+        Cell id -> fraction of the cell's nucleus area that lies outside the image, in [0, 1].
+    binucleate, mitotic : set of int
+        Ids of the cells with two nuclei and of the rounded dividing cells.
+    debris_mask : ndarray of int32, shape (H, W)
+        0 elsewhere, j = debris object j. Debris is not a cell and is absent from the truth.
+    debris : list of dict
+        One entry per debris object: ``id``, ``y``, ``x`` (centre), ``radius``, ``channels``.
+    image_labels : tuple of int
+        The weak image label: the union of the cells' labels.
+    seed : int
+    """
+
+    image: np.ndarray
+    cell_mask: np.ndarray
+    nuclei_mask: np.ndarray
+    cell_labels: dict[int, tuple[int, ...]]
+    nucleus_cut: dict[int, float]
+    binucleate: set[int]
+    mitotic: set[int]
+    debris_mask: np.ndarray
+    debris: list[dict]
+    image_labels: tuple[int, ...]
+    seed: int
+    params: dict = field(default_factory=dict)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def cell_ids(self) -> list[int]:
+        return sorted(self.cell_labels)
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry
+
+
+@dataclass
+class _Blob:
+    """A wobbly ellipse: an ellipse whose radius is modulated by a few low harmonics."""
+
+    cy: float
+    cx: float
+    a: float  # semi-axis along ``angle``
+    b: float
+    angle: float
+    amp: np.ndarray  # harmonic amplitudes, orders 2..2+len-1
+    phase: np.ndarray
+
+    @classmethod
+    def random(cls, rng, cy, cx, radius, elongation=(1.0, 1.5), wobble=0.08, orders=4, angle=None):
+        e = rng.uniform(*elongation)
+        a, b = radius * np.sqrt(e), radius / np.sqrt(e)
+        amp = rng.uniform(0.0, wobble, orders) / np.arange(1, orders + 1) ** 0.5
+        return cls(
+            float(cy),
+            float(cx),
+            float(a),
+            float(b),
+            float(rng.uniform(0, np.pi) if angle is None else angle),
+            amp.astype(np.float32),
+            rng.uniform(0, 2 * np.pi, orders).astype(np.float32),
+        )
+
+    @property
+    def extent(self) -> float:
+        return max(self.a, self.b) * (1.0 + float(np.sum(self.amp))) + 2.0
+
+    def bbox(self, height: int, width: int, pad: float = 0.0, clip: bool = True) -> tuple[int, int, int, int]:
+        r = self.extent + pad
+        y0, y1 = int(np.floor(self.cy - r)), int(np.ceil(self.cy + r)) + 1
+        x0, x1 = int(np.floor(self.cx - r)), int(np.ceil(self.cx + r)) + 1
+        if clip:
+            y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)
+        return y0, x0, y1, x1
+
+    def distance(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        """Normalised distance (< 1 inside) on the pixel grid of the box ``[y0:y1, x0:x1]``."""
+        yy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(self.cy)
+        xx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(self.cx)
+        rho = np.sqrt(yy * yy + xx * xx)
+        phi = np.arctan2(yy, xx) - np.float32(self.angle)
+        c, s = np.cos(phi), np.sin(phi)
+        radius = np.float32(self.a * self.b) / np.sqrt((self.b * c) ** 2 + (self.a * s) ** 2)
+        mod = np.ones_like(phi)
+        for j, (amp, ph) in enumerate(zip(self.amp, self.phase)):
+            mod += amp * np.cos((j + 2) * phi + ph)
+        return rho / (radius * mod)
+
+
+@dataclass
+class _Cell:
+    body: _Blob
+    nuclei: list[_Blob]
+    kind: str  # "normal", "binucleate" or "mitotic"
+    r_cell: float
+    r_nuc: float
+    labels: tuple[int, ...] = ()
+    nucleus_cut: float = 0.0
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+
+def _scale(height: int, width: int) -> float:
+    return (np.sqrt(height * width) / _REFERENCE_SIDE) ** _SIZE_EXPONENT
+
+
+def _place_cells(rng, height, width, n_cells, r_mean) -> list[_Cell]:
+    """Nucleus centres by dart throwing, biased towards colonies by a smooth density."""
+    # smooth density on a coarse grid: cells grow in colonies with some empty space between
+    grid = rng.uniform(0.15, 1.0, (4, 4))
+    r_nuc_mean = 0.42 * r_mean
+    margin = 0.45 * r_nuc_mean  # centres up to this far outside: some nuclei are cut by the border
+    min_dist = 1.45 * r_mean
+    cells: list[_Cell] = []
+    centres: list[tuple[float, float]] = []
+    tries = 0
+    while len(cells) < n_cells and tries < 60 * n_cells:
+        tries += 1
+        cy = rng.uniform(-margin, height + margin)
+        cx = rng.uniform(-margin, width + margin)
+        gy = int(np.clip(cy / height * 4, 0, 3))
+        gx = int(np.clip(cx / width * 4, 0, 3))
+        if rng.random() > grid[gy, gx]:
+            continue
+        if centres:
+            c = np.asarray(centres)
+            if np.min(np.hypot(c[:, 0] - cy, c[:, 1] - cx)) < min_dist:
+                continue
+        centres.append((cy, cx))
+        cells.append(_new_cell(rng, cy, cx, r_mean))
+    return cells
+
+
+def _new_cell(rng, cy, cx, r_mean) -> _Cell:
+    u = rng.random()
+    kind = "mitotic" if u < 0.06 else ("binucleate" if u < 0.14 else "normal")
+    r_cell = r_mean * rng.uniform(0.85, 1.2)
+    r_nuc = 0.42 * r_mean * rng.uniform(0.85, 1.15)
+    if kind == "mitotic":
+        r_cell = 0.62 * r_mean * rng.uniform(0.9, 1.1)
+        body = _Blob.random(rng, cy, cx, r_cell, elongation=(1.0, 1.1), wobble=0.03)
+        axis = rng.uniform(0, np.pi)
+        nuclei = []
+        if rng.random() < 0.6:  # metaphase: one plate across the cell
+            nuclei.append(_Blob.random(rng, cy, cx, 0.0, wobble=0.25, orders=6, angle=axis))
+            nuclei[-1].a, nuclei[-1].b = 0.55 * r_cell, 0.17 * r_cell
+        else:  # anaphase: two plates moving apart
+            for sgn in (-1, 1):
+                dy, dx = -np.cos(axis) * 0.3 * r_cell * sgn, np.sin(axis) * 0.3 * r_cell * sgn
+                nuclei.append(_Blob.random(rng, cy + dy, cx + dx, 0.0, wobble=0.25, orders=6, angle=axis))
+                nuclei[-1].a, nuclei[-1].b = 0.45 * r_cell, 0.13 * r_cell
+        return _Cell(body, nuclei, kind, r_cell, 0.35 * r_cell)
+    angle = rng.uniform(0, np.pi)
+    off = rng.uniform(0, 0.2 * r_cell)
+    ob = rng.uniform(0, 2 * np.pi)
+    if kind == "binucleate":
+        r_cell *= 1.2
+        body = _Blob.random(rng, cy + off * np.sin(ob), cx + off * np.cos(ob), r_cell, (1.5, 2.0), 0.1, angle=angle)
+        nuclei = []
+        for sgn in (-1, 1):
+            d = 0.62 * r_nuc * sgn
+            nuclei.append(
+                _Blob.random(rng, cy + d * np.sin(angle), cx + d * np.cos(angle), 0.75 * r_nuc, (1.0, 1.3), 0.05)
+            )
+        return _Cell(body, nuclei, kind, r_cell, 0.75 * r_nuc)
+    body = _Blob.random(rng, cy + off * np.sin(ob), cx + off * np.cos(ob), r_cell, (1.0, 1.8), 0.12, angle=angle)
+    nucleus = _Blob.random(rng, cy, cx, r_nuc, (1.0, 1.4), 0.05, angle=angle + rng.normal(0, 0.3))
+    return _Cell(body, [nucleus], kind, r_cell, r_nuc)
+
+
+def _rasterise(cells: list[_Cell], height: int, width: int):
+    """Partition the field among the cells and draw the nuclei; drops cells left too small."""
+    from scipy import ndimage
+
+    best = np.full((height, width), np.inf, dtype=np.float32)
+    cell_mask = np.zeros((height, width), dtype=np.int32)
+    nuclei_mask = np.zeros((height, width), dtype=np.int32)
+    for k, cell in enumerate(cells, start=1):
+        y0, x0, y1, x1 = cell.body.bbox(height, width)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        d = cell.body.distance(y0, x0, y1, x1)
+        if cell.kind == "mitotic":
+            d = d - 1.0  # a rounded dividing cell keeps its disc; neighbours do not eat into it
+        sb, sl = best[y0:y1, x0:x1], cell_mask[y0:y1, x0:x1]
+        upd = (d < 1.0) & (d < sb)
+        sb[upd] = d[upd]
+        sl[upd] = k
+    nucleus_total = {}
+    for k, cell in enumerate(cells, start=1):
+        total = 0
+        for nuc in cell.nuclei:
+            fy0, fx0, fy1, fx1 = nuc.bbox(height, width, clip=False)
+            inside_full = nuc.distance(fy0, fx0, fy1, fx1) < 1.0
+            total += int(inside_full.sum())
+            y0, x0, y1, x1 = max(fy0, 0), max(fx0, 0), min(fy1, height), min(fx1, width)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            inside = inside_full[y0 - fy0 : y1 - fy0, x0 - fx0 : x1 - fx0]
+            sn = nuclei_mask[y0:y1, x0:x1]
+            upd = inside & (sn == 0)
+            sn[upd] = k
+            cell_mask[y0:y1, x0:x1][upd] = k
+        nucleus_total[k] = max(total, 1)
+    # keep each cell's pieces that hold its nucleus; drop cells with too little left in the field
+    kept: list[_Cell] = []
+    relabel = np.zeros(len(cells) + 1, dtype=np.int32)
+    for k, cell in enumerate(cells, start=1):
+        by0, bx0, by1, bx1 = cell.body.bbox(height, width)
+        for nuc in cell.nuclei:
+            ny0, nx0, ny1, nx1 = nuc.bbox(height, width)
+            by0, bx0, by1, bx1 = min(by0, ny0), min(bx0, nx0), max(by1, ny1), max(bx1, nx1)
+        if by1 <= by0 or bx1 <= bx0:
+            continue
+        sl = cell_mask[by0:by1, bx0:bx1]
+        sn = nuclei_mask[by0:by1, bx0:bx1]
+        own = sl == k
+        nuc_area = int(np.count_nonzero(sn == k))
+        cut = 1.0 - nuc_area / nucleus_total[k]
+        lab, n = ndimage.label(own)
+        if n > 1:
+            keep = np.unique(lab[(sn == k) & own])
+            stray = own & ~np.isin(lab, keep[keep > 0])
+            sl[stray] = 0
+            own &= ~stray
+        area = int(own.sum())
+        nominal = np.pi * cell.r_cell**2 * (0.35 if cell.kind != "mitotic" else 1.0)
+        if nuc_area == 0 or cut > 0.75 or area < 0.25 * nominal:
+            sl[own] = 0
+            sn[sn == k] = 0
+            continue
+        cell.nucleus_cut = float(np.clip(cut, 0.0, 1.0))
+        cell.bbox = (by0, bx0, by1, bx1)
+        kept.append(cell)
+        relabel[k] = len(kept)
+    return kept, relabel[cell_mask], relabel[nuclei_mask]
+
+
+# ----------------------------------------------------------------------------------------------
+# labels
+
+
+def _sample_image_classes(rng) -> tuple[int, ...]:
+    p = np.asarray(CLASS_FREQUENCIES, dtype=float)
+    p = p / p.sum()
+    if rng.random() < p[NEGATIVE]:
+        return (NEGATIVE,)
+    q = p.copy()
+    q[NEGATIVE] = 0.0
+    q /= q.sum()
+    n = int(rng.choice([1, 2, 3], p=[0.45, 0.38, 0.17]))
+    return tuple(sorted(int(c) for c in rng.choice(NUM_CLASSES, size=n, replace=False, p=q)))
+
+
+def _assign_labels(rng, cells: list[_Cell], classes: Sequence[int], negative_fraction: float) -> None:
+    """Each cell gets a non-empty subset of the image classes, or Negative."""
+    classes = tuple(sorted(set(int(c) for c in classes)))
+    if classes == (NEGATIVE,) or not classes:
+        for cell in cells:
+            cell.labels = (NEGATIVE,)
+        return
+    for cell in cells:
+        if cell.kind == "mitotic":
+            allowed = [c for c in classes if c not in NUCLEAR_CLASSES]
+        else:
+            allowed = [c for c in classes if c != MITOTIC_SPINDLE]
+        if not allowed or (cell.kind != "mitotic" and rng.random() < negative_fraction):
+            cell.labels = (NEGATIVE,)
+            continue
+        pick = [c for c in allowed if rng.random() < 0.7]
+        if cell.kind == "mitotic" and MITOTIC_SPINDLE in allowed and MITOTIC_SPINDLE not in pick:
+            pick.append(MITOTIC_SPINDLE)
+        if not pick:
+            pick = [allowed[int(rng.integers(len(allowed)))]]
+        cell.labels = tuple(sorted(pick))
+
+
+# ----------------------------------------------------------------------------------------------
+# texture helpers
+
+
+def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    import cv2
+
+    if sigma <= 0:
+        return a
+    return cv2.GaussianBlur(a, (0, 0), sigmaX=float(sigma), sigmaY=float(sigma), borderType=cv2.BORDER_REFLECT)
+
+
+def _smooth_noise(rng, shape, sigma: float) -> np.ndarray:
+    """Gaussian-filtered white noise, normalised to zero mean and unit standard deviation."""
+    a = _blur(rng.standard_normal(shape, dtype=np.float32), sigma)
+    return (a - a.mean()) / (a.std() + 1e-6)
+
+
+def _spots(shape, ys, xs, amps, sigma: float) -> np.ndarray:
+    """Gaussian spots of peak ~``amps`` at integer positions."""
+    canvas = np.zeros(shape, dtype=np.float32)
+    np.add.at(canvas, (np.asarray(ys, dtype=np.intp), np.asarray(xs, dtype=np.intp)), np.asarray(amps, np.float32))
+    return _blur(canvas, sigma) * np.float32(2 * np.pi * sigma * sigma)
+
+
+def _pick(rng, mask: np.ndarray, n: int, weights: np.ndarray | None = None):
+    idx = np.flatnonzero(mask)
+    if idx.size == 0 or n <= 0:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    p = None
+    if weights is not None:
+        w = weights.ravel()[idx].astype(np.float64)
+        if w.sum() > 0:
+            p = w / w.sum()
+    sel = rng.choice(idx, size=n, replace=True, p=p)
+    return np.unravel_index(sel, mask.shape)
+
+
+def _polylines(shape, curves, thickness: int) -> np.ndarray:
+    """Draw polylines (lists of (y, x) float points) anti-aliased; returns float32 in [0, 1]."""
+    import cv2
+
+    canvas = np.zeros(shape, dtype=np.uint8)
+    pts = [np.round(np.asarray(c)[:, ::-1] * 16).astype(np.int32) for c in curves if len(c) > 1]
+    if pts:
+        cv2.polylines(canvas, pts, False, 255, thickness=max(1, int(thickness)), lineType=cv2.LINE_AA, shift=4)
+    return canvas.astype(np.float32) / np.float32(255)
+
+
+def _walk(rng, y, x, theta, step, n, bend):
+    pts = [(y, x)]
+    for _ in range(n):
+        theta += rng.normal(0, bend)
+        y, x = y + step * np.sin(theta), x + step * np.cos(theta)
+        pts.append((y, x))
+    return pts
+
+
+# ----------------------------------------------------------------------------------------------
+# per-cell rendering
+
+
+@dataclass
+class _Local:
+    """One cell's box and the maps its patterns are drawn from (all box-local)."""
+
+    y0: int
+    x0: int
+    cell: np.ndarray  # bool
+    nuc: np.ndarray  # bool
+    cyto: np.ndarray  # bool
+    dist_edge: np.ndarray  # distance to the cell edge, inside the cell
+    dist_nuc: np.ndarray  # distance to the nucleus, outside it
+    depth_nuc: np.ndarray  # distance to the nucleus edge, inside it
+    cy: float  # nucleus centre (box-local)
+    cx: float
+    r_cell: float
+    r_nuc: float
+    px: float  # line width unit (pixels)
+
+
+def _local(cell: _Cell, k: int, cell_mask, nuclei_mask, px: float) -> _Local:
+    import cv2
+
+    y0, x0, y1, x1 = cell.bbox
+    m = cell_mask[y0:y1, x0:x1] == k
+    n = nuclei_mask[y0:y1, x0:x1] == k
+    pad = lambda a: np.pad(a.astype(np.uint8), 1)  # noqa: E731 - zeros around the box
+    dist_edge = cv2.distanceTransform(pad(m), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    # the image border is not a cell edge: undo the padding on sides that are the image border
+    H, W = cell_mask.shape
+    if y0 == 0 or x0 == 0 or y1 == H or x1 == W:
+        padded = np.pad(m.astype(np.uint8), 1)
+        if y0 == 0:
+            padded[0, 1:-1] = padded[1, 1:-1]
+        if y1 == H:
+            padded[-1, 1:-1] = padded[-2, 1:-1]
+        if x0 == 0:
+            padded[1:-1, 0] = padded[1:-1, 1]
+        if x1 == W:
+            padded[1:-1, -1] = padded[1:-1, -2]
+        dist_edge = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
+    dist_nuc = cv2.distanceTransform((~n).astype(np.uint8), cv2.DIST_L2, 5) if n.any() else np.full(m.shape, 1e4, np.float32)
+    depth_nuc = cv2.distanceTransform(pad(n), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    nucs = cell.nuclei
+    cy = float(np.mean([b.cy for b in nucs])) - y0
+    cx = float(np.mean([b.cx for b in nucs])) - x0
+    return _Local(y0, x0, m, n, m & ~n, dist_edge, dist_nuc, depth_nuc, cy, cx, cell.r_cell, cell.r_nuc, px)
+
+
+def _nucleoli(rng, loc: _Local) -> np.ndarray:
+    """2 to 4 nucleoli inside the nucleus: a soft map in [0, 1]."""
+    inner = loc.depth_nuc > 0.25 * loc.r_nuc
+    n = int(rng.integers(2, 5))
+    ys, xs = _pick(rng, inner, n)
+    return np.clip(_spots(loc.cell.shape, ys, xs, np.ones(n), 0.11 * loc.r_nuc), 0, 1)
+
+
+def _microtubules(rng, loc: _Local) -> np.ndarray:
+    """Radial, slightly curved fibres from around the nucleus to the cell edge."""
+    n = int(70 * loc.r_cell / _CELL_RADIUS) + 25
+    curves = []
+    for _ in range(n):
+        th = rng.uniform(0, 2 * np.pi)
+        r0 = loc.r_nuc * rng.uniform(0.3, 1.0)
+        y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
+        curves.append(_walk(rng, y, x, th + rng.normal(0, 0.3), 0.12 * loc.r_cell, 14, 0.18))
+    lines = _polylines(loc.cell.shape, curves, round(loc.px))
+    return _blur(lines, 0.5 * loc.px) * loc.cyto
+
+
+def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
+    """The green pattern of class ``c`` in one cell, roughly in [0, 1]."""
+    shape = loc.cell.shape
+    nuc, cyto, cell = loc.nuc, loc.cyto, loc.cell
+    rn, rc, px = loc.r_nuc, loc.r_cell, loc.px
+    tex = maps["tex"]
+    if c == 0:  # nucleoplasm: fills the nucleus, spares the nucleoli
+        return nuc * (0.8 + 0.15 * tex) * (1 - 0.7 * maps["nucleoli"])
+    if c == 1:  # nuclear membrane: a thin ring on the nucleus edge
+        signed = loc.dist_nuc - loc.depth_nuc
+        return np.exp(-0.5 * (signed / (0.05 * rn + 0.6 * px)) ** 2) * cell
+    if c == 2:  # nucleoli
+        return maps["nucleoli"] * nuc
+    if c == 3:  # fibrillar centres: tiny dots inside the nucleoli
+        inside = (maps["nucleoli"] > 0.5) & nuc
+        n = int(rng.integers(4, 12))
+        ys, xs = _pick(rng, inside if inside.any() else nuc, n)
+        return np.clip(_spots(shape, ys, xs, rng.uniform(0.7, 1.0, n), 0.025 * rn + 0.5 * px), 0, 1) * nuc
+    if c == 4:  # speckles: many small irregular dots in the nucleoplasm
+        n = int(rng.integers(15, 35))
+        ys, xs = _pick(rng, (loc.depth_nuc > 0.08 * rn) & (maps["nucleoli"] < 0.3), n)
+        spots = _spots(shape, ys, xs, rng.uniform(0.5, 1.0, n), 0.055 * rn)
+        return np.clip(spots + 0.12 * nuc, 0, 1) * nuc
+    if c == 5:  # nuclear bodies: a few bright dots
+        n = int(rng.integers(2, 7))
+        ys, xs = _pick(rng, (loc.depth_nuc > 0.1 * rn) & (maps["nucleoli"] < 0.3), n)
+        return np.clip(_spots(shape, ys, xs, rng.uniform(0.8, 1.0, n), 0.035 * rn + 0.5 * px), 0, 1) * nuc
+    if c == 6:  # endoplasmic reticulum: follows the yellow texture
+        return maps["er"] * cyto
+    if c == 7:  # Golgi: a compact cluster beside the nucleus
+        th = rng.uniform(0, 2 * np.pi)
+        gy, gx = loc.cy + 1.15 * rn * np.sin(th), loc.cx + 1.15 * rn * np.cos(th)
+        n = 12
+        ys = np.clip(np.round(gy + rng.normal(0, 0.22 * rn, n)), 0, shape[0] - 1)
+        xs = np.clip(np.round(gx + rng.normal(0, 0.22 * rn, n)), 0, shape[1] - 1)
+        return np.clip(_spots(shape, ys, xs, rng.uniform(0.4, 0.8, n), 0.09 * rn), 0, 1) * cyto
+    if c == 8:  # intermediate filaments: long wavy fibres around the nucleus
+        curves = []
+        for _ in range(int(rng.integers(14, 24))):
+            th = rng.uniform(0, 2 * np.pi)
+            r0 = rn * rng.uniform(1.0, 1.5)
+            y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
+            curves.append(_walk(rng, y, x, th + np.pi / 2 * rng.choice([-1, 1]), 0.1 * rc, 22, 0.12))
+        return _blur(_polylines(shape, curves, round(1.5 * px)), 0.6 * px) * cyto
+    if c == 9:  # actin filaments: straight parallel bundles and a cortical rim
+        th = rng.uniform(0, np.pi)
+        nrm = np.array([np.cos(th), -np.sin(th)])
+        curves = []
+        for off in rng.uniform(-rc, rc, int(rng.integers(8, 16))):
+            py, px_ = loc.cy + off * nrm[0], loc.cx + off * nrm[1]
+            curves.append([(py - 2 * rc * np.sin(th), px_ - 2 * rc * np.cos(th)), (py + 2 * rc * np.sin(th), px_ + 2 * rc * np.cos(th))])
+        fibres = _blur(_polylines(shape, curves, round(1.5 * px)), 0.6 * px)
+        rim = np.exp(-0.5 * (loc.dist_edge / (0.04 * rc + px)) ** 2)
+        return np.clip(0.8 * fibres + 0.6 * rim, 0, 1) * cyto
+    if c == 10:  # microtubules: the red fibres
+        return np.clip(1.6 * maps["mt"], 0, 1)
+    if c == 11:  # mitotic spindle: fibres from two poles to the chromatin plate
+        if not maps["mitotic"]:
+            return np.zeros(shape, np.float32)
+        ax = maps["axis"]
+        ny, nx = np.cos(ax), -np.sin(ax)  # spindle axis, across the plate
+        curves = []
+        for sgn in (-1, 1):
+            pole = (loc.cy + sgn * 0.6 * rc * ny, loc.cx + sgn * 0.6 * rc * nx)
+            for t in np.linspace(-0.5, 0.5, 11):
+                end = (loc.cy + t * rc * np.sin(ax) * 1.0, loc.cx + t * rc * np.cos(ax) * 1.0)
+                curves.append([pole, end])
+        lines = _blur(_polylines(shape, curves, round(1.5 * px)), px)
+        return np.clip(lines * cell, 0, 1)
+    if c == 12:  # centrosome: one or two dots next to the nucleus
+        n = int(rng.integers(1, 3))
+        th = rng.uniform(0, 2 * np.pi)
+        ys = np.clip(np.round(loc.cy + 1.15 * rn * np.sin(th) + rng.normal(0, 0.05 * rn, n)), 0, shape[0] - 1)
+        xs = np.clip(np.round(loc.cx + 1.15 * rn * np.cos(th) + rng.normal(0, 0.05 * rn, n)), 0, shape[1] - 1)
+        return np.clip(_spots(shape, ys, xs, np.ones(n), 0.04 * rn + 0.8 * px), 0, 1) * cell
+    if c == 13:  # plasma membrane: a ring at the cell edge
+        return np.exp(-0.5 * (loc.dist_edge / (0.035 * rc + 0.8 * px)) ** 2) * cell
+    if c == 14:  # mitochondria: short filaments, denser around the nucleus
+        n = int(rng.integers(60, 110) * (rc / _CELL_RADIUS) ** 0.5)
+        w = np.exp(-loc.dist_nuc / (0.6 * rc))
+        ys, xs = _pick(rng, cyto, n, w)
+        curves = [_walk(rng, float(y), float(x), rng.uniform(0, 2 * np.pi), 0.03 * rc, 3, 0.5) for y, x in zip(ys, xs)]
+        return _blur(_polylines(shape, curves, round(1.5 * px)), 0.5 * px) * cyto
+    if c == 15:  # aggresome: one large bright blob beside the nucleus
+        th = rng.uniform(0, 2 * np.pi)
+        ys = [np.clip(round(loc.cy + 1.25 * rn * np.sin(th)), 0, shape[0] - 1)]
+        xs = [np.clip(round(loc.cx + 1.25 * rn * np.cos(th)), 0, shape[1] - 1)]
+        return np.clip(1.3 * _spots(shape, ys, xs, [1.0], 0.2 * rn), 0, 1) * cell + 0.1 * cyto
+    if c == 16:  # cytosol: fills the cytoplasm, faint in the nucleus
+        return (cyto * (0.75 + 0.2 * tex) + 0.15 * nuc) * cell
+    if c == 17:  # vesicles: many small dots in the cytoplasm
+        n = int(rng.integers(40, 90))
+        ys, xs = _pick(rng, cyto & (loc.dist_edge > 0.03 * rc), n)
+        return np.clip(_spots(shape, ys, xs, rng.uniform(0.5, 1.0, n), 0.025 * rc + 0.4 * px), 0, 1) * cyto
+    return np.zeros(shape, np.float32)  # 18: negative
+
+
+# ----------------------------------------------------------------------------------------------
+# the image
+
+
+def _check_size(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 64:
+        raise ValueError(f"{name} must be an integer >= 64, got {value!r}")
+    return int(value)
+
+
+def synthesize_image(
+    seed: int,
+    height: int = 512,
+    width: int = 512,
+    *,
+    n_cells: int | None = None,
+    bit_depth: int = 8,
+    classes: Sequence[int] | None = None,
+    negative_fraction: float = 0.1,
+    debris: int | None = None,
+) -> SyntheticImage:
+    """Draw one synthetic HPA field of view with its truth.
+
+    Parameters
+    ----------
+    seed : int
+        Everything is a function of the seed.
+    height, width : int
+        Image size in pixels (rows, columns), at least 64.
+    n_cells : int, optional
+        Number of cells to try to place; by default about 8 at 512 x 512 and 25 at 2048 x 2048.
+        Cells that end up mostly outside the field are dropped, so fewer may remain.
+    bit_depth : {8, 16}
+        uint8 (as the Kaggle PNGs) or uint16 output.
+    classes : sequence of int, optional
+        The image-level classes; each cell gets a non-empty subset of them (or Negative).
+        By default 1 to 3 classes drawn by :data:`CLASS_FREQUENCIES`.
+    negative_fraction : float
+        Probability that a cell of a positive image is Negative.
+    debris : int, optional
+        Number of debris objects; by default 0 to 3, more in larger fields.
+
+    Returns
+    -------
+    SyntheticImage
+
+    Examples
+    --------
+    >>> s = synthesize_image(0, 256, 320)
+    >>> s.image.shape, s.image.dtype.name, s.cell_mask.max() == len(s.cell_labels)
+    ((256, 320, 4), 'uint8', True)
+    """
+    height, width = _check_size("height", height), _check_size("width", width)
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
+    if n_cells is not None and (not isinstance(n_cells, (int, np.integer)) or n_cells < 1):
+        raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
+    if not 0.0 <= negative_fraction <= 1.0:
+        raise ValueError(f"negative_fraction must be in [0, 1], got {negative_fraction!r}")
+    if classes is not None:
+        classes = tuple(sorted({int(c) for c in classes}))
+        if not classes or any(not 0 <= c < NUM_CLASSES for c in classes):
+            raise ValueError(f"classes must be a non-empty set of class ids 0..{NUM_CLASSES - 1}, got {classes!r}")
+        if NEGATIVE in classes and len(classes) > 1:
+            raise ValueError(f"classes: Negative ({NEGATIVE}) cannot be combined with other classes, got {classes!r}")
+    rng = np.random.default_rng(seed)
+    scale = _scale(height, width)
+    r_mean = _CELL_RADIUS * scale
+    if n_cells is None:
+        expected = _COVERAGE * height * width / (np.pi * r_mean**2)
+        n_cells = max(2, int(round(expected * rng.uniform(0.75, 1.3))))
+    image_classes = _sample_image_classes(rng) if classes is None else classes
+
+    cells = _place_cells(rng, height, width, int(n_cells), r_mean)
+    if MITOTIC_SPINDLE in image_classes and not any(c.kind == "mitotic" for c in cells) and cells:
+        j = int(rng.integers(len(cells)))
+        c0 = cells[j].nuclei[0]
+        cells[j] = _new_cell_mitotic(rng, c0.cy, c0.cx, r_mean)
+    cells, cell_mask, nuclei_mask = _rasterise(cells, height, width)
+    _assign_labels(rng, cells, image_classes, negative_fraction)
+
+    px = max(1.0, 1.3 * r_mean / _CELL_RADIUS * 2.0)  # line width unit: ~2.6 px at 2048, ~1.1 at 512
+    shape = (height, width)
+    red = np.zeros(shape, np.float32)
+    green = np.zeros(shape, np.float32)
+    blue = np.zeros(shape, np.float32)
+    yellow = np.zeros(shape, np.float32)
+    tex = _smooth_noise(rng, shape, 2.0 * px)  # fine nuclear / cytoplasmic mottling
+    er_noise = _smooth_noise(rng, shape, 2.2 * px)
+    er = np.exp(-0.5 * (er_noise / 0.35) ** 2)  # zero-crossings of band-limited noise: a mesh
+    for k, cell in enumerate(cells, start=1):
+        loc = _local(cell, k, cell_mask, nuclei_mask, px)
+        y0, x0 = loc.y0, loc.x0
+        h, w = loc.cell.shape
+        sl = (slice(y0, y0 + h), slice(x0, x0 + w))
+        ltex, ler = tex[sl], er[sl]
+        mitotic = cell.kind == "mitotic"
+        nucleoli = _nucleoli(rng, loc) if not mitotic else np.zeros((h, w), np.float32)
+        # blue: nucleus, darker nucleoli; condensed chromatin is bright and ragged
+        b_int = rng.uniform(0.4, 0.7) if not mitotic else rng.uniform(0.85, 1.0)
+        b = loc.nuc * b_int * (0.85 + 0.12 * ltex) * (1 - 0.45 * nucleoli)
+        blue[sl] += b
+        # red: microtubule fibres on a diffuse cytoplasmic base, brighter around the nucleus
+        mt = _microtubules(rng, loc) if not mitotic else np.zeros((h, w), np.float32)
+        near = np.exp(-loc.dist_nuc / (0.7 * cell.r_cell))
+        r_int = rng.uniform(0.35, 0.65)
+        base = 0.25 + 0.25 * near
+        if mitotic:
+            red[sl] += loc.cell * r_int * (0.7 + 0.1 * ltex)
+        else:
+            red[sl] += r_int * (loc.cyto * base * (0.8 + 0.1 * ltex) + 0.8 * mt) + 0.05 * loc.nuc * r_int
+        # yellow: reticular ER, dense around the nucleus and fading to the edge
+        y_int = rng.uniform(0.35, 0.65)
+        env = 0.25 + 0.75 * np.exp(-loc.dist_nuc / (0.45 * cell.r_cell))
+        if mitotic:
+            yellow[sl] += loc.cell * y_int * (0.5 + 0.3 * ler)
+        else:
+            yellow[sl] += y_int * loc.cyto * env * (0.25 + 0.75 * ler) + 0.04 * loc.nuc * y_int
+        # green: the protein pattern of each of the cell's classes
+        maps = {"tex": ltex, "nucleoli": nucleoli, "er": ler * env, "mt": mt, "mitotic": mitotic,
+                "axis": cell.nuclei[0].angle}
+        g = np.zeros((h, w), np.float32)
+        expr = rng.uniform(0.45, 1.0)
+        for c in cell.labels:
+            if c == NEGATIVE:
+                continue
+            g += expr * rng.uniform(0.6, 1.0) * _green_pattern(rng, c, loc, maps)
+        green[sl] += g * loc.cell
+
+    debris_mask, debris_list = _add_debris(rng, cell_mask, cells, r_mean, debris, (red, green, blue, yellow))
+
+    channels = []
+    for ch in (red, green, blue, yellow):
+        ch = _blur(ch, 0.6 * px)
+        ch += rng.uniform(0.008, 0.025)  # background offset
+        ch += rng.normal(0.0, 0.006, shape).astype(np.float32)
+        ch += np.sqrt(np.clip(ch, 0, None)) * rng.normal(0.0, 0.025, shape).astype(np.float32)  # shot noise
+        channels.append(np.clip(ch, 0.0, 1.0))
+    stack = np.stack(channels, axis=-1)
+    if bit_depth == 8:
+        out = np.round(stack * 255).astype(np.uint8)
+    else:
+        out = np.round(stack * 65535).astype(np.uint16)
+
+    labels = {k: cell.labels for k, cell in enumerate(cells, start=1)}
+    union = sorted({c for lab in labels.values() for c in lab})
+    return SyntheticImage(
+        image=out,
+        cell_mask=cell_mask,
+        nuclei_mask=nuclei_mask,
+        cell_labels=labels,
+        nucleus_cut={k: cell.nucleus_cut for k, cell in enumerate(cells, start=1)},
+        binucleate={k for k, cell in enumerate(cells, start=1) if cell.kind == "binucleate"},
+        mitotic={k for k, cell in enumerate(cells, start=1) if cell.kind == "mitotic"},
+        debris_mask=debris_mask,
+        debris=debris_list,
+        image_labels=tuple(union),
+        seed=int(seed),
+        params={"image_classes": list(image_classes), "n_cells_tried": int(n_cells), "cell_radius": float(r_mean)},
+    )
+
+
+def _new_cell_mitotic(rng, cy, cx, r_mean) -> _Cell:
+    while True:
+        cell = _new_cell(rng, cy, cx, r_mean)
+        if cell.kind == "mitotic":
+            return cell
+
+
+def _add_debris(rng, cell_mask, cells, r_mean, n, channels):
+    """Bright blobs in the background that a segmenter could take for a cell or nucleus."""
+    import cv2
+
+    height, width = cell_mask.shape
+    debris_mask = np.zeros((height, width), np.int32)
+    background = cell_mask == 0
+    if n is None:
+        n = int(rng.poisson(0.5 + 1.5 * height * width / _REFERENCE_SIDE**2))
+        n = min(n, 3 + int(height * width / _REFERENCE_SIDE**2))
+    found: list[dict] = []
+    if n <= 0:
+        return debris_mask, found
+    # candidate centres: background pixels far enough from every cell
+    dist = cv2.distanceTransform(np.pad(background.astype(np.uint8), 1, constant_values=1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    for j in range(1, n + 1):
+        radius = float(0.42 * r_mean * rng.uniform(0.25, 0.7))
+        ok = dist > radius * 1.2
+        if not ok.any():
+            break
+        ys, xs = _pick(rng, ok, 1)
+        blob = _Blob.random(rng, ys[0], xs[0], radius, (1.0, 2.0), 0.3, orders=5)
+        y0, x0, y1, x1 = blob.bbox(height, width)
+        inside = (blob.distance(y0, x0, y1, x1) < 1.0) & background[y0:y1, x0:x1] & (debris_mask[y0:y1, x0:x1] == 0)
+        if not inside.any():
+            continue
+        kind = ("blue", "red_yellow", "all")[int(rng.integers(3))]
+        lit = {"blue": (2,), "red_yellow": (0, 3), "all": (0, 1, 2, 3)}[kind]
+        for c in lit:
+            channels[c][y0:y1, x0:x1] += inside * rng.uniform(0.8, 1.2)
+        debris_mask[y0:y1, x0:x1][inside] = j
+        dist[y0:y1, x0:x1][inside] = 0
+        found.append({"id": j, "y": float(blob.cy), "x": float(blob.cx), "radius": radius, "channels": kind})
+    return debris_mask, found
+
+
+# ----------------------------------------------------------------------------------------------
+# the competition folder
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write arrays like ``np.savez_compressed`` but byte-reproducible (fixed zip timestamps)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+    return path
+
+
+def _image_seed(seed: int, split: int, index: int) -> int:
+    return int(np.random.SeedSequence([int(seed), split, index]).generate_state(1)[0])
+
+
+def _image_id(seed: int, split: int, index: int) -> str:
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), split, index, 7]))
+    return str(uuid.UUID(bytes=rng.bytes(16), version=4))
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: list[Sequence]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def make_competition(
+    out: str | Path,
+    *,
+    n_train: int = 8,
+    n_test: int = 4,
+    size: int = 512,
+    seed: int = 0,
+    bit_depth: int = 8,
+    shape: tuple[int, int] | None = None,
+) -> Competition:
+    """Write a synthetic competition folder in the Kaggle layout, with its truth.
+
+    Parameters
+    ----------
+    out : path
+        The folder to write (created; existing files of the same names are overwritten).
+    n_train, n_test : int
+        Number of train and test images (>= 0, at least one in all).
+    size : int
+        Side of the square images, used when ``shape`` is not given.
+    seed : int
+        Every image and id is a function of ``seed``.
+    bit_depth : {8, 16}
+        uint8 PNGs (as Kaggle) or uint16 PNGs.
+    shape : (int, int), optional
+        ``(height, width)`` for non-square images.
+
+    Returns
+    -------
+    Competition
+        With ``train.csv`` (ID, Label = union of the cells' labels), ``sample_submission.csv``
+        (ID, ImageWidth, ImageHeight, empty PredictionString), ``train/``, ``test/`` and, for both
+        splits, ``truth/{split}_cells.csv`` (ImageID, CellID, Labels), ``truth/{split}_masks.npz``,
+        ``truth/{split}_nuclei.npz``, ``truth/{split}_cell_info.csv`` and ``truth/{split}_debris.csv``;
+        ``synthetic.json`` records the parameters.
+    """
+    for name, value in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if n_train + n_test == 0:
+        raise ValueError("n_train + n_test must be at least 1, got 0 images")
+    if shape is None:
+        height = width = _check_size("size", size)
+    else:
+        if len(tuple(shape)) != 2:
+            raise ValueError(f"shape must be (height, width), got {shape!r}")
+        height, width = _check_size("shape[0]", shape[0]), _check_size("shape[1]", shape[1])
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    comp = Competition(root)
+    comp.truth_dir.mkdir(exist_ok=True)
+    train_rows: list[tuple[str, str]] = []
+    sub_rows: list[tuple[str, int, int, str]] = []
+    for split_index, (split, n, folder) in enumerate((("train", n_train, comp.train_dir), ("test", n_test, comp.test_dir))):
+        folder.mkdir(exist_ok=True)
+        cells_rows, info_rows, debris_rows = [], [], []
+        masks, nuclei = {}, {}
+        for i in range(n):
+            image_id = _image_id(seed, split_index, i)
+            sample = synthesize_image(_image_seed(seed, split_index, i), height, width, bit_depth=bit_depth)
+            write_image(folder, image_id, sample.image)
+            masks[image_id] = sample.cell_mask
+            nuclei[image_id] = sample.nuclei_mask
+            for k in sample.cell_ids:
+                cells_rows.append((image_id, k, format_labels(sample.cell_labels[k])))
+                area = int(np.count_nonzero(sample.cell_mask == k))
+                info_rows.append((
+                    image_id, k, f"{sample.nucleus_cut[k]:.4f}", int(k in sample.binucleate),
+                    int(k in sample.mitotic), area, int(np.count_nonzero(sample.nuclei_mask == k)),
+                ))
+            for d in sample.debris:
+                debris_rows.append((image_id, d["id"], f"{d['y']:.1f}", f"{d['x']:.1f}", f"{d['radius']:.1f}", d["channels"]))
+            if split == "train":
+                train_rows.append((image_id, format_labels(sample.image_labels)))
+            else:
+                sub_rows.append((image_id, width, height, ""))
+        _write_csv(comp.truth_cells(split), ("ImageID", "CellID", "Labels"), cells_rows)
+        _write_csv(comp.truth_dir / f"{split}_cell_info.csv",
+                   ("ImageID", "CellID", "border_cut", "binucleate", "mitotic", "area", "nucleus_area"), info_rows)
+        _write_csv(comp.truth_dir / f"{split}_debris.csv", ("ImageID", "DebrisID", "y", "x", "radius", "channels"), debris_rows)
+        write_npz(comp.truth_masks(split), masks)
+        write_npz(comp.truth_dir / f"{split}_nuclei.npz", nuclei)
+    _write_csv(comp.train_csv, ("ID", "Label"), train_rows)
+    _write_csv(comp.sample_submission, ("ID", "ImageWidth", "ImageHeight", "PredictionString"), sub_rows)
+    meta = {
+        "generator": "hpa_kernel.synthetic.make_competition",
+        "seed": int(seed),
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "height": height,
+        "width": width,
+        "bit_depth": int(bit_depth),
+    }
+    (root / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
+    n_cells = sum(1 for _ in open(comp.truth_cells("train"))) + sum(1 for _ in open(comp.truth_cells("test"))) - 2
+    logger.info("synthetic competition in %s: %d train + %d test images of %dx%d (HxW), %d-bit, %d cells, seed %d",
+                root, n_train, n_test, height, width, bit_depth, n_cells, seed)
+    return comp
+
+
+# ----------------------------------------------------------------------------------------------
+# picture
+
+
+def render_composite(sample: SyntheticImage | np.ndarray, outlines: bool = True, cell_mask: np.ndarray | None = None) -> np.ndarray:
+    """An HPA-style RGB composite of an (H, W, 4) image: red + yellow, green + yellow, blue.
+
+    Parameters
+    ----------
+    sample : SyntheticImage or ndarray (H, W, 4)
+    outlines : bool
+        Draw the truth cell outlines (white) and nucleus outlines (light blue); needs the masks of
+        a :class:`SyntheticImage` or ``cell_mask``.
+
+    Returns
+    -------
+    ndarray of uint8, shape (H, W, 3)
+    """
+    from hpa_kernel.io import to_float
+
+    image = sample.image if isinstance(sample, SyntheticImage) else np.asarray(sample)
+    if image.ndim != 3 or image.shape[2] != 4:
+        raise ValueError(f"image must have shape (H, W, 4), got {image.shape}")
+    f = to_float(image)
+    r, g, b, y = (f[..., i] for i in range(4))
+    rgb = np.stack([r + 0.6 * y, g + 0.45 * y, b], axis=-1)
+    rgb = np.clip(rgb * 1.3, 0, 1)
+    out = np.round(rgb * 255).astype(np.uint8)
+    if outlines:
+        masks = []
+        if isinstance(sample, SyntheticImage):
+            masks = [(sample.cell_mask, (255, 255, 255)), (sample.nuclei_mask, (120, 160, 255))]
+        elif cell_mask is not None:
+            masks = [(cell_mask, (255, 255, 255))]
+        for m, colour in masks:
+            edge = np.zeros(m.shape, bool)
+            edge[:-1] |= m[:-1] != m[1:]
+            edge[1:] |= m[:-1] != m[1:]
+            edge[:, :-1] |= m[:, :-1] != m[:, 1:]
+            edge[:, 1:] |= m[:, :-1] != m[:, 1:]
+            edge &= m > 0
+            out[edge] = colour
+    return out

@@ -1,0 +1,178 @@
+"""The synthetic generator: determinism, truth that agrees with the pixels, class patterns, weak labels."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_kernel.classes import NEGATIVE, parse_labels
+from hpa_kernel.io import read_image
+from hpa_kernel.synthetic import make_competition, render_composite, synthesize_image
+
+
+def _digest(root) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def comp(tmp_path_factory):
+    return make_competition(tmp_path_factory.mktemp("syn"), n_train=4, n_test=2, size=256, seed=7)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return synthesize_image(11, 512, 512)
+
+
+def test_layout_and_csv_formats(comp):
+    train = comp.read_train()
+    sub = comp.read_sample_submission()
+    assert len(train) == 4 and len(sub) == 2
+    assert set(train["ID"]).isdisjoint(sub["ID"])
+    assert (sub["ImageWidth"] == 256).all() and (sub["ImageHeight"] == 256).all()
+    assert (sub["PredictionString"] == "").all()
+    for split, ids in (("train", train["ID"]), ("test", sub["ID"])):
+        cells = pd.read_csv(comp.truth_cells(split), dtype={"Labels": str}, keep_default_na=False)
+        assert list(cells.columns) == ["ImageID", "CellID", "Labels"]
+        for text in cells["Labels"]:
+            labels = parse_labels(text)
+            assert labels and "|".join(map(str, labels)) == text
+            assert NEGATIVE not in labels or labels == (NEGATIVE,)
+        masks = np.load(comp.truth_masks(split))
+        nuclei = np.load(comp.truth_dir / f"{split}_nuclei.npz")
+        info = pd.read_csv(comp.truth_dir / f"{split}_cell_info.csv")
+        assert len(info) == len(cells)
+        assert info["border_cut"].between(0, 1).all()
+        for image_id in ids:
+            image = read_image(comp.train_dir if split == "train" else comp.test_dir, image_id)
+            assert image.shape == (256, 256, 4) and image.dtype == np.uint8
+            m, n = masks[image_id], nuclei[image_id]
+            assert m.dtype == np.int32 and m.shape == (256, 256)
+            ids_here = sorted(cells.loc[cells["ImageID"] == image_id, "CellID"])
+            assert ids_here == list(range(1, m.max() + 1)) == sorted(set(np.unique(m)) - {0})
+            # every nucleus lies inside its own cell, and every cell has a nucleus
+            assert np.all(m[n > 0] == n[n > 0])
+            assert sorted(set(np.unique(n)) - {0}) == ids_here
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    a = make_competition(tmp_path / "a", n_train=2, n_test=1, size=128, seed=3)
+    b = make_competition(tmp_path / "b", n_train=2, n_test=1, size=128, seed=3)
+    c = make_competition(tmp_path / "c", n_train=2, n_test=1, size=128, seed=4)
+    da, db, dc = _digest(a.root), _digest(b.root), _digest(c.root)
+    assert any(k.startswith("truth/") for k in da) and any(k.endswith("_green.png") for k in da)
+    assert da == db
+    assert set(da.values()).isdisjoint(v for k, v in dc.items() if k.endswith(".png") or k.endswith(".npz"))
+
+
+def test_truth_agrees_with_pixels(sample):
+    img = sample.image.astype(np.float32)
+    cell, nuc = sample.cell_mask > 0, sample.nuclei_mask > 0
+    background = ~cell & (sample.debris_mask == 0)
+    blue, red, yellow = img[..., 2], img[..., 0], img[..., 3]
+    assert blue[nuc].mean() > 5 * blue[~cell].mean() + 10
+    cyto = cell & ~nuc
+    assert red[cyto].mean() > 3 * red[background].mean()
+    assert yellow[cyto].mean() > 3 * yellow[background].mean()
+    assert 3 <= len(sample.cell_labels) <= 20
+
+
+def _ring(mask: np.ndarray, width: int) -> np.ndarray:
+    import cv2
+
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((2 * width + 1, 2 * width + 1), np.uint8))
+    return mask & ~inner.astype(bool)
+
+
+def _compartments(s, k):
+    cell = s.cell_mask == k
+    nuc = s.nuclei_mask == k
+    ring = _ring(cell, 3) & ~nuc
+    cyto = cell & ~nuc & ~ring
+    return nuc, cyto, ring
+
+
+@pytest.mark.parametrize(
+    "cls, check",
+    [
+        (0, lambda n, c, r: n > 3 * c),  # nucleoplasm
+        (16, lambda n, c, r: c > 2 * n),  # cytosol
+        (13, lambda n, c, r: r > 2.5 * c and r > 2.5 * n),  # plasma membrane
+        (18, lambda n, c, r: max(n, c, r) < 12),  # negative
+    ],
+)
+def test_class_patterns(cls, check):
+    s = synthesize_image(100 + cls, 512, 512, classes=[cls], negative_fraction=0.0)
+    green = s.image[..., 1].astype(np.float32)
+    checked = 0
+    for k, labels in s.cell_labels.items():
+        if labels != (cls,) or k in s.mitotic or s.nucleus_cut[k] > 0:
+            continue
+        n, c, r = (green[m].mean() for m in _compartments(s, k))
+        assert check(n, c, r), (cls, k, n, c, r)
+        checked += 1
+    assert checked >= 2
+
+
+def test_weak_labels(comp):
+    train = comp.read_train()
+    cells = pd.read_csv(comp.truth_cells("train"), dtype={"Labels": str}, keep_default_na=False)
+    partial = False
+    for image_id, labels in zip(train["ID"], train["labels"]):
+        per_cell = [set(parse_labels(t)) for t in cells.loc[cells["ImageID"] == image_id, "Labels"]]
+        assert set(labels) == set().union(*per_cell)
+        partial |= any(set(labels) - c for c in per_cell)
+    assert partial
+
+
+def test_sixteen_bit(tmp_path):
+    s = synthesize_image(2, 256, 256, bit_depth=16)
+    assert s.image.dtype == np.uint16
+    assert s.image.max() > 20000
+    assert np.any(s.image % 257 != 0)  # not 8-bit data scaled up
+    comp = make_competition(tmp_path, n_train=1, n_test=1, size=128, seed=0, bit_depth=16)
+    image_id = comp.read_sample_submission()["ID"][0]
+    assert read_image(comp.test_dir, image_id).dtype == np.uint16
+
+
+def test_non_square(tmp_path):
+    comp = make_competition(tmp_path, n_train=0, n_test=2, shape=(200, 320), seed=5)
+    sub = comp.read_sample_submission()
+    assert (sub["ImageWidth"] == 320).all() and (sub["ImageHeight"] == 200).all()
+    image = read_image(comp.test_dir, sub["ID"][0])
+    assert image.shape == (200, 320, 4)
+    assert np.load(comp.truth_masks("test"))[sub["ID"][0]].shape == (200, 320)
+
+
+def test_composite(sample):
+    rgb = render_composite(sample)
+    assert rgb.shape == (512, 512, 3) and rgb.dtype == np.uint8
+    assert rgb[sample.nuclei_mask > 0, 2].mean() > rgb[sample.nuclei_mask > 0, 0].mean()
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="bit_depth"):
+        synthesize_image(0, 128, 128, bit_depth=12)
+    with pytest.raises(ValueError, match="height"):
+        synthesize_image(0, 10, 128)
+    with pytest.raises(ValueError, match="Negative"):
+        synthesize_image(0, 128, 128, classes=[0, 18])
+    with pytest.raises(ValueError, match="n_train"):
+        make_competition(tmp_path, n_train=-1)
+
+
+def test_cli_writes_folder(tmp_path):
+    from hpa_kernel.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["synth", "--out", str(out), "--n-train", "1", "--n-test", "1", "--height", "128", "--width", "192"]) == 0
+    sub = pd.read_csv(out / "sample_submission.csv")
+    assert sub["ImageWidth"].tolist() == [192] and sub["ImageHeight"].tolist() == [128]
+    assert (out / "train.csv").is_file() and (out / "synthetic.json").is_file()
