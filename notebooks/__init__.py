@@ -1,0 +1,1 @@
+"""The papermill notebooks, shipped as package data (see notebooks/README.md)."""
