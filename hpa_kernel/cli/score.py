@@ -1,0 +1,53 @@
+"""``hpa-kernel score``: the competition mAP of a submission against known truth."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "score",
+        help="score a submission.csv (mAP at IoU 0.6) against truth masks and labels",
+        description="Compute the competition metric (mean AP at IoU >= 0.6 over the classes that have truth) "
+        "of a submission against truth given as a cells table and label images, as the evaluator's "
+        "gt_annotations.csv, or as the truth/ folder of a synthetic competition.",
+    )
+    parser.add_argument("--submission", required=True, metavar="CSV", help="submission.csv to score")
+    truth = parser.add_argument_group("truth (one of)")
+    truth.add_argument("--truth-cells", metavar="CSV", help="ImageID,CellID,Labels table (with --truth-masks)")
+    truth.add_argument("--truth-masks", metavar="NPZ", help="label images: np.load(NPZ)[ImageID] (with --truth-cells)")
+    truth.add_argument("--truth-annotations", metavar="CSV", help="the evaluator's gt_annotations.csv")
+    truth.add_argument("--data", metavar="DIR", help="a synthetic competition folder: uses truth/test_cells.csv and truth/test_masks.npz")
+    options = parser.add_argument_group("metric")
+    options.add_argument("--iou", choices=("box", "mask"), default="box",
+                         help="box: IoU of tight boxes, as the official evaluator (default); mask: IoU of pixels")
+    options.add_argument("--threshold", type=float, default=0.6, help="IoU threshold of a match (default 0.6)")
+    options.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from hpa_kernel.metric import evaluate
+
+    given = [args.truth_cells is not None or args.truth_masks is not None, args.truth_annotations is not None, args.data is not None]
+    if sum(given) != 1:
+        raise ValueError("give the truth one way: --truth-cells with --truth-masks, --truth-annotations, or --data")
+    if args.data is not None:
+        from hpa_kernel.io import find_competition
+
+        comp = find_competition(args.data)
+        result = evaluate(args.submission, comp.truth_cells("test"), comp.truth_masks("test"), iou=args.iou, threshold=args.threshold)
+    elif args.truth_annotations is not None:
+        result = evaluate(args.submission, truth_annotations=args.truth_annotations, iou=args.iou, threshold=args.threshold)
+    else:
+        if args.truth_cells is None or args.truth_masks is None:
+            raise ValueError("--truth-cells and --truth-masks must be given together")
+        result = evaluate(args.submission, args.truth_cells, args.truth_masks, iou=args.iou, threshold=args.threshold)
+    sys.stdout.write((result.to_json() if args.json else result.table()) + "\n")
+    return 0

@@ -1,0 +1,416 @@
+"""Writing and checking ``submission.csv``.
+
+The format is ``../shared/reference/metric/README.md`` section 5::
+
+    ID,ImageWidth,ImageHeight,PredictionString
+    <id>,<W>,<H>,<label> <confidence> <EncodedMask> <label> <confidence> <EncodedMask> ...
+    <id>,<W>,<H>,
+
+One row per test image in the order of ``sample_submission.csv``, LF line ends, no quoting, no
+index column; triples joined by single spaces; a mask with several classes is repeated per class.
+
+Fallback row
+    An image of the sample for which no prediction is given gets an **empty PredictionString**
+    (``FALLBACK_PREDICTION``), and a WARNING naming the image and the reason is logged. An empty
+    field is the format's own "no detections" and needs no image size, so it is always valid; the
+    metric counts the image's cells as misses. The alternative, an empty-mask placeholder triple,
+    scores exactly the same (empty masks are dropped before matching) but must be encoded at the
+    image's size to decode at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hpa_kernel.classes import NUM_CLASSES
+from hpa_kernel.rle import decode_runs
+
+__all__ = [
+    "SUBMISSION_HEADER",
+    "FALLBACK_PREDICTION",
+    "Problem",
+    "ValidationReport",
+    "format_prediction_string",
+    "prediction_string_for_cells",
+    "read_sample",
+    "write_submission",
+    "check_submission",
+    "validate_submission",
+]
+
+logger = logging.getLogger(__name__)
+
+SUBMISSION_HEADER: tuple[str, ...] = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
+#: PredictionString written for a sample image without a prediction: no detections.
+FALLBACK_PREDICTION = ""
+
+_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _format_confidence(value: float) -> str:
+    return f"{value:.6f}"
+
+
+def format_prediction_string(triples: Iterable[tuple[int, float, str]]) -> str:
+    """Join ``(label, confidence, EncodedMask)`` triples into a PredictionString.
+
+    Tokens are separated by single spaces; confidences are written with 6 decimals.
+
+    Raises
+    ------
+    ValueError
+        For a label outside 0..18, a confidence that is not finite or outside [0, 1], or a mask that
+        is empty or not base64 text.
+
+    Examples
+    --------
+    >>> format_prediction_string([(0, 0.25, "eNoLCAgIMAEABJkBdQ=="), (18, 1, "eNoLCAgIMAEABJkBdQ==")])
+    '0 0.250000 eNoLCAgIMAEABJkBdQ== 18 1.000000 eNoLCAgIMAEABJkBdQ=='
+    >>> format_prediction_string([])
+    ''
+    """
+    parts = []
+    for k, triple in enumerate(triples):
+        try:
+            label, confidence, encoded = triple
+        except (TypeError, ValueError):
+            raise ValueError(f"triple {k} must be (label, confidence, EncodedMask), got {triple!r}") from None
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= int(label) < NUM_CLASSES:
+            raise ValueError(f"triple {k}: label must be an integer 0..{NUM_CLASSES - 1}, got {label!r}")
+        confidence = float(confidence)
+        if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
+            raise ValueError(f"triple {k}: confidence must be a finite number in [0, 1], got {confidence!r}")
+        if not isinstance(encoded, str) or not encoded or not set(encoded) <= _B64_CHARS:
+            raise ValueError(f"triple {k}: EncodedMask must be non-empty base64 text, got {str(encoded)[:40]!r}")
+        parts.append(f"{int(label)} {_format_confidence(confidence)} {encoded}")
+    return " ".join(parts)
+
+
+def prediction_string_for_cells(encoded_masks: list[str], probs: np.ndarray) -> str:
+    """PredictionString for cells with a probability for each of the 19 classes.
+
+    Every cell gets all 19 classes (its mask repeated once per class), cell by cell, class 0..18.
+
+    Parameters
+    ----------
+    encoded_masks : list of str
+        EncodedMask of each cell, N entries.
+    probs : ndarray, shape (N, 19)
+        Confidence of each class for each cell, in [0, 1].
+
+    Examples
+    --------
+    >>> s = prediction_string_for_cells(["eNoLCAgIMAEABJkBdQ=="], np.full((1, 19), 0.5))
+    >>> len(s.split(" ")), s.split(" ")[:3]
+    (57, ['0', '0.500000', 'eNoLCAgIMAEABJkBdQ=='])
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    encoded_masks = list(encoded_masks)
+    if probs.ndim != 2 or probs.shape != (len(encoded_masks), NUM_CLASSES):
+        raise ValueError(f"probs must have shape (N, {NUM_CLASSES}) with N = {len(encoded_masks)} masks, got {probs.shape}")
+    return format_prediction_string(
+        (c, probs[i, c], mask) for i, mask in enumerate(encoded_masks) for c in range(NUM_CLASSES)
+    )
+
+
+def read_sample(sample) -> list[tuple[str, int, int]]:
+    """``sample_submission.csv`` (path or DataFrame) as ``[(ID, ImageWidth, ImageHeight), ...]`` in file order."""
+    import pandas as pd
+
+    if isinstance(sample, pd.DataFrame):
+        frame = sample
+        name = "sample"
+    else:
+        path = Path(sample)
+        if not path.is_file():
+            raise FileNotFoundError(f"sample submission {path} does not exist")
+        frame = pd.read_csv(path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
+        name = str(path)
+    missing = [c for c in SUBMISSION_HEADER[:3] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name}: expected columns {','.join(SUBMISSION_HEADER)}, missing {missing}")
+    out = [(str(i), int(w), int(h)) for i, w, h in zip(frame["ID"], frame["ImageWidth"], frame["ImageHeight"])]
+    ids = [r[0] for r in out]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{name}: the sample lists an ID twice")
+    return out
+
+
+def _check_prediction_text(image_id: str, text: str) -> None:
+    if not isinstance(text, str):
+        raise ValueError(f"prediction of image {image_id} must be a str, got {type(text).__name__}")
+    if any(ch in text for ch in ",\n\r\"\t"):
+        raise ValueError(f"prediction of image {image_id} contains a comma, quote, tab or line break")
+    if text and ("" in text.split(" ") or len(text.split(" ")) % 3):
+        raise ValueError(
+            f"prediction of image {image_id} is not single-space separated triples "
+            "(leading/trailing/double space or a token count that is not a multiple of 3)"
+        )
+
+
+def write_submission(rows: Mapping[str, str], sample, out, fallback: str = FALLBACK_PREDICTION) -> Path:
+    """Write ``submission.csv`` in the order of the sample submission.
+
+    Parameters
+    ----------
+    rows : mapping
+        ImageID -> PredictionString (for example from :func:`prediction_string_for_cells`).
+    sample : path or DataFrame
+        ``sample_submission.csv``; gives the IDs, their order, ImageWidth and ImageHeight.
+    out : path
+        Output file; written to a temporary file in the same folder, then moved into place.
+    fallback : str
+        PredictionString of a sample image missing from ``rows`` (default empty: no detections);
+        each such image is logged as a WARNING.
+
+    Returns
+    -------
+    Path
+        ``out``.
+
+    Raises
+    ------
+    ValueError
+        If ``rows`` has IDs that are not in the sample, or a PredictionString is malformed.
+    """
+    samples = read_sample(sample)
+    known = {image_id for image_id, _, _ in samples}
+    extra = [i for i in rows if i not in known]
+    if extra:
+        raise ValueError(f"rows has {len(extra)} IDs that are not in the sample submission, e.g. {extra[:3]}")
+    _check_prediction_text("(fallback)", fallback)
+    for image_id, text in rows.items():
+        _check_prediction_text(image_id, text)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    n_fallback = 0
+    try:
+        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as fh:
+            fh.write(",".join(SUBMISSION_HEADER) + "\n")
+            for image_id, width, height in samples:
+                text = rows.get(image_id)
+                if text is None:
+                    logger.warning("image %s: no prediction row; writing the fallback (%s)", image_id,
+                                   "empty PredictionString = no detections" if fallback == "" else "given fallback string")
+                    text = fallback
+                    n_fallback += 1
+                fh.write(f"{image_id},{width},{height},{text}\n")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info("wrote %s: %d rows, %d with the fallback", out, len(samples), n_fallback)
+    return out
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a submission file.
+
+    ``line`` is the 1-based line number in the file (None for a problem of the whole file),
+    ``image_id`` the row's ID where known.
+    """
+
+    line: int | None
+    image_id: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = []
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.image_id is not None:
+            where.append(f"ID {self.image_id}")
+        return f"{', '.join(where) or 'file'}: {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    """Result of :func:`check_submission`: the problems and what the file holds."""
+
+    problems: list[Problem] = field(default_factory=list)
+    num_rows: int = 0
+    num_empty_rows: int = 0
+    num_triples: int = 0
+    num_distinct_masks: int = 0
+    num_empty_masks: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        return (
+            f"{self.num_rows} rows ({self.num_empty_rows} with no prediction), {self.num_triples} triples, "
+            f"{self.num_distinct_masks} distinct masks ({self.num_empty_masks} empty)"
+        )
+
+
+def _iter_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
+    """(line number, text without its line end, ended with CRLF) for each line, streamed."""
+    with open(path, encoding="utf-8", errors="strict", newline="") as fh:
+        for number, line in enumerate(fh, start=1):
+            crlf = line.endswith("\r\n")
+            yield number, line.rstrip("\r\n") if crlf else line.rstrip("\n"), crlf
+
+
+def _split_fields(text: str) -> list[str]:
+    if '"' not in text:
+        return text.split(",")
+    return next(csv.reader(io.StringIO(text)))
+
+
+def _check_prediction(line: int, image_id: str, width: int, height: int, text: str, report: ValidationReport) -> None:
+    problems = report.problems
+    if text == "":
+        report.num_empty_rows += 1
+        return
+    if text != text.strip(" "):
+        problems.append(Problem(line, image_id, "PredictionString has a leading or trailing space; the evaluator splits on single spaces and would lose or shift a triple"))
+    if "  " in text:
+        problems.append(Problem(line, image_id, "PredictionString has a double space; the evaluator splits on single spaces, which shifts the triples"))
+    if any(ch in text for ch in "\t\r\n\v\f"):
+        problems.append(Problem(line, image_id, "PredictionString contains a tab or another non-space whitespace character"))
+    tokens = [t for t in text.split() if t]
+    if len(tokens) % 3:
+        problems.append(Problem(line, image_id, f"PredictionString has {len(tokens)} tokens, not a multiple of 3 (label confidence EncodedMask); the triples cannot be read"))
+        return
+    masks: dict[str, str | None] = {}
+    for k in range(0, len(tokens), 3):
+        label_text, conf_text, mask = tokens[k : k + 3]
+        n = k // 3
+        report.num_triples += 1
+        if not (label_text.isascii() and label_text.isdigit()) or not 0 <= int(label_text) < NUM_CLASSES:
+            problems.append(Problem(line, image_id, f"triple {n}: label {label_text[:30]!r} is not an integer 0..{NUM_CLASSES - 1}"))
+        try:
+            confidence = float(conf_text)
+        except ValueError:
+            problems.append(Problem(line, image_id, f"triple {n}: confidence {conf_text[:30]!r} is not a number"))
+        else:
+            if not math.isfinite(confidence):
+                problems.append(Problem(line, image_id, f"triple {n}: confidence {conf_text!r} is not finite"))
+            elif not 0.0 <= confidence <= 1.0:
+                problems.append(Problem(line, image_id, f"triple {n}: confidence {conf_text} is outside [0, 1]"))
+        if mask not in masks:
+            try:
+                starts, ends = decode_runs(mask, height, width)
+            except ValueError as exc:
+                masks[mask] = str(exc)
+            else:
+                masks[mask] = None
+                report.num_distinct_masks += 1
+                if not starts.size:
+                    report.num_empty_masks += 1
+        if masks[mask] is not None:
+            problems.append(Problem(line, image_id, f"triple {n}: mask does not decode at ImageHeight x ImageWidth = {height} x {width}: {masks[mask]}"))
+
+
+def check_submission(path, sample) -> ValidationReport:
+    """Check a submission file against the sample submission, streaming it row by row.
+
+    Checks: the exact header; LF line ends and UTF-8/ASCII text; four fields per row; the set of IDs
+    equals the sample's (missing, extra and duplicate IDs); ImageWidth/ImageHeight equal the
+    sample's; PredictionString made of single-space separated triples, with labels that are integers
+    0..18, confidences that are finite numbers in [0, 1], and masks that decode at
+    ImageHeight x ImageWidth (base64, zlib and RLE errors, a total length other than H * W).
+
+    Parameters
+    ----------
+    path : path
+        The submission file.
+    sample : path or DataFrame
+        ``sample_submission.csv``.
+
+    Returns
+    -------
+    ValidationReport
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"submission file {path} does not exist")
+    expected = {image_id: (width, height) for image_id, width, height in read_sample(sample)}
+    report = ValidationReport()
+    problems = report.problems
+    seen: dict[str, int] = {}
+    crlf_lines = 0
+    header_seen = False
+    lines = _iter_lines(path)
+    try:
+        for number, text, crlf in lines:
+            crlf_lines += crlf
+            if number == 1:
+                header_seen = True
+                if text.startswith("\ufeff"):
+                    problems.append(Problem(1, None, "the file starts with a byte-order mark (BOM)"))
+                    text = text[1:]
+                if text != ",".join(SUBMISSION_HEADER):
+                    problems.append(Problem(1, None, f"header is {text[:100]!r}; expected exactly {','.join(SUBMISSION_HEADER)!r}"))
+                continue
+            if text == "":
+                problems.append(Problem(number, None, "empty line"))
+                continue
+            try:
+                fields = _split_fields(text)
+            except (csv.Error, StopIteration) as exc:
+                problems.append(Problem(number, None, f"cannot parse the CSV row ({exc})"))
+                continue
+            if '"' in text:
+                problems.append(Problem(number, fields[0] if fields else None, "the row uses quotes; the format has no quoting"))
+            if len(fields) != 4:
+                problems.append(Problem(number, fields[0] if fields else None, f"row has {len(fields)} fields; expected 4 (ID,ImageWidth,ImageHeight,PredictionString)"))
+                continue
+            image_id, width_text, height_text, prediction = fields
+            report.num_rows += 1
+            if image_id in seen:
+                problems.append(Problem(number, image_id, f"duplicate ID (first on line {seen[image_id]})"))
+                continue
+            seen[image_id] = number
+            if image_id not in expected:
+                problems.append(Problem(number, image_id, "ID is not in the sample submission"))
+                continue
+            want_width, want_height = expected[image_id]
+            sizes = {}
+            for name, value, want in (("ImageWidth", width_text, want_width), ("ImageHeight", height_text, want_height)):
+                if not (value.isascii() and value.isdigit() and int(value) > 0):
+                    problems.append(Problem(number, image_id, f"{name} {value!r} is not a positive integer (sample: {want})"))
+                else:
+                    sizes[name] = int(value)
+                    if int(value) != want:
+                        problems.append(Problem(number, image_id, f"{name} is {value}; the sample has {want}"))
+            if len(sizes) == 2:
+                # The evaluator decodes at the row's own size, so the masks are checked at that size.
+                _check_prediction(number, image_id, sizes["ImageWidth"], sizes["ImageHeight"], prediction, report)
+            elif prediction:
+                problems.append(Problem(number, image_id, "masks not checked: the row's image size is unreadable"))
+    except UnicodeDecodeError as exc:
+        problems.append(Problem(None, None, f"the file is not UTF-8 text ({exc}); stopped reading"))
+    if not header_seen:
+        problems.append(Problem(None, None, f"the file is empty; expected the header {','.join(SUBMISSION_HEADER)!r} and one row per image"))
+    if crlf_lines:
+        problems.append(Problem(None, None, f"{crlf_lines} lines end with CRLF; the format uses LF line ends"))
+    missing = [i for i in expected if i not in seen]
+    for image_id in missing:
+        problems.append(Problem(None, image_id, "ID of the sample submission has no row"))
+    return report
+
+
+def validate_submission(path, sample) -> list[Problem]:
+    """The problems of a submission file (empty list: the file is valid); see :func:`check_submission`."""
+    return check_submission(path, sample).problems
