@@ -1,0 +1,53 @@
+"""``hpa-kernel bundle wheels|weights``: the two Kaggle datasets for offline use."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("bundle", help="build the offline wheelhouse or the weights dataset for Kaggle")
+    what = parser.add_subparsers(dest="bundle_what", metavar="WHAT", required=True)
+
+    wheels = what.add_parser("wheels", help="the kit's wheel + dependency wheels + lock file + Kaggle metadata")
+    g = wheels.add_argument_group("output")
+    g.add_argument("--out", default="wheels", help="wheelhouse folder (default: wheels/)")
+    g.add_argument("--dataset-id", default="your-kaggle-username/hpa-kernel-wheels", help="Kaggle dataset id")
+    g = wheels.add_argument_group("target")
+    g.add_argument("--python", default=None, help="target Python version for dependency wheels (default: Kaggle's 3.12)")
+    g.add_argument("--platform", action="append", default=None, help="platform tag, repeatable (default: manylinux x86_64)")
+    g = wheels.add_argument_group("sources")
+    g.add_argument("--kit-wheel", default=None, help="use this prebuilt hpa_kernel wheel instead of building it")
+    g.add_argument("--find-links", action="append", default=None, help="extra --find-links for pip download")
+    wheels.set_defaults(func=run)
+
+    weights = what.add_parser("weights", help="checkpoints + segmentation weights + manifest with hashes")
+    weights.add_argument("--weights", required=True, help="folder with the checkpoints (and segmentation weights)")
+    weights.add_argument("--out", required=True, help="dataset folder to write")
+    weights.add_argument("--manifest", default=None, help="manifest to start from (default: the one in --weights, else the repo's)")
+    weights.add_argument("--dataset-id", default="your-kaggle-username/hpa-kernel-weights", help="Kaggle dataset id")
+    weights.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hpa_kernel import bundle
+
+    if args.bundle_what == "wheels":
+        kwargs = {}
+        if args.python:
+            kwargs["python"] = args.python
+        if args.platform:
+            kwargs["platforms"] = tuple(args.platform)
+        result = bundle.bundle_wheels(
+            args.out, kit_wheel=args.kit_wheel, find_links=args.find_links, dataset_id=args.dataset_id, **kwargs
+        )
+        for wheel in result.wheels:
+            logger.info("  %s", wheel.name)
+        logger.info("install on Kaggle with: %s", bundle.install_command(result.folder))
+        return 0
+    out = bundle.bundle_weights(args.weights, args.out, manifest=args.manifest, dataset_id=args.dataset_id)
+    logger.info("weights dataset written to %s", out)
+    return 0
