@@ -13,14 +13,20 @@ from hpa_kernel.classifier.checkpoint import (
     prepare_batch,
     save_checkpoint,
 )
+from hpa_kernel.classifier.ensemble import DEFAULT_TTA, TTA_VIEWS, Ensemble, Member, resolve_tta
 from hpa_kernel.classifier.model import create_classifier
 
 __all__ = [
     "CheckpointConfig",
+    "DEFAULT_TTA",
+    "Ensemble",
+    "Member",
+    "TTA_VIEWS",
     "config_path_for",
     "create_classifier",
     "load_checkpoint",
     "load_config",
     "prepare_batch",
+    "resolve_tta",
     "save_checkpoint",
 ]
