@@ -1,0 +1,560 @@
+"""From images to cells in parallel: segmentation, heuristics, crops and mask encoding.
+
+:class:`CellPipeline` reads each image, runs ``segmenter.predict`` on batches of images in the main
+process (where a GPU, if any, lives), and hands each image with its segmentation maps to a pool of
+worker processes. A worker runs ``segmenter.postprocess_fn`` (label_cell), the heuristics of
+:mod:`hpa_kernel.cells.heuristics`, the crops of :mod:`hpa_kernel.cells.crops` and the mask
+encoding, and writes the cache entry. Results come back one per image, in input order.
+
+Design points:
+
+* Workers are started with the ``spawn`` method (configurable), so that they never inherit a CUDA
+  context; they never import torch (``postprocess_fn`` must not either).
+* Memory stays bounded: at most ``max_pending`` images (default ``batch_size + 2 * workers``) are
+  read, in flight or waiting to be consumed at any time.
+* Failures are per image: an unreadable image, a ``predict`` or worker error becomes an
+  :class:`ImageFailure` with the image ID and the reason, and the run goes on. When a worker
+  process dies (killed, segfault), the pool is recreated and every image that was in flight is
+  retried alone in the new pool, so that only the image that kills its worker again is recorded as
+  failed.
+* Ctrl-C (or closing the generator) terminates the workers at once and re-raises.
+* With ``cache_dir``, cached images skip segmentation and heuristics; see :mod:`hpa_kernel.cells.cache`.
+* ``workers=0`` runs everything in the calling process (the sequential baseline, and debugging).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpa_kernel.cells.config import CellConfig
+from hpa_kernel.cells.heuristics import OutlierReference
+
+__all__ = ["ImageCells", "ImageFailure", "CellPipeline", "default_workers", "process_image"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_workers() -> int:
+    """The number of CPU cores this process may use (``os.sched_getaffinity``; 2 on Kaggle)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class ImageCells:
+    """The cells of one image.
+
+    Attributes
+    ----------
+    image_id : str
+    height, width : int
+    table : pandas.DataFrame
+        One row per cell, ascending ``cell_id``; columns
+        :data:`hpa_kernel.cells.heuristics.TABLE_COLUMNS`.
+    crops : ndarray, shape (N, S, S, 4), uint8
+        Row k is the crop of ``table.iloc[k]``; zero outside the cell.
+    encoded : list of str or None
+        The EncodedMask of each cell in table order (None when encoding is off).
+    from_cache : bool
+        Whether the labels and table came from the cache.
+    nuclei_label, cell_label : ndarray or None
+        The label images, only when the pipeline was asked to keep them.
+    """
+
+    image_id: str
+    height: int
+    width: int
+    table: Any
+    crops: np.ndarray
+    encoded: list[str] | None = None
+    from_cache: bool = False
+    nuclei_label: np.ndarray | None = field(default=None, repr=False)
+    cell_label: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    """An image that could not be processed, with the reason."""
+
+    image_id: str
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return False
+
+
+@dataclass
+class _Task:
+    """What a worker needs for one image (pickled to the worker)."""
+
+    image_id: str
+    config: CellConfig
+    reference: OutlierReference | None
+    encode: bool
+    keep_labels: bool
+    cache_root: str | None
+    key: str | None
+    # fresh images: the image and its maps; cached images: the folder to re-read the image from
+    image: np.ndarray | None = None
+    maps: Any = None
+    postprocess_fn: Any = None
+    folder: str | None = None
+
+
+class _CacheUnreadable(RuntimeError):
+    """Raised by a worker when a cache entry it was sent to cannot be read."""
+
+
+def _worker_init() -> None:
+    # Ctrl-C is the main process's business: it terminates the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_task(task: _Task) -> ImageCells:
+    """The worker side: labels (post-processing or cache), table, crops, encoding, cache write."""
+    from hpa_kernel.cells.cache import CacheError, CellCache
+    from hpa_kernel.cells.crops import cell_boxes, crop_cells
+    from hpa_kernel.cells.heuristics import score_cells
+
+    cache = CellCache(task.cache_root) if task.cache_root else None
+    if task.image is None:  # cached entry
+        from hpa_kernel.io import read_image
+
+        try:
+            nuclei_label, cell_label, table = cache.load(task.key)
+        except (CacheError, FileNotFoundError) as exc:
+            raise _CacheUnreadable(str(exc)) from exc
+        image = read_image(task.folder, task.image_id)
+        if cell_label.shape != image.shape[:2]:
+            raise _CacheUnreadable(f"cache entry {task.key} has labels of shape {cell_label.shape}, image is {image.shape[:2]}")
+        from_cache = True
+    else:
+        image = task.image
+        nuclei_label, cell_label = task.postprocess_fn(task.maps)
+        nuclei_label, cell_label = np.asarray(nuclei_label), np.asarray(cell_label)
+        if cell_label.shape != image.shape[:2] or nuclei_label.shape != image.shape[:2]:
+            raise ValueError(
+                f"postprocess_fn returned labels of shapes {nuclei_label.shape} and {cell_label.shape}, "
+                f"expected {image.shape[:2]}"
+            )
+        table = score_cells(image, nuclei_label, cell_label, task.config, task.reference)
+        if cache is not None:
+            cache.save(task.key, nuclei_label, cell_label, table)
+        from_cache = False
+    return process_image(
+        task.image_id, image, nuclei_label, cell_label, task.config, table=table, encode=task.encode,
+        keep_labels=task.keep_labels, from_cache=from_cache, boxes=cell_boxes(cell_label),
+    )
+
+
+def process_image(
+    image_id: str,
+    image: np.ndarray,
+    nuclei_label: np.ndarray,
+    cell_label: np.ndarray,
+    config: CellConfig | None = None,
+    *,
+    table=None,
+    reference: OutlierReference | None = None,
+    encode: bool = False,
+    keep_labels: bool = False,
+    from_cache: bool = False,
+    boxes: dict | None = None,
+) -> ImageCells:
+    """Cells of one already segmented image: the table (unless given), crops and encodings.
+
+    This is what a worker does after post-processing; it is public for callers that already have
+    label images (e.g. the truth masks of synthetic data).
+    """
+    from hpa_kernel.cells.crops import crop_cells
+    from hpa_kernel.cells.heuristics import score_cells
+
+    config = CellConfig() if config is None else config
+    if table is None:
+        table = score_cells(image, nuclei_label, cell_label, config, reference)
+    ids = table["cell_id"].to_numpy()
+    crops = crop_cells(image, cell_label, ids, size=config.crop_size, margin=config.margin, boxes=boxes)
+    encoded = None
+    if encode:
+        from hpa_kernel.rle import encode_label_image
+
+        masks = encode_label_image(cell_label, [int(i) for i in ids]) if len(ids) else {}
+        encoded = [masks[int(i)] for i in ids]
+    height, width = cell_label.shape
+    return ImageCells(
+        image_id=image_id, height=int(height), width=int(width), table=table, crops=crops, encoded=encoded,
+        from_cache=from_cache,
+        nuclei_label=nuclei_label if keep_labels else None,
+        cell_label=cell_label if keep_labels else None,
+    )
+
+
+@dataclass
+class _Entry:
+    """One image on its way through the pipeline (main process side)."""
+
+    image_id: str
+    key: str | None = None
+    task: _Task | None = None
+    future: Any = None
+    result: ImageCells | ImageFailure | None = None
+    needs_predict: bool = False
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class CellPipeline:
+    """Segment images and turn them into cell tables, crops and encoded masks, in parallel.
+
+    Parameters
+    ----------
+    segmenter : BaseSegmenter
+        ``predict(images)`` runs here; its picklable ``postprocess_fn(maps)`` runs in the workers.
+    config : CellConfig, optional
+    workers : int, optional
+        Worker processes; default :func:`default_workers`. 0 runs everything in this process.
+    cache_dir : path, optional
+        Folder of the resumable cache (:mod:`hpa_kernel.cells.cache`); None disables it.
+    batch_size : int
+        Images per ``segmenter.predict`` call.
+    encode_masks : bool
+        Encode each cell's mask (EncodedMask, :func:`hpa_kernel.rle.encode_label_image`).
+    reference : OutlierReference, optional
+        Dataset-level outlier statistics; None compares each cell with its own image's cells.
+    keep_labels : bool
+        Return the label images in :class:`ImageCells` (more memory and IPC).
+    max_pending : int, optional
+        Most images held at once (read, in flight or awaiting consumption);
+        default ``batch_size + 2 * max(workers, 1)``.
+    mp_context : {"spawn", "forkserver"}
+        How worker processes start; both are safe with CUDA in the main process.
+
+    Examples
+    --------
+    >>> from hpa_kernel.segmentation import create_segmenter
+    >>> pipeline = CellPipeline(create_segmenter("classic"), CellConfig(crop_size=128))  # doctest: +SKIP
+    >>> for result in pipeline.run("train", ids):  # doctest: +SKIP
+    ...     if result.ok:
+    ...         print(result.image_id, len(result.table))
+    """
+
+    def __init__(
+        self,
+        segmenter,
+        config: CellConfig | None = None,
+        workers: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        *,
+        batch_size: int = 1,
+        encode_masks: bool = True,
+        reference: OutlierReference | None = None,
+        keep_labels: bool = False,
+        max_pending: int | None = None,
+        mp_context: str = "spawn",
+    ):
+        from hpa_kernel.cells.cache import CellCache
+
+        if not callable(getattr(segmenter, "predict", None)) or not callable(getattr(segmenter, "postprocess_fn", None)):
+            raise ValueError(
+                f"segmenter must have predict(images) and a postprocess_fn, got {type(segmenter).__name__}"
+            )
+        self.segmenter = segmenter
+        self.config = CellConfig() if config is None else config
+        if not isinstance(self.config, CellConfig):
+            raise ValueError(f"config must be a CellConfig, got {type(self.config).__name__}")
+        self.workers = default_workers() if workers is None else workers
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.batch_size = batch_size
+        default_pending = batch_size + 2 * max(self.workers, 1)
+        self.max_pending = default_pending if max_pending is None else max_pending
+        if not isinstance(self.max_pending, int) or self.max_pending < batch_size:
+            raise ValueError(f"max_pending must be an int >= batch_size ({batch_size}), got {max_pending!r}")
+        if mp_context not in ("spawn", "forkserver"):
+            raise ValueError(f"mp_context must be 'spawn' or 'forkserver', got {mp_context!r}")
+        self.mp_context = mp_context
+        self.encode_masks = encode_masks
+        self.reference = reference
+        self.keep_labels = keep_labels
+        self.cache = CellCache(cache_dir) if cache_dir is not None else None
+        self._executor = None
+
+    # ------------------------------------------------------------------ pool management
+    def _new_pool(self):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context(self.mp_context), initializer=_worker_init
+        )
+
+    def _replace_pool(self) -> None:
+        old, self._executor = self._executor, self._new_pool()
+        if old is not None:
+            old.shutdown(wait=False, cancel_futures=True)
+
+    def _terminate_pool(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            if p.is_alive():
+                p.terminate()
+        for p in processes:
+            p.join(timeout=10)
+
+    # ------------------------------------------------------------------ per-image steps
+    def _task(self, image_id: str, key: str | None, **kwargs) -> _Task:
+        return _Task(
+            image_id=image_id, config=self.config, reference=self.reference, encode=self.encode_masks,
+            keep_labels=self.keep_labels, cache_root=str(self.cache.root) if self.cache else None, key=key, **kwargs,
+        )
+
+    def _prepare(self, folder: Path, image_id: str) -> _Entry:
+        """Look the image up in the cache, or read it for prediction; failures become results."""
+        from hpa_kernel.cells.cache import cache_key, image_digest
+        from hpa_kernel.io import read_image
+
+        entry = _Entry(image_id)
+        try:
+            if self.cache is not None:
+                entry.key = cache_key(
+                    image_digest(folder, image_id),
+                    self.segmenter.settings(),
+                    self.config.table_settings(),
+                    self.reference.to_dict() if self.reference else None,
+                )
+                if entry.key in self.cache:
+                    entry.task = self._task(image_id, entry.key, folder=str(folder))
+                    return entry
+            image = read_image(folder, image_id)
+        except (OSError, ValueError) as exc:
+            entry.result = self._failure(image_id, exc, "reading")
+            return entry
+        entry.task = self._task(image_id, entry.key, image=image)
+        entry.needs_predict = True
+        return entry
+
+    def _failure(self, image_id: str, exc: BaseException, stage: str) -> ImageFailure:
+        reason = f"{stage}: {_reason(exc)}"
+        logger.warning("image %s failed: %s", image_id, reason)
+        return ImageFailure(image_id, reason)
+
+    def _predict(self, batch: list[_Entry]) -> None:
+        """Run ``segmenter.predict`` on a batch; a failing batch is retried image by image."""
+        batch = [e for e in batch if e.needs_predict and e.result is None]
+        if not batch:
+            return
+        try:
+            maps = self.segmenter.predict([e.task.image for e in batch])
+            if len(maps) != len(batch):
+                raise ValueError(f"segmenter.predict returned {len(maps)} maps for {len(batch)} images")
+        except Exception as exc:  # noqa: BLE001 - any model error: isolate the image that causes it
+            if len(batch) == 1:
+                batch[0].result = self._failure(batch[0].image_id, exc, "segmentation")
+                batch[0].task = None
+                batch[0].needs_predict = False
+                return
+            logger.warning("segmenter.predict failed on a batch of %d (%s); retrying image by image", len(batch), _reason(exc))
+            for e in batch:
+                self._predict([e])
+            return
+        for e, m in zip(batch, maps):
+            e.task.maps = m
+            e.task.postprocess_fn = self.segmenter.postprocess_fn
+            e.needs_predict = False
+
+    def _submit(self, entry: _Entry) -> None:
+        if self._executor is None:  # sequential
+            try:
+                entry.result = _run_task(entry.task)
+            except _CacheUnreadable:
+                raise  # the caller re-runs the image from scratch
+            except Exception as exc:  # noqa: BLE001 - recorded per image
+                entry.result = self._failure(entry.image_id, exc, "cells")
+            return
+        entry.future = self._executor.submit(_run_task, entry.task)
+
+    def _flush(self, batch: list[_Entry]) -> None:
+        """Predict the waiting batch and send its images to the workers."""
+        todo = list(batch)
+        batch.clear()
+        self._predict(todo)
+        for e in todo:
+            if e.result is None:
+                self._submit(e)
+
+    def _rerun_fresh(self, entry: _Entry, folder: Path, why: str) -> None:
+        """A cache entry turned out unreadable: delete it and process the image from scratch."""
+        logger.warning("image %s: %s; segmenting it again", entry.image_id, why)
+        path = self.cache.path(entry.key)
+        if path.exists():
+            path.unlink()
+        from hpa_kernel.io import read_image
+
+        try:
+            image = read_image(folder, entry.image_id)
+        except (OSError, ValueError) as exc:
+            entry.result = self._failure(entry.image_id, exc, "reading")
+            return
+        entry.task = self._task(entry.image_id, entry.key, image=image)
+        entry.needs_predict = True
+        entry.future = None
+        self._flush([entry])
+
+    def _wait(self, entry: _Entry, pending: deque, folder: Path) -> ImageCells | ImageFailure:
+        """The result of ``entry``, recovering from a broken pool and from unreadable cache entries."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        for _ in range(3):
+            if entry.result is not None:
+                return entry.result
+            try:
+                if entry.future is None:
+                    self._submit(entry)  # sequential mode: result set now
+                    continue
+                entry.result = entry.future.result()
+            except BrokenProcessPool:
+                self._recover(pending, folder)
+            except _CacheUnreadable as exc:
+                self._rerun_fresh(entry, folder, str(exc))
+            except Exception as exc:  # noqa: BLE001 - recorded per image
+                entry.result = self._failure(entry.image_id, exc, "cells")
+        if entry.result is None:
+            entry.result = ImageFailure(entry.image_id, "cells: gave up after repeated errors")
+        return entry.result
+
+    def _recover(self, pending: deque, folder: Path) -> None:
+        """A worker died: new pool, then retry every image that was in flight, one at a time."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        logger.warning("a worker process died; restarting the pool and retrying the images in flight one by one")
+        self._replace_pool()
+        for e in pending:
+            if e.future is None or e.result is not None:
+                continue
+            old, e.future = e.future, None
+            try:
+                e.result = old.result()  # it may have finished before the break
+                continue
+            except BrokenProcessPool:
+                pass
+            except _CacheUnreadable as exc:
+                self._rerun_fresh(e, folder, str(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - recorded per image
+                e.result = self._failure(e.image_id, exc, "cells")
+                continue
+            retry = self._executor.submit(_run_task, e.task)
+            try:
+                e.result = retry.result()
+            except BrokenProcessPool:
+                e.result = self._failure(
+                    e.image_id, RuntimeError("a worker process died while processing this image, twice"), "cells"
+                )
+                self._replace_pool()
+            except _CacheUnreadable as exc:
+                self._rerun_fresh(e, folder, str(exc))
+            except Exception as exc:  # noqa: BLE001 - recorded per image
+                e.result = self._failure(e.image_id, exc, "cells")
+
+    # ------------------------------------------------------------------ the run
+    def run(self, folder: str | os.PathLike, image_ids: Iterable[str], progress: bool = True) -> Iterator[ImageCells | ImageFailure]:
+        """Process ``image_ids`` from ``folder``; yields one result per image, in input order.
+
+        Parameters
+        ----------
+        folder : path
+            Folder with the ``{ID}_{red,green,blue,yellow}`` channel files.
+        image_ids : iterable of str
+        progress : bool
+            Show a tqdm bar (rate and ETA) on stderr.
+
+        Yields
+        ------
+        ImageCells or ImageFailure
+            ``result.ok`` tells which.
+        """
+        from tqdm.auto import tqdm
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"folder {folder} does not exist")
+        ids = [str(i) for i in image_ids]
+        pending: deque[_Entry] = deque()
+        batch: list[_Entry] = []
+        bar = tqdm(total=len(ids), desc="cells", unit="img", disable=not progress, dynamic_ncols=True)
+        n_failed = 0
+        finished = False
+        if self.workers > 0:
+            self._executor = self._new_pool()
+
+        def pop():
+            nonlocal n_failed
+            head = pending[0]
+            if head.needs_predict:
+                self._flush(batch)
+            result = self._wait(head, pending, folder)
+            pending.popleft()
+            head.task = head.future = None
+            n_failed += not result.ok
+            bar.update(1)
+            if n_failed:
+                bar.set_postfix(failed=n_failed, refresh=False)
+            return result
+
+        try:
+            for image_id in ids:
+                while len(pending) >= self.max_pending:
+                    yield pop()
+                entry = self._prepare(folder, image_id)
+                pending.append(entry)
+                if entry.needs_predict:
+                    batch.append(entry)
+                    if len(batch) >= self.batch_size:
+                        self._flush(batch)
+                elif entry.result is None:
+                    self._submit_or_rerun(entry, folder)
+            self._flush(batch)
+            while pending:
+                yield pop()
+            finished = True
+        finally:
+            bar.close()
+            if finished:
+                if self._executor is not None:
+                    self._executor.shutdown(wait=True)
+                    self._executor = None
+            else:  # Ctrl-C, an error, or the consumer stopped early: do not wait for the workers
+                self._terminate_pool()
+        if n_failed:
+            logger.warning("%d of %d images failed", n_failed, len(ids))
+
+    def _submit_or_rerun(self, entry: _Entry, folder: Path) -> None:
+        try:
+            self._submit(entry)
+        except _CacheUnreadable as exc:
+            self._rerun_fresh(entry, folder, str(exc))

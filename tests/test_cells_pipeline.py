@@ -1,0 +1,181 @@
+"""CellPipeline: order, parallel == sequential, per-image failures, worker crashes, interruption."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_kernel.cells import CellConfig, CellPipeline, ImageCells, ImageFailure
+from hpa_kernel.segmentation.base import BaseSegmenter, SegmentationMaps
+
+SIZE = 256
+CONFIG = CellConfig(crop_size=64)
+
+
+# ---------------------------------------------------------------------------------------------
+# A test-local segmenter that returns the synthetic truth masks: same interface as the real ones.
+def truth_postprocess(maps: SegmentationMaps):
+    """Picklable post-processing: the maps already are the label images."""
+    assert "torch" not in sys.modules, "a worker imported torch"
+    return maps.nuclei, maps.cell
+
+
+class CrashOn:
+    """Post-processing that kills its worker process (as a segfault would) for chosen images."""
+
+    def __init__(self, cell_digests):
+        self.cell_digests = set(cell_digests)
+
+    def __call__(self, maps):
+        if hashlib.sha1(maps.cell.tobytes()).hexdigest() in self.cell_digests:
+            os._exit(3)
+        return truth_postprocess(maps)
+
+
+class RaiseOn:
+    """Post-processing that raises for chosen images."""
+
+    def __init__(self, cell_digests):
+        self.cell_digests = set(cell_digests)
+
+    def __call__(self, maps):
+        if hashlib.sha1(maps.cell.tobytes()).hexdigest() in self.cell_digests:
+            raise RuntimeError("planted post-processing error")
+        return truth_postprocess(maps)
+
+
+class TruthSegmenter(BaseSegmenter):
+    """Looks the image up by content and returns its truth masks as the maps."""
+
+    name = "truth"
+
+    def __init__(self, samples, postprocess_fn=truth_postprocess, interrupt_after=None):
+        self.masks = {hashlib.sha1(s.image.tobytes()).hexdigest(): (s.nuclei_mask, s.cell_mask) for s in samples}
+        self.postprocess_fn = postprocess_fn
+        self.calls = 0
+        self.interrupt_after = interrupt_after
+
+    def predict(self, images):
+        out = []
+        for image in images:
+            self.calls += 1
+            if self.interrupt_after is not None and self.calls > self.interrupt_after:
+                raise KeyboardInterrupt
+            nuclei, cell = self.masks[hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()]
+            out.append(SegmentationMaps(nuclei=nuclei, cell=cell))
+        return out
+
+    def settings(self):
+        return {"name": self.name}
+
+
+def cell_digest(sample) -> str:
+    return hashlib.sha1(sample.cell_mask.tobytes()).hexdigest()
+
+
+def make_folder(tmp_path, n=5, size=SIZE, seed=100):
+    from hpa_kernel.io import write_image
+    from hpa_kernel.synthetic import synthesize_image
+
+    folder = tmp_path / "images"
+    samples, ids = [], []
+    for i in range(n):
+        s = synthesize_image(seed + i, size, size)
+        image_id = f"img{i:02d}"
+        write_image(folder, image_id, s.image)
+        samples.append(s)
+        ids.append(image_id)
+    return folder, ids, samples
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("cells_pipeline"))
+
+
+def assert_same(a: ImageCells, b: ImageCells):
+    assert a.image_id == b.image_id
+    pd.testing.assert_frame_equal(a.table, b.table)
+    np.testing.assert_array_equal(a.crops, b.crops)
+    assert a.encoded == b.encoded
+
+
+# ---------------------------------------------------------------------------------------------
+def test_sequential_run_matches_truth(images):
+    folder, ids, samples = images
+    results = list(CellPipeline(TruthSegmenter(samples), CONFIG, workers=0, encode_masks=True).run(folder, ids, progress=False))
+    assert [r.image_id for r in results] == ids
+    for r, s in zip(results, samples):
+        assert isinstance(r, ImageCells)
+        truth_ids = sorted(int(i) for i in np.unique(s.cell_mask) if i)
+        assert r.table["cell_id"].tolist() == truth_ids
+        assert r.crops.shape == (len(truth_ids), 64, 64, 4) and r.crops.dtype == np.uint8
+        assert (r.height, r.width) == (SIZE, SIZE)
+        areas = {k: int((s.cell_mask == k).sum()) for k in truth_ids}
+        assert r.table.set_index("cell_id")["area"].to_dict() == areas
+        from hpa_kernel.rle import decode_mask
+
+        for k, code in zip(truth_ids, r.encoded):
+            np.testing.assert_array_equal(decode_mask(code, SIZE, SIZE), s.cell_mask == k)
+
+
+def test_two_workers_equal_sequential_and_keep_order(images):
+    folder, ids, samples = images
+    order = ids[::-1] + ids[:2]  # any order, with repeats
+    seq = list(CellPipeline(TruthSegmenter(samples), CONFIG, workers=0).run(folder, order, progress=False))
+    par = list(CellPipeline(TruthSegmenter(samples), CONFIG, workers=2, batch_size=2).run(folder, order, progress=False))
+    assert [r.image_id for r in par] == order
+    for a, b in zip(seq, par):
+        assert_same(a, b)
+
+
+def test_missing_channel_and_raising_image_are_recorded_and_run_continues(images, tmp_path):
+    folder, ids, samples = images
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for p in folder.iterdir():
+        if not p.name.startswith(f"{ids[1]}_yellow"):
+            (broken / p.name).write_bytes(p.read_bytes())
+    segmenter = TruthSegmenter(samples, postprocess_fn=RaiseOn([cell_digest(samples[3])]))
+    results = list(CellPipeline(segmenter, CONFIG, workers=2).run(broken, ids, progress=False))
+    assert [r.image_id for r in results] == ids
+    assert [r.ok for r in results] == [True, False, True, False, True]
+    assert isinstance(results[1], ImageFailure) and f"{ids[1]}_yellow.png" in results[1].reason
+    assert "planted post-processing error" in results[3].reason
+
+
+def test_worker_crash_fails_only_that_image(images):
+    folder, ids, samples = images
+    segmenter = TruthSegmenter(samples, postprocess_fn=CrashOn([cell_digest(samples[2])]))
+    results = list(CellPipeline(segmenter, CONFIG, workers=2).run(folder, ids, progress=False))
+    assert [r.image_id for r in results] == ids
+    assert [r.ok for r in results] == [True, True, False, True, True]
+    assert "worker process died" in results[2].reason
+    reference = list(CellPipeline(TruthSegmenter(samples), CONFIG, workers=0).run(folder, ids, progress=False))
+    for k in (0, 1, 3, 4):
+        assert_same(results[k], reference[k])
+
+
+def test_interrupt_stops_cleanly(images):
+    folder, ids, samples = images
+    pipeline = CellPipeline(TruthSegmenter(samples, interrupt_after=2), CONFIG, workers=2)
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        for r in pipeline.run(folder, ids, progress=False):
+            got.append(r.image_id)
+    assert got == ids[: len(got)]
+    assert pipeline._executor is None  # workers terminated
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="workers"):
+        CellPipeline(TruthSegmenter([]), CONFIG, workers=-1)
+    with pytest.raises(ValueError, match="segmenter"):
+        CellPipeline(object(), CONFIG)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        next(CellPipeline(TruthSegmenter([]), CONFIG, workers=0).run("/nonexistent/folder", ["a"]))
