@@ -1,0 +1,248 @@
+"""Submission writer and validator: round trip through the file, and one test per problem class."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_kernel.metric import TruthImage, evaluate
+from hpa_kernel.rle import decode_mask, encode_label_image, encode_mask
+from hpa_kernel.submission import (
+    FALLBACK_PREDICTION,
+    SUBMISSION_HEADER,
+    check_submission,
+    format_prediction_string,
+    prediction_string_for_cells,
+    validate_submission,
+    write_submission,
+)
+
+SIZES = {"img_a": (24, 32), "img_b": (40, 20), "img_c": (16, 16)}  # (height, width)
+
+
+def _labels(height, width, seed):
+    """Four disjoint cells of random shape, one touching the bottom-right corner, one the top-left."""
+    rng = np.random.default_rng(seed)
+    label = np.zeros((height, width), dtype=np.int32)
+    half_h, half_w = height // 2, width // 2
+    corners = [(0, 0), (0, half_w), (half_h, 0), (half_h, half_w)]
+    for cell, (y, x) in enumerate(corners, start=1):
+        block = rng.random((half_h, half_w)) < 0.6
+        block[-1 if cell == 4 else 0, -1 if cell == 4 else 0] = True
+        label[y : y + half_h, x : x + half_w][block] = cell
+    return label
+
+
+@pytest.fixture
+def sample(tmp_path):
+    path = tmp_path / "sample_submission.csv"
+    rows = [{"ID": i, "ImageWidth": w, "ImageHeight": h, "PredictionString": "0 1 eNoLCAgIMAEABJkBdQ=="} for i, (h, w) in SIZES.items()]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def labels():
+    return {image_id: _labels(h, w, k) for k, (image_id, (h, w)) in enumerate(SIZES.items())}
+
+
+@pytest.fixture
+def good(tmp_path, sample, labels):
+    """A valid submission: every cell of img_a and img_b with 19 classes, img_c left to the fallback."""
+    rows = {}
+    for image_id in ("img_a", "img_b"):
+        encoded = encode_label_image(labels[image_id])
+        probs = np.random.default_rng(1).random((len(encoded), 19))
+        rows[image_id] = prediction_string_for_cells(list(encoded.values()), probs)
+    return write_submission(rows, sample, tmp_path / "submission.csv")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_format_prediction_string():
+    mask = "eNoLCAgIMAEABJkBdQ=="
+    assert format_prediction_string([(3, 0.1234567, mask), (18, 1, mask)]) == f"3 0.123457 {mask} 18 1.000000 {mask}"
+    assert format_prediction_string([]) == ""
+    for bad, match in [
+        ((19, 0.5, mask), "label"),
+        ((True, 0.5, mask), "label"),
+        ((1, 1.5, mask), "confidence"),
+        ((1, float("nan"), mask), "confidence"),
+        ((1, 0.5, ""), "EncodedMask"),
+        ((1, 0.5, "a b"), "EncodedMask"),
+        ((1, 0.5), "triple 0"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            format_prediction_string([bad])
+
+
+def test_prediction_string_for_cells_repeats_each_mask_for_all_classes():
+    masks = ["eNoLCAgIMAEABJkBdQ==", "eNozSDAAAAGDAME="]
+    probs = np.linspace(0, 1, 38).reshape(2, 19)
+    tokens = prediction_string_for_cells(masks, probs).split(" ")
+    assert len(tokens) == 2 * 19 * 3
+    assert tokens[0::3] == [str(c) for c in range(19)] * 2
+    assert tokens[2::3] == [masks[0]] * 19 + [masks[1]] * 19
+    assert [float(t) for t in tokens[1::3]] == pytest.approx(probs.ravel(), abs=1e-6)
+    with pytest.raises(ValueError, match=r"\(N, 19\)"):
+        prediction_string_for_cells(masks, probs[:, :18])
+
+
+def test_write_read_decode_round_trip(good, sample, labels):
+    text = good.read_bytes()
+    assert b"\r" not in text and b'"' not in text
+    lines = text.decode("ascii").split("\n")
+    assert lines[0] == ",".join(SUBMISSION_HEADER) and lines[-1] == ""
+    assert [line.split(",")[0] for line in lines[1:-1]] == list(SIZES)  # sample order
+    frame = pd.read_csv(good, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
+    for row in frame.itertuples():
+        height, width = SIZES[row.ID]
+        assert (row.ImageHeight, row.ImageWidth) == (height, width)
+        if row.ID == "img_c":
+            assert row.PredictionString == FALLBACK_PREDICTION
+            continue
+        tokens = row.PredictionString.split(" ")
+        label = labels[row.ID]
+        cells = sorted(c for c in np.unique(label) if c)
+        for k, cell in enumerate(cells):
+            decoded = decode_mask(tokens[k * 57 + 2], height, width)
+            np.testing.assert_array_equal(decoded, label == cell)
+    assert validate_submission(good, sample) == []
+    # Perfect masks with the true class ranked by the writer score as expected.
+    truth = {i: TruthImage(labels[i], np.array(sorted(c for c in np.unique(labels[i]) if c)), [(5,)] * 4) for i in SIZES}
+    assert evaluate(good, truth=truth).num_tp[5] == 8
+
+
+def test_fallback_row_is_logged(tmp_path, sample, caplog):
+    with caplog.at_level(logging.WARNING, logger="hpa_kernel.submission"):
+        out = write_submission({"img_b": ""}, sample, tmp_path / "sub.csv")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and any("img_a" in m for m in warned) and any("img_c" in m for m in warned)
+    assert all("no prediction" in m for m in warned)
+    frame = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert frame["PredictionString"].tolist() == ["", "", ""]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample_submission.csv", "sub.csv"]  # no temp file left
+
+
+def test_writer_rejects_unknown_ids_and_malformed_rows(tmp_path, sample):
+    with pytest.raises(ValueError, match="not in the sample"):
+        write_submission({"nope": ""}, sample, tmp_path / "sub.csv")
+    with pytest.raises(ValueError, match="single-space"):
+        write_submission({"img_a": "1 0.5 abc "}, sample, tmp_path / "sub.csv")
+    with pytest.raises(ValueError, match="comma"):
+        write_submission({"img_a": "1 0.5 a,b"}, sample, tmp_path / "sub.csv")
+    assert not (tmp_path / "sub.csv").exists()
+    with pytest.raises(FileNotFoundError, match="sample submission"):
+        write_submission({}, tmp_path / "missing.csv", tmp_path / "sub.csv")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _mutate_row(good, tmp_path, edit):
+    lines = good.read_text().split("\n")
+    lines[1] = edit(lines[1])
+    out = tmp_path / "broken.csv"
+    out.write_text("\n".join(lines), newline="")
+    return out
+
+
+def _set_tokens(row: str, k: int, value: str) -> str:
+    head, prediction = row.rsplit(",", 1)
+    tokens = prediction.split(" ")
+    tokens[k] = value
+    return f"{head},{' '.join(tokens)}"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+ROW_BREAKS = {
+    "wrong width": (lambda r: r.replace("img_a,32,24,", "img_a,33,24,"), "ImageWidth is 33; the sample has 32"),
+    "wrong height": (lambda r: r.replace("img_a,32,24,", "img_a,32,25,"), "ImageHeight is 25; the sample has 24"),
+    "non-integer size": (lambda r: r.replace("img_a,32,24,", "img_a,32.0,24,"), "not a positive integer"),
+    "extra field": (lambda r: r + ",x", "5 fields"),
+    "tokens not multiple of 3": (lambda r: r + " 7", "not a multiple of 3"),
+    "double space": (lambda r: r.replace(" ", "  ", 1), "double space"),
+    "leading space": (lambda r: r.replace("img_a,32,24,", "img_a,32,24, "), "leading or trailing space"),
+    "trailing space": (lambda r: r + " ", "leading or trailing space"),
+    "label not an integer": (lambda r: _set_tokens(r, 0, "0.0"), "label '0.0' is not an integer"),
+    "label out of range": (lambda r: _set_tokens(r, 0, "19"), "label '19' is not an integer 0..18"),
+    "confidence not a number": (lambda r: _set_tokens(r, 1, "high"), "confidence 'high' is not a number"),
+    "confidence not finite": (lambda r: _set_tokens(r, 1, "inf"), "not finite"),
+    "confidence above 1": (lambda r: _set_tokens(r, 1, "1.5"), "outside [0, 1]"),
+    "confidence below 0": (lambda r: _set_tokens(r, 1, "-0.1"), "outside [0, 1]"),
+    "mask not base64": (lambda r: _set_tokens(r, 2, "***"), "not valid base64"),
+    "mask not zlib": (lambda r: _set_tokens(r, 2, _b64(b"hello world")), "not zlib data"),
+    "mask of another size": (lambda r: _set_tokens(r, 2, encode_mask(np.ones((24, 31), bool))), "covers 744 pixels"),
+    "mask with a bad RLE": (lambda r: _set_tokens(r, 2, _b64(zlib.compress(b"3`", 9))), "truncated"),
+    "quoted row": (lambda r: r.replace("img_a", '"img_a"'), "quotes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROW_BREAKS))
+def test_validator_catches(case, good, sample, tmp_path):
+    edit, message = ROW_BREAKS[case]
+    problems = validate_submission(_mutate_row(good, tmp_path, edit), sample)
+    assert problems, case
+    assert any(message in p.message for p in problems), [str(p) for p in problems]
+    assert all(p.line == 2 and p.image_id == "img_a" for p in problems if message in p.message)
+
+
+def _write_lines(tmp_path, lines, name="broken.csv"):
+    out = tmp_path / name
+    out.write_bytes("".join(line + "\n" for line in lines).encode())
+    return out
+
+
+def test_validator_header(good, sample, tmp_path):
+    lines = good.read_text().splitlines()
+    problems = validate_submission(_write_lines(tmp_path, ["ImageID,ImageWidth,ImageHeight,PredictionString"] + lines[1:]), sample)
+    assert [p.line for p in problems] == [1] and "expected exactly" in problems[0].message
+
+
+def test_validator_missing_extra_and_duplicate_ids(good, sample, tmp_path):
+    lines = good.read_text().splitlines()
+    missing = validate_submission(_write_lines(tmp_path, lines[:3]), sample)
+    assert [(p.image_id, p.message) for p in missing] == [("img_c", "ID of the sample submission has no row")]
+    extra = validate_submission(_write_lines(tmp_path, lines + ["img_z,16,16,"]), sample)
+    assert [(p.line, p.image_id) for p in extra] == [(5, "img_z")] and "not in the sample" in extra[0].message
+    dup = validate_submission(_write_lines(tmp_path, lines + [lines[2]]), sample)
+    assert [(p.line, p.image_id) for p in dup] == [(5, "img_b")] and "duplicate ID (first on line 3)" in dup[0].message
+
+
+def test_validator_line_ends_and_empty_file(good, sample, tmp_path):
+    crlf = tmp_path / "crlf.csv"
+    crlf.write_bytes(good.read_bytes().replace(b"\n", b"\r\n"))
+    problems = validate_submission(crlf, sample)
+    assert len(problems) == 1 and "4 lines end with CRLF" in problems[0].message
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    problems = validate_submission(empty, sample)
+    assert "file is empty" in problems[0].message and len(problems) == 1 + len(SIZES)
+    with pytest.raises(FileNotFoundError):
+        validate_submission(tmp_path / "absent.csv", sample)
+
+
+def test_check_submission_counts(good, sample):
+    report = check_submission(good, sample)
+    assert report.ok and report.num_rows == 3 and report.num_empty_rows == 1
+    assert report.num_triples == 2 * 4 * 19 and report.num_distinct_masks == 8 and report.num_empty_masks == 0
+
+
+def test_validate_cli(good, sample, tmp_path, capsys):
+    from hpa_kernel.cli import main
+
+    assert main(["validate-submission", str(good), "--sample", str(sample)]) == 0
+    assert capsys.readouterr().out.startswith("OK ")
+    broken = _mutate_row(good, tmp_path, lambda r: r.replace(" 0.", " 7."))  # every confidence of img_a > 1
+    assert main(["validate-submission", str(broken), "--sample", str(sample), "--max-problems", "3"]) == 1
+    out = capsys.readouterr().out
+    assert "76 problem(s)" in out and "... and 73 more" in out and out.count("outside [0, 1]") == 3
