@@ -39,6 +39,7 @@ __all__ = [
     "synthesize_image",
     "make_competition",
     "render_composite",
+    "save_example",
     "write_npz",
 ]
 
@@ -211,10 +212,10 @@ def _scale(height: int, width: int) -> float:
 def _place_cells(rng, height, width, n_cells, r_mean) -> list[_Cell]:
     """Nucleus centres by dart throwing, biased towards colonies by a smooth density."""
     # smooth density on a coarse grid: cells grow in colonies with some empty space between
-    grid = rng.uniform(0.15, 1.0, (4, 4))
+    grid = rng.uniform(0.1, 1.0, (4, 4)) ** 1.5
     r_nuc_mean = 0.42 * r_mean
     margin = 0.45 * r_nuc_mean  # centres up to this far outside: some nuclei are cut by the border
-    min_dist = 1.45 * r_mean
+    min_dist = 1.3 * r_mean
     cells: list[_Cell] = []
     centres: list[tuple[float, float]] = []
     tries = 0
@@ -238,7 +239,7 @@ def _place_cells(rng, height, width, n_cells, r_mean) -> list[_Cell]:
 def _new_cell(rng, cy, cx, r_mean) -> _Cell:
     u = rng.random()
     kind = "mitotic" if u < 0.06 else ("binucleate" if u < 0.14 else "normal")
-    r_cell = r_mean * rng.uniform(0.85, 1.2)
+    r_cell = r_mean * rng.uniform(0.8, 1.25)
     r_nuc = 0.42 * r_mean * rng.uniform(0.85, 1.15)
     if kind == "mitotic":
         r_cell = 0.62 * r_mean * rng.uniform(0.9, 1.1)
@@ -262,12 +263,13 @@ def _new_cell(rng, cy, cx, r_mean) -> _Cell:
         body = _Blob.random(rng, cy + off * np.sin(ob), cx + off * np.cos(ob), r_cell, (1.5, 2.0), 0.1, angle=angle)
         nuclei = []
         for sgn in (-1, 1):
-            d = 0.62 * r_nuc * sgn
+            d = 0.8 * r_nuc * sgn
             nuclei.append(
                 _Blob.random(rng, cy + d * np.sin(angle), cx + d * np.cos(angle), 0.75 * r_nuc, (1.0, 1.3), 0.05)
             )
         return _Cell(body, nuclei, kind, r_cell, 0.75 * r_nuc)
-    body = _Blob.random(rng, cy + off * np.sin(ob), cx + off * np.cos(ob), r_cell, (1.0, 1.8), 0.12, angle=angle)
+    elongation = (1.0, 1.6) if rng.random() < 0.7 else (1.8, 2.6)
+    body = _Blob.random(rng, cy + off * np.sin(ob), cx + off * np.cos(ob), r_cell, elongation, 0.16, angle=angle)
     nucleus = _Blob.random(rng, cy, cx, r_nuc, (1.0, 1.4), 0.05, angle=angle + rng.normal(0, 0.3))
     return _Cell(body, [nucleus], kind, r_cell, r_nuc)
 
@@ -284,8 +286,8 @@ def _rasterise(cells: list[_Cell], height: int, width: int):
         if y1 <= y0 or x1 <= x0:
             continue
         d = cell.body.distance(y0, x0, y1, x1)
-        if cell.kind == "mitotic":
-            d = d - 1.0  # a rounded dividing cell keeps its disc; neighbours do not eat into it
+        if cell.kind == "mitotic":  # a rounded dividing cell keeps its disc; neighbours do not eat into it
+            d = np.where(d < 1.0, d - 1.0, np.float32(np.inf))
         sb, sl = best[y0:y1, x0:x1], cell_mask[y0:y1, x0:x1]
         upd = (d < 1.0) & (d < sb)
         sb[upd] = d[upd]
@@ -499,15 +501,15 @@ def _nucleoli(rng, loc: _Local) -> np.ndarray:
 
 def _microtubules(rng, loc: _Local) -> np.ndarray:
     """Radial, slightly curved fibres from around the nucleus to the cell edge."""
-    n = int(70 * loc.r_cell / _CELL_RADIUS) + 25
+    n = int(110 * loc.r_cell / _CELL_RADIUS) + 30
     curves = []
     for _ in range(n):
         th = rng.uniform(0, 2 * np.pi)
         r0 = loc.r_nuc * rng.uniform(0.3, 1.0)
         y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
-        curves.append(_walk(rng, y, x, th + rng.normal(0, 0.3), 0.12 * loc.r_cell, 14, 0.18))
-    lines = _polylines(loc.cell.shape, curves, round(loc.px))
-    return _blur(lines, 0.5 * loc.px) * loc.cyto
+        curves.append(_walk(rng, y, x, th + rng.normal(0, 0.35), 0.08 * loc.r_cell, 20, 0.2))
+    lines = _polylines(loc.cell.shape, curves, max(1, round(0.7 * loc.px)))
+    return _blur(lines, 0.4 * loc.px) * loc.cyto
 
 
 def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
@@ -527,7 +529,7 @@ def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
         inside = (maps["nucleoli"] > 0.5) & nuc
         n = int(rng.integers(4, 12))
         ys, xs = _pick(rng, inside if inside.any() else nuc, n)
-        return np.clip(_spots(shape, ys, xs, rng.uniform(0.7, 1.0, n), 0.025 * rn + 0.5 * px), 0, 1) * nuc
+        return np.clip(_spots(shape, ys, xs, rng.uniform(0.8, 1.0, n), 0.035 * rn + 0.6 * px), 0, 1) * nuc
     if c == 4:  # speckles: many small irregular dots in the nucleoplasm
         n = int(rng.integers(15, 35))
         ys, xs = _pick(rng, (loc.depth_nuc > 0.08 * rn) & (maps["nucleoli"] < 0.3), n)
@@ -536,7 +538,7 @@ def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
     if c == 5:  # nuclear bodies: a few bright dots
         n = int(rng.integers(2, 7))
         ys, xs = _pick(rng, (loc.depth_nuc > 0.1 * rn) & (maps["nucleoli"] < 0.3), n)
-        return np.clip(_spots(shape, ys, xs, rng.uniform(0.8, 1.0, n), 0.035 * rn + 0.5 * px), 0, 1) * nuc
+        return np.clip(_spots(shape, ys, xs, rng.uniform(0.8, 1.0, n), 0.05 * rn + 0.6 * px), 0, 1) * nuc
     if c == 6:  # endoplasmic reticulum: follows the yellow texture
         return maps["er"] * cyto
     if c == 7:  # Golgi: a compact cluster beside the nucleus
@@ -552,8 +554,8 @@ def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
             th = rng.uniform(0, 2 * np.pi)
             r0 = rn * rng.uniform(1.0, 1.5)
             y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
-            curves.append(_walk(rng, y, x, th + np.pi / 2 * rng.choice([-1, 1]), 0.1 * rc, 22, 0.12))
-        return _blur(_polylines(shape, curves, round(1.5 * px)), 0.6 * px) * cyto
+            curves.append(_walk(rng, y, x, th + np.pi / 2 * rng.choice([-1, 1]), 0.06 * rc, 36, 0.15))
+        return _blur(_polylines(shape, curves, round(px)), 0.5 * px) * cyto
     if c == 9:  # actin filaments: straight parallel bundles and a cortical rim
         th = rng.uniform(0, np.pi)
         nrm = np.array([np.cos(th), -np.sin(th)])
@@ -584,7 +586,7 @@ def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
         th = rng.uniform(0, 2 * np.pi)
         ys = np.clip(np.round(loc.cy + 1.15 * rn * np.sin(th) + rng.normal(0, 0.05 * rn, n)), 0, shape[0] - 1)
         xs = np.clip(np.round(loc.cx + 1.15 * rn * np.cos(th) + rng.normal(0, 0.05 * rn, n)), 0, shape[1] - 1)
-        return np.clip(_spots(shape, ys, xs, np.ones(n), 0.04 * rn + 0.8 * px), 0, 1) * cell
+        return np.clip(_spots(shape, ys, xs, np.ones(n), 0.05 * rn + px), 0, 1) * cell
     if c == 13:  # plasma membrane: a ring at the cell edge
         return np.exp(-0.5 * (loc.dist_edge / (0.035 * rc + 0.8 * px)) ** 2) * cell
     if c == 14:  # mitochondria: short filaments, denser around the nucleus
@@ -709,22 +711,25 @@ def synthesize_image(
         b_int = rng.uniform(0.4, 0.7) if not mitotic else rng.uniform(0.85, 1.0)
         b = loc.nuc * b_int * (0.85 + 0.12 * ltex) * (1 - 0.45 * nucleoli)
         blue[sl] += b
+        # the cytoplasm thins out towards the cell edge (a lamella), so every texture fades there
+        edge = 1.0 - 0.55 * np.exp(-loc.dist_edge / (0.05 * cell.r_cell + px))
+        near = np.exp(-loc.dist_nuc / (0.5 * cell.r_cell))
         # red: microtubule fibres on a diffuse cytoplasmic base, brighter around the nucleus
         mt = _microtubules(rng, loc) if not mitotic else np.zeros((h, w), np.float32)
-        near = np.exp(-loc.dist_nuc / (0.7 * cell.r_cell))
-        r_int = rng.uniform(0.35, 0.65)
-        base = 0.25 + 0.25 * near
+        r_int = rng.uniform(0.3, 0.55)
         if mitotic:
-            red[sl] += loc.cell * r_int * (0.7 + 0.1 * ltex)
+            red[sl] += r_int * loc.cell * (0.75 + 0.1 * ltex) * (1.0 - 0.9 * loc.nuc)
         else:
-            red[sl] += r_int * (loc.cyto * base * (0.8 + 0.1 * ltex) + 0.8 * mt) + 0.05 * loc.nuc * r_int
-        # yellow: reticular ER, dense around the nucleus and fading to the edge
-        y_int = rng.uniform(0.35, 0.65)
-        env = 0.25 + 0.75 * np.exp(-loc.dist_nuc / (0.45 * cell.r_cell))
+            red[sl] += r_int * (loc.cyto * edge * (0.2 + 0.25 * near) * (1.0 + 0.15 * ltex) + 0.6 * mt * (0.6 + 0.4 * near))
+            red[sl] += 0.04 * r_int * loc.nuc
+        # yellow: reticular ER, dense around the nucleus (and on its envelope), fading to the edge
+        y_int = rng.uniform(0.4, 0.7)
+        env = (0.2 + 0.8 * np.exp(-loc.dist_nuc / (0.4 * cell.r_cell))) * edge
         if mitotic:
-            yellow[sl] += loc.cell * y_int * (0.5 + 0.3 * ler)
+            yellow[sl] += y_int * loc.cell * (0.55 + 0.25 * ler) * (1.0 - 0.9 * loc.nuc)
         else:
-            yellow[sl] += y_int * loc.cyto * env * (0.25 + 0.75 * ler) + 0.04 * loc.nuc * y_int
+            envelope = np.exp(-0.5 * (loc.dist_nuc / (0.03 * cell.r_nuc + px)) ** 2) * loc.cyto
+            yellow[sl] += y_int * (loc.cyto * env * (0.2 + 0.8 * ler) + 0.5 * envelope) + 0.04 * y_int * loc.nuc
         # green: the protein pattern of each of the cell's classes
         maps = {"tex": ltex, "nucleoli": nucleoli, "er": ler * env, "mt": mt, "mitotic": mitotic,
                 "axis": cell.nuclei[0].angle}
@@ -742,8 +747,8 @@ def synthesize_image(
     for ch in (red, green, blue, yellow):
         ch = _blur(ch, 0.6 * px)
         ch += rng.uniform(0.008, 0.025)  # background offset
-        ch += rng.normal(0.0, 0.006, shape).astype(np.float32)
-        ch += np.sqrt(np.clip(ch, 0, None)) * rng.normal(0.0, 0.025, shape).astype(np.float32)  # shot noise
+        ch += np.float32(0.006) * rng.standard_normal(shape, dtype=np.float32)
+        ch += np.sqrt(np.clip(ch, 0, None)) * np.float32(0.025) * rng.standard_normal(shape, dtype=np.float32)  # shot noise
         channels.append(np.clip(ch, 0.0, 1.0))
     stack = np.stack(channels, axis=-1)
     if bit_depth == 8:
@@ -900,14 +905,22 @@ def make_competition(
     comp.truth_dir.mkdir(exist_ok=True)
     train_rows: list[tuple[str, str]] = []
     sub_rows: list[tuple[str, int, int, str]] = []
+    images_meta: list[dict] = []
     for split_index, (split, n, folder) in enumerate((("train", n_train, comp.train_dir), ("test", n_test, comp.test_dir))):
         folder.mkdir(exist_ok=True)
         cells_rows, info_rows, debris_rows = [], [], []
         masks, nuclei = {}, {}
         for i in range(n):
             image_id = _image_id(seed, split_index, i)
-            sample = synthesize_image(_image_seed(seed, split_index, i), height, width, bit_depth=bit_depth)
+            image_seed = _image_seed(seed, split_index, i)
+            sample = synthesize_image(image_seed, height, width, bit_depth=bit_depth)
             write_image(folder, image_id, sample.image)
+            images_meta.append({
+                "split": split, "id": image_id, "seed": image_seed, "n_cells": len(sample.cell_labels),
+                "image_classes": sample.params["image_classes"],
+            })
+            logger.debug("%s %s: %d cells, labels %s", split, image_id, len(sample.cell_labels),
+                         format_labels(sample.image_labels))
             masks[image_id] = sample.cell_mask
             nuclei[image_id] = sample.nuclei_mask
             for k in sample.cell_ids:
@@ -939,9 +952,11 @@ def make_competition(
         "height": height,
         "width": width,
         "bit_depth": int(bit_depth),
+        "cell_radius_px": float(_CELL_RADIUS * _scale(height, width)),
+        "images": images_meta,
     }
     (root / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
-    n_cells = sum(1 for _ in open(comp.truth_cells("train"))) + sum(1 for _ in open(comp.truth_cells("test"))) - 2
+    n_cells = sum(m["n_cells"] for m in images_meta)
     logger.info("synthetic competition in %s: %d train + %d test images of %dx%d (HxW), %d-bit, %d cells, seed %d",
                 root, n_train, n_test, height, width, bit_depth, n_cells, seed)
     return comp
@@ -951,7 +966,12 @@ def make_competition(
 # picture
 
 
-def render_composite(sample: SyntheticImage | np.ndarray, outlines: bool = True, cell_mask: np.ndarray | None = None) -> np.ndarray:
+def render_composite(
+    sample: SyntheticImage | np.ndarray,
+    outlines: bool = True,
+    cell_mask: np.ndarray | None = None,
+    black: float = 0.04,
+) -> np.ndarray:
     """An HPA-style RGB composite of an (H, W, 4) image: red + yellow, green + yellow, blue.
 
     Parameters
@@ -960,6 +980,10 @@ def render_composite(sample: SyntheticImage | np.ndarray, outlines: bool = True,
     outlines : bool
         Draw the truth cell outlines (white) and nucleus outlines (light blue); needs the masks of
         a :class:`SyntheticImage` or ``cell_mask``.
+    cell_mask : ndarray, optional
+        Cell label image for the outlines when ``sample`` is a plain array.
+    black : float
+        Black level in [0, 1) subtracted before display (hides the camera background).
 
     Returns
     -------
@@ -967,13 +991,15 @@ def render_composite(sample: SyntheticImage | np.ndarray, outlines: bool = True,
     """
     from hpa_kernel.io import to_float
 
+    if not 0.0 <= black < 1.0:
+        raise ValueError(f"black must be in [0, 1), got {black!r}")
     image = sample.image if isinstance(sample, SyntheticImage) else np.asarray(sample)
     if image.ndim != 3 or image.shape[2] != 4:
         raise ValueError(f"image must have shape (H, W, 4), got {image.shape}")
     f = to_float(image)
     r, g, b, y = (f[..., i] for i in range(4))
-    rgb = np.stack([r + 0.6 * y, g + 0.45 * y, b], axis=-1)
-    rgb = np.clip(rgb * 1.3, 0, 1)
+    rgb = np.stack([r + 0.6 * y, 0.85 * g + 0.4 * y, b], axis=-1)
+    rgb = np.clip((rgb - black) * (1.2 / (1.0 - black)), 0, 1)
     out = np.round(rgb * 255).astype(np.uint8)
     if outlines:
         masks = []
@@ -982,11 +1008,50 @@ def render_composite(sample: SyntheticImage | np.ndarray, outlines: bool = True,
         elif cell_mask is not None:
             masks = [(cell_mask, (255, 255, 255))]
         for m, colour in masks:
-            edge = np.zeros(m.shape, bool)
-            edge[:-1] |= m[:-1] != m[1:]
-            edge[1:] |= m[:-1] != m[1:]
-            edge[:, :-1] |= m[:, :-1] != m[:, 1:]
-            edge[:, 1:] |= m[:, :-1] != m[:, 1:]
-            edge &= m > 0
-            out[edge] = colour
+            _draw_outlines(out, m, colour)
     return out
+
+
+def _draw_outlines(rgb: np.ndarray, mask: np.ndarray, colour) -> None:
+    """Colour, in place, the pixels of each labelled region that touch another label or background."""
+    edge = np.zeros(mask.shape, bool)
+    dy = mask[:-1] != mask[1:]
+    dx = mask[:, :-1] != mask[:, 1:]
+    edge[:-1] |= dy
+    edge[1:] |= dy
+    edge[:, :-1] |= dx
+    edge[:, 1:] |= dx
+    rgb[edge & (mask > 0)] = colour
+
+
+def save_example(
+    path: str | Path,
+    seed: int = 2021,
+    size: int = 2048,
+    *,
+    classes: Sequence[int] | None = (2, 13, 14),
+    max_side: int = 1024,
+) -> Path:
+    """Save the composite of one synthetic field, with truth outlines, as a PNG (the docs picture).
+
+    ``docs/synthetic_example.png`` is ``save_example("docs/synthetic_example.png")``.
+    """
+    import cv2
+
+    sample = synthesize_image(seed, size, size, classes=classes)
+    rgb = render_composite(sample, outlines=False)
+    scale = min(1.0, max_side / max(rgb.shape[:2]))
+    if scale < 1.0:
+        rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    # outlines after resizing, so that they stay one pixel wide
+    small = {}
+    for name, mask in (("cell", sample.cell_mask), ("nuclei", sample.nuclei_mask)):
+        small[name] = cv2.resize(mask, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+    _draw_outlines(rgb, small["cell"], (255, 255, 255))
+    _draw_outlines(rgb, small["nuclei"], (120, 160, 255))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        raise ValueError(f"cannot write {path}")
+    logger.info("wrote %s (%d cells, labels %s)", path, len(sample.cell_labels), format_labels(sample.image_labels))
+    return path
