@@ -149,7 +149,9 @@ def nucleus_cut_fraction(nucleus: np.ndarray, offset: tuple[int, int], shape: tu
     Parameters
     ----------
     nucleus : ndarray of bool, shape (h, w)
-        The nucleus's mask within its bounding box (or any window containing it).
+        The nucleus's mask within its bounding box (or any window containing it). Several
+        connected parts (a binucleate cell) are estimated part by part: the estimated missing area
+        of each part touching the border is added up.
     offset : (int, int)
         Image coordinates (row, column) of ``nucleus[0, 0]``.
     shape : (int, int)
@@ -169,6 +171,24 @@ def nucleus_cut_fraction(nucleus: np.ndarray, offset: tuple[int, int], shape: tu
     >>> round(nucleus_cut_fraction(disc[100:], (0, 0), (100, 200)), 1)  # lower half only: half is cut
     0.5
     """
+    from scipy import ndimage as ndi
+
+    nucleus = np.asarray(nucleus, dtype=bool)
+    parts, n = ndi.label(nucleus)
+    if n <= 1:
+        return _part_cut_fraction(nucleus, offset, shape)
+    visible = missing = 0.0
+    for index, slices in enumerate(ndi.find_objects(parts), start=1):
+        part = parts[slices] == index
+        area = float(part.sum())
+        cut = _part_cut_fraction(part, (offset[0] + slices[0].start, offset[1] + slices[1].start), shape)
+        visible += area
+        missing += area * cut / (1.0 - cut) if cut < 1.0 else area * 1e6
+    return float(min(missing / (visible + missing), 1.0))
+
+
+def _part_cut_fraction(nucleus: np.ndarray, offset: tuple[int, int], shape: tuple[int, int]) -> float:
+    """The estimate of :func:`nucleus_cut_fraction` for one connected nucleus."""
     import cv2
 
     nucleus = np.asarray(nucleus, dtype=bool)
