@@ -346,12 +346,14 @@ def _run_pixels(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))
 
 
-def _image_detections(image_id, triples, height, width, classes, truth_image, mode) -> _Detections:
-    """Decode the relevant triples of one image (each distinct mask string once)."""
+def _image_detections(image_id, triples, height, width, classes, label_f, mode) -> _Detections:
+    """Decode the relevant triples of one image (each distinct mask string once).
+
+    ``label_f`` is the truth label image in column-major order (mask mode only).
+    """
     cache: dict[str, tuple] = {}
     labels, scores, boxes, areas, inters = [], [], [], [], []
-    label_f = truth_image.label.ravel(order="F") if mode == "mask" else None
-    n_cells = int(truth_image.label.max()) + 1 if mode == "mask" else 0
+    n_cells = int(label_f.max()) + 1 if mode == "mask" else 0
     for k, (label, score, text) in enumerate(triples):
         if label not in classes:
             continue
@@ -495,7 +497,7 @@ def evaluate(
         num_gt += cell_classes.sum(axis=0)
         classes = set(np.flatnonzero(cell_classes.any(axis=0)).tolist())
 
-        gt_boxes, gt_areas = _truth_geometry(image_id, gt)
+        gt_boxes = _truth_boxes(image_id, gt)
         row = rows.get(image_id)
         if row is None or row[2] == "":
             continue
@@ -512,7 +514,11 @@ def evaluate(
             triples = parse_prediction_string(text)
         except ValueError as exc:
             raise ValueError(f"submission image {image_id}: {exc}") from None
-        det = _image_detections(image_id, triples, height, width, classes, gt, iou)
+        label_f = gt_areas = None
+        if iou == "mask":
+            label_f = gt.label.ravel(order="F").astype(np.intp)
+            gt_areas = np.bincount(label_f)[gt.cell_ids]
+        det = _image_detections(image_id, triples, height, width, classes, label_f, iou)
         for c in sorted(classes):
             picked = np.flatnonzero(det.labels == c)
             if not picked.size:
@@ -554,17 +560,16 @@ def evaluate(
     )
 
 
-def _truth_geometry(image_id: str, gt: TruthImage) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised tight boxes and pixel areas of the GT cells, in ``gt.cell_ids`` order."""
+def _truth_boxes(image_id: str, gt: TruthImage) -> np.ndarray:
+    """Normalised tight boxes (y0, x0, y1, x1) of the GT cells, in ``gt.cell_ids`` order."""
     from scipy import ndimage
 
     height, width = gt.shape
     slices = ndimage.find_objects(gt.label)
-    areas = np.bincount(gt.label.ravel(), minlength=int(gt.cell_ids.max()) + 1)[gt.cell_ids]
     boxes = np.zeros((gt.cell_ids.size, 4))
     for k, cell in enumerate(gt.cell_ids):
         if cell < 1 or cell > len(slices) or slices[cell - 1] is None:
             raise ValueError(f"GT cell {cell} of image {image_id} has no pixel in its label image")
         rows, cols = slices[cell - 1]
         boxes[k] = (rows.start / height, cols.start / width, rows.stop / height, cols.stop / width)
-    return boxes, areas
+    return boxes
