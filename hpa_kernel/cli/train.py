@@ -1,0 +1,117 @@
+"""``hpa-kernel train``: train an ensemble group, fine-tune it, or make pseudo-labels.
+
+Also the torchrun entry point: ``torchrun --nproc_per_node N -m hpa_kernel.training ARGS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train",
+        help="train an ensemble group (1, 2 or 3) on cell crops; fine-tune; make pseudo-labels",
+        description="Train one group of the EfficientNet-B0 ensemble on the crops of a cells.csv written by "
+        "`hpa-kernel cells`, writing its snapshots gG_mK.pth/.json and weights_manifest.json into --out. "
+        "Runs under torchrun with DistributedDataParallel (gloo on CPU, NCCL on GPU).",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--cells", required=True, metavar="CSV", help="training cells.csv (valid cells are used)")
+    data.add_argument("--out", required=True, metavar="DIR", help="output folder for checkpoints, manifest and runs/")
+    data.add_argument("--val-cells", metavar="CSV", help="validation cells.csv (default: hold out images by the config's val_fraction)")
+    data.add_argument("--soft-labels", metavar="CSV", help="manual soft labels from `hpa-kernel label export`")
+    data.add_argument("--pseudo-labels", metavar="CSV", help="pseudo labels from --make-pseudo-labels")
+    recipe = parser.add_argument_group("recipe (defaults from the group)")
+    recipe.add_argument("--group", type=int, choices=(1, 2, 3), default=1, help="ensemble group (default 1)")
+    recipe.add_argument("--quick", action="store_true", help="the small CPU preset (64 px, 2 x 100 steps)")
+    recipe.add_argument("--epochs", type=int, help="epochs")
+    recipe.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch (default: cells / batch)")
+    recipe.add_argument("--batch-size", type=int, help="batch size per process")
+    recipe.add_argument("--lr", type=float, help="peak learning rate")
+    recipe.add_argument("--input-size", type=int, help="network input side, a multiple of 32")
+    recipe.add_argument("--seed", type=int, help="random seed")
+    run_opts = parser.add_argument_group("run")
+    run_opts.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA when available)")
+    run_opts.add_argument("--workers", type=int, help="DataLoader worker processes")
+    run_opts.add_argument("--resume", action="store_true", help="continue from OUT/runs/gG/last.pt")
+    run_opts.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run_opts.add_argument("--no-manifest", action="store_true", help="do not create/update OUT/weights_manifest.json")
+    ft = parser.add_argument_group("fine-tuning")
+    ft.add_argument("--finetune-cells", metavar="CSV", help="fine-tune the snapshots for one epoch on these (validation) cells")
+    ft.add_argument("--repeats", type=int, default=4, help="repeats of each manually labelled cell (default 4)")
+    ft.add_argument("--finetune-size", type=int, default=200_000, help="samples in the fine-tuning epoch (default 200000)")
+    ft.add_argument("--finetune-lr", type=float, default=2e-4, help="fine-tuning learning rate (default 2e-4)")
+    ft.add_argument("--init", nargs="+", metavar="PTH", help="fine-tune these checkpoints instead of training first")
+    ps = parser.add_argument_group("pseudo-labels")
+    ps.add_argument("--make-pseudo-labels", metavar="CSV",
+                    help="train the under-fit ResNet18 labeller on --cells and write pseudo labels to CSV (no group training)")
+    ps.add_argument("--pseudo-checkpoint", metavar="PTH", help="use this labeller checkpoint instead of training one")
+    ps.add_argument("--negative-threshold", type=float, default=0.3, help="drop an image label below this probability (0.3)")
+    ps.add_argument("--positive-threshold", type=float, default=0.9, help="add mitotic spindle at or above this (0.9)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _overrides(args) -> dict:
+    names = {"epochs": "epochs", "steps_per_epoch": "steps_per_epoch", "batch_size": "batch_size", "lr": "lr",
+             "input_size": "input_size", "seed": "seed", "workers": "workers"}
+    return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from hpa_kernel.training import (
+        FinetuneConfig,
+        PseudoLabelConfig,
+        finetune_checkpoints,
+        group_config,
+        make_pseudo_labels,
+        quick_config,
+        train_group,
+        train_pseudo_labeller,
+    )
+
+    out = Path(args.out)
+    progress = not args.no_progress
+    overrides = _overrides(args)
+    if args.make_pseudo_labels:
+        base = PseudoLabelConfig()
+        train = dataclasses.replace(base.train, **overrides)
+        pcfg = dataclasses.replace(base, train=train, negative_threshold=args.negative_threshold,
+                                   positive_threshold=args.positive_threshold)
+        ckpt = args.pseudo_checkpoint or train_pseudo_labeller(args.cells, out, pcfg, device=args.device, progress=progress)
+        if _is_main():
+            make_pseudo_labels(args.cells, ckpt, args.make_pseudo_labels, pcfg, device=args.device or "cpu", progress=progress)
+        return 0
+    if args.init:
+        checkpoints = [Path(p) for p in args.init]
+    else:
+        config = (quick_config if args.quick else group_config)(args.group, **overrides)
+        checkpoints = train_group(config, args.cells, out, val_cells=args.val_cells, soft_labels=args.soft_labels,
+                                  pseudo_labels=args.pseudo_labels, resume=args.resume, device=args.device,
+                                  manifest=not args.no_manifest, progress=progress)
+        if _is_main():
+            sys.stdout.write("\n".join(str(p) for p in checkpoints) + "\n")
+    if args.finetune_cells:
+        fcfg = FinetuneConfig(epoch_size=args.finetune_size, repeats=args.repeats, lr=args.finetune_lr,
+                              batch_size=args.batch_size)
+        tuned = finetune_checkpoints(checkpoints, args.finetune_cells, out / "finetuned", soft_labels=args.soft_labels,
+                                     config=fcfg, device=args.device, manifest=not args.no_manifest, progress=progress)
+        if _is_main():
+            sys.stdout.write("\n".join(str(p) for p in tuned) + "\n")
+    elif args.init:
+        raise ValueError("--init needs --finetune-cells (it names checkpoints to fine-tune)")
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

@@ -1,0 +1,142 @@
+"""Fine-tuning the ensemble snapshots on the validation cells.
+
+One "epoch" over the validation cells (``FinetuneConfig.epoch_size`` samples, about 200-250k on
+the real data): every cell without manual labels is used once, every manually labelled cell
+``repeats`` times. When that list is longer than ``epoch_size`` the unlabelled cells are subsampled
+first (the manual repeats are kept); when the manual repeats alone are longer, they are subsampled.
+Each checkpoint keeps its group's augmentations and loss (read from its JSON config); the run is
+one epoch with the fine-tuning learning rate, and the result is written under the same file name in
+a new folder, so that folder is a complete weights folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hpa_kernel.training.config import FinetuneConfig, TrainConfig, group_config
+
+__all__ = ["finetune_indices", "finetune_checkpoints"]
+
+logger = logging.getLogger(__name__)
+
+
+def finetune_indices(manual: np.ndarray, epoch_size: int, repeats: int, seed: int = 0) -> np.ndarray:
+    """The cell indices of one fine-tuning epoch, shuffled.
+
+    >>> idx = finetune_indices(np.array([True, False, False]), epoch_size=100, repeats=3)
+    >>> sorted(idx.tolist())
+    [0, 0, 0, 1, 2]
+    >>> len(finetune_indices(np.array([True, False, False]), epoch_size=4, repeats=3))
+    4
+    """
+    manual = np.asarray(manual, dtype=bool)
+    if manual.ndim != 1 or len(manual) == 0:
+        raise ValueError(f"manual must be a non-empty 1-D boolean array, got shape {manual.shape}")
+    if epoch_size < 1 or repeats < 1:
+        raise ValueError(f"epoch_size and repeats must be >= 1, got {epoch_size} and {repeats}")
+    rng = np.random.default_rng(seed)
+    labelled = np.repeat(np.flatnonzero(manual), repeats)
+    unlabelled = np.flatnonzero(~manual)
+    if len(labelled) >= epoch_size:
+        idx = rng.choice(labelled, size=epoch_size, replace=False)
+    else:
+        room = epoch_size - len(labelled)
+        if len(unlabelled) > room:
+            unlabelled = rng.choice(unlabelled, size=room, replace=False)
+        idx = np.concatenate([labelled, unlabelled])
+    return rng.permutation(idx)
+
+
+def _train_config_of(ckpt_config) -> TrainConfig:
+    saved = ckpt_config.extra.get("train_config")
+    if saved:
+        return TrainConfig.from_dict(saved)
+    logger.warning("checkpoint has no training config; using group %s defaults", ckpt_config.group)
+    return group_config(ckpt_config.group or 1, arch=ckpt_config.arch, input_size=ckpt_config.input_size,
+                        mean=ckpt_config.mean, std=ckpt_config.std)
+
+
+def finetune_checkpoints(
+    checkpoints: list[str | os.PathLike],
+    cells_csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    soft_labels: str | os.PathLike | None = None,
+    config: FinetuneConfig = FinetuneConfig(),
+    device: str | None = None,
+    manifest: bool = True,
+    progress: bool = True,
+) -> list[Path]:
+    """Fine-tune each checkpoint for one epoch on the (validation) cells; returns the new ``.pth`` paths.
+
+    Parameters
+    ----------
+    checkpoints : list of path
+        Snapshots written by :func:`~.loop.train_group`.
+    cells_csv : path
+        The validation ``cells.csv``.
+    out_dir : path
+        Output folder; must not be the folder of a checkpoint (the file names are kept).
+    soft_labels : path, optional
+        The manual soft labels; cells that have them are the "manually labelled" ones.
+    config : FinetuneConfig
+        Epoch size, repeats, learning rate.
+    """
+    from hpa_kernel.classifier import load_config
+    from hpa_kernel.training.augment import Augmenter
+    from hpa_kernel.training.dataset import CellDataset, build_targets, read_cells_table, read_soft_labels
+    from hpa_kernel.training.loop import _fit, _setup, _update_manifest
+    from hpa_kernel.training.sampler import ShuffledSampler
+
+    if not checkpoints:
+        raise ValueError("checkpoints is empty: pass the .pth files to fine-tune")
+    out_dir = Path(out_dir)
+    for c in checkpoints:
+        if not Path(c).is_file():
+            raise FileNotFoundError(f"checkpoint {c} not found")
+        if Path(c).resolve().parent == out_dir.resolve():
+            raise ValueError(f"out_dir {out_dir} holds the checkpoint {c}; fine-tuned files keep their names, choose another folder")
+    table = read_cells_table(cells_csv)
+    soft = read_soft_labels(soft_labels) if soft_labels is not None else None
+    targets, source = build_targets(table, soft, None)
+    manual = source == "manual"
+    indices = finetune_indices(manual, config.epoch_size, config.repeats, config.seed)
+    logger.info("fine-tuning on %d samples: %d manual cells x %d, %d other cells", len(indices), int(manual.sum()),
+                config.repeats, int((~manual).sum()))
+    dist = _setup(device)
+    out: list[Path] = []
+    groups = set()
+    try:
+        import torch
+
+        for ckpt in checkpoints:
+            ckpt = Path(ckpt)
+            ckpt_config = load_config(ckpt)
+            base = _train_config_of(ckpt_config)
+            batch = config.batch_size or base.batch_size
+            sampler = ShuffledSampler(indices, dist.world, dist.rank, config.seed)
+            steps = math.ceil(sampler.num_samples / batch)
+            tc = dataclasses.replace(base, epochs=1, steps_per_epoch=steps, batch_size=batch, lr=config.lr, warmup=0.0,
+                                     n_checkpoints=1, snapshot_fraction=1.0, val_fraction=0.0)
+            dataset = CellDataset(table["crop_path"], targets, tc.input_size, Augmenter(tc.augment), tc.input_size <= 128)
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            paths = _fit(tc, dataset, None, sampler, steps, out_dir, f"{ckpt.stem}_ft", dist, progress=progress,
+                         init_state=state, file_names=[ckpt.name],
+                         extra={"finetuned_from": ckpt.name, "finetune": config.to_dict()})
+            out.extend(paths)
+            groups.add(tc.group)
+        if dist.main and manifest and all(p.name.startswith("g") for p in out):
+            for g in sorted(groups):
+                _update_manifest(out_dir, g)
+    finally:
+        if dist.initialized_here:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    return out

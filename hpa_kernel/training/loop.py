@@ -1,0 +1,399 @@
+"""Training runs: one ensemble group, with snapshots, resume, AMP, channels-last and DDP.
+
+:func:`train_group` is the entry point. It trains ``config.epochs`` x ``steps_per_epoch`` AdamW
+steps (linear warm-up, then cosine decay) on the valid cells of a ``cells.csv`` drawn by the
+semi-balanced sampler, and writes into ``out_dir``:
+
+* ``g{group}_m{k}.pth`` + ``.json``: the ``n_checkpoints`` ensemble snapshots, in the checkpoint
+  format of :mod:`hpa_kernel.classifier` (saved at the steps of :func:`~.config.snapshot_steps`);
+* ``weights_manifest.json``: created from :func:`hpa_kernel.manifest.default_manifest` if absent,
+  then the hashes of the files present are pinned with :func:`hpa_kernel.manifest.update_hashes`;
+* ``runs/{name}/last.pt``: the resume state after each epoch (model, optimizer, scheduler, AMP
+  scaler, epoch, step, RNG, per-class recall of the sampler), loadable with ``weights_only=True``;
+* ``runs/{name}/log.jsonl``: one JSON line per epoch (train loss, validation loss and cell-level
+  mAP, learning rate, seconds).
+
+Several processes: run the same call under ``torchrun``; the process group is initialised from
+the environment (``env://``), with NCCL on CUDA and gloo on the CPU. Each rank trains on its shard of
+the sampler and only rank 0 writes files or validates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpa_kernel.classes import NUM_CLASSES
+from hpa_kernel.training.config import TrainConfig, snapshot_steps
+
+__all__ = ["train_group", "predict", "evaluate", "checkpoint_name", "RUNS_DIR"]
+
+logger = logging.getLogger(__name__)
+
+RUNS_DIR = "runs"
+_RESUME_FORMAT = 1
+
+
+def checkpoint_name(group: int, k: int) -> str:
+    """The file name of snapshot ``k`` of a group, as listed in ``weights_manifest.json``.
+
+    >>> checkpoint_name(3, 1)
+    'g3_m1.pth'
+    """
+    return f"g{group}_m{k}.pth"
+
+
+@dataclass
+class _Dist:
+    world: int
+    rank: int
+    device: object
+    initialized_here: bool
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup(device) -> _Dist:
+    import torch
+    import torch.distributed as dist
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(1, 0, device, False)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    here = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        here = True
+    logger.info("distributed: rank %d of %d on %s (%s)", dist.get_rank(), dist.get_world_size(), device, dist.get_backend())
+    return _Dist(dist.get_world_size(), dist.get_rank(), device, here)
+
+
+class _WarmupCosine:
+    """LR factor: linear warm-up over ``warmup`` steps, then cosine decay to ``floor``; picklable."""
+
+    def __init__(self, total: int, warmup: int, floor: float = 0.02):
+        self.total, self.warmup, self.floor = int(total), int(warmup), float(floor)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        t = (step - self.warmup) / max(1, self.total - self.warmup)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _normalise(x, mean, std, channels_last: bool):
+    import torch
+
+    x = x.float().div_(255.0)
+    x = (x - torch.tensor(mean, device=x.device).view(1, -1, 1, 1)) / torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def predict(model, dataset, mean, std, device="cpu", batch_size: int = 64, workers: int = 0, progress: bool = False) -> np.ndarray:
+    """Sigmoid probabilities (N, 19) of ``model`` over a dataset of (crop, target) pairs, in order."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    out = []
+    with torch.no_grad():
+        for x, _ in tqdm(loader, desc="predict", disable=not progress, leave=False):
+            logits = model(_normalise(x.to(device), mean, std, False))
+            out.append(torch.sigmoid(logits.float()).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
+
+
+def evaluate(model, dataset, config: TrainConfig, device="cpu", loss_fn=None) -> dict:
+    """Validation loss and cell-level mAP (:func:`~.metrics.mean_average_precision`) of ``model``."""
+    import torch
+
+    from hpa_kernel.training.metrics import mean_average_precision
+
+    probs = predict(model, dataset, config.mean, config.std, device, batch_size=max(config.batch_size, 32), workers=config.workers)
+    targets = dataset.targets
+    result = {"val_map": mean_average_precision(targets, probs)[0]}
+    if loss_fn is not None:
+        p = torch.from_numpy(np.clip(probs, 1e-6, 1 - 1e-6))
+        result["val_loss"] = float(loss_fn(torch.log(p / (1 - p)), torch.from_numpy(targets)))
+    return result
+
+
+def _split_by_image(table, fraction: float, seed: int):
+    images = np.array(sorted(table["image_id"].unique()))
+    if fraction <= 0 or len(images) < 2:
+        return np.arange(len(table)), np.array([], dtype=int)
+    rng = np.random.default_rng(seed)
+    n_val = max(1, int(round(fraction * len(images))))
+    val_images = set(rng.choice(images, size=n_val, replace=False).tolist())
+    is_val = table["image_id"].isin(val_images).to_numpy()
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def _config_json(config: TrainConfig) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
+def _update_manifest(out_dir: Path, group: int) -> None:
+    from hpa_kernel import manifest as mf
+
+    path = out_dir / mf.MANIFEST_NAME
+    if not path.is_file():
+        mf.write_manifest(mf.default_manifest(), path)
+        logger.info("wrote a new %s", path)
+    mf.update_hashes(path, weights_dir=out_dir, segmentation=False)
+    logger.info("pinned the sha256 of the group %d checkpoints in %s", group, path)
+
+
+def train_group(
+    config: TrainConfig,
+    cells_csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    val_cells: str | os.PathLike | None = None,
+    soft_labels: str | os.PathLike | None = None,
+    pseudo_labels: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    name: str | None = None,
+    manifest: bool = True,
+    progress: bool = True,
+    cache: bool | None = None,
+) -> list[Path]:
+    """Train one ensemble group and return the paths of its snapshot checkpoints (``.pth``).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        E.g. :func:`~.config.group_config` or :func:`~.config.quick_config`.
+    cells_csv : path
+        The training ``cells.csv`` (valid cells are used).
+    out_dir : path
+        Where the snapshots, the manifest and ``runs/{name}/`` go.
+    val_cells : path, optional
+        A ``cells.csv`` for the per-epoch validation; otherwise ``config.val_fraction`` of the
+        images of ``cells_csv`` are held out (none when 0).
+    soft_labels, pseudo_labels : path, optional
+        Manual soft labels (``hpa-kernel label export``) and pseudo labels
+        (:func:`~.pseudo.make_pseudo_labels`) that replace the image-level targets.
+    resume : bool
+        Continue from ``runs/{name}/last.pt`` (it must exist and have the same config).
+    device : str, optional
+        ``"cuda"``, ``"cpu"``...; default CUDA when available. Under torchrun each rank uses
+        ``cuda:LOCAL_RANK``.
+    name : str, optional
+        Snapshot stem; default ``g{group}`` (files ``g{group}_m{k}.pth``).
+    manifest : bool
+        Create or update ``out_dir/weights_manifest.json`` with the snapshot hashes.
+    progress : bool
+        Show tqdm bars (rank 0).
+    cache : bool, optional
+        Keep resized crops in memory; default when ``input_size <= 128``.
+
+    Returns
+    -------
+    list of Path
+    """
+    from hpa_kernel.training.augment import Augmenter
+    from hpa_kernel.training.dataset import CellDataset, build_targets, read_cells_table, read_pseudo_labels, read_soft_labels
+    from hpa_kernel.training.sampler import SemiBalancedSampler, sample_weights
+
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    table = read_cells_table(cells_csv)
+    soft = read_soft_labels(soft_labels) if soft_labels is not None else None
+    pseudo = read_pseudo_labels(pseudo_labels) if pseudo_labels is not None else None
+    targets, source = build_targets(table, soft, pseudo)
+    cache = config.input_size <= 128 if cache is None else cache
+    if val_cells is not None:
+        train_idx = np.arange(len(table))
+        vtable = read_cells_table(val_cells)
+        vtargets, _ = build_targets(vtable, soft, None)
+        val_ds = CellDataset(vtable["crop_path"], vtargets, config.input_size, None, cache)
+    else:
+        train_idx, val_idx = _split_by_image(table, config.val_fraction, config.seed)
+        val_ds = CellDataset(table["crop_path"].iloc[val_idx], targets[val_idx], config.input_size, None, cache) if len(val_idx) else None
+    train_ds = CellDataset(table["crop_path"].iloc[train_idx], targets[train_idx], config.input_size, Augmenter(config.augment), cache)
+    logger.info("group %d: %d training cells (%d manual, %d pseudo), %d validation cells", config.group, len(train_ds),
+                int((source[train_idx] == "manual").sum()), int((source[train_idx] == "pseudo").sum()), len(val_ds) if val_ds else 0)
+
+    dist = _setup(device)
+    steps = config.steps_per_epoch or max(1, len(train_ds) // (config.batch_size * dist.world))
+    s = config.sampler
+    weights = sample_weights(train_ds.targets, s.alpha, s.label_power, 0.0, None, s.threshold)
+    sampler = SemiBalancedSampler(weights, steps * config.batch_size, dist.world, dist.rank, config.seed)
+
+    def reweight(recall):
+        if s.hardness and recall is not None:
+            sampler.set_weights(sample_weights(train_ds.targets, s.alpha, s.label_power, s.hardness, recall, s.threshold))
+
+    try:
+        return _fit(config, train_ds, val_ds, sampler, steps, Path(out_dir), name or f"g{config.group}", dist,
+                    resume=resume, progress=progress, manifest=manifest and name is None, on_recall=reweight)
+    finally:
+        if dist.initialized_here:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+
+
+def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Path, name: str, dist: _Dist, *,
+         resume: bool = False, progress: bool = True, manifest: bool = False, on_recall=None, init_state=None,
+         extra: dict | None = None, file_names: list[str] | None = None) -> list[Path]:
+    """The training loop shared by :func:`train_group` and fine-tuning."""
+    import torch
+    import torch.distributed as tdist
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from hpa_kernel.classifier import CheckpointConfig, create_classifier, save_checkpoint
+    from hpa_kernel.training.losses import create_loss
+
+    device = dist.device
+    cuda = device.type == "cuda"
+    amp = config.amp and cuda
+    channels_last = config.channels_last and cuda
+    torch.manual_seed(config.seed)
+    model = create_classifier(config.arch, in_chans=4, num_classes=NUM_CLASSES, drop_rate=config.drop_rate)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total = config.epochs * steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _WarmupCosine(total, int(config.warmup * total)))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    loss_fn = create_loss(config.loss)
+    snaps = snapshot_steps(total, config.n_checkpoints, config.snapshot_fraction)
+    if len(snaps) < config.n_checkpoints:
+        logger.warning("only %d optimizer steps: %d snapshots instead of %d", total, len(snaps), config.n_checkpoints)
+    if file_names is not None and len(file_names) != len(snaps):
+        raise ValueError(f"file_names has {len(file_names)} entries for {len(snaps)} snapshots")
+    paths = [out_dir / f for f in file_names] if file_names else [out_dir / f"{name}_m{k}.pth" for k in range(len(snaps))]
+    run_dir = out_dir / RUNS_DIR / name
+    last_path = run_dir / "last.pt"
+    log_path = run_dir / "log.jsonl"
+
+    start_epoch, step, recall = 0, 0, None
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"resume: {last_path} not found (train without --resume first)")
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        if state.get("format") != _RESUME_FORMAT or state.get("config") != _config_json(config):
+            raise ValueError(f"resume: {last_path} was written by a different training config; "
+                             f"use the same settings or a new output folder (saved: {state.get('config')})")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        recall = np.asarray(state["recall"], dtype=float) if state.get("recall") is not None else None
+        logger.info("resumed %s at epoch %d, step %d of %d", name, start_epoch, step, total)
+        if start_epoch >= config.epochs:
+            logger.info("%s is already trained (%d epochs)", name, config.epochs)
+
+    if not resume and dist.main and log_path.is_file():
+        log_path.unlink()
+    net = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                        pin_memory=cuda, drop_last=False, persistent_workers=False)
+
+    def save_snapshot(k: int, epoch: int) -> None:
+        cfg = CheckpointConfig(
+            arch=config.arch, input_size=config.input_size, mean=config.mean, std=config.std, group=config.group,
+            augmentation=config.augment.to_dict(), loss=config.loss.to_dict(), epoch=epoch, step=step,
+            extra={"name": name, "snapshot": k, "snapshot_steps": snaps, "total_steps": total, "world_size": dist.world,
+                   "train_config": config.to_dict(), **(extra or {})},
+        )
+        save_checkpoint(model, cfg, paths[k])
+        logger.info("snapshot %d/%d at step %d: %s", k + 1, len(snaps), step, paths[k])
+
+    for epoch in range(start_epoch, config.epochs):
+        if on_recall is not None:
+            on_recall(recall)
+        sampler.set_epoch(epoch)
+        net.train()
+        t0 = time.perf_counter()
+        stats = torch.zeros(2 + 2 * NUM_CLASSES, dtype=torch.float64)  # loss sum, batches, true pos, positives
+        bar = tqdm(loader, total=len(loader), desc=f"{name} epoch {epoch + 1}/{config.epochs}", disable=not (progress and dist.main),
+                   leave=False, dynamic_ncols=True)
+        for x, y in bar:
+            x = _normalise(x.to(device, non_blocking=True), config.mean, config.std, channels_last)
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                logits = net(x)
+            loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            with torch.no_grad():
+                pos = (y >= config.sampler.threshold).double().cpu()
+                hit = ((logits.detach().float() > 0).double().cpu() * pos)
+                stats[0] += float(loss.detach())
+                stats[1] += 1
+                stats[2:2 + NUM_CLASSES] += hit.sum(0)
+                stats[2 + NUM_CLASSES:] += pos.sum(0)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if step in snaps and dist.main:
+                save_snapshot(snaps.index(step), epoch + 1)
+        bar.close()
+        if dist.world > 1:
+            tdist.all_reduce(stats)
+        tp, npos = stats[2:2 + NUM_CLASSES].numpy(), stats[2 + NUM_CLASSES:].numpy()
+        recall = np.where(npos > 0, tp / np.maximum(npos, 1), np.nan)
+        if dist.main:
+            record = {"name": name, "epoch": epoch + 1, "step": step, "train_loss": float(stats[0] / max(1.0, float(stats[1]))),
+                      "lr": scheduler.get_last_lr()[0]}
+            if val_ds is not None and len(val_ds):
+                record.update(evaluate(model, val_ds, config, device, loss_fn))
+                model.train()
+            record["seconds"] = round(time.perf_counter() - t0, 3)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            state = {
+                "format": _RESUME_FORMAT, "config": _config_json(config), "epoch": epoch + 1, "step": step,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "recall": None if recall is None else [float(r) for r in recall],
+            }
+            tmp = last_path.with_name(f".last.pt.tmp-{os.getpid()}")
+            torch.save(state, tmp)
+            os.replace(tmp, last_path)
+        if dist.world > 1:
+            tdist.barrier()
+    if dist.main and manifest:
+        _update_manifest(out_dir, config.group)
+    missing = [p for p in paths if not p.is_file()]
+    if dist.main and missing:
+        raise ValueError(f"training finished but snapshots are missing: {[str(p) for p in missing]}")
+    return paths
