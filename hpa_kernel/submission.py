@@ -54,6 +54,8 @@ SUBMISSION_HEADER: tuple[str, ...] = ("ID", "ImageWidth", "ImageHeight", "Predic
 #: PredictionString written for a sample image without a prediction: no detections.
 FALLBACK_PREDICTION = ""
 
+# Confidences this far outside [0, 1] are rounding noise and are clipped; anything further is an error.
+_CLIP_SLACK = 1e-6
 _B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 
 
@@ -67,7 +69,8 @@ def _format_confidence(value: float) -> str:
 def format_prediction_string(triples: Iterable[tuple[int, float, str]]) -> str:
     """Join ``(label, confidence, EncodedMask)`` triples into a PredictionString.
 
-    Tokens are separated by single spaces; confidences are written with 6 decimals.
+    Tokens are separated by single spaces; confidences are written with 6 decimals, after clipping
+    values within 1e-6 outside [0, 1] (float rounding) to [0, 1].
 
     Raises
     ------
@@ -91,8 +94,9 @@ def format_prediction_string(triples: Iterable[tuple[int, float, str]]) -> str:
         if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= int(label) < NUM_CLASSES:
             raise ValueError(f"triple {k}: label must be an integer 0..{NUM_CLASSES - 1}, got {label!r}")
         confidence = float(confidence)
-        if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
+        if not (math.isfinite(confidence) and -_CLIP_SLACK <= confidence <= 1.0 + _CLIP_SLACK):
             raise ValueError(f"triple {k}: confidence must be a finite number in [0, 1], got {confidence!r}")
+        confidence = min(max(confidence, 0.0), 1.0)  # float rounding of a probability, e.g. 1.0000000000000002
         if not isinstance(encoded, str) or not encoded or not set(encoded) <= _B64_CHARS:
             raise ValueError(f"triple {k}: EncodedMask must be non-empty base64 text, got {str(encoded)[:40]!r}")
         parts.append(f"{int(label)} {_format_confidence(confidence)} {encoded}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import zlib
 
@@ -69,6 +70,7 @@ def test_format_prediction_string():
     mask = "eNoLCAgIMAEABJkBdQ=="
     assert format_prediction_string([(3, 0.1234567, mask), (18, 1, mask)]) == f"3 0.123457 {mask} 18 1.000000 {mask}"
     assert format_prediction_string([]) == ""
+    assert format_prediction_string([(1, 1 + 1e-12, mask), (2, -1e-12, mask)]) == f"1 1.000000 {mask} 2 0.000000 {mask}"
     for bad, match in [
         ((19, 0.5, mask), "label"),
         ((True, 0.5, mask), "label"),
@@ -246,3 +248,24 @@ def test_validate_cli(good, sample, tmp_path, capsys):
     assert main(["validate-submission", str(broken), "--sample", str(sample), "--max-problems", "3"]) == 1
     out = capsys.readouterr().out
     assert "76 problem(s)" in out and "... and 73 more" in out and out.count("outside [0, 1]") == 3
+
+
+def test_perfect_synthetic_submission_validates_and_scores_one(synthetic_competition, tmp_path, capsys):
+    """Truth masks -> crop encoder -> writer -> validator -> score CLI, on the synthetic competition."""
+    from hpa_kernel.classes import labels_to_multihot
+    from hpa_kernel.cli import main
+
+    comp = synthetic_competition
+    cells = pd.read_csv(comp.truth_cells("test"), dtype={"ImageID": str, "Labels": str}, keep_default_na=False)
+    rows = {}
+    with np.load(comp.truth_masks("test")) as npz:
+        for image_id, group in cells.groupby("ImageID"):
+            encoded = encode_label_image(npz[image_id], group["CellID"].tolist())
+            probs = np.stack([labels_to_multihot(map(int, text.split("|"))) for text in group["Labels"]])
+            rows[image_id] = prediction_string_for_cells([encoded[c] for c in group["CellID"]], 0.05 + 0.9 * probs)
+    out = write_submission(rows, comp.sample_submission, tmp_path / "submission.csv")
+    assert main(["validate-submission", str(out), "--sample", str(comp.sample_submission)]) == 0
+    capsys.readouterr()
+    for mode in ("box", "mask"):
+        assert main(["score", "--submission", str(out), "--data", str(comp.root), "--iou", mode, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["mAP"] == 1.0
