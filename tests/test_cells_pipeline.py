@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -179,3 +180,75 @@ def test_bad_arguments():
         CellPipeline(object(), CONFIG)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         next(CellPipeline(TruthSegmenter([]), CONFIG, workers=0).run("/nonexistent/folder", ["a"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The training-set builder and the CLI around it.
+@pytest.fixture(scope="module")
+def competition(tmp_path_factory):
+    from hpa_kernel.synthetic import make_competition
+
+    root = tmp_path_factory.mktemp("cells_comp")
+    comp = make_competition(root, n_train=4, n_test=0, size=SIZE, seed=7)
+    masks = np.load(comp.truth_masks("train"))
+    nuclei = np.load(comp.truth_dir / "train_nuclei.npz")
+    from hpa_kernel.io import read_image
+
+    class Sample:  # what TruthSegmenter needs
+        def __init__(self, image_id):
+            self.image = read_image(comp.train_dir, image_id)
+            self.cell_mask, self.nuclei_mask = masks[image_id], nuclei[image_id]
+
+    return comp, [Sample(i) for i in masks.files]
+
+
+def test_builder_shards_merge_to_the_unsharded_set(competition, tmp_path, monkeypatch):
+    from hpa_kernel.cells.builder import CSV_COLUMNS, build_training_set, merge_shards, read_crop
+    from hpa_kernel.cli import main
+
+    comp, samples = competition
+    whole = build_training_set(comp.root, tmp_path / "whole", TruthSegmenter(samples), CONFIG, workers=0, progress=False)
+    cells = pd.read_csv(whole, dtype={"image_id": str, "crop": str, "labels": str}, keep_default_na=False)
+    assert list(cells.columns[: len(CSV_COLUMNS)]) == list(CSV_COLUMNS)
+    train = comp.read_train()
+    assert set(cells.image_id) == set(train.ID)
+    assert dict(zip(cells.image_id, cells.labels)) == dict(zip(train.ID, train.Label))
+    files = {p.name for p in (tmp_path / "whole" / "crops").iterdir()}
+    assert files == {Path(c).name for c in cells.loc[cells.valid, "crop"]}  # valid cells only, all of them
+    assert (cells.loc[~cells.valid, "crop"] == "").all() or not (~cells.valid).any()
+    # the crops on disk are the pipeline's crops, bit for bit
+    results = {r.image_id: r for r in CellPipeline(TruthSegmenter(samples), CONFIG, workers=0, encode_masks=False).run(
+        comp.train_dir, sorted(train.ID), progress=False)}
+    for row in cells[cells.valid].itertuples():
+        r = results[row.image_id]
+        k = r.table.index[r.table.cell_id == row.cell_id][0]
+        np.testing.assert_array_equal(read_crop(whole.parent / row.crop), r.crops[k])
+    # two shards (the second through torchrun-style environment variables), then the CLI merge
+    out = tmp_path / "sharded"
+    build_training_set(comp.root, out, TruthSegmenter(samples), CONFIG, shard=(0, 2), workers=0, progress=False)
+    with pytest.raises(FileNotFoundError, match="1/2"):
+        merge_shards(out, CONFIG)
+    from hpa_kernel.cli.cells import _shard
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = type("Args", (), {"shard": None})()
+    assert _shard(args) == (1, 2)
+    build_training_set(comp.root, out, TruthSegmenter(samples), CONFIG, shard=_shard(args), workers=0, progress=False)
+    assert main(["-q", "cells", "--merge", "--out", str(out), "--crop-size", "64"]) == 0
+    merged = pd.read_csv(out / "cells.csv", dtype={"image_id": str, "crop": str, "labels": str}, keep_default_na=False)
+    pd.testing.assert_frame_equal(merged, cells)
+
+
+def test_read_crop_round_trip_and_errors(tmp_path):
+    from hpa_kernel.cells.builder import parse_shard, read_crop, write_crop
+
+    crop = np.random.default_rng(0).integers(0, 256, (32, 32, 4), dtype=np.uint8)
+    write_crop(tmp_path / "a.png", crop)
+    np.testing.assert_array_equal(read_crop(tmp_path / "a.png"), crop)
+    with pytest.raises(FileNotFoundError):
+        read_crop(tmp_path / "none.png")
+    with pytest.raises(ValueError, match="i/n"):
+        parse_shard("3")
+    with pytest.raises(ValueError, match="0 <= i < n"):
+        parse_shard("2/2")

@@ -1,0 +1,307 @@
+"""The training set on disk: a folder of cell crops and ``cells.csv``, built in shards if wanted.
+
+Layout of ``out``::
+
+    cells.csv                     image_id, cell_id, crop, y0, x0, y1, x1, area, nucleus_cut,
+                                  outlier_score, valid, labels, then the extra heuristic columns
+    crops/{image_id}_{cell_id}.png
+    failures.csv                  image_id, reason (images that could not be processed)
+    cache/                        the resumable cache (default; see hpa_kernel.cells.cache)
+
+Crops are 4-channel PNGs written by ``cv2.imwrite`` from the (S, S, 4) uint8 R, G, B, Y array as
+is; :func:`read_crop` (``cv2.imread`` unchanged) returns exactly that array. Other viewers show
+the planes as B, G, R, alpha. ``crop`` is the path relative to ``cells.csv``.
+
+Which cells get a crop: every cell is listed. A cell flagged at the image level (nucleus cut by
+the border beyond ``max_train_cut``, or an outlier among its image's cells) has ``valid=False``
+and no crop file (``crop`` empty). When the shards are merged, the outlier score is recomputed
+against the whole dataset's medians/MADs (:class:`~hpa_kernel.cells.heuristics.OutlierReference`);
+a cell that only then becomes an outlier gets ``valid=False`` but keeps its crop file. Training
+reads the rows with ``valid=True``.
+
+Sharding: shard ``i`` of ``n`` takes ``sorted(ids)[i::n]`` and writes ``cells.shard-i-of-n.csv``;
+:func:`merge_shards` joins them into ``cells.csv``. With ``n = 1`` the merge happens at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from hpa_kernel.cells.config import CellConfig
+
+__all__ = [
+    "CSV_COLUMNS",
+    "EXTRA_COLUMNS",
+    "build_training_set",
+    "merge_shards",
+    "apply_dataset_reference",
+    "read_crop",
+    "write_crop",
+    "parse_shard",
+    "shard_ids",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The columns of ``cells.csv`` fixed by docs/DESIGN.md, in order.
+CSV_COLUMNS: tuple[str, ...] = (
+    "image_id", "cell_id", "crop", "y0", "x0", "y1", "x1", "area", "nucleus_cut", "outlier_score", "valid", "labels",
+)
+#: Heuristic columns written after :data:`CSV_COLUMNS`.
+EXTRA_COLUMNS: tuple[str, ...] = (
+    "nucleus_area", "touches_border", "red_mean", "green_mean", "blue_mean", "yellow_mean", "by_mean",
+    "image_outlier_score", "border", "outlier", "penalty",
+)
+
+_SHARD_RE = re.compile(r"^cells\.shard-(\d+)-of-(\d+)\.csv$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``.
+
+    >>> parse_shard("1/4")
+    (1, 4)
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match:
+        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {text!r}")
+    i, n = int(match.group(1)), int(match.group(2))
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard {text!r}: expected 0 <= i < n and n >= 1")
+    return i, n
+
+
+def shard_ids(ids, index: int, count: int) -> list[str]:
+    """The ids of shard ``index`` of ``count``: ``sorted(ids)[index::count]``.
+
+    >>> shard_ids(["c", "a", "b", "d"], 1, 2)
+    ['b', 'd']
+    """
+    return sorted(str(i) for i in ids)[index::count]
+
+
+def write_crop(path: str | Path, crop: np.ndarray) -> None:
+    """Write an (S, S, 4) uint8 crop as a 4-plane PNG, atomically (tmp file + ``os.replace``)."""
+    import cv2
+
+    crop = np.asarray(crop)
+    if crop.ndim != 3 or crop.shape[2] != 4 or crop.dtype != np.uint8:
+        raise ValueError(f"crop must be an (S, S, 4) uint8 array, got {crop.shape} {crop.dtype}")
+    path = Path(path)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(crop))
+    if not ok:
+        raise ValueError(f"cannot encode the crop for {path}")
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    buf.tofile(tmp)
+    os.replace(tmp, path)
+
+
+def read_crop(path: str | Path) -> np.ndarray:
+    """Read a crop written by :func:`write_crop`: the (S, S, 4) uint8 R, G, B, Y array.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If it is not a 4-plane 8-bit image.
+    """
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"crop file {path} does not exist")
+    crop = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if crop is None or crop.ndim != 3 or crop.shape[2] != 4 or crop.dtype != np.uint8:
+        found = "undecodable" if crop is None else f"{crop.shape} {crop.dtype}"
+        raise ValueError(f"crop file {path}: expected a 4-plane 8-bit PNG, got {found}")
+    return crop
+
+
+def _read_labels(data: Path) -> dict[str, str]:
+    import pandas as pd
+
+    csv = data / "train.csv"
+    if not csv.is_file():
+        return {}
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    if list(df.columns[:2]) != ["ID", "Label"]:
+        raise ValueError(f"{csv}: expected columns ID,Label, got {','.join(df.columns)}")
+    return dict(zip(df["ID"], df["Label"]))
+
+
+def _write_csv(df, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def build_training_set(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    segmenter,
+    config: CellConfig | None = None,
+    *,
+    split: str = "train",
+    shard: tuple[int, int] = (0, 1),
+    workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 1,
+    image_ids=None,
+    progress: bool = True,
+) -> Path:
+    """Segment and crop a split of a competition folder into ``out`` (see the module docstring).
+
+    Parameters
+    ----------
+    data : path
+        Competition folder: ``{split}/`` with the channel files and, for labels, ``train.csv``.
+    out : path
+        Output folder (created).
+    segmenter : BaseSegmenter
+    config : CellConfig, optional
+    split : str
+        Sub-folder of ``data`` to read.
+    shard : (int, int)
+        ``(i, n)``: process ``sorted(ids)[i::n]``.
+    workers : int, optional
+        Worker processes of the :class:`~hpa_kernel.cells.pipeline.CellPipeline`.
+    cache_dir : path, optional
+        Default ``out/cache``.
+    batch_size : int
+        Images per ``segmenter.predict`` call.
+    image_ids : iterable of str, optional
+        Default: the ids of ``train.csv`` for the train split, else every image in the folder.
+    progress : bool
+
+    Returns
+    -------
+    Path
+        ``cells.csv`` when ``n == 1``, else this shard's ``cells.shard-i-of-n.csv``.
+    """
+    import pandas as pd
+
+    from hpa_kernel.cells.pipeline import CellPipeline
+    from hpa_kernel.io import list_image_ids
+
+    config = CellConfig() if config is None else config
+    data, out = Path(data), Path(out)
+    folder = data / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data: the folder {folder} does not exist (expected {data}/{split}/ with the images)")
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+    labels = _read_labels(data)
+    if image_ids is None:
+        image_ids = list(labels) if split == "train" and labels else list_image_ids(folder)
+    ids = shard_ids(image_ids, index, count)
+    crops_dir = out / "crops"
+    crops_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = out / "cache" if cache_dir is None else cache_dir
+    pipeline = CellPipeline(
+        segmenter, config, workers=workers, cache_dir=cache_dir, batch_size=batch_size, encode_masks=False
+    )
+    logger.info("cells: shard %d/%d, %d images from %s, %s workers", index, count, len(ids), folder, pipeline.workers)
+    frames, failures = [], []
+    for result in pipeline.run(folder, ids, progress=progress):
+        if not result.ok:
+            failures.append({"image_id": result.image_id, "reason": result.reason})
+            continue
+        table = result.table.copy()
+        names = []
+        for k, (cell_id, valid) in enumerate(zip(table["cell_id"], table["valid"])):
+            if valid:
+                name = f"crops/{result.image_id}_{int(cell_id)}.png"
+                write_crop(out / name, result.crops[k])
+            else:
+                name = ""
+            names.append(name)
+        table.insert(0, "image_id", result.image_id)
+        table["crop"] = names
+        table["labels"] = labels.get(result.image_id, "")
+        frames.append(table[list(CSV_COLUMNS) + list(EXTRA_COLUMNS)])
+    columns = list(CSV_COLUMNS) + list(EXTRA_COLUMNS)
+    cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    path = out / f"cells.shard-{index}-of-{count}.csv"
+    _write_csv(cells, path)
+    _write_csv(pd.DataFrame(failures, columns=["image_id", "reason"]), out / f"failures.shard-{index}-of-{count}.csv")
+    logger.info("cells: %d cells from %d images, %d failed -> %s", len(cells), len(ids) - len(failures), len(failures), path)
+    if count == 1:
+        return merge_shards(out, config)
+    return path
+
+
+def apply_dataset_reference(cells, config: CellConfig | None = None):
+    """Re-score outliers against the whole table's medians/MADs and update the flags.
+
+    ``outlier_score`` becomes the maximum of ``image_outlier_score`` and the dataset z-score;
+    ``outlier``, ``valid`` and ``penalty`` follow. Returns the reference used.
+    """
+    from hpa_kernel.cells.heuristics import OutlierReference, _feature_values, apply_flags
+
+    config = CellConfig() if config is None else config
+    if len(cells) == 0:
+        return None
+    reference = OutlierReference.from_table(cells, config.outlier_features)
+    score = cells["image_outlier_score"].to_numpy(dtype=np.float64).copy()
+    for f in config.outlier_features:
+        values = _feature_values(cells[f].to_numpy(dtype=np.float64), f)
+        score = np.maximum(score, np.abs(values - reference.median[f]) / max(reference.mad[f], config.mad_floor))
+    cells["outlier_score"] = score
+    apply_flags(cells, config)
+    return reference
+
+
+def merge_shards(out: str | os.PathLike, config: CellConfig | None = None) -> Path:
+    """Join the ``cells.shard-i-of-n.csv`` of ``out`` into ``cells.csv``, with dataset-level outliers.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no shard file, or shards of the set are missing (naming them).
+    ValueError
+        If shard files of different counts ``n`` are mixed.
+    """
+    import json
+
+    import pandas as pd
+
+    out = Path(out)
+    found = {}
+    for p in sorted(out.glob("cells.shard-*-of-*.csv")):
+        m = _SHARD_RE.match(p.name)
+        if m:
+            found[(int(m.group(1)), int(m.group(2)))] = p
+    if not found:
+        raise FileNotFoundError(f"no cells.shard-i-of-n.csv files in {out}")
+    counts = sorted({n for _, n in found})
+    if len(counts) > 1:
+        raise ValueError(f"{out} mixes shard sets of different sizes n = {counts}; delete the stale ones")
+    n = counts[0]
+    missing = [i for i in range(n) if (i, n) not in found]
+    if missing:
+        raise FileNotFoundError(f"{out}: shard(s) {', '.join(f'{i}/{n}' for i in missing)} not built yet")
+    dtypes = {"image_id": str, "crop": str, "labels": str}
+    parts = [pd.read_csv(found[(i, n)], dtype=dtypes, keep_default_na=False) for i in range(n)]
+    parts = [p for p in parts if len(p)]
+    columns = list(CSV_COLUMNS) + list(EXTRA_COLUMNS)
+    cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    cells = cells.sort_values(["image_id", "cell_id"], kind="stable").reset_index(drop=True)
+    reference = apply_dataset_reference(cells, config)
+    path = out / "cells.csv"
+    _write_csv(cells[columns], path)
+    fails = [pd.read_csv(out / f"failures.shard-{i}-of-{n}.csv", dtype=str, keep_default_na=False)
+             for i in range(n) if (out / f"failures.shard-{i}-of-{n}.csv").is_file()]
+    if fails:
+        _write_csv(pd.concat(fails, ignore_index=True), out / "failures.csv")
+    if reference is not None:
+        (out / "outlier_reference.json").write_text(json.dumps(reference.to_dict(), indent=1))
+    logger.info("cells: merged %d shard(s), %d cells (%d valid) -> %s", n, len(cells), int(cells["valid"].sum()) if len(cells) else 0, path)
+    return path
