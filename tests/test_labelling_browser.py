@@ -158,7 +158,7 @@ def test_keys_in_a_real_browser_reach_the_database(tmp_path):
     db = tmp_path / "labels.sqlite"
     store = LabelStore(db)
     server = make_server(LabelApp(CellTable(_write_cells(tmp_path / "ds")), store, ["Mitotic spindle"], "tester"), port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     browser = DevTools(tmp_path / "profile")
     idle = "window.hpaLabel && hpaLabel.state !== null && hpaLabel.pending === 0"
