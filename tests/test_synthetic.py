@@ -121,6 +121,107 @@ def test_class_patterns(cls, check):
     assert checked >= 2
 
 
+def _corr(a, b):
+    return float(np.corrcoef(a.astype(np.float64), b.astype(np.float64))[0, 1])
+
+
+def _single_label_cells(cls, seed, n=512):
+    s = synthesize_image(seed, n, n, classes=[cls], negative_fraction=0.0)
+    cells = [k for k, lab in s.cell_labels.items() if lab == (cls,) and k not in s.mitotic and s.nucleus_cut[k] == 0]
+    return s, cells
+
+
+def test_nuclear_patterns():
+    # nuclear membrane: the nucleus rim is brighter than the nucleus interior and the far cytoplasm
+    s, cells = _single_label_cells(1, 201)
+    green = s.image[..., 1].astype(np.float32)
+    assert len(cells) >= 2
+    for k in cells:
+        nuc = s.nuclei_mask == k
+        rim = _ring(nuc, 2)
+        inner = nuc & ~_ring(nuc, 6)
+        n, c, _ = _compartments(s, k)
+        assert green[rim].mean() > 2 * green[inner].mean() and green[rim].mean() > 2 * green[c].mean()
+    # nucleoli and nuclear bodies: bright dots inside the nucleus, so a nuclear max far above its median
+    for cls in (2, 5):
+        s, cells = _single_label_cells(cls, 300 + cls)
+        green = s.image[..., 1].astype(np.float32)
+        assert len(cells) >= 2
+        for k in cells:
+            n, c, _ = _compartments(s, k)
+            assert green[n].max() > 3 * np.median(green[n]) + 20
+            assert np.percentile(green[n], 99.5) > 2 * np.percentile(green[c], 99.5)
+
+
+def test_cytoplasmic_patterns_follow_their_markers():
+    # ER follows the yellow texture, microtubules the red one; cytosol does not prefer either
+    for cls, channel in ((6, 3), (10, 0)):
+        s, cells = _single_label_cells(cls, 400 + cls)
+        img = s.image.astype(np.float32)
+        assert len(cells) >= 2
+        for k in cells:
+            _, c, _ = _compartments(s, k)
+            assert _corr(img[..., 1][c], img[..., channel][c]) > 0.5, (cls, k)
+    # aggresome: one bright blob, so the cell's max is far above its mean
+    s, cells = _single_label_cells(15, 415)
+    green = s.image[..., 1].astype(np.float32)
+    for k in cells:
+        cell = s.cell_mask == k
+        assert green[cell].max() > 4 * green[cell].mean()
+
+
+def test_mitotic_spindle_only_in_dividing_cells():
+    s = synthesize_image(511, 512, 512, classes=[11])
+    assert s.mitotic, "an image labelled Mitotic spindle must have a dividing cell"
+    green = s.image[..., 1].astype(np.float32)
+    blue = s.image[..., 2].astype(np.float32)
+    for k, labels in s.cell_labels.items():
+        assert (11 in labels) == (k in s.mitotic)
+    mit = np.isin(s.cell_mask, list(s.mitotic))
+    other = (s.cell_mask > 0) & ~mit
+    assert green[mit].mean() > 4 * green[other].mean()
+    # condensed chromatin is brighter than interphase nuclei
+    chromatin = np.isin(s.nuclei_mask, list(s.mitotic))
+    assert blue[chromatin].mean() > 1.2 * blue[(s.nuclei_mask > 0) & ~chromatin].mean()
+
+
+def test_border_cut_binucleate_debris():
+    from scipy import ndimage
+
+    cut_seen = two_nuclei = debris_seen = 0
+    for seed in range(6):
+        s = synthesize_image(seed, 384, 384)
+        img = s.image.astype(np.float32)
+        assert not np.any((s.debris_mask > 0) & (s.cell_mask > 0))
+        assert len(s.debris) == s.debris_mask.max()
+        for d in s.debris:
+            blob = s.debris_mask == d["id"]
+            background = (s.cell_mask == 0) & (s.debris_mask == 0)
+            assert img[blob].mean(axis=0).max() > 5 * img[background].mean(axis=0).max()
+            debris_seen += 1
+        for k, cut in s.nucleus_cut.items():
+            if k in s.mitotic:
+                continue
+            nuc = s.nuclei_mask == k
+            touches = nuc[0].any() or nuc[-1].any() or nuc[:, 0].any() or nuc[:, -1].any()
+            assert 0.0 <= cut <= 0.75
+            if cut > 0.02:
+                assert touches, (seed, k, cut)
+                cut_seen += 1
+            if cut == 0:
+                assert not touches, (seed, k)
+        for k in s.binucleate:
+            two_nuclei += ndimage.label(s.nuclei_mask == k)[1] == 2
+    assert cut_seen >= 3 and two_nuclei >= 1 and debris_seen >= 2
+
+
+def test_large_field_looks_like_hpa():
+    s = synthesize_image(3, 2048, 2048)
+    assert 10 <= len(s.cell_labels) <= 40
+    areas = np.bincount(s.cell_mask.ravel())[1:]
+    assert np.median(areas) > 30000  # cells of a few hundred pixels across, as in a real 2048 field
+
+
 def test_weak_labels(comp):
     train = comp.read_train()
     cells = pd.read_csv(comp.truth_cells("train"), dtype={"Labels": str}, keep_default_na=False)
