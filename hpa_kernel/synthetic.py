@@ -135,6 +135,15 @@ class SyntheticImage:
     def cell_ids(self) -> list[int]:
         return sorted(self.cell_labels)
 
+    @property
+    def border_cut(self) -> dict[int, float]:
+        """Same as :attr:`nucleus_cut` (the name used in ``truth/{split}_cell_info.csv``)."""
+        return self.nucleus_cut
+
+    @property
+    def debris_ids(self) -> list[int]:
+        return [int(d["id"]) for d in self.debris]
+
 
 # ----------------------------------------------------------------------------------------------
 # geometry
@@ -743,9 +752,14 @@ def synthesize_image(
 
     debris_mask, debris_list = _add_debris(rng, cell_mask, cells, r_mean, debris, (red, green, blue, yellow))
 
+    # uneven illumination: a smooth field within +-10 %, shared by the channels
+    import cv2
+
+    coarse = rng.uniform(0.9, 1.1, (3, 3)).astype(np.float32)
+    light = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     channels = []
     for ch in (red, green, blue, yellow):
-        ch = _blur(ch, 0.6 * px)
+        ch = _blur(ch, 0.6 * px) * light
         ch += rng.uniform(0.008, 0.025)  # background offset
         ch += np.float32(0.006) * rng.standard_normal(shape, dtype=np.float32)
         ch += np.sqrt(np.clip(ch, 0, None)) * np.float32(0.025) * rng.standard_normal(shape, dtype=np.float32)  # shot noise
@@ -850,6 +864,45 @@ def _write_csv(path: Path, header: Sequence[str], rows: list[Sequence]) -> None:
         w.writerows(rows)
 
 
+def _clear_stale(comp: Competition, seed: int, n_train: int, n_test: int, overwrite: bool) -> None:
+    from hpa_kernel.io import CHANNELS, list_image_ids
+
+    for split_index, (n, folder) in enumerate(((n_train, comp.train_dir), (n_test, comp.test_dir))):
+        if not folder.is_dir():
+            continue
+        ours = {_image_id(seed, split_index, i) for i in range(n)}
+        stale = [i for i in list_image_ids(folder) if i not in ours]
+        if not stale:
+            continue
+        if not overwrite:
+            raise ValueError(
+                f"{folder} holds {len(stale)} image(s) that this call would not write (e.g. {stale[0]}); "
+                "use an empty folder or overwrite=True (--overwrite) to delete them"
+            )
+        for image_id in stale:
+            for channel in CHANNELS:
+                for path in folder.glob(f"{image_id}_{channel}.*"):
+                    path.unlink()
+        logger.info("deleted %d stale image(s) from %s", len(stale), folder)
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int):
+    """A tqdm bar for long runs when INFO logging is on; a no-op otherwise."""
+    if total < 20 or not logger.isEnabledFor(logging.INFO):
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="synthetic images", unit="img")
+
+
 def make_competition(
     out: str | Path,
     *,
@@ -859,13 +912,15 @@ def make_competition(
     seed: int = 0,
     bit_depth: int = 8,
     shape: tuple[int, int] | None = None,
+    overwrite: bool = False,
 ) -> Competition:
     """Write a synthetic competition folder in the Kaggle layout, with its truth.
 
     Parameters
     ----------
     out : path
-        The folder to write (created; existing files of the same names are overwritten).
+        The folder to write; created if needed. Writing again with the same arguments gives the
+        same files.
     n_train, n_test : int
         Number of train and test images (>= 0, at least one in all).
     size : int
@@ -876,6 +931,10 @@ def make_competition(
         uint8 PNGs (as Kaggle) or uint16 PNGs.
     shape : (int, int), optional
         ``(height, width)`` for non-square images.
+    overwrite : bool
+        ``out`` already holds images that this call would not write (another seed or count):
+        delete their channel files if True, raise ``ValueError`` if False, so that a pipeline
+        never sees stale images beside the new truth.
 
     Returns
     -------
@@ -900,9 +959,13 @@ def make_competition(
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"out must be a folder, got the file {root}")
     comp = Competition(root)
+    _clear_stale(comp, seed, n_train, n_test, overwrite)
+    root.mkdir(parents=True, exist_ok=True)
     comp.truth_dir.mkdir(exist_ok=True)
+    progress = _progress(n_train + n_test)
     train_rows: list[tuple[str, str]] = []
     sub_rows: list[tuple[str, int, int, str]] = []
     images_meta: list[dict] = []
@@ -921,6 +984,7 @@ def make_competition(
             })
             logger.debug("%s %s: %d cells, labels %s", split, image_id, len(sample.cell_labels),
                          format_labels(sample.image_labels))
+            progress.update(1)
             masks[image_id] = sample.cell_mask
             nuclei[image_id] = sample.nuclei_mask
             for k in sample.cell_ids:
@@ -942,6 +1006,7 @@ def make_competition(
         _write_csv(comp.truth_dir / f"{split}_debris.csv", ("ImageID", "DebrisID", "y", "x", "radius", "channels"), debris_rows)
         write_npz(comp.truth_masks(split), masks)
         write_npz(comp.truth_dir / f"{split}_nuclei.npz", nuclei)
+    progress.close()
     _write_csv(comp.train_csv, ("ID", "Label"), train_rows)
     _write_csv(comp.sample_submission, ("ID", "ImageWidth", "ImageHeight", "PredictionString"), sub_rows)
     meta = {

@@ -258,6 +258,19 @@ def test_composite(sample):
     assert rgb[sample.nuclei_mask > 0, 2].mean() > rgb[sample.nuclei_mask > 0, 0].mean()
 
 
+def test_rewrite_same_folder_and_stale_images(tmp_path):
+    first = make_competition(tmp_path, n_train=1, n_test=2, size=128, seed=1)
+    before = _digest(first.root)
+    assert _digest(make_competition(tmp_path, n_train=1, n_test=2, size=128, seed=1).root) == before
+    with pytest.raises(ValueError, match="overwrite"):
+        make_competition(tmp_path, n_train=1, n_test=1, size=128, seed=2)
+    comp = make_competition(tmp_path, n_train=1, n_test=1, size=128, seed=2, overwrite=True)
+    from hpa_kernel.io import list_image_ids
+
+    assert list_image_ids(comp.test_dir) == sorted(comp.read_sample_submission()["ID"])
+    assert list_image_ids(comp.train_dir) == sorted(comp.read_train()["ID"])
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="bit_depth"):
         synthesize_image(0, 128, 128, bit_depth=12)

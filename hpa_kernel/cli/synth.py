@@ -19,6 +19,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     out.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     out.add_argument("--n-train", type=int, default=8, metavar="N", help="train images (default 8)")
     out.add_argument("--n-test", type=int, default=4, metavar="N", help="test images (default 4)")
+    out.add_argument("--overwrite", action="store_true", help="delete images in DIR that this run would not write")
     img = parser.add_argument_group("images")
     img.add_argument("--size", type=int, default=512, metavar="S", help="side of square images (default 512)")
     img.add_argument("--height", type=int, default=None, metavar="H", help="rows, for non-square images (with --width)")
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         bit_depth=args.bit_depth,
         shape=shape,
+        overwrite=args.overwrite,
     )
-    logger.info("wrote %s", comp.root)
+    logger.debug("competition folder %s", comp.root)
     return 0
