@@ -131,7 +131,7 @@ def _write_cells(root: Path) -> Path:
     rng = np.random.default_rng(3)
     (root / "crops").mkdir(parents=True)
     rows = []
-    for image_id, labels, cells in (("img_a", "11", (1, 2, 3)), ("img_b", "0|16", (1,))):
+    for image_id, labels, cells in (("img_a", "11", (1, 2, 3)), ("img_b", "0|15", (1,))):
         for cell_id in cells:
             crop = rng.integers(0, 256, (48, 48, 4), dtype=np.uint8)
             rel = f"crops/{image_id}_{cell_id}.png"
@@ -157,7 +157,7 @@ def test_keys_in_a_real_browser_reach_the_database(tmp_path):
 
     db = tmp_path / "labels.sqlite"
     store = LabelStore(db)
-    server = make_server(LabelApp(CellTable(_write_cells(tmp_path / "ds")), store, ["Mitotic spindle"], "tester"), port=0)
+    server = make_server(LabelApp(CellTable(_write_cells(tmp_path / "ds")), store, ["Mitotic spindle", "Aggresome"], "tester"), port=0)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     browser = DevTools(tmp_path / "profile")
@@ -193,6 +193,17 @@ def test_keys_in_a_real_browser_reach_the_database(tmp_path):
         browser.wait_for("!window.beforeReload && " + idle)
         assert browser.evaluate("document.body.dataset.cell") == "img_a/3"
         assert "done 2 of 3" in browser.evaluate("document.getElementById('counts').textContent")
+
+        # The next class, picked in the class menu.
+        browser.evaluate("const menu = document.getElementById('class-select'); menu.value = '15'; "
+                         "menu.dispatchEvent(new Event('change'))")
+        browser.wait_for(idle + " && hpaLabel.state.class.id === 15")
+        assert browser.evaluate("document.body.dataset.cell") == "img_b/1"
+        assert "class=15" in browser.evaluate("location.search")
+        browser.press("5")
+        browser.wait_for(idle + " && hpaLabel.state.progress.done === 1")
+        assert _standing(db)[-1] == ("img_b", 1, 15, 5, "tester")
+        assert "All 1 cells of Aggresome are done" in browser.evaluate("document.getElementById('done').textContent")
     finally:
         browser.close()
         server.shutdown()

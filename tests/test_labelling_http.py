@@ -248,6 +248,9 @@ def test_other_bad_requests(served):
     assert client.get("/etc/passwd")[0] == 404
     assert client.get("/api/state?class=9")[0] == 400
     assert client.get("/api/state?class=banana")[0] == 400
+    assert client.get("/api/state?" + "&".join(f"k{i}=1" for i in range(40)))[0] == 400
+    assert client.raw(b"GET http://[bad/x HTTP/1.1\r\nHost: x\r\n\r\n") == 400
+    assert client.raw(b"POST http://[bad/x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}") == 400
     assert client.request("PUT", "/api/score", b"{}")[0] == 405
     assert client.request("DELETE", "/")[0] == 405
     body = b'{"class_id": 11, "image_id": "img_a", "cell_id": 1, "score": 3}'
@@ -294,3 +297,39 @@ def test_app_checks_its_settings(tmp_path):
             LabelApp(table, store, [11], "")
         with pytest.raises(ValueError, match="unknown class"):
             LabelApp(table, store, ["Spindle"], "ann")
+
+
+def test_cli_serves_until_interrupted(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    cells = write_cells(tmp_path / "ds")
+    db = tmp_path / "labels.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpa_kernel", "label", "--cells", str(cells), "--class", "Mitotic spindle",
+         "--db", str(db), "--port", "0", "--user", "cli-user"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            found = re.search(r"open http://127\.0\.0\.1:(\d+)/", line)
+            if found:
+                break
+        assert found, "".join(lines)
+        client = Client(int(found.group(1)))
+        status, state = client.get("/api/state")
+        assert status == 200 and state["labeller"] == "cli-user" and state["progress"]["total"] == 4
+        assert _score(client, _cell(state), 5)[0] == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    with LabelStore(db) as store:
+        assert store.answered(11, "cli-user") == {("img_a", 1): 5}

@@ -275,8 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _get(self) -> None:
         from hpa_kernel.labelling.page import PAGE_HTML
 
-        url = urlsplit(self.path)
-        query = parse_qs(url.query, max_num_fields=16)
+        url, query = self._url()
         if url.path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, PAGE_HTML.encode(), "text/html; charset=utf-8")
         elif url.path == "/api/state":
@@ -287,10 +286,16 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             raise RequestError(HTTPStatus.NOT_FOUND, f"no route {url.path}")
 
+    def _url(self):
+        try:
+            url = urlsplit(self.path)
+            return url, parse_qs(url.query, max_num_fields=16)
+        except ValueError as exc:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"bad URL: {exc}") from None
+
     def _body(self) -> dict:
         content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         length = self.headers.get("Content-Length")
-        self.close_connection = True  # simplest way to never misread a body we did not consume
         if content_type != "application/json":
             raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json")
         if length is None or not length.isdigit():
@@ -309,10 +314,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _post(self) -> None:
         routes = {"/api/score": self.app.score, "/api/skip": self.app.skip, "/api/undo": self.app.undo}
-        route = routes.get(urlsplit(self.path).path)
+        self.close_connection = True  # until the body is read
+        url, _ = self._url()
+        route = routes.get(url.path)
         if route is None:
-            self.close_connection = True
-            raise RequestError(HTTPStatus.NOT_FOUND, f"no route {urlsplit(self.path).path}")
+            raise RequestError(HTTPStatus.NOT_FOUND, f"no route {url.path}")
         self._json(HTTPStatus.OK, route(self._body()))
 
 
