@@ -346,14 +346,15 @@ def _run_pixels(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))
 
 
-def _image_detections(image_id, triples, height, width, classes, label_f, mode) -> _Detections:
+def _image_detections(image_id, triples, height, width, classes, gt: TruthImage, mode) -> _Detections:
     """Decode the relevant triples of one image (each distinct mask string once).
 
-    ``label_f`` is the truth label image in column-major order (mask mode only).
+    In mask mode, ``inter[d, k]`` counts the pixels of detection d in truth cell k, looked up in the
+    truth label image at the detection's own pixels only.
     """
     cache: dict[str, tuple] = {}
     labels, scores, boxes, areas, inters = [], [], [], [], []
-    n_cells = int(label_f.max()) + 1 if mode == "mask" else 0
+    n_cells = int(gt.cell_ids.max()) + 1 if mode == "mask" else 0
     for k, (label, score, text) in enumerate(triples):
         if label not in classes:
             continue
@@ -368,7 +369,10 @@ def _image_detections(image_id, triples, height, width, classes, label_f, mode) 
             else:
                 r0, c0, r1, c1 = _runs_box(starts, ends, height)
                 box = np.array([r0 / height, c0 / width, r1 / height, c1 / width])
-                inter = np.bincount(label_f[_run_pixels(starts, ends)], minlength=n_cells) if mode == "mask" else None
+                inter = None
+                if mode == "mask":
+                    cols, rows = np.divmod(_run_pixels(starts, ends), height)
+                    inter = np.bincount(gt.label[rows, cols], minlength=n_cells)[:n_cells]
                 cache[text] = (box, area, inter)
         entry = cache[text]
         if entry is None:
@@ -497,7 +501,7 @@ def evaluate(
         num_gt += cell_classes.sum(axis=0)
         classes = set(np.flatnonzero(cell_classes.any(axis=0)).tolist())
 
-        gt_boxes = _truth_boxes(image_id, gt)
+        gt_boxes, gt_slices = _truth_boxes(image_id, gt)
         row = rows.get(image_id)
         if row is None or row[2] == "":
             continue
@@ -514,11 +518,10 @@ def evaluate(
             triples = parse_prediction_string(text)
         except ValueError as exc:
             raise ValueError(f"submission image {image_id}: {exc}") from None
-        label_f = gt_areas = None
+        gt_areas = None
         if iou == "mask":
-            label_f = gt.label.ravel(order="F").astype(np.intp)
-            gt_areas = np.bincount(label_f)[gt.cell_ids]
-        det = _image_detections(image_id, triples, height, width, classes, label_f, iou)
+            gt_areas = np.array([np.count_nonzero(gt.label[sl] == cell) for sl, cell in zip(gt_slices, gt.cell_ids)])
+        det = _image_detections(image_id, triples, height, width, classes, gt, iou)
         for c in sorted(classes):
             picked = np.flatnonzero(det.labels == c)
             if not picked.size:
@@ -560,16 +563,18 @@ def evaluate(
     )
 
 
-def _truth_boxes(image_id: str, gt: TruthImage) -> np.ndarray:
-    """Normalised tight boxes (y0, x0, y1, x1) of the GT cells, in ``gt.cell_ids`` order."""
+def _truth_boxes(image_id: str, gt: TruthImage) -> tuple[np.ndarray, list]:
+    """Normalised tight boxes (y0, x0, y1, x1) and bounding slices of the GT cells, in ``gt.cell_ids`` order."""
     from scipy import ndimage
 
     height, width = gt.shape
     slices = ndimage.find_objects(gt.label)
     boxes = np.zeros((gt.cell_ids.size, 4))
+    cell_slices = []
     for k, cell in enumerate(gt.cell_ids):
         if cell < 1 or cell > len(slices) or slices[cell - 1] is None:
             raise ValueError(f"GT cell {cell} of image {image_id} has no pixel in its label image")
         rows, cols = slices[cell - 1]
         boxes[k] = (rows.start / height, cols.start / width, rows.stop / height, cols.stop / width)
-    return boxes
+        cell_slices.append((rows, cols))
+    return boxes, cell_slices
