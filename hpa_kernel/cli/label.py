@@ -21,7 +21,6 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Serve a local page that shows the cells of the images carrying a class, one at a time "
         "(composite and green channel), and records a 1-5 score per key press in SQLite. "
         "'hpa-kernel label export' turns the scores into soft labels for training and a validation set.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="keys on the page: 1-5 score, s/Space skip, u/Backspace undo, c brightness",
     )
     parser.add_argument("action", nargs="?", choices=ACTIONS, default="serve",
