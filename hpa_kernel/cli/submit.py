@@ -1,0 +1,74 @@
+"""``hpa-kernel submit``: the budgeted submission run (test images → submission.csv)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "submit",
+        help="segment the test images, run the ensemble and write submission.csv within a time budget",
+        description="Write submission.csv for the test images of a competition folder. The richest plan that "
+        "fits the budget is chosen as costs are measured (TTA and every checkpoint first; then no TTA, then "
+        "fewer checkpoints); images the budget cannot reach get the fallback row (no detections), so a "
+        "valid file is always written before the budget ends.",
+    )
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--data", metavar="DIR", help="competition folder (default $HPA_KERNEL_DATA, then /kaggle/input/*)")
+    io.add_argument("--weights", metavar="DIR", help="weights folder with weights_manifest.json (default $HPA_KERNEL_WEIGHTS, then /kaggle/input/*)")
+    io.add_argument("--out", metavar="FILE", default="submission.csv", help="output CSV (default submission.csv)")
+    io.add_argument("--cache", metavar="DIR", help="cells cache folder (resumable runs)")
+    budget = parser.add_argument_group("time budget")
+    budget.add_argument("--budget-hours", type=float, default=8.5, metavar="H", help="hours until the final file (default 8.5)")
+    budget.add_argument("--reserve-minutes", type=float, default=None, metavar="M",
+                        help="margin kept before the deadline for the final write (default 3%% of the budget, 2 s to 10 min)")
+    budget.add_argument("--checkpoint-minutes", type=float, default=15.0, metavar="M",
+                        help="rewrite the partial submission every M minutes (default 15)")
+    budget.add_argument("--limit", type=int, default=None, metavar="N", help="process only the first N images (trials)")
+    run_opts = parser.add_argument_group("execution")
+    run_opts.add_argument("--device", default=None, help="cuda, cuda:1, cpu... (default: CUDA when available)")
+    run_opts.add_argument("--batch-size", type=int, default=32, help="cells per classifier batch (default 32)")
+    run_opts.add_argument("--seg-batch-size", type=int, default=1, help="images per segmentation batch (default 1)")
+    run_opts.add_argument("--workers", type=int, default=None, help="post-processing processes (default: all cores; 0 = in process)")
+    run_opts.add_argument("--torch-threads", type=int, default=None, help="CPU threads of the classifier (default: torch's choice)")
+    run_opts.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="allow flip TTA when time permits (default on)")
+    run_opts.add_argument("--segmenter", choices=("hpa", "classic"), default=None,
+                          help="hpa (default; needs the segmentation weights) or classic (weight-free, only when asked)")
+    run_opts.add_argument("--crop-size", type=int, default=None, help="cell crop side (default: the checkpoints' input size)")
+    run_opts.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True, help="check the written file (default on)")
+    run_opts.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from hpa_kernel.submit import HOUR, SubmitConfig, run_submission
+
+    config = SubmitConfig(
+        out=args.out,
+        data=args.data,
+        weights=args.weights,
+        budget_s=args.budget_hours * HOUR,
+        reserve_s=None if args.reserve_minutes is None else args.reserve_minutes * 60.0,
+        device=args.device,
+        batch_size=args.batch_size,
+        seg_batch_size=args.seg_batch_size,
+        workers=args.workers,
+        tta=args.tta,
+        segmenter=args.segmenter,
+        crop_size=args.crop_size,
+        checkpoint_every_s=args.checkpoint_minutes * 60.0,
+        validate=args.validate,
+        limit=args.limit,
+        cache_dir=args.cache,
+        progress=not args.no_progress,
+        torch_threads=args.torch_threads,
+    )
+    report = run_submission(config)
+    sys.stdout.write(report.summary() + "\n")
+    return 1 if report.problems else 0

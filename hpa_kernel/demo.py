@@ -1,0 +1,290 @@
+"""The end-to-end demo on a synthetic competition, as library steps (``hpa-kernel demo`` runs them).
+
+1. :func:`make_demo_competition`: a synthetic competition (:func:`hpa_kernel.synthetic.make_competition`).
+2. :func:`build_training_cells`: training cells from the train split: its truth label images are
+   cut into crops by the cells stage (:func:`hpa_kernel.cells.process_image`) and written as
+   ``cells.csv`` + crop PNGs. Synthetic data knows each cell's classes; ``labels="cell"`` uses them,
+   ``labels="image"`` uses the image-level labels as in the real competition.
+3. :func:`train_demo_ensemble`: the three groups (1, 2 and 4 snapshots) with
+   :func:`hpa_kernel.training.train_group` on a small CPU preset; the manifest is written with
+   pinned hashes. :func:`random_ensemble` writes an untrained ensemble instead (tests, notebooks).
+4. :func:`hpa_kernel.submit.run_submission` with the classic segmenter (the demo has no HPA
+   segmentation weights), then the file is validated.
+5. :func:`score_submission` in both IoU modes, and :func:`frequency_baseline`: the same cells with
+   every class predicted at its training frequency, for comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DemoResult",
+    "make_demo_competition",
+    "build_training_cells",
+    "random_ensemble",
+    "train_demo_ensemble",
+    "label_frequencies",
+    "frequency_baseline",
+    "score_submission",
+    "run_demo",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def make_demo_competition(out: str | os.PathLike, n_train: int = 24, n_test: int = 6, size: int = 512, seed: int = 2021):
+    """A synthetic competition in ``out`` (see :func:`hpa_kernel.synthetic.make_competition`)."""
+    from hpa_kernel.synthetic import make_competition
+
+    return make_competition(out, n_train=n_train, n_test=n_test, size=size, seed=seed)
+
+
+def build_training_cells(competition, out: str | os.PathLike, crop_size: int = 64, labels: str = "cell") -> Path:
+    """Write ``out/cells.csv`` and ``out/crops/*.png`` from the train split's truth label images.
+
+    Parameters
+    ----------
+    competition : Competition
+        A synthetic competition (it needs ``truth/train_masks.npz``, ``truth/train_nuclei.npz`` and
+        ``truth/train_cells.csv``).
+    out : path
+    crop_size : int
+        Side of the crops written.
+    labels : {"cell", "image"}
+        Each cell's own truth classes, or its image's labels from ``train.csv``.
+
+    Returns
+    -------
+    Path
+        The ``cells.csv``.
+    """
+    import cv2
+    import pandas as pd
+
+    from hpa_kernel.cells import CellConfig, process_image
+    from hpa_kernel.classes import format_labels, parse_labels
+    from hpa_kernel.io import read_image
+
+    if labels not in ("cell", "image"):
+        raise ValueError(f"labels must be 'cell' or 'image', got {labels!r}")
+    truth_dir = competition.truth_dir
+    needed = [truth_dir / "train_masks.npz", truth_dir / "train_nuclei.npz", competition.truth_cells("train")]
+    for path in needed:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: build_training_cells needs a synthetic competition with train truth")
+    out = Path(out)
+    (out / "crops").mkdir(parents=True, exist_ok=True)
+    truth = pd.read_csv(competition.truth_cells("train"), dtype={"ImageID": str, "Labels": str}, keep_default_na=False)
+    cell_labels = {(r.ImageID, int(r.CellID)): r.Labels for r in truth.itertuples()}
+    image_labels = {i: format_labels(ls) for i, ls in zip(competition.read_train()["ID"], competition.read_train()["labels"], strict=True)}
+    config = CellConfig(crop_size=crop_size)
+    rows = []
+    with np.load(needed[0]) as masks, np.load(needed[1]) as nuclei:
+        for image_id in sorted(masks.files):
+            image = read_image(competition.train_dir, image_id)
+            cells = process_image(image_id, image, nuclei[image_id], masks[image_id], config)
+            for k, row in enumerate(cells.table.itertuples()):
+                name = f"crops/{image_id}_{int(row.cell_id)}.png"
+                if not cv2.imwrite(str(out / name), np.ascontiguousarray(cells.crops[k])):
+                    raise OSError(f"cannot write {out / name}")
+                text = cell_labels.get((image_id, int(row.cell_id)), "") if labels == "cell" else image_labels[image_id]
+                rows.append({
+                    "image_id": image_id, "cell_id": int(row.cell_id), "crop": name,
+                    "y0": int(row.y0), "x0": int(row.x0), "y1": int(row.y1), "x1": int(row.x1), "area": int(row.area),
+                    "nucleus_cut": float(row.nucleus_cut), "outlier_score": float(row.outlier_score),
+                    "valid": bool(row.valid), "labels": format_labels(parse_labels(text)),
+                })
+    table = pd.DataFrame(rows)
+    path = out / "cells.csv"
+    table.to_csv(path, index=False)
+    logger.info("training cells: %d cells (%d valid) from %d images in %s", len(table), int(table["valid"].sum()) if len(table) else 0,
+                table["image_id"].nunique() if len(table) else 0, path)
+    return path
+
+
+def random_ensemble(
+    weights_dir: str | os.PathLike,
+    sizes: tuple[int, ...] = (1, 2, 4),
+    weights: tuple[float, ...] = (0.2, 0.4, 0.4),
+    arch: str = "efficientnet_b0",
+    input_size: int = 64,
+    seed: int = 0,
+):
+    """Write an untrained ensemble (random weights) with its pinned manifest; returns the Manifest.
+
+    For tests and notebook smoke runs: the files are real checkpoints in the kit's format.
+    """
+    import torch
+
+    from hpa_kernel import manifest as mf
+    from hpa_kernel.classifier import CheckpointConfig, create_classifier, save_checkpoint
+
+    weights_dir = Path(weights_dir)
+    layout = mf.default_manifest(sizes, weights)
+    for gi, group in enumerate(layout.groups):
+        for k, ck in enumerate(group.checkpoints):
+            torch.manual_seed(seed + 100 * gi + k)
+            model = create_classifier(arch)
+            save_checkpoint(model, CheckpointConfig(arch=arch, input_size=input_size, group=gi + 1), weights_dir / ck.file)
+    path = mf.write_manifest(layout, weights_dir / mf.MANIFEST_NAME)
+    return mf.update_hashes(path, weights_dir, segmentation=False)
+
+
+def train_demo_ensemble(
+    cells_csv: str | os.PathLike,
+    weights_dir: str | os.PathLike,
+    *,
+    input_size: int = 64,
+    epochs: int = 1,
+    steps_per_epoch: int = 40,
+    batch_size: int = 16,
+    arch: str = "efficientnet_b0",
+    device: str = "cpu",
+    progress: bool = False,
+):
+    """Train the three groups with :func:`hpa_kernel.training.quick_config` overrides; returns the Manifest.
+
+    Group g keeps its snapshot count (1, 2, 4); :func:`hpa_kernel.training.train_group` pins the
+    hashes in ``weights_dir/weights_manifest.json``.
+    """
+    from hpa_kernel.manifest import load_manifest
+    from hpa_kernel.training import quick_config, train_group
+
+    weights_dir = Path(weights_dir)
+    for group in (1, 2, 3):
+        config = quick_config(group, input_size=input_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                              batch_size=batch_size, arch=arch)
+        t = time.perf_counter()
+        paths = train_group(config, cells_csv, weights_dir, device=device, progress=progress)
+        logger.info("group %d: %d snapshot(s) in %.1f s", group, len(paths), time.perf_counter() - t)
+    return load_manifest(weights_dir=weights_dir, require_segmentation=False)
+
+
+def label_frequencies(competition) -> np.ndarray:
+    """Fraction of the training images (``train.csv``) that carry each class; shape (19,)."""
+    from hpa_kernel.classes import NUM_CLASSES, labels_to_multihot
+
+    train = competition.read_train()
+    if len(train) == 0:
+        return np.zeros(NUM_CLASSES)
+    return np.mean([labels_to_multihot(ls) for ls in train["labels"]], axis=0)
+
+
+def frequency_baseline(submission: str | os.PathLike, competition, out: str | os.PathLike) -> Path:
+    """The label-frequency baseline on the same cells as ``submission``.
+
+    Every cell mask of each row of ``submission`` is kept and every class gets its training
+    frequency (:func:`label_frequencies`) as confidence. Written to ``out``.
+    """
+    import pandas as pd
+
+    from hpa_kernel.metric import parse_prediction_string
+    from hpa_kernel.submission import prediction_string_for_cells, write_submission
+
+    freq = label_frequencies(competition)
+    sub = pd.read_csv(submission, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
+    rows = {}
+    for image_id, text in zip(sub["ID"], sub["PredictionString"], strict=True):
+        masks = list(dict.fromkeys(m for _, _, m in parse_prediction_string(text)))
+        rows[image_id] = prediction_string_for_cells(masks, np.tile(freq, (len(masks), 1))) if masks else ""
+    return write_submission(rows, competition.sample_submission, out)
+
+
+def score_submission(submission: str | os.PathLike, competition) -> dict:
+    """``{"box": MetricResult, "mask": MetricResult}`` against the synthetic test truth."""
+    from hpa_kernel.metric import evaluate
+
+    return {
+        mode: evaluate(submission, competition.truth_cells("test"), competition.truth_masks("test"), iou=mode)
+        for mode in ("box", "mask")
+    }
+
+
+@dataclass
+class DemoResult:
+    """Where the demo put its files and what it scored."""
+
+    out: Path
+    submission: Path
+    baseline: Path
+    weights_dir: Path
+    data_dir: Path
+    scores: dict = field(default_factory=dict)
+    baseline_scores: dict = field(default_factory=dict)
+    problems: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = ["hpa-kernel demo"]
+        lines.append(f"  submission    {self.submission} ({'valid' if not self.problems else f'{len(self.problems)} problems'})")
+        for mode in ("box", "mask"):
+            if mode in self.scores:
+                lines.append(
+                    f"  mAP@0.6 {mode:<4}  ensemble {self.scores[mode].map:.4f}   "
+                    f"label-frequency baseline {self.baseline_scores[mode].map:.4f}"
+                )
+        lines.append(f"  baseline      {self.baseline}")
+        lines.append(f"  weights       {self.weights_dir}")
+        lines.append(f"  data          {self.data_dir}")
+        lines.append("  timings       " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
+        return "\n".join(lines)
+
+
+def run_demo(
+    out: str | os.PathLike = "demo_out",
+    *,
+    n_train: int = 24,
+    n_test: int = 6,
+    size: int = 512,
+    seed: int = 2021,
+    input_size: int = 64,
+    epochs: int = 1,
+    steps_per_epoch: int = 40,
+    train: bool = True,
+    workers: int | None = None,
+    budget_s: float = 1800.0,
+    progress: bool = False,
+) -> DemoResult:
+    """Run every step of the demo into ``out``; see the module doc.
+
+    ``train=False`` uses :func:`random_ensemble` instead of training (fast smoke runs).
+    """
+    from hpa_kernel.submit import SubmitConfig, run_submission
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    t = time.perf_counter()
+    comp = make_demo_competition(out / "data", n_train, n_test, size, seed)
+    timings["data"] = time.perf_counter() - t
+    weights_dir = out / "weights"
+    t = time.perf_counter()
+    if train:
+        cells_csv = build_training_cells(comp, out / "train_cells", crop_size=input_size)
+        train_demo_ensemble(cells_csv, weights_dir, input_size=input_size, epochs=epochs, steps_per_epoch=steps_per_epoch, progress=progress)
+    else:
+        random_ensemble(weights_dir, input_size=input_size)
+    timings["ensemble"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report = run_submission(SubmitConfig(
+        out=out / "submission.csv", data=comp.root, weights=weights_dir, budget_s=budget_s, segmenter="classic",
+        device="cpu", workers=workers, progress=progress,
+    ))
+    timings["submission"] = time.perf_counter() - t
+    t = time.perf_counter()
+    baseline = frequency_baseline(report.path, comp, out / "baseline_submission.csv")
+    result = DemoResult(
+        out=out, submission=report.path, baseline=baseline, weights_dir=weights_dir, data_dir=comp.root,
+        scores=score_submission(report.path, comp), baseline_scores=score_submission(baseline, comp),
+        problems=list(report.problems or []),
+    )
+    timings["scoring"] = time.perf_counter() - t
+    result.timings = timings
+    return result

@@ -1,0 +1,556 @@
+"""The budgeted submission driver: test images → cells → ensemble → ``submission.csv``, on time.
+
+:func:`run_submission` processes the test images in the order of ``sample_submission.csv``. Before
+each image it asks a :class:`BudgetPlanner` for the richest :class:`Plan` that still fits the time
+left, using per-image costs measured so far (:class:`CostTracker`):
+
+1. TTA and every checkpoint of the manifest;
+2. no TTA, every checkpoint;
+3. fewer checkpoints, down to one per group (the largest group gives one up first);
+4. fewer groups (the lightest weight goes first), down to a single checkpoint;
+5. no prediction: the remaining images get the fallback row.
+
+A valid ``submission.csv`` exists from the start (every row the fallback, written before any model
+is loaded), is rewritten every ``checkpoint_every_s`` seconds, and is written a last time with a
+``reserve_s`` margin before the budget ends. A fallback row is an empty PredictionString ("no
+detections", :data:`hpa_kernel.submission.FALLBACK_PREDICTION`), given to images that failed (logged
+with the reason) and to those that the budget did not reach.
+
+The segmenter is ``"hpa"`` when the manifest's segmentation weights are in the weights folder; if
+they are not, the run stops with an error unless ``segmenter="classic"`` was asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "Plan",
+    "FALLBACK_PLAN",
+    "plan_ladder",
+    "CostEstimates",
+    "CostTracker",
+    "BudgetPlanner",
+    "SubmitConfig",
+    "SubmitReport",
+    "run_submission",
+    "predict_image",
+]
+
+logger = logging.getLogger(__name__)
+
+HOUR = 3600.0
+
+
+# --------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run for an image: the TTA views and how many checkpoints of each group.
+
+    ``fallback=True`` means: do not process, write the fallback row.
+    """
+
+    checkpoints_per_group: tuple[int, ...] = ()
+    tta: tuple[str, ...] = ("identity",)
+    fallback: bool = False
+
+    @property
+    def passes(self) -> int:
+        """Forward passes per cell."""
+        return 0 if self.fallback else sum(self.checkpoints_per_group) * len(self.tta)
+
+    def describe(self) -> str:
+        if self.fallback:
+            return "fallback"
+        views = "+".join(self.tta) if len(self.tta) > 1 else "no TTA"
+        return f"checkpoints {'/'.join(map(str, self.checkpoints_per_group))}, {views}"
+
+
+FALLBACK_PLAN = Plan(fallback=True)
+
+
+def plan_ladder(sizes: Sequence[int], weights: Sequence[float], tta: Sequence[str] | None = None) -> list[Plan]:
+    """The plans from richest to cheapest, for groups of ``sizes`` checkpoints with ``weights``.
+
+    With ``tta`` views (more than the identity), the first plan uses them with every checkpoint.
+    Then every checkpoint without TTA; then one checkpoint less at a time from the group with the
+    most (ties: the later group), down to one per group; then whole groups are dropped, lightest
+    weight first (ties: the earlier group), down to one checkpoint.
+
+    >>> [p.checkpoints_per_group for p in plan_ladder((1, 2, 4), (0.2, 0.4, 0.4))]
+    [(1, 2, 4), (1, 2, 3), (1, 2, 2), (1, 2, 1), (1, 1, 1), (0, 1, 1), (0, 0, 1)]
+    >>> plan_ladder((1, 2), (0.5, 0.5), tta=("identity", "hflip"))[0].passes
+    6
+    """
+    sizes = tuple(int(s) for s in sizes)
+    if not sizes or min(sizes) < 1 or len(weights) != len(sizes):
+        raise ValueError(f"sizes must be positive checkpoint counts, one per weight; got {sizes} and {tuple(weights)}")
+    ladder = []
+    if tta is not None and tuple(tta) != ("identity",):
+        ladder.append(Plan(sizes, tuple(tta)))
+    current = list(sizes)
+    ladder.append(Plan(tuple(current)))
+    while max(current) > 1:
+        top = max(current)
+        k = max(i for i, n in enumerate(current) if n == top)
+        current[k] -= 1
+        ladder.append(Plan(tuple(current)))
+    order = sorted(range(len(sizes)), key=lambda i: (weights[i], i))
+    for i in order[:-1]:
+        current[i] = 0
+        ladder.append(Plan(tuple(current)))
+    return ladder
+
+
+# --------------------------------------------------------------------------- costs
+
+
+@dataclass(frozen=True)
+class CostEstimates:
+    """Measured costs: seconds per image outside the classifier, seconds per cell and forward
+    pass, and cells per image. ``None`` while unmeasured."""
+
+    base_s: float | None = None
+    pass_s: float | None = None
+    cells_per_image: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.base_s is not None and self.pass_s is not None and self.cells_per_image is not None
+
+    def per_image(self, plan: Plan) -> float:
+        """Estimated seconds for one image under ``plan`` (0 for the fallback)."""
+        if plan.fallback:
+            return 0.0
+        if not self.known:
+            raise ValueError("costs are not measured yet")
+        return self.base_s + self.cells_per_image * self.pass_s * plan.passes
+
+
+class CostTracker:
+    """Accumulates what each processed image cost; :meth:`estimates` gives running means."""
+
+    def __init__(self):
+        self.images = 0
+        self.base_total = 0.0
+        self.cells_total = 0
+        self.classify_total = 0.0
+        self.cell_passes = 0
+
+    def add(self, base_s: float, n_cells: int, classify_s: float, passes: int) -> None:
+        """Record one image: ``base_s`` outside the classifier, ``classify_s`` for ``n_cells`` x ``passes``."""
+        self.images += 1
+        self.base_total += max(0.0, base_s)
+        self.cells_total += int(n_cells)
+        if n_cells and passes:
+            self.classify_total += max(0.0, classify_s)
+            self.cell_passes += int(n_cells) * int(passes)
+
+    def estimates(self) -> CostEstimates:
+        if not self.images:
+            return CostEstimates()
+        pass_s = self.classify_total / self.cell_passes if self.cell_passes else (0.0 if self.cells_total == 0 else None)
+        return CostEstimates(self.base_total / self.images, pass_s, self.cells_total / self.images)
+
+
+class BudgetPlanner:
+    """Chooses the richest plan whose projected time for the remaining images fits the budget.
+
+    Parameters
+    ----------
+    budget_s : float
+        The whole budget, counted from the start of the run (clock time 0).
+    n_images : int
+        Images to process.
+    reserve_s : float
+        Kept free at the end for writing (and checking) the submission.
+    ladder : list of Plan
+        From :func:`plan_ladder`, richest first.
+    safety : float
+        Projected costs are multiplied by this factor (>= 1).
+
+    Notes
+    -----
+    ``choose(elapsed, done, costs)``: with ``left = budget_s - reserve_s - elapsed`` and ``n`` images
+    to go, the first plan of the ladder with ``n * cost(plan) * safety <= left`` is chosen. If none
+    fits every remaining image, the cheapest plan is used while one more image fits; after that,
+    and whenever ``left <= 0``, the fallback. Before anything is measured, the richest plan is
+    chosen (the first image measures the costs).
+
+    Examples
+    --------
+    >>> ladder = plan_ladder((1, 2), (0.5, 0.5), tta=("identity", "hflip"))
+    >>> planner = BudgetPlanner(100.0, n_images=10, reserve_s=10.0, ladder=ladder, safety=1.0)
+    >>> costs = CostEstimates(base_s=1.0, pass_s=0.1, cells_per_image=10)  # 1 s + 1 s per pass
+    >>> planner.choose(0.0, 0, costs).describe()   # 10 x 7 s = 70 s <= 90 s
+    'checkpoints 1/2, identity+hflip'
+    >>> planner.choose(40.0, 5, costs).describe()  # 5 x 7 s = 35 s <= 50 s
+    'checkpoints 1/2, identity+hflip'
+    >>> planner.choose(60.0, 5, costs).describe()  # 30 s left: 35 s does not fit, 5 x 4 s = 20 s does
+    'checkpoints 1/2, no TTA'
+    >>> planner.choose(88.0, 5, costs).describe()  # 2 s left: only one more image, at the cheapest plan
+    'checkpoints 0/1, no TTA'
+    >>> planner.choose(89.5, 5, costs).describe()
+    'fallback'
+    """
+
+    def __init__(self, budget_s: float, n_images: int, reserve_s: float, ladder: Sequence[Plan], safety: float = 1.15):
+        if not math.isfinite(budget_s) or budget_s < 0:
+            raise ValueError(f"budget_s must be a finite number >= 0, got {budget_s}")
+        if n_images < 0:
+            raise ValueError(f"n_images must be >= 0, got {n_images}")
+        if reserve_s < 0:
+            raise ValueError(f"reserve_s must be >= 0, got {reserve_s}")
+        if not ladder or any(p.fallback for p in ladder):
+            raise ValueError("ladder must be a non-empty list of non-fallback plans")
+        if safety < 1:
+            raise ValueError(f"safety must be >= 1, got {safety}")
+        self.budget_s = float(budget_s)
+        self.n_images = int(n_images)
+        self.reserve_s = float(reserve_s)
+        self.ladder = list(ladder)
+        self.safety = float(safety)
+
+    def time_left(self, elapsed: float) -> float:
+        return self.budget_s - self.reserve_s - elapsed
+
+    def choose(self, elapsed: float, done: int, costs: CostEstimates) -> Plan:
+        """The plan for the next image; see the class notes."""
+        left = self.time_left(elapsed)
+        remaining = self.n_images - done
+        if left <= 0 or remaining <= 0:
+            return FALLBACK_PLAN
+        if not costs.known:
+            return self.ladder[0]
+        for plan in self.ladder:
+            if remaining * costs.per_image(plan) * self.safety <= left:
+                return plan
+        cheapest = self.ladder[-1]
+        if costs.per_image(cheapest) * self.safety <= left:
+            return cheapest
+        return FALLBACK_PLAN
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+@dataclass(frozen=True)
+class SubmitConfig:
+    """Settings of :func:`run_submission`; every field checks itself.
+
+    Parameters
+    ----------
+    out : path
+        The ``submission.csv`` to write.
+    data : path, optional
+        Competition folder; default ``$HPA_KERNEL_DATA`` then the Kaggle input folders.
+    weights : path, optional
+        Weights folder; default ``$HPA_KERNEL_WEIGHTS`` then the Kaggle input folders.
+    budget_s : float
+        Seconds from the start of :func:`run_submission` to a final ``submission.csv``.
+    reserve_s : float, optional
+        Margin kept for the last write; default 3 % of the budget, between 2 s and 10 min.
+    device : str, optional
+        ``"cuda"``, ``"cpu"``...; default CUDA when available.
+    batch_size : int
+        Cells per classifier batch.
+    seg_batch_size : int
+        Images per segmentation ``predict`` call.
+    workers : int, optional
+        Post-processing worker processes; default every core (0 = in process).
+    tta : bool
+        Allow flip TTA (hflip, vflip) when the budget permits.
+    segmenter : {"hpa", "classic"} or None
+        None: ``"hpa"``, which needs the manifest's segmentation weights.
+    crop_size : int, optional
+        Cell crop side; default the largest input size of the ensemble's checkpoints.
+    checkpoint_every_s : float
+        Rewrite ``submission.csv`` with the images done so far at this interval.
+    validate : bool
+        Check the final file with :func:`hpa_kernel.submission.check_submission` when time is left.
+    limit : int, optional
+        Process only the first ``limit`` images of the sample (the rest get the fallback); for trials.
+    cache_dir : path, optional
+        Cells cache (:mod:`hpa_kernel.cells.cache`).
+    progress : bool
+        tqdm bars.
+    torch_threads : int, optional
+        ``torch.set_num_threads`` for the classifier on the CPU (the process-wide setting is changed);
+        default: leave torch's choice.
+    """
+
+    out: Path
+    data: Path | None = None
+    weights: Path | None = None
+    budget_s: float = 8.5 * HOUR
+    reserve_s: float | None = None
+    device: str | None = None
+    batch_size: int = 32
+    seg_batch_size: int = 1
+    workers: int | None = None
+    tta: bool = True
+    segmenter: str | None = None
+    crop_size: int | None = None
+    checkpoint_every_s: float = 15 * 60.0
+    validate: bool = True
+    limit: int | None = None
+    cache_dir: Path | None = None
+    progress: bool = True
+    torch_threads: int | None = None
+
+    def __post_init__(self):
+        for name in ("out", "data", "weights", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        if not math.isfinite(self.budget_s) or self.budget_s < 0:
+            raise ValueError(f"budget_s must be a finite number >= 0, got {self.budget_s}")
+        if self.reserve_s is not None and self.reserve_s < 0:
+            raise ValueError(f"reserve_s must be >= 0, got {self.reserve_s}")
+        if self.batch_size < 1 or self.seg_batch_size < 1:
+            raise ValueError(f"batch_size and seg_batch_size must be >= 1, got {self.batch_size} and {self.seg_batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.segmenter not in (None, "hpa", "classic"):
+            raise ValueError(f"segmenter must be 'hpa', 'classic' or None, got {self.segmenter!r}")
+        if self.crop_size is not None and self.crop_size < 8:
+            raise ValueError(f"crop_size must be >= 8, got {self.crop_size}")
+        if self.checkpoint_every_s <= 0:
+            raise ValueError(f"checkpoint_every_s must be > 0, got {self.checkpoint_every_s}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be >= 0, got {self.limit}")
+
+    @property
+    def reserve(self) -> float:
+        if self.reserve_s is not None:
+            return self.reserve_s
+        return min(600.0, max(2.0, 0.03 * self.budget_s))
+
+
+@dataclass
+class SubmitReport:
+    """What :func:`run_submission` did."""
+
+    path: Path
+    n_images: int
+    n_predicted: int
+    fallback: dict[str, str] = field(default_factory=dict)
+    plans: Counter = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+    segmenter: str | None = None
+    problems: list | None = None
+
+    @property
+    def n_fallback(self) -> int:
+        return len(self.fallback)
+
+    def summary(self) -> str:
+        reasons = Counter(r.split(":")[0] for r in self.fallback.values())
+        plan_text = "; ".join(f"{n} x {p}" for p, n in self.plans.most_common()) or "none"
+        fb = ", ".join(f"{n} {r}" for r, n in reasons.items()) or "none"
+        valid = "not checked" if self.problems is None else ("valid" if not self.problems else f"{len(self.problems)} problems")
+        return (
+            f"{self.path}: {self.n_images} rows, {self.n_predicted} predicted, {self.n_fallback} fallback ({fb}); "
+            f"plans: {plan_text}; segmenter {self.segmenter}; {self.elapsed_s:.1f} s; {valid}"
+        )
+
+
+def predict_image(result, ensemble, plan: Plan, batch_size: int = 32) -> str:
+    """PredictionString of one :class:`hpa_kernel.cells.ImageCells` under ``plan``.
+
+    Ensemble probabilities (:meth:`~hpa_kernel.classifier.Ensemble.predict`), then
+    :func:`hpa_kernel.confidence.final_confidence` with the table's ``valid`` and ``penalty``.
+    """
+    from hpa_kernel.confidence import final_confidence
+    from hpa_kernel.submission import prediction_string_for_cells
+
+    table = result.table
+    if len(table) == 0:
+        return ""
+    if result.encoded is None:
+        raise ValueError(f"image {result.image_id}: the cells have no encoded masks (run the pipeline with encode_masks=True)")
+    probs = ensemble.predict(result.crops, tta=plan.tta, checkpoints_per_group=plan.checkpoints_per_group, batch_size=batch_size)
+    final = final_confidence(probs, table["valid"].to_numpy(dtype=bool), table["penalty"].to_numpy(dtype=np.float64))
+    return prediction_string_for_cells(result.encoded, final)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _choose_segmenter(config: SubmitConfig, manifest) -> str:
+    if config.segmenter == "classic":
+        return "classic"
+    if manifest.segmentation_present():
+        return "hpa"
+    names = ", ".join(f.file for f in manifest.segmentation.files())
+    raise FileNotFoundError(
+        f"the HPA segmentation weights ({names}) are not in the weights folder {manifest.weights_dir}; "
+        "attach them, or pass --segmenter classic explicitly to use the weight-free classic segmenter"
+    )
+
+
+def _write(rows: dict[str, str], samples, out: Path) -> None:
+    """Write every sample row: the prediction where there is one, else the fallback (logged by the caller)."""
+    from hpa_kernel.submission import FALLBACK_PREDICTION, write_submission
+
+    full = {image_id: rows.get(image_id, FALLBACK_PREDICTION) for image_id, _, _ in samples}
+    write_submission(full, _samples_frame(samples), out)
+
+
+def _samples_frame(samples):
+    import pandas as pd
+
+    return pd.DataFrame(
+        {"ID": [s[0] for s in samples], "ImageWidth": [s[1] for s in samples], "ImageHeight": [s[2] for s in samples]}
+    )
+
+
+def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monotonic, segmenter=None) -> SubmitReport:
+    """Write ``config.out`` within ``config.budget_s`` seconds; see the module doc.
+
+    Parameters
+    ----------
+    config : SubmitConfig
+    clock : callable
+        Seconds, monotonic; tests pass a fake clock.
+    segmenter : BaseSegmenter, optional
+        A ready segmenter instead of ``config.segmenter`` (tests, notebooks).
+
+    Returns
+    -------
+    SubmitReport
+    """
+    from hpa_kernel.io import find_competition
+    from hpa_kernel.submission import read_sample
+
+    t0 = clock()
+
+    def elapsed() -> float:
+        return clock() - t0
+
+    competition = find_competition(config.data)
+    samples = read_sample(competition.sample_submission)
+    ids = [s[0] for s in samples]
+    todo = ids if config.limit is None else ids[: config.limit]
+    out = config.out
+    rows: dict[str, str] = {}
+    fallback: dict[str, str] = {}
+    report = SubmitReport(out, len(ids), 0)
+    _write(rows, samples, out)  # a valid file from the start
+    logger.info("wrote the initial all-fallback %s (%d rows); budget %.0f s, reserve %.0f s", out, len(ids), config.budget_s, config.reserve)
+
+    # Cheap checks first, so that a zero budget still validates its inputs.
+    from hpa_kernel.manifest import load_manifest
+
+    manifest = load_manifest(weights_dir=config.weights, verify=False)
+    seg_name = "custom" if segmenter is not None else _choose_segmenter(config, manifest)
+    report.segmenter = seg_name if segmenter is None else type(segmenter).__name__
+    ladder = plan_ladder([len(g.checkpoints) for g in manifest.groups], manifest.weights, ("identity", "hflip", "vflip") if config.tta else None)
+    planner = BudgetPlanner(config.budget_s, len(todo), config.reserve, ladder)
+    tracker = CostTracker()
+
+    if not planner.choose(elapsed(), 0, tracker.estimates()).fallback and todo:
+        _predict_all(config, manifest, seg_name, segmenter, competition, samples, todo, planner, tracker, rows, fallback, report, elapsed)
+    for image_id in todo:
+        if image_id not in rows and image_id not in fallback:
+            fallback[image_id] = "budget: not reached before the deadline"
+    for image_id in ids[len(todo):]:
+        fallback[image_id] = "limit: beyond --limit"
+    report.fallback = fallback
+    report.n_predicted = len(rows)
+    _write(rows, samples, out)
+    if fallback:
+        shown = ", ".join(f"{i} ({r})" for i, r in list(fallback.items())[:5])
+        logger.warning("%d of %d images got the fallback row (empty PredictionString), e.g. %s", len(fallback), len(ids), shown)
+    if config.validate:
+        if elapsed() < config.budget_s:
+            from hpa_kernel.submission import check_submission
+
+            report.problems = check_submission(out, competition.sample_submission).problems
+            for problem in report.problems[:20]:
+                logger.error("submission problem: %s", problem)
+        else:
+            logger.warning("no time left to validate %s", out)
+    report.elapsed_s = elapsed()
+    logger.info("%s", report.summary())
+    return report
+
+
+def _predict_all(config, manifest, seg_name, segmenter, competition, samples, todo, planner, tracker, rows, fallback, report, elapsed):
+    from hpa_kernel.cells import CellConfig, CellPipeline
+    from hpa_kernel.classifier import Ensemble
+    from hpa_kernel.manifest import verify_files
+    from hpa_kernel.segmentation import create_segmenter
+
+    device = config.device or _default_device()
+    if config.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+    verify_files(manifest, segmentation=seg_name == "hpa")
+    ensemble = Ensemble.from_manifest(manifest, device)
+    if segmenter is None:
+        if seg_name == "hpa":
+            seg = manifest.segmentation
+            segmenter = create_segmenter("hpa", nuclei=manifest.path_of(seg.nuclei), cell=manifest.path_of(seg.cell), device=device)
+        else:
+            logger.warning("using the classic segmenter (asked for explicitly); its cells differ from HPA-Cell-Segmentation's")
+            segmenter = create_segmenter("classic")
+    crop_size = config.crop_size or max(m.config.input_size for m in ensemble.members)
+    pipeline = CellPipeline(
+        segmenter, CellConfig(crop_size=crop_size), config.workers, config.cache_dir,
+        batch_size=config.seg_batch_size, encode_masks=True,
+    )
+    last_checkpoint = elapsed()
+    results = pipeline.run(competition.test_dir, todo, progress=config.progress)
+    current = None
+    try:
+        for done, image_id in enumerate(todo):
+            plan = planner.choose(elapsed(), done, tracker.estimates())
+            if plan != current:
+                logger.info("image %d/%d: plan %s (%.0f s left)", done + 1, len(todo), plan.describe(), planner.time_left(elapsed()))
+                current = plan
+            if plan.fallback:
+                break
+            t_a = elapsed()
+            result = next(results)
+            t_b = elapsed()
+            n_cells, classify_s = 0, 0.0
+            if result.image_id != image_id:
+                raise RuntimeError(f"the cells pipeline returned {result.image_id} where {image_id} was expected")
+            if not result.ok:
+                fallback[image_id] = f"failed: {result.reason}"
+            else:
+                try:
+                    rows[image_id] = predict_image(result, ensemble, plan, config.batch_size)
+                    n_cells = len(result.table)
+                    report.plans[plan.describe()] += 1
+                except (RuntimeError, ValueError) as exc:
+                    logger.error("image %s: prediction failed (%s: %s); it gets the fallback row", image_id, type(exc).__name__, exc)
+                    fallback[image_id] = f"failed: {type(exc).__name__}: {exc}"
+            t_c = elapsed()
+            classify_s = t_c - t_b
+            tracker.add(base_s=t_b - t_a, n_cells=n_cells, classify_s=classify_s, passes=plan.passes)
+            if t_c - last_checkpoint >= config.checkpoint_every_s:
+                _write(rows, samples, config.out)
+                last_checkpoint = elapsed()
+                logger.info("checkpoint: %s with %d predicted images", config.out, len(rows))
+    finally:
+        results.close()
+    return rows

@@ -1,0 +1,220 @@
+"""The budgeted submission driver: the planner on fake clocks, and real tiny runs that always write a valid file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_kernel.segmentation.base import BaseSegmenter, SegmentationMaps
+from hpa_kernel.submission import check_submission
+from hpa_kernel.submit import (
+    FALLBACK_PLAN,
+    BudgetPlanner,
+    CostEstimates,
+    CostTracker,
+    Plan,
+    SubmitConfig,
+    plan_ladder,
+    run_submission,
+)
+
+TTA = ("identity", "hflip", "vflip")
+
+
+# --------------------------------------------------------------------------- planner (pure)
+
+
+def test_ladder_goes_from_tta_to_one_checkpoint():
+    ladder = plan_ladder((1, 2, 4), (0.2, 0.4, 0.4), TTA)
+    assert ladder[0] == Plan((1, 2, 4), TTA) and ladder[0].passes == 21
+    assert ladder[1] == Plan((1, 2, 4)) and ladder[1].passes == 7
+    assert [p.passes for p in ladder] == sorted((p.passes for p in ladder), reverse=True)
+    assert ladder[-3].checkpoints_per_group == (1, 1, 1)
+    assert ladder[-2].checkpoints_per_group == (0, 1, 1)  # the 0.2 group goes first
+    assert ladder[-1].passes == 1
+    assert plan_ladder((1,), (1.0,)) == [Plan((1,))]
+    with pytest.raises(ValueError, match="positive checkpoint counts"):
+        plan_ladder((0, 2), (0.5, 0.5))
+
+
+def _costs(base=1.0, per_pass=0.5, cells=2.0):
+    return CostEstimates(base_s=base, pass_s=per_pass / cells, cells_per_image=cells)
+
+
+def test_planner_degrades_as_time_runs_out():
+    # per image: 1 s + 0.5 s per pass; ladder passes 21, 7, 6, 5, 4, 3, 2, 1
+    ladder = plan_ladder((1, 2, 4), (0.2, 0.4, 0.4), TTA)
+    planner = BudgetPlanner(budget_s=1000, n_images=10, reserve_s=50, ladder=ladder, safety=1.0)
+    costs = _costs()
+    assert planner.choose(0, 0, costs) == ladder[0]  # 10 * 11.5 = 115 s <= 950 s
+    assert planner.choose(900, 5, costs) == ladder[1]  # 50 s left: 5 * 11.5 > 50, 5 * 4.5 = 22.5 fits
+    assert planner.choose(930, 5, costs).checkpoints_per_group == (1, 2, 3)  # 20 s: 6 passes, 5 * 4 s fits
+    assert planner.choose(935, 5, costs).checkpoints_per_group == (1, 2, 1)  # 15 s: 4 passes, 5 * 3 s fits
+    plan = planner.choose(945, 5, costs)  # 5 s left: nothing fits 5 images; one image at 1.5 s does
+    assert plan == ladder[-1]
+    assert planner.choose(949, 5, costs) == FALLBACK_PLAN  # 1 s left < 1.5 s
+    assert planner.choose(960, 5, costs) == FALLBACK_PLAN
+    assert planner.choose(10, 10, costs) == FALLBACK_PLAN  # nothing left to do
+
+
+def test_planner_before_measurements_and_zero_budget():
+    ladder = plan_ladder((1, 2), (0.5, 0.5), TTA)
+    assert BudgetPlanner(100, 3, 1, ladder).choose(0, 0, CostEstimates()) == ladder[0]
+    assert BudgetPlanner(0, 3, 0, ladder).choose(0, 0, CostEstimates()) == FALLBACK_PLAN
+    with pytest.raises(ValueError, match="budget_s"):
+        BudgetPlanner(-1, 3, 0, ladder)
+    with pytest.raises(ValueError, match="ladder"):
+        BudgetPlanner(10, 3, 0, [FALLBACK_PLAN])
+
+
+def test_planner_with_a_fake_clock_fits_the_budget():
+    """Simulate a run: each image costs 2 s + 0.1 s per cell pass (10 cells); the planner must finish in time."""
+    ladder = plan_ladder((1, 2, 4), (0.2, 0.4, 0.4), TTA)
+    budget, reserve, n = 400.0, 20.0, 60
+    planner = BudgetPlanner(budget, n, reserve, ladder)
+    tracker, now, used = CostTracker(), 0.0, []
+    for done in range(n):
+        plan = planner.choose(now, done, tracker.estimates())
+        if plan.fallback:
+            break
+        cost = 2.0 + 10 * 0.1 * plan.passes
+        tracker.add(base_s=2.0, n_cells=10, classify_s=cost - 2.0, passes=plan.passes)
+        now += cost
+        used.append(plan)
+    assert now <= budget - reserve
+    assert used[0] == ladder[0]  # unmeasured: the richest plan first
+    assert len(used) == n  # 60 images fit at a cheaper plan (3 s each at 1 pass)
+    assert used[-1].passes < used[0].passes  # it dropped extras to fit
+    est = tracker.estimates()
+    assert est.base_s == pytest.approx(2.0) and est.pass_s == pytest.approx(0.1) and est.cells_per_image == 10
+
+
+def test_cost_tracker_without_cells():
+    t = CostTracker()
+    t.add(base_s=1.0, n_cells=0, classify_s=0.0, passes=7)
+    est = t.estimates()
+    assert est.known and est.per_image(Plan((1, 2, 4))) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- the driver, on synthetic data
+
+
+class BlobSegmenter(BaseSegmenter):
+    """Test segmenter: nuclei = blue above its mean, cells = nuclei grown by 6 px; no weights."""
+
+    name = "blobs"
+
+    def predict(self, images):
+        return [SegmentationMaps(nuclei=np.asarray(im)[..., 2], cell=np.asarray(im)[..., 0]) for im in images]
+
+    @staticmethod
+    def postprocess_fn(maps):
+        from scipy import ndimage as ndi
+
+        blue = maps.nuclei.astype(np.float32)
+        nuclei, _ = ndi.label(blue > blue.mean() + blue.std())
+        dist, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, return_indices=True)
+        cells = np.where(dist <= 6, nuclei[iy, ix], 0)
+        return nuclei.astype(np.int32), cells.astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    from hpa_kernel.demo import random_ensemble
+
+    folder = tmp_path_factory.mktemp("weights")
+    random_ensemble(folder, sizes=(1, 2), weights=(0.4, 0.6), arch="resnet18", input_size=32)
+    return folder
+
+
+def _config(comp, weights_dir, out, **kw):
+    base = dict(out=out, data=comp.root, weights=weights_dir, device="cpu", workers=0, progress=False, segmenter="classic",
+                torch_threads=1)
+    base.update(kw)
+    return SubmitConfig(**base)
+
+
+def _rows(path):
+    return pd.read_csv(path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
+
+
+def test_zero_budget_writes_all_fallback_rows(synthetic_competition, weights_dir, tmp_path):
+    comp = synthetic_competition
+    report = run_submission(_config(comp, weights_dir, tmp_path / "sub.csv", budget_s=0), segmenter=BlobSegmenter())
+    assert report.n_predicted == 0 and report.n_fallback == report.n_images == 3
+    assert all(r.startswith("budget") for r in report.fallback.values())
+    assert report.problems == [] or report.problems is None
+    assert check_submission(report.path, comp.sample_submission).ok
+    assert (_rows(report.path)["PredictionString"] == "").all()
+
+
+def test_full_run_predicts_every_image(synthetic_competition, weights_dir, tmp_path):
+    comp = synthetic_competition
+    report = run_submission(_config(comp, weights_dir, tmp_path / "sub.csv", budget_s=3600), segmenter=BlobSegmenter())
+    assert report.n_predicted == 3 and report.n_fallback == 0
+    assert report.problems == []
+    rows = _rows(report.path)
+    assert list(rows["ID"]) == list(comp.read_sample_submission()["ID"])
+    tokens = rows["PredictionString"].iloc[0].split(" ")
+    assert len(tokens) > 0 and len(tokens) % (3 * 19) == 0  # 19 classes per cell
+    conf = np.array(tokens[1::3], dtype=float)
+    assert ((conf >= 0) & (conf <= 1)).all() and conf.std() > 0
+    assert sum(report.plans.values()) == 3 and any("hflip" in p for p in report.plans)
+
+
+def test_budget_that_fits_only_some_images(synthetic_competition, weights_dir, tmp_path):
+    """A fake clock that advances 1 s per reading: the budget runs out part-way."""
+    comp = synthetic_competition
+
+    class Clock:
+        t = 0.0
+
+        def __call__(self):
+            self.t += 1.0
+            return self.t
+
+    report = run_submission(
+        _config(comp, weights_dir, tmp_path / "sub.csv", budget_s=12, reserve_s=0), clock=Clock(), segmenter=BlobSegmenter()
+    )
+    assert 0 < report.n_predicted < 3
+    assert report.n_predicted + report.n_fallback == 3
+    assert check_submission(report.path, comp.sample_submission).ok
+    rows = _rows(report.path)
+    assert (rows["PredictionString"] != "").sum() == report.n_predicted
+
+
+def test_limit_and_failed_image_get_fallback(synthetic_competition, weights_dir, tmp_path):
+    comp = synthetic_competition
+    report = run_submission(_config(comp, weights_dir, tmp_path / "a.csv", limit=1, tta=False), segmenter=BlobSegmenter())
+    assert report.n_predicted == 1 and report.n_fallback == 2
+    assert all(r.startswith("limit") for r in report.fallback.values())
+    assert set(report.plans) == {"checkpoints 1/2, no TTA"}
+
+
+def test_hpa_segmenter_needs_its_weights_or_an_explicit_classic(synthetic_competition, weights_dir, tmp_path):
+    comp = synthetic_competition
+    with pytest.raises(FileNotFoundError, match="pass --segmenter classic explicitly"):
+        run_submission(_config(comp, weights_dir, tmp_path / "s.csv", segmenter=None))
+    with pytest.raises(FileNotFoundError, match="dpn_unet_nuclei_v1.pth"):
+        run_submission(_config(comp, weights_dir, tmp_path / "s.csv", segmenter="hpa"))
+    # even a failed run leaves a valid (all-fallback) file behind
+    assert check_submission(tmp_path / "s.csv", comp.sample_submission).ok
+
+
+def test_config_checks_itself(tmp_path):
+    with pytest.raises(ValueError, match="segmenter"):
+        SubmitConfig(out=tmp_path / "x.csv", segmenter="cellpose")
+    with pytest.raises(ValueError, match="budget_s"):
+        SubmitConfig(out=tmp_path / "x.csv", budget_s=float("nan"))
+    assert SubmitConfig(out="x.csv", budget_s=3600).reserve == pytest.approx(108)
+
+
+def test_cli_parses_every_option():
+    from hpa_kernel.cli import build_parser
+
+    args = build_parser().parse_args([
+        "submit", "--data", "d", "--weights", "w", "--out", "o.csv", "--budget-hours", "0.5", "--device", "cpu",
+        "--batch-size", "8", "--workers", "0", "--no-tta", "--segmenter", "classic",
+    ])
+    assert (args.budget_hours, args.tta, args.segmenter, args.batch_size, args.workers) == (0.5, False, "classic", 8, 0)
