@@ -67,8 +67,8 @@ def test_cut_of_known_shapes():
     assert nucleus_cut_fraction(ellipse[1:], (0, 0), (299, 300)) == 0.0  # not touching: row 0 empty
 
 
-def _cells_image(red_values, n_cols=4):
-    """Square cells on a grid, each with its own mean red and the same blue/yellow."""
+def _cells_image(red_values, n_cols=4, yellow_values=None):
+    """Square cells on a grid, each with its own mean red (and yellow), the same blue."""
     n = len(red_values)
     size = 40 * ((n + n_cols - 1) // n_cols) + 40
     label = np.zeros((size, 40 * n_cols + 40), np.int32)
@@ -76,20 +76,29 @@ def _cells_image(red_values, n_cols=4):
     for k, red in enumerate(red_values):
         y, x = 30 + 40 * (k // n_cols), 30 + 40 * (k % n_cols)
         label[y : y + 30, x : x + 30] = k + 1
-        image[y : y + 30, x : x + 30] = (red, 60, 120, 90)
+        yellow = 90 if yellow_values is None else yellow_values[k]
+        image[y : y + 30, x : x + 30] = (red, 60, 120, yellow)
     return image, label
 
 
 def test_outlier_cell_is_flagged_and_penalised():
-    image, label = _cells_image([50, 55, 52, 48, 51, 53, 250, 49])
+    red = [50, 55, 52, 48, 51, 53, 250, 49]
+    yellow = [90, 92, 88, 91, 90, 89, 250, 90]
+    image, label = _cells_image(red, yellow_values=yellow)
     config = CellConfig()
     table = score_cells(image, label, label, config)
     assert table["outlier"].tolist() == [False] * 6 + [True, False]
     row = table.iloc[6]
     assert not row.valid and row.penalty == pytest.approx(config.outlier_penalty)
     assert table.loc[table.cell_id != 7, "valid"].all()
+    # odd in red alone: one vote is not enough by default, but is with outlier_votes=1
+    image, label = _cells_image(red)
+    assert not score_cells(image, label, label, config)["outlier"].any()
+    one_vote = dataclasses.replace(config, outlier_votes=1)
+    assert score_cells(image, label, label, one_vote)["outlier"].tolist() == [False] * 6 + [True, False]
     # too few cells for an image-level comparison: nothing is flagged without a reference
-    few = score_cells(*_cells_image([50, 250, 52])[:1], *[_cells_image([50, 250, 52])[1]] * 2)
+    image, label = _cells_image([50, 250, 52], yellow_values=[90, 250, 90])
+    few = score_cells(image, label, label, config)
     assert not few["outlier"].any() and (few["image_outlier_score"] == 0).all()
 
 
@@ -97,7 +106,7 @@ def test_dataset_reference_flags_a_whole_odd_image():
     normal = [50, 55, 52, 48, 51, 53, 49, 54]
     image, label = _cells_image(normal)
     reference = OutlierReference.from_table(score_cells(image, label, label), CellConfig().outlier_features)
-    dim_image, dim_label = _cells_image([v // 6 for v in normal])  # every cell 6x dimmer in red
+    dim_image, dim_label = _cells_image([v // 6 for v in normal], yellow_values=[15] * 8)  # 6x dimmer
     alone = score_cells(dim_image, dim_label, dim_label)
     assert not alone["outlier"].any()  # within the image they all look alike
     against = score_cells(dim_image, dim_label, dim_label, reference=reference)
@@ -106,7 +115,8 @@ def test_dataset_reference_flags_a_whole_odd_image():
 
 
 def test_flags_follow_config():
-    image, label = _cells_image([50, 55, 52, 48, 51, 53, 250, 49])
+    image, label = _cells_image([50, 55, 52, 48, 51, 53, 250, 49], yellow_values=[90] * 6 + [250, 90])
+    assert score_cells(image, label, label)["outlier"].any()
     lenient = dataclasses.replace(CellConfig(), outlier_threshold=1000.0)
     assert not score_cells(image, label, label, lenient)["outlier"].any()
     table = pd.DataFrame({"nucleus_cut": [0.0, 0.05, 0.3, 0.99], "outlier_score": [0.0, 0.0, 0.0, 9.0]})
@@ -122,7 +132,7 @@ def test_flags_follow_config():
 @pytest.mark.parametrize(
     "field, value",
     [("crop_size", 4), ("margin", -1), ("max_train_cut", 1.5), ("outlier_penalty", 0.0), ("outlier_features", ("nope",)),
-     ("outlier_min_cells", 1), ("mad_floor", 0.0)],
+     ("outlier_min_cells", 1), ("mad_floor", 0.0), ("outlier_votes", 5)],
 )
 def test_config_validation(field, value):
     with pytest.raises(ValueError, match=field):

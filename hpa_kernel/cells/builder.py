@@ -239,21 +239,21 @@ def build_training_set(
 
 
 def apply_dataset_reference(cells, config: CellConfig | None = None):
-    """Re-score outliers against the whole table's medians/MADs and update the flags.
+    """Re-score outliers against the whole table's medians/MADs and update the flags, in place.
 
-    ``outlier_score`` becomes the maximum of ``image_outlier_score`` and the dataset z-score;
-    ``outlier``, ``valid`` and ``penalty`` follow. Returns the reference used.
+    Each image's cells are scored again with :func:`~hpa_kernel.cells.heuristics.outlier_scores`
+    and the dataset reference; ``outlier``, ``valid`` and ``penalty`` follow. Returns the
+    reference used (None for an empty table).
     """
-    from hpa_kernel.cells.heuristics import OutlierReference, _feature_values, apply_flags
+    from hpa_kernel.cells.heuristics import OutlierReference, apply_flags, outlier_scores
 
     config = CellConfig() if config is None else config
     if len(cells) == 0:
         return None
     reference = OutlierReference.from_table(cells, config.outlier_features)
-    score = cells["image_outlier_score"].to_numpy(dtype=np.float64).copy()
-    for f in config.outlier_features:
-        values = _feature_values(cells[f].to_numpy(dtype=np.float64), f)
-        score = np.maximum(score, np.abs(values - reference.median[f]) / max(reference.mad[f], config.mad_floor))
+    score = np.zeros(len(cells))
+    for _, rows in cells.groupby("image_id", sort=False).indices.items():
+        score[rows] = outlier_scores(cells.iloc[rows], config, reference)[1]
     cells["outlier_score"] = score
     apply_flags(cells, config)
     return reference

@@ -14,11 +14,13 @@ Nucleus cut by the border (``nucleus_cut``)
     otherwise.
 
 Outlier segmentation (``outlier_score``)
-    Debris, merged or broken segments differ from the image's real cells in their staining. For
-    each feature of ``CellConfig.outlier_features`` (default the mean red intensity and the mean of
-    blue x yellow, on a log scale) the robust z-score ``(x - median) / (1.4826 MAD)`` is taken
-    against the image's *other* cells (leave-one-out), and, when a dataset reference is given,
-    against the dataset's median and MAD. ``outlier_score`` is the largest absolute z.
+    Debris, merged or broken segments differ from the image's real cells in their staining and
+    size. For each feature of ``CellConfig.outlier_features`` (default the mean red intensity, the
+    mean of blue x yellow, the mean yellow and the area, all on a log scale) the robust z-score
+    ``(x - median) / (1.4826 MAD)`` is taken against the image's *other* cells (leave-one-out),
+    and, when a dataset reference is given, against the dataset's median and MAD (the larger
+    counts). ``outlier_score`` is the ``outlier_votes``-th largest absolute z over the features
+    (default the 2nd: the cell must be odd in two features at once).
 
 The table flags and the confidence multiplier:
     ``border = nucleus_cut > max_train_cut``, ``outlier = outlier_score > outlier_threshold``,
@@ -307,29 +309,38 @@ def cell_statistics(image: np.ndarray, nuclei_label: np.ndarray, cell_label: np.
 def outlier_scores(table, config: CellConfig, reference: OutlierReference | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Image-level and combined outlier scores of the cells of one image.
 
-    Returns ``(image_score, score)``: the largest absolute leave-one-out robust z over the
-    features against the image's other cells (0 when fewer than ``outlier_min_cells`` others),
-    and the maximum of that and the z against ``reference`` when given.
+    For each feature, the absolute leave-one-out robust z against the image's other cells (0 when
+    there are fewer than ``outlier_min_cells`` others) and, with ``reference``, the larger of that
+    and the z against the dataset. The score of a cell is the ``outlier_votes``-th largest of
+    these over the features.
+
+    Returns
+    -------
+    image_score, score : ndarray
+        Without and with the reference (equal when ``reference`` is None).
     """
     n = len(table)
-    image_score = np.zeros(n)
-    score = np.zeros(n)
-    for f in config.outlier_features:
+    features = config.outlier_features
+    z_image = np.zeros((n, len(features)))
+    z_all = np.zeros((n, len(features)))
+    for j, f in enumerate(features):
         values = _feature_values(table[f].to_numpy(dtype=np.float64), f)
         if n - 1 >= config.outlier_min_cells:
-            z = np.empty(n)
             for i in range(n):
                 others = np.delete(values, i)
                 med = np.median(others)
                 mad = max(_MAD_SCALE * np.median(np.abs(others - med)), config.mad_floor)
-                z[i] = abs(values[i] - med) / mad
-            image_score = np.maximum(image_score, z)
+                z_image[i, j] = abs(values[i] - med) / mad
+        z_all[:, j] = z_image[:, j]
         if reference is not None:
             if f not in reference.median or f not in reference.mad:
                 raise ValueError(f"the outlier reference has no statistics for feature {f!r}")
             mad = max(reference.mad[f], config.mad_floor)
-            score = np.maximum(score, np.abs(values - reference.median[f]) / mad)
-    return image_score, np.maximum(score, image_score)
+            z_all[:, j] = np.maximum(z_all[:, j], np.abs(values - reference.median[f]) / mad)
+    k = config.outlier_votes
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    return np.sort(z_image, axis=1)[:, -k], np.sort(z_all, axis=1)[:, -k]
 
 
 def apply_flags(table, config: CellConfig):
