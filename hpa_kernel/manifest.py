@@ -396,7 +396,7 @@ def update_hashes(
     def pin(entry: WeightFile) -> WeightFile:
         p = manifest.path_of(entry)
         if not p.is_file():
-            logger.warning("%s is not in %s; its hash stays %s", entry.file, manifest.weights_dir, entry.sha256)
+            logger.info("%s is not in %s (yet); its hash stays %s", entry.file, manifest.weights_dir, entry.sha256)
             return entry
         return replace(entry, sha256=sha256_of(p))
 
