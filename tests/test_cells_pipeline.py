@@ -109,10 +109,13 @@ def assert_same(a: ImageCells, b: ImageCells):
 # ---------------------------------------------------------------------------------------------
 def test_sequential_run_matches_truth(images):
     folder, ids, samples = images
-    results = list(CellPipeline(TruthSegmenter(samples), CONFIG, workers=0, encode_masks=True).run(folder, ids, progress=False))
+    pipeline = CellPipeline(TruthSegmenter(samples), CONFIG, workers=0, encode_masks=True, keep_labels=True)
+    results = list(pipeline.run(folder, ids, progress=False))
     assert [r.image_id for r in results] == ids
     for r, s in zip(results, samples):
         assert isinstance(r, ImageCells)
+        np.testing.assert_array_equal(r.cell_label, s.cell_mask)
+        np.testing.assert_array_equal(r.nuclei_label, s.nuclei_mask)
         truth_ids = sorted(int(i) for i in np.unique(s.cell_mask) if i)
         assert r.table["cell_id"].tolist() == truth_ids
         assert r.crops.shape == (len(truth_ids), 64, 64, 4) and r.crops.dtype == np.uint8
