@@ -345,7 +345,8 @@ def _rasterise(cells: list[_Cell], height: int, width: int):
             sn[sn == k] = 0
             continue
         cell.nucleus_cut = float(np.clip(cut, 0.0, 1.0))
-        cell.bbox = (by0, bx0, by1, bx1)
+        rows, cols = np.flatnonzero(own.any(axis=1)), np.flatnonzero(own.any(axis=0))
+        cell.bbox = (by0 + int(rows[0]), bx0 + int(cols[0]), by0 + int(rows[-1]) + 1, bx0 + int(cols[-1]) + 1)
         kept.append(cell)
         relabel[k] = len(kept)
     return kept, relabel[cell_mask], relabel[nuclei_mask]
@@ -433,19 +434,21 @@ def _polylines(shape, curves, thickness: int) -> np.ndarray:
     import cv2
 
     canvas = np.zeros(shape, dtype=np.uint8)
-    pts = [np.round(np.asarray(c)[:, ::-1] * 16).astype(np.int32) for c in curves if len(c) > 1]
+    pts = [np.round(np.asarray(c)[:, ::-1] * 16).astype(np.int32) for c in curves if len(c) > 1]  # (x, y) fixed point
     if pts:
         cv2.polylines(canvas, pts, False, 255, thickness=max(1, int(thickness)), lineType=cv2.LINE_AA, shift=4)
     return canvas.astype(np.float32) / np.float32(255)
 
 
-def _walk(rng, y, x, theta, step, n, bend):
-    pts = [(y, x)]
-    for _ in range(n):
-        theta += rng.normal(0, bend)
-        y, x = y + step * np.sin(theta), x + step * np.cos(theta)
-        pts.append((y, x))
-    return pts
+def _walks(rng, ys, xs, thetas, step: float, n: int, bend: float) -> np.ndarray:
+    """Random walks with a slowly turning heading, one per start; shape (len(ys), n + 1, 2) as (y, x)."""
+    ys, xs, thetas = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (ys, xs, thetas))
+    heading = thetas[:, None] + np.cumsum(rng.normal(0.0, bend, (ys.size, n)), axis=1)
+    out = np.empty((ys.size, n + 1, 2))
+    out[:, 0, 0], out[:, 0, 1] = ys, xs
+    out[:, 1:, 0] = ys[:, None] + np.cumsum(step * np.sin(heading), axis=1)
+    out[:, 1:, 1] = xs[:, None] + np.cumsum(step * np.cos(heading), axis=1)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -511,12 +514,10 @@ def _nucleoli(rng, loc: _Local) -> np.ndarray:
 def _microtubules(rng, loc: _Local) -> np.ndarray:
     """Radial, slightly curved fibres from around the nucleus to the cell edge."""
     n = int(110 * loc.r_cell / _CELL_RADIUS) + 30
-    curves = []
-    for _ in range(n):
-        th = rng.uniform(0, 2 * np.pi)
-        r0 = loc.r_nuc * rng.uniform(0.3, 1.0)
-        y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
-        curves.append(_walk(rng, y, x, th + rng.normal(0, 0.35), 0.08 * loc.r_cell, 20, 0.2))
+    th = rng.uniform(0, 2 * np.pi, n)
+    r0 = loc.r_nuc * rng.uniform(0.3, 1.0, n)
+    y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
+    curves = _walks(rng, y, x, th + rng.normal(0, 0.35, n), 0.08 * loc.r_cell, 20, 0.2)
     lines = _polylines(loc.cell.shape, curves, max(1, round(0.7 * loc.px)))
     return _blur(lines, 0.4 * loc.px) * loc.cyto
 
@@ -558,12 +559,11 @@ def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
         xs = np.clip(np.round(gx + rng.normal(0, 0.22 * rn, n)), 0, shape[1] - 1)
         return np.clip(_spots(shape, ys, xs, rng.uniform(0.4, 0.8, n), 0.09 * rn), 0, 1) * cyto
     if c == 8:  # intermediate filaments: long wavy fibres around the nucleus
-        curves = []
-        for _ in range(int(rng.integers(14, 24))):
-            th = rng.uniform(0, 2 * np.pi)
-            r0 = rn * rng.uniform(1.0, 1.5)
-            y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
-            curves.append(_walk(rng, y, x, th + np.pi / 2 * rng.choice([-1, 1]), 0.06 * rc, 36, 0.15))
+        n = int(rng.integers(14, 24))
+        th = rng.uniform(0, 2 * np.pi, n)
+        r0 = rn * rng.uniform(1.0, 1.5, n)
+        y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
+        curves = _walks(rng, y, x, th + np.pi / 2 * rng.choice([-1, 1], n), 0.06 * rc, 36, 0.15)
         return _blur(_polylines(shape, curves, round(px)), 0.5 * px) * cyto
     if c == 9:  # actin filaments: straight parallel bundles and a cortical rim
         th = rng.uniform(0, np.pi)
@@ -602,7 +602,7 @@ def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
         n = int(rng.integers(60, 110) * (rc / _CELL_RADIUS) ** 0.5)
         w = np.exp(-loc.dist_nuc / (0.6 * rc))
         ys, xs = _pick(rng, cyto, n, w)
-        curves = [_walk(rng, float(y), float(x), rng.uniform(0, 2 * np.pi), 0.03 * rc, 3, 0.5) for y, x in zip(ys, xs)]
+        curves = _walks(rng, ys, xs, rng.uniform(0, 2 * np.pi, len(ys)), 0.03 * rc, 3, 0.5)
         return _blur(_polylines(shape, curves, round(1.5 * px)), 0.5 * px) * cyto
     if c == 15:  # aggresome: one large bright blob beside the nucleus
         th = rng.uniform(0, 2 * np.pi)
@@ -757,18 +757,17 @@ def synthesize_image(
 
     coarse = rng.uniform(0.9, 1.1, (3, 3)).astype(np.float32)
     light = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    channels = []
-    for ch in (red, green, blue, yellow):
+    dtype, full = (np.uint8, 255) if bit_depth == 8 else (np.uint16, 65535)
+    out = np.empty((height, width, 4), dtype=dtype)
+    for c, ch in enumerate((red, green, blue, yellow)):
         ch = _blur(ch, 0.6 * px) * light
-        ch += rng.uniform(0.008, 0.025)  # background offset
-        ch += np.float32(0.006) * rng.standard_normal(shape, dtype=np.float32)
-        ch += np.sqrt(np.clip(ch, 0, None)) * np.float32(0.025) * rng.standard_normal(shape, dtype=np.float32)  # shot noise
-        channels.append(np.clip(ch, 0.0, 1.0))
-    stack = np.stack(channels, axis=-1)
-    if bit_depth == 8:
-        out = np.round(stack * 255).astype(np.uint8)
-    else:
-        out = np.round(stack * 65535).astype(np.uint16)
+        ch += np.float32(rng.uniform(0.008, 0.025))  # background offset
+        # camera noise: read noise plus shot noise that grows with the signal
+        sigma = np.sqrt(np.float32(0.006**2) + np.float32(0.025**2) * np.maximum(ch, 0))
+        ch += sigma * rng.standard_normal(shape, dtype=np.float32)
+        np.clip(ch, 0.0, 1.0, out=ch)
+        ch *= np.float32(full)
+        out[..., c] = np.rint(ch, out=ch)
 
     labels = {k: cell.labels for k, cell in enumerate(cells, start=1)}
     union = sorted({c for lab in labels.values() for c in lab})
