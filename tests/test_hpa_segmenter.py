@@ -1,0 +1,182 @@
+"""HPASegmenter end to end on CPU, with official-format weight files made here (reference fill recipe)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from test_seg_weights import write_zoo_pickle
+
+from hpa_kernel.segmentation import create_segmenter
+from hpa_kernel.segmentation import preprocess as P
+from hpa_kernel.segmentation.base import SegmentationMaps
+from hpa_kernel.segmentation.hpa import (
+    CELL_WEIGHTS,
+    NUCLEI_WEIGHTS,
+    HPASegmenter,
+    postprocess_maps,
+    resolve_weight_file,
+)
+from hpa_kernel.segmentation.weights import file_sha256
+
+
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory):
+    """Nuclei: DataParallel zip pickle, eval mode. Cell: legacy pickle in train mode (per-image BatchNorm)."""
+    from hpa_kernel.segmentation.dpn_unet import DPNUnet, reference_fill_state_dict
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    folder = tmp_path_factory.mktemp("hpa_weights")
+    with torch.device("meta"):
+        net = DPNUnet()
+    net.load_state_dict(reference_fill_state_dict(net), strict=True, assign=True)
+    write_zoo_pickle(net, folder / NUCLEI_WEIGHTS, dataparallel=True)
+    write_zoo_pickle(net, folder / CELL_WEIGHTS, legacy=True, train=True)
+    del net
+    return folder
+
+
+@pytest.fixture(scope="module")
+def segmenter(weight_files):
+    return create_segmenter(
+        "hpa", nuclei=weight_files / NUCLEI_WEIGHTS, cell=weight_files / CELL_WEIGHTS, device="cpu", batch_size=2
+    )
+
+
+def _images():
+    from hpa_kernel.synthetic import synthesize_image
+
+    sizes = [(256, 256), (128, 256), (256, 256), (256, 256)]
+    return [synthesize_image(seed, h, w, n_cells=4).image for seed, (h, w) in enumerate(sizes)]
+
+
+@pytest.fixture(scope="module")
+def images():
+    return _images()
+
+
+@pytest.fixture(scope="module")
+def batched_maps(segmenter, images):
+    return segmenter.predict(images)
+
+
+def test_factory_settings_and_weights(segmenter, weight_files):
+    assert isinstance(segmenter, HPASegmenter)
+    s = segmenter.settings()
+    assert s["name"] == "hpa"
+    assert s["nuclei_sha256"] == file_sha256(weight_files / NUCLEI_WEIGHTS)
+    assert s["cell_sha256"] == file_sha256(weight_files / CELL_WEIGHTS)
+    assert s["nuclei_batchnorm_per_image"] == [] and len(s["cell_batchnorm_per_image"]) == 96
+    assert (s["scale_factor"], s["padding"], s["resize_mode"], s["fp16"]) == (0.25, False, "skimage018", False)
+    assert segmenter.nuclei_weights.was_dataparallel and not segmenter.cell_weights.was_dataparallel
+    assert not segmenter.nuclei_net.training and not segmenter.cell_net.training
+
+
+def test_predict_shapes_order_and_direct_computation(segmenter, images, batched_maps):
+    assert len(batched_maps) == len(images)
+    for image, maps in zip(images, batched_maps):
+        assert isinstance(maps, SegmentationMaps)
+        for m in (maps.nuclei, maps.cell):
+            assert m.shape == (*image.shape[:2], 3) and m.dtype == np.uint8
+            assert not m[..., 0].any()
+    # image 1 (128 x 256, alone in its size group) recomputed step by step
+    image = images[1]
+    with torch.no_grad():
+        x_n = torch.from_numpy(P.nuclei_input(image[..., 2])[None])
+        x_c = torch.from_numpy(P.cell_input(image[..., 0], image[..., 3], image[..., 2])[None])
+        p_n = torch.softmax(segmenter.nuclei_net(x_n), dim=1)[0].numpy()
+        p_c = torch.softmax(segmenter.cell_net(x_c), dim=1)[0].numpy()
+    np.testing.assert_array_equal(batched_maps[1].nuclei, P.restore_nuclei(p_n, image.shape[:2]))
+    np.testing.assert_array_equal(batched_maps[1].cell, P.restore_cell(p_c, image.shape[:2]))
+    # the networks saw different inputs
+    assert not np.array_equal(batched_maps[1].nuclei, batched_maps[1].cell)
+
+
+def test_batched_equals_one_by_one(segmenter, images, batched_maps):
+    singles = [segmenter.predict([image])[0] for image in images]
+    exact = 0
+    for b, s in zip(batched_maps, singles):
+        exact += np.array_equal(b.nuclei, s.nuclei) + np.array_equal(b.cell, s.cell)
+        for got, want in ((b.nuclei, s.nuclei), (b.cell, s.cell)):
+            diff = np.abs(got.astype(int) - want.astype(int))
+            # float32 batched vs single convolutions may differ in the last bits; a rounding
+            # flip changes a pixel by 1 at most
+            assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    # reordering the input reorders the output
+    again = segmenter.predict([images[3], images[1]])
+    for got, i in zip(again, (3, 1)):
+        assert got.nuclei.shape == batched_maps[i].nuclei.shape
+        assert np.abs(got.cell.astype(int) - batched_maps[i].cell.astype(int)).max() <= 1
+
+
+def test_postprocess_is_picklable_label_cell(segmenter, batched_maps):
+    fn = segmenter.postprocess_fn
+    assert fn is postprocess_maps
+    assert pickle.loads(pickle.dumps(fn)) is postprocess_maps
+    from hpa_kernel.segmentation.postprocess import label_cell
+
+    maps = batched_maps[1]
+    nuclei_label, cell_label = fn(maps)
+    want = label_cell(maps.nuclei, maps.cell)
+    np.testing.assert_array_equal(nuclei_label, want[0])
+    np.testing.assert_array_equal(cell_label, want[1])
+    assert cell_label.dtype == np.uint16 and cell_label.shape == (128, 256)
+
+
+def test_padding_for_sizes_that_are_not_multiples(segmenter, images, monkeypatch):
+    image = images[1][:100, :168]  # scales to 25 x 42
+    with pytest.raises(ValueError, match="padding=True"):
+        segmenter.predict([image])
+    # the same networks with hpacellseg's padding=True (attributes patched to skip reloading)
+    monkeypatch.setattr(segmenter, "padding", True)
+    monkeypatch.setattr(segmenter, "resize_mode", "skimage")
+    (maps,) = segmenter.predict([image])
+    assert maps.nuclei.shape == maps.cell.shape == (100, 168, 3)
+    assert segmenter.settings()["padding"] is True
+
+
+def test_cpu_ignores_fp16_and_channels_last(weight_files, caplog):
+    with caplog.at_level(logging.WARNING, logger="hpa_kernel.segmentation.hpa"):
+        seg = HPASegmenter(nuclei=weight_files, cell=weight_files, fp16=True, channels_last=True)
+    assert not seg.fp16 and not seg.channels_last
+    assert "fp16=True only applies on CUDA" in caplog.text and "channels_last=True" in caplog.text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_cuda_without_cuda_is_an_error(weight_files):
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        HPASegmenter(nuclei=weight_files, cell=weight_files, device="cuda")
+
+
+def test_bad_images(segmenter):
+    with pytest.raises(ValueError, match=r"images\[0\] must be an \(H, W, 4\)"):
+        segmenter.predict([np.zeros((64, 64, 3), np.uint8)])
+    with pytest.raises(ValueError, match="single array"):
+        segmenter.predict(np.zeros((64, 64, 4), np.uint8))
+    with pytest.raises(ValueError, match="not a multiple of 32"):
+        segmenter.predict([np.zeros((200, 256, 4), np.uint8)])
+
+
+def test_missing_weights_name_file_and_places(tmp_path, monkeypatch):
+    monkeypatch.delenv("HPA_KERNEL_WEIGHTS", raising=False)
+    kaggle = tmp_path / "kaggle_input"
+    (kaggle / "some-dataset").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_weight_file(None, NUCLEI_WEIGHTS, "nuclei", kaggle_root=kaggle)
+    msg = str(err.value)
+    assert NUCLEI_WEIGHTS in msg and "HPA_KERNEL_WEIGHTS" in msg and str(kaggle) in msg
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        create_segmenter("hpa", nuclei=tmp_path / "nope.pth", cell=tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match=CELL_WEIGHTS):
+        resolve_weight_file(tmp_path, CELL_WEIGHTS, "cell")
+    # found through the environment variable, then through a Kaggle input folder
+    (tmp_path / NUCLEI_WEIGHTS).write_bytes(b"x")
+    monkeypatch.setenv("HPA_KERNEL_WEIGHTS", str(tmp_path))
+    assert resolve_weight_file(None, NUCLEI_WEIGHTS, "nuclei", kaggle_root=kaggle) == tmp_path / NUCLEI_WEIGHTS
+    monkeypatch.delenv("HPA_KERNEL_WEIGHTS")
+    (kaggle / "some-dataset" / "weights").mkdir()
+    (kaggle / "some-dataset" / "weights" / CELL_WEIGHTS).write_bytes(b"x")
+    assert resolve_weight_file(None, CELL_WEIGHTS, "cell", kaggle_root=kaggle) == kaggle / "some-dataset" / "weights" / CELL_WEIGHTS
