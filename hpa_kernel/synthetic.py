@@ -495,7 +495,7 @@ def _local(cell: _Cell, k: int, cell_mask, nuclei_mask, px: float) -> _Local:
         if x1 == W:
             padded[1:-1, -1] = padded[1:-1, -2]
         dist_edge = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
-    dist_nuc = cv2.distanceTransform((~n).astype(np.uint8), cv2.DIST_L2, 5) if n.any() else np.full(m.shape, 1e4, np.float32)
+    dist_nuc = cv2.distanceTransform((~n).astype(np.uint8), cv2.DIST_L2, 5)
     depth_nuc = cv2.distanceTransform(pad(n), cv2.DIST_L2, 5)[1:-1, 1:-1]
     nucs = cell.nuclei
     cy = float(np.mean([b.cy for b in nucs])) - y0
@@ -571,7 +571,8 @@ def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
         curves = []
         for off in rng.uniform(-rc, rc, int(rng.integers(8, 16))):
             py, px_ = loc.cy + off * nrm[0], loc.cx + off * nrm[1]
-            curves.append([(py - 2 * rc * np.sin(th), px_ - 2 * rc * np.cos(th)), (py + 2 * rc * np.sin(th), px_ + 2 * rc * np.cos(th))])
+            dy, dx = 2 * rc * np.sin(th), 2 * rc * np.cos(th)
+            curves.append([(py - dy, px_ - dx), (py + dy, px_ + dx)])
         fibres = _blur(_polylines(shape, curves, round(1.5 * px)), 0.6 * px)
         rim = np.exp(-0.5 * (loc.dist_edge / (0.04 * rc + px)) ** 2)
         return np.clip(0.8 * fibres + 0.6 * rim, 0, 1) * cyto
@@ -667,7 +668,7 @@ def synthesize_image(
     Examples
     --------
     >>> s = synthesize_image(0, 256, 320)
-    >>> s.image.shape, s.image.dtype.name, s.cell_mask.max() == len(s.cell_labels)
+    >>> s.image.shape, s.image.dtype.name, int(s.cell_mask.max()) == len(s.cell_labels)
     ((256, 320, 4), 'uint8', True)
     """
     height, width = _check_size("height", height), _check_size("width", width)
@@ -729,7 +730,8 @@ def synthesize_image(
         if mitotic:
             red[sl] += r_int * loc.cell * (0.75 + 0.1 * ltex) * (1.0 - 0.9 * loc.nuc)
         else:
-            red[sl] += r_int * (loc.cyto * edge * (0.2 + 0.25 * near) * (1.0 + 0.15 * ltex) + 0.6 * mt * (0.6 + 0.4 * near))
+            diffuse = loc.cyto * edge * (0.2 + 0.25 * near) * (1.0 + 0.15 * ltex)
+            red[sl] += r_int * (diffuse + 0.6 * mt * (0.6 + 0.4 * near))
             red[sl] += 0.04 * r_int * loc.nuc
         # yellow: reticular ER, dense around the nucleus (and on its envelope), fading to the edge
         y_int = rng.uniform(0.4, 0.7)
@@ -968,7 +970,8 @@ def make_competition(
     train_rows: list[tuple[str, str]] = []
     sub_rows: list[tuple[str, int, int, str]] = []
     images_meta: list[dict] = []
-    for split_index, (split, n, folder) in enumerate((("train", n_train, comp.train_dir), ("test", n_test, comp.test_dir))):
+    splits = (("train", n_train, comp.train_dir), ("test", n_test, comp.test_dir))
+    for split_index, (split, n, folder) in enumerate(splits):
         folder.mkdir(exist_ok=True)
         cells_rows, info_rows, debris_rows = [], [], []
         masks, nuclei = {}, {}
@@ -994,7 +997,9 @@ def make_competition(
                     int(k in sample.mitotic), area, int(np.count_nonzero(sample.nuclei_mask == k)),
                 ))
             for d in sample.debris:
-                debris_rows.append((image_id, d["id"], f"{d['y']:.1f}", f"{d['x']:.1f}", f"{d['radius']:.1f}", d["channels"]))
+                debris_rows.append(
+                    (image_id, d["id"], f"{d['y']:.1f}", f"{d['x']:.1f}", f"{d['radius']:.1f}", d["channels"])
+                )
             if split == "train":
                 train_rows.append((image_id, format_labels(sample.image_labels)))
             else:
@@ -1002,7 +1007,8 @@ def make_competition(
         _write_csv(comp.truth_cells(split), ("ImageID", "CellID", "Labels"), cells_rows)
         _write_csv(comp.truth_dir / f"{split}_cell_info.csv",
                    ("ImageID", "CellID", "border_cut", "binucleate", "mitotic", "area", "nucleus_area"), info_rows)
-        _write_csv(comp.truth_dir / f"{split}_debris.csv", ("ImageID", "DebrisID", "y", "x", "radius", "channels"), debris_rows)
+        _write_csv(comp.truth_dir / f"{split}_debris.csv",
+                   ("ImageID", "DebrisID", "y", "x", "radius", "channels"), debris_rows)
         write_npz(comp.truth_masks(split), masks)
         write_npz(comp.truth_dir / f"{split}_nuclei.npz", nuclei)
     progress.close()

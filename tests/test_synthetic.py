@@ -286,7 +286,8 @@ def test_cli_writes_folder(tmp_path):
     from hpa_kernel.cli import main
 
     out = tmp_path / "cli"
-    assert main(["synth", "--out", str(out), "--n-train", "1", "--n-test", "1", "--height", "128", "--width", "192"]) == 0
+    argv = ["synth", "--out", str(out), "--n-train", "1", "--n-test", "1", "--height", "128", "--width", "192"]
+    assert main(argv) == 0
     sub = pd.read_csv(out / "sample_submission.csv")
     assert sub["ImageWidth"].tolist() == [192] and sub["ImageHeight"].tolist() == [128]
     assert (out / "train.csv").is_file() and (out / "synthetic.json").is_file()

@@ -23,7 +23,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     img = parser.add_argument_group("images")
     img.add_argument("--size", type=int, default=512, metavar="S", help="side of square images (default 512)")
     img.add_argument("--height", type=int, default=None, metavar="H", help="rows, for non-square images (with --width)")
-    img.add_argument("--width", type=int, default=None, metavar="W", help="columns, for non-square images (with --height)")
+    img.add_argument("--width", type=int, default=None, metavar="W",
+                     help="columns, for non-square images (with --height)")
     img.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="8-bit (Kaggle) or 16-bit PNGs")
     img.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.set_defaults(func=run)
