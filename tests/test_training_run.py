@@ -1,0 +1,194 @@
+"""Training runs on a tiny toy cells table: smoke train (2 epochs of 1 step), resume, fine-tuning,
+pseudo-labels, the CLI and a 2-process gloo DDP run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_kernel.classifier import load_checkpoint
+from hpa_kernel.training import (
+    FinetuneConfig,
+    PseudoLabelConfig,
+    finetune_checkpoints,
+    group_config,
+    make_pseudo_labels,
+    train_group,
+    train_pseudo_labeller,
+)
+from hpa_kernel.training.toy import make_toy_cells
+
+TINY = dict(input_size=32, batch_size=4, epochs=2, steps_per_epoch=1, workers=0)
+
+
+@pytest.fixture(scope="module")
+def toy_cells(tmp_path_factory):
+    return make_toy_cells(tmp_path_factory.mktemp("toy"), n_images=5, cells_per_image=3, size=48, seed=7)
+
+
+@pytest.fixture(scope="module")
+def group3_run(toy_cells, tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("g3")
+    cfg = group_config(3, **TINY, val_fraction=0.2, snapshot_fraction=1.0)
+    return cfg, out, train_group(cfg, toy_cells, out, progress=False)
+
+
+def test_smoke_train_writes_loadable_snapshots_log_and_manifest(group3_run):
+    import torch
+
+    cfg, out, paths = group3_run
+    assert [p.name for p in paths] == ["g3_m0.pth", "g3_m1.pth"]  # 2 steps: 2 of the 4 snapshots
+    model, ckpt = load_checkpoint(paths[1])
+    assert ckpt.group == 3 and ckpt.input_size == 32 and ckpt.loss["name"] == "bce" and ckpt.step == 2
+    assert ckpt.augmentation["pad_p"] == 0.3 and ckpt.extra["train_config"]["group"] == 3
+    assert model(torch.zeros(1, 4, 32, 32)).shape == (1, 19)
+    a = torch.load(paths[0], weights_only=True)
+    b = torch.load(paths[1], weights_only=True)
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())  # the two snapshots differ
+    log = [json.loads(line) for line in (out / "runs" / "g3" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in log)
+    assert all(0.0 <= r["val_map"] <= 1.0 for r in log)
+    manifest = json.loads((out / "weights_manifest.json").read_text())
+    g3 = {c["file"]: c["sha256"] for c in manifest["ensemble"]["groups"][2]["checkpoints"]}
+    from hpa_kernel.manifest import sha256_of
+
+    assert g3["g3_m0.pth"] == sha256_of(paths[0]) and g3["g3_m3.pth"] is None
+
+
+def test_resume_continues_from_last_state(toy_cells, tmp_path):
+    import torch
+
+    base = group_config(1, **TINY, val_fraction=0.0)
+    one = dataclasses.replace(base, epochs=1)
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        train_group(base, toy_cells, tmp_path / "r", resume=True, progress=False, manifest=False)
+    # An uninterrupted 2-epoch run and a run stopped after epoch 1 then resumed end in the same weights.
+    full = train_group(base, toy_cells, tmp_path / "full", progress=False, manifest=False)
+    train_group(base, toy_cells, tmp_path / "r", progress=False, manifest=False)
+    state = torch.load(tmp_path / "r" / "runs" / "g1" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 2 and set(state) >= {"model", "optimizer", "scheduler", "scaler"}
+    with pytest.raises(ValueError, match="different training config"):
+        train_group(one, toy_cells, tmp_path / "r", resume=True, progress=False, manifest=False)
+    # simulate an interruption after epoch 1: rewind last.pt to a 1-epoch run of the same config
+    stopped = tmp_path / "stopped"
+    _stop_after_first_epoch(base, toy_cells, stopped)
+    resumed = train_group(base, toy_cells, stopped, resume=True, progress=False, manifest=False)
+    a = torch.load(full[0], weights_only=True)
+    b = torch.load(resumed[0], weights_only=True)
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    log = (stopped / "runs" / "g1" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+def _stop_after_first_epoch(config, cells, out):
+    """Run epoch 1 of ``config`` only, as if the process had been killed after it."""
+    import hpa_kernel.training.loop as loop
+
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def on_recall(recall):
+        calls["n"] += 1
+        if calls["n"] == 2:  # called at the start of each epoch
+            raise Stop
+
+    original = loop._fit
+
+    def fit(*args, **kwargs):
+        kwargs["on_recall"] = on_recall
+        return original(*args, **kwargs)
+
+    loop._fit = fit
+    try:
+        with pytest.raises(Stop):
+            loop.train_group(config, cells, out, progress=False, manifest=False)
+    finally:
+        loop._fit = original
+
+
+def test_finetune_keeps_names_recipe_and_changes_weights(group3_run, toy_cells, tmp_path):
+    import torch
+
+    cfg, out, paths = group3_run
+    soft = tmp_path / "soft.csv"
+    table = pd.read_csv(toy_cells)
+    first = table[table["valid"]].iloc[0]
+    soft.write_text(f"image_id,cell_id,class_id,soft_label,score,n_labellers\n{first.image_id},{first.cell_id},5,0.9,4,1\n")
+    tuned = finetune_checkpoints(paths[:1], toy_cells, tmp_path / "ft", soft_labels=soft,
+                                 config=FinetuneConfig(epoch_size=6, repeats=3, batch_size=4), progress=False)
+    assert [p.name for p in tuned] == ["g3_m0.pth"]
+    _, ckpt = load_checkpoint(tuned[0])
+    assert ckpt.group == 3 and ckpt.loss["name"] == "bce" and ckpt.extra["finetuned_from"] == "g3_m0.pth"
+    assert ckpt.step == 2  # 6 samples / batch 4
+    a, b = torch.load(paths[0], weights_only=True), torch.load(tuned[0], weights_only=True)
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    with pytest.raises(ValueError, match="holds the checkpoint"):
+        finetune_checkpoints(paths[:1], toy_cells, out, progress=False)
+
+
+def test_pseudo_labels_file_and_training_on_it(toy_cells, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    base = PseudoLabelConfig()
+    cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, **{**TINY, "epochs": 1}), positive_threshold=0.0)
+    ckpt = train_pseudo_labeller(toy_cells, tmp_path / "pl", cfg, progress=False)
+    _, ck = load_checkpoint(ckpt)
+    assert ck.arch == "resnet18" and ckpt.name == "pseudo_resnet18_m0.pth"
+    df = make_pseudo_labels(toy_cells, ckpt, tmp_path / "pseudo.csv", cfg)
+    assert list(df.columns[:7]) == ["image_id", "cell_id", "labels", "pseudo_labels", "dropped", "added", "rule"]
+    # positive_threshold 0: every cell of an image without spindle gets class 11
+    no_spindle = ~df["labels"].str.split("|").map(lambda ls: "11" in ls)
+    assert (df.loc[no_spindle, "added"] == "11").all() and df.loc[no_spindle, "rule"].str.contains("positive").all()
+    assert (df["model"] == "resnet18").all() and df["checkpoint_sha256"].str.len().eq(64).all()
+    paths = train_group(group_config(1, **{**TINY, "epochs": 1}, val_fraction=0.0), toy_cells, tmp_path / "g1",
+                        pseudo_labels=tmp_path / "pseudo.csv", progress=False, manifest=False)
+    assert paths[0].is_file()
+
+
+def test_cli_train_and_errors(toy_cells, tmp_path, capsys):
+    from hpa_kernel.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["train", "--cells", str(toy_cells), "--group", "2", "--out", str(out), "--input-size", "32", "--batch-size", "4",
+            "--epochs", "2", "--steps-per-epoch", "1", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.split()
+    assert [os.path.basename(p) for p in printed] == ["g2_m0.pth", "g2_m1.pth"]
+    assert main(argv + ["--resume"]) == 0  # already trained: resumes and returns the same files
+    assert main(["train", "--cells", str(tmp_path / "missing.csv"), "--out", str(out)]) == 1
+    assert main(["train", "--cells", str(toy_cells), "--out", str(out), "--input-size", "33"]) == 1
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(toy_cells, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port),
+           "-m", "hpa_kernel.training", "--cells", str(toy_cells), "--group", "2", "--out", str(out), "--input-size", "32",
+           "--batch-size", "2", "--epochs", "2", "--steps-per-epoch", "1", "--device", "cpu", "--no-progress"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 1 of 2" in result.stderr and "gloo" in result.stderr
+    model, cfg = load_checkpoint(out / "g2_m1.pth")
+    assert cfg.extra["world_size"] == 2 and cfg.step == 2
+    log = (out / "runs" / "g2" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 2  # only rank 0 writes
