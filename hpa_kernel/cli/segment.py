@@ -1,0 +1,104 @@
+"""``hpa-kernel segment``: cell and nuclei masks for a folder of images, as 16-bit PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment images into cell and nuclei masks ({ID}_cellmask.png, {ID}_nucleimask.png)",
+        description="Segment the images of a folder (Kaggle layout: {ID}_red.png, ...) with the "
+        "HPA-Cell-Segmentation networks (default) or the weight-free classic segmenter, and write "
+        "{ID}_cellmask.png and {ID}_nucleimask.png as 16-bit label PNGs (0 = background).",
+    )
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--images", required=True, metavar="DIR", help="folder with the channel images")
+    io.add_argument("--ids", nargs="+", default=None, metavar="ID", help="image IDs (default: every image in DIR)")
+    io.add_argument("--out", required=True, metavar="DIR", help="folder for the mask PNGs")
+    seg = parser.add_argument_group("segmenter")
+    seg.add_argument("--segmenter", choices=("hpa", "classic"), default="hpa", help="default: hpa")
+    seg.add_argument("--nuclei", metavar="PTH", default=None, help="dpn_unet_nuclei_v1.pth (or its folder)")
+    seg.add_argument("--cell", metavar="PTH", default=None, help="dpn_unet_cell_3ch_v1.pth (or its folder)")
+    seg.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    seg.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per network call (default 4)")
+    seg.add_argument("--fp16", action="store_true", help="float16 autocast (CUDA only)")
+    seg.add_argument("--channels-last", action="store_true", help="NHWC memory format (CUDA only)")
+    seg.add_argument("--padding", action="store_true", help="hpacellseg's padding=True (any image size)")
+    seg.add_argument(
+        "--resize-mode",
+        choices=("skimage018", "skimage"),
+        default="skimage018",
+        help="anti-aliasing of the downscale: skimage018 = the 2021 behaviour (default)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _segmenter_kwargs(args: argparse.Namespace) -> dict:
+    if args.segmenter != "hpa":
+        return {}
+    return {
+        "nuclei": args.nuclei,
+        "cell": args.cell,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "fp16": args.fp16,
+        "channels_last": args.channels_last,
+        "padding": args.padding,
+        "resize_mode": args.resize_mode,
+    }
+
+
+def write_mask(path, label) -> None:
+    """Write a label image as a 16-bit PNG; labels above 65535 are an error."""
+    import cv2
+    import numpy as np
+
+    label = np.asarray(label)
+    if label.size and (label.min() < 0 or label.max() > 65535):
+        raise ValueError(f"{path}: labels must be in [0, 65535] for a 16-bit PNG, got [{label.min()}, {label.max()}]")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(label, dtype=np.uint16))
+    if not ok:
+        raise ValueError(f"cannot encode {path} as PNG")
+    buf.tofile(str(path))
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpa_kernel.io import list_image_ids, read_image
+    from hpa_kernel.segmentation import create_segmenter
+
+    images_dir = Path(args.images)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"--images: the folder {images_dir} does not exist")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    ids = args.ids or list_image_ids(images_dir)
+    if not ids:
+        raise FileNotFoundError(f"--images: no images ({{ID}}_red.png and so on) in {images_dir}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    segmenter = create_segmenter(args.segmenter, **_segmenter_kwargs(args))
+    logger.info("segmenting %d image(s) from %s with %s", len(ids), images_dir, segmenter.settings())
+    for start in range(0, len(ids), args.batch_size):
+        chunk = ids[start : start + args.batch_size]
+        images = [read_image(images_dir, image_id) for image_id in chunk]
+        for image_id, maps in zip(chunk, segmenter.predict(images)):
+            nuclei_label, cell_label = segmenter.postprocess_fn(maps)
+            write_mask(out / f"{image_id}_cellmask.png", cell_label)
+            write_mask(out / f"{image_id}_nucleimask.png", nuclei_label)
+            logger.info("%s: %d cells, %d nuclei", image_id, len(_ids(cell_label)), len(_ids(nuclei_label)))
+    return 0
+
+
+def _ids(label):
+    import numpy as np
+
+    values = np.unique(label)
+    return values[values != 0]
