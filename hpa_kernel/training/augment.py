@@ -15,12 +15,16 @@ that enter from outside the crop are zero, like the background of a cell crop.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from hpa_kernel.training.config import AugmentConfig
 
-__all__ = ["random_flip", "random_rot90", "rotate", "random_resize", "random_pad", "Augmenter", "to_display", "augmentation_grid"]
+__all__ = [
+    "random_flip", "random_rot90", "rotate", "random_resize", "random_pad", "Augmenter", "to_display", "augmentation_grid",
+    "write_augmentation_figure",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +133,8 @@ def augmentation_grid(crops: list[np.ndarray], configs: dict[str, AugmentConfig]
 
     Returns an RGB uint8 image; write it with ``cv2.imwrite(path, grid[..., ::-1])``.
     """
+    import cv2
+
     if not crops:
         raise ValueError("crops is empty: need at least one (S, S, 4) crop")
     rng = np.random.default_rng(seed)
@@ -137,9 +143,11 @@ def augmentation_grid(crops: list[np.ndarray], configs: dict[str, AugmentConfig]
     for crop in crops:
         if crop.shape != crops[0].shape:
             raise ValueError(f"all crops must have the same shape, got {crop.shape} and {crops[0].shape}")
-        for config in configs.values():
+        for label, config in configs.items():
             aug = Augmenter(config)
-            tiles = [to_display(crop)] + [to_display(aug(crop, rng)) for _ in range(n)]
+            first = to_display(crop).copy()
+            cv2.putText(first, f"{label}: input", (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+            tiles = [first] + [to_display(aug(crop, rng)) for _ in range(n)]
             rows.append(tiles)
     h = len(rows) * (s + margin) + margin
     w = (n + 1) * (s + margin) + margin
@@ -149,3 +157,29 @@ def augmentation_grid(crops: list[np.ndarray], configs: dict[str, AugmentConfig]
             y, x = margin + i * (s + margin), margin + j * (s + margin)
             grid[y:y + s, x:x + s] = tile
     return grid
+
+
+def write_augmentation_figure(cells_csv, path, n_crops: int = 2, size: int = 192, n: int = 5, seed: int = 0) -> Path:
+    """Write a grid PNG of the three groups' augmentations of a few crops of ``cells_csv``.
+
+    Rows: for each of ``n_crops`` crops (the largest valid cells), one row per group (1, 2, 3); the
+    first tile is the crop, the others ``n`` random draws. ``docs/augmentations.png`` is made by this.
+    """
+    import cv2
+
+    from hpa_kernel.training.config import group_config
+    from hpa_kernel.training.dataset import read_cells_table, read_crop
+
+    table = read_cells_table(cells_csv).sort_values("area", ascending=False).head(n_crops)
+    crops = []
+    for p in table["crop_path"]:
+        crop = read_crop(p)
+        interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
+        crops.append(cv2.resize(crop, (size, size), interpolation=interp))
+    configs = {f"group {g}": group_config(g).augment for g in (1, 2, 3)}
+    grid = augmentation_grid(crops, configs, n=n, seed=seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(grid[..., ::-1])):
+        raise ValueError(f"cannot write {path}")
+    return path
