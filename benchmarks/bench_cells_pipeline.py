@@ -143,7 +143,7 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {cpus} usable cores ({model}), {mem:.0f} GB RAM, load average {load:.2f} at start, Python {platform.python_version()}"
 
 
-def throughput(out: Path, n: int, size: int, big: int, crop_size: int) -> str:
+def throughput(out: Path, n: int, size: int, big: int, crop_size: int, big_n: int = 4) -> str:
     folder = out / "images"
     ids = make_images(folder, n, size)
     rows = [child(folder, ids, w, crop_size) for w in (0, 1, 2)]
@@ -154,7 +154,7 @@ def throughput(out: Path, n: int, size: int, big: int, crop_size: int) -> str:
         mode = "sequential loop (workers=0)" if r["workers"] == 0 else f"{r['workers']} worker(s)"
         lines.append(f"| {mode} | {r['images_per_s']:.3f} | {r['images_per_s'] / base:.2f}x | {r['cells']} | {r['failed']} | {r['peak_rss_gb']:.2f} GB |")
     if big:
-        big_ids = make_images(out / "images_big", 2, big, seed=3072)
+        big_ids = make_images(out / "images_big", big_n, big, seed=3072)
         r = child(out / "images_big", big_ids, 2, crop_size)
         lines.append(f"| {big}x{big}, 2 workers ({len(big_ids)} images) | {r['images_per_s']:.3f} | | {r['cells']} | {r['failed']} | {r['peak_rss_gb']:.2f} GB |")
     lines += ["", f"Memory: {rows[0]['memory_method']}."]
@@ -219,6 +219,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=6)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--big", type=int, default=3072, help="side of the memory-goal run (0: skip)")
+    parser.add_argument("--big-n", type=int, default=4, help="images in the memory-goal run")
     parser.add_argument("--crop-size", type=int, default=512)
     parser.add_argument("--heuristics", action="store_true", help="evaluate the heuristics instead")
     parser.add_argument("--no-classic", action="store_true", help="heuristics: skip the end-to-end classic run")
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
     if args.heuristics:
         print(heuristics(args.n, args.size, not args.no_classic))
     else:
-        print(throughput(out, args.n, args.size, args.big, args.crop_size))
+        print(throughput(out, args.n, args.size, args.big, args.crop_size, args.big_n))
     return 0
 
 

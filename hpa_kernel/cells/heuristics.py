@@ -255,23 +255,13 @@ def cell_statistics(image: np.ndarray, nuclei_label: np.ndarray, cell_label: np.
     """
     import pandas as pd
 
-    from hpa_kernel.io import to_float
-
     height, width = cell_label.shape
-    labels = cell_label.astype(np.int64, copy=False).ravel()
-    n = int(labels.max()) + 1 if labels.size else 1
-    area = np.bincount(labels, minlength=n)
-    sums = {}
     scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}[image.dtype]
-    for k, name in enumerate(("red_mean", "green_mean", "blue_mean", "yellow_mean")):
-        sums[name] = np.bincount(labels, weights=image[..., k].ravel(), minlength=n) / scale
-    blue = to_float(image[..., 2]).ravel()
-    yellow = to_float(image[..., 3]).ravel()
-    sums["by_mean"] = np.bincount(labels, weights=(blue * yellow).astype(np.float64), minlength=n)
     boxes = cell_boxes(cell_label)
     rows = []
     for cell_id, (y0, x0, y1, x1) in sorted(boxes.items()):
         cell = cell_label[y0:y1, x0:x1] == cell_id
+        pixels = image[y0:y1, x0:x1][cell]  # (area, 4)
         nuclei = nuclei_label[y0:y1, x0:x1]
         nucleus = cell & (nuclei == cell_id)
         if not nucleus.any():
@@ -291,13 +281,16 @@ def cell_statistics(image: np.ndarray, nuclei_label: np.ndarray, cell_label: np.
             "x0": int(x0),
             "y1": int(y1),
             "x1": int(x1),
-            "area": int(area[cell_id]),
+            "area": int(pixels.shape[0]),
             "nucleus_area": nucleus_area,
             "touches_border": bool(touches),
             "nucleus_cut": cut,
         }
-        for name, total in sums.items():
-            row[name] = float(total[cell_id] / area[cell_id])
+        means = pixels.sum(axis=0, dtype=np.float64) / (pixels.shape[0] * scale)
+        for k, name in enumerate(("red_mean", "green_mean", "blue_mean", "yellow_mean")):
+            row[name] = float(means[k])
+        blue_yellow = pixels[:, 2].astype(np.float64) * pixels[:, 3]
+        row["by_mean"] = float(blue_yellow.mean() / (scale * scale))
         rows.append(row)
     columns = list(TABLE_COLUMNS[: TABLE_COLUMNS.index("by_mean") + 1])
     table = pd.DataFrame(rows, columns=columns)

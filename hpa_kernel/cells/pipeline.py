@@ -129,7 +129,6 @@ def _worker_init() -> None:
 def _run_task(task: _Task) -> ImageCells:
     """The worker side: labels (post-processing or cache), table, crops, encoding, cache write."""
     from hpa_kernel.cells.cache import CacheError, CellCache
-    from hpa_kernel.cells.crops import cell_boxes, crop_cells
     from hpa_kernel.cells.heuristics import score_cells
 
     cache = CellCache(task.cache_root) if task.cache_root else None
@@ -159,7 +158,7 @@ def _run_task(task: _Task) -> ImageCells:
         from_cache = False
     return process_image(
         task.image_id, image, nuclei_label, cell_label, task.config, table=table, encode=task.encode,
-        keep_labels=task.keep_labels, from_cache=from_cache, boxes=cell_boxes(cell_label),
+        keep_labels=task.keep_labels, from_cache=from_cache,
     )
 
 
@@ -189,6 +188,8 @@ def process_image(
     if table is None:
         table = score_cells(image, nuclei_label, cell_label, config, reference)
     ids = table["cell_id"].to_numpy()
+    if boxes is None:  # the table's boxes are the cells' bounding boxes
+        boxes = {int(r[0]): tuple(int(v) for v in r[1:]) for r in table[["cell_id", "y0", "x0", "y1", "x1"]].to_numpy()}
     crops = crop_cells(image, cell_label, ids, size=config.crop_size, margin=config.margin, boxes=boxes)
     encoded = None
     if encode:
