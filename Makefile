@@ -12,7 +12,7 @@ TORCH  := torch==2.10.0 torchvision==0.25.0 timm==1.0.26
 EXTRAS := dev,notebooks,faithful
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all venv bench clean-venv
+.PHONY: demo test test-all venv bench wheels clean-venv
 
 venv: $(VENV)/.hpa-installed
 
@@ -37,6 +37,10 @@ test: venv
 
 test-all: venv
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+# The offline wheelhouse for Kaggle (needs the package registry once; installing from it does not).
+wheels: venv
+	$(BIN)/hpa-kernel bundle wheels --out wheels
 
 bench: venv
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
