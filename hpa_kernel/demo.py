@@ -250,14 +250,23 @@ def run_demo(
     train: bool = True,
     workers: int | None = None,
     budget_s: float = 1800.0,
+    torch_threads: int | None = 1,
     progress: bool = False,
 ) -> DemoResult:
     """Run every step of the demo into ``out``; see the module doc.
 
     ``train=False`` uses :func:`random_ensemble` instead of training (fast smoke runs).
+    ``torch_threads`` sets ``torch.set_num_threads`` for the whole process (default 1: on a small,
+    shared machine more threads than free cores slow training down many times over).
     """
     from hpa_kernel.submit import SubmitConfig, run_submission
 
+    if torch_threads is not None:
+        import torch
+
+        if torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1 or None, got {torch_threads}")
+        torch.set_num_threads(torch_threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}

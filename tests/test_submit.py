@@ -218,3 +218,30 @@ def test_cli_parses_every_option():
         "--batch-size", "8", "--workers", "0", "--no-tta", "--segmenter", "classic",
     ])
     assert (args.budget_hours, args.tta, args.segmenter, args.batch_size, args.workers) == (0.5, False, "classic", 8, 0)
+
+
+# --------------------------------------------------------------------------- the demo's steps, tiny
+
+
+def test_demo_end_to_end_tiny(tmp_path):
+    from hpa_kernel.demo import label_frequencies, run_demo
+
+    result = run_demo(tmp_path / "demo", n_train=4, n_test=2, size=256, input_size=32, steps_per_epoch=4, workers=0)
+    assert result.problems == []
+    assert check_submission(result.submission, result.data_dir / "sample_submission.csv").ok
+    assert set(result.scores) == {"box", "mask"} and set(result.baseline_scores) == {"box", "mask"}
+    for mode in ("box", "mask"):
+        assert 0.0 <= result.scores[mode].map <= 1.0
+    manifest = (result.weights_dir / "weights_manifest.json").read_text()
+    assert manifest.count('"sha256": null') == 2  # only the (absent) segmentation files are unpinned
+    # the baseline keeps the same cells and puts each class at its training frequency
+    from hpa_kernel.io import Competition
+    from hpa_kernel.metric import parse_prediction_string
+
+    freq = label_frequencies(Competition(result.data_dir))
+    ours, base = _rows(result.submission), _rows(result.baseline)
+    for a, b in zip(ours["PredictionString"], base["PredictionString"], strict=True):
+        ta, tb = parse_prediction_string(a), parse_prediction_string(b)
+        assert [m for _, _, m in ta] == [m for _, _, m in tb]
+        assert all(abs(conf - freq[label]) < 1e-6 for label, conf, _ in tb)
+    assert "label-frequency baseline" in result.summary()

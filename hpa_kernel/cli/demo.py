@@ -27,6 +27,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     train.add_argument("--no-train", action="store_true", help="use an untrained (random) ensemble: a fast smoke run")
     run_opts = parser.add_argument_group("execution")
     run_opts.add_argument("--workers", type=int, default=None, help="post-processing processes (default: all cores)")
+    run_opts.add_argument("--threads", type=int, default=1,
+                          help="torch CPU threads (default 1; more than the free cores slows training down)")
     run_opts.add_argument("--progress", action="store_true", help="show progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(
         args.out, n_train=args.n_train, n_test=args.n_test, size=args.size, seed=args.seed,
         input_size=args.input_size, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        train=not args.no_train, workers=args.workers, progress=args.progress,
+        train=not args.no_train, workers=args.workers, torch_threads=args.threads, progress=args.progress,
     )
     sys.stdout.write(result.summary() + "\n")
     return 1 if result.problems else 0
