@@ -33,13 +33,24 @@ def _load_oracle():
     return module
 
 
-def _median_time(fn, repeats):
-    times, result = [], None
+def _timed(fn):
+    """(wall seconds, CPU seconds of this process, result) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def _compare(slow, fast, repeats):
+    """Call ``slow`` and ``fast`` alternately ``repeats`` times; medians of wall and CPU time."""
+    times = {"slow": ([], []), "fast": ([], [])}
+    results = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        for name, fn in (("slow", slow), ("fast", fast)):
+            wall, cpu, results[name] = _timed(fn)
+            times[name][0].append(wall)
+            times[name][1].append(cpu)
+    medians = {name: (statistics.median(w), statistics.median(c)) for name, (w, c) in times.items()}
+    return medians["slow"], medians["fast"], results["slow"], results["fast"]
 
 
 def _cpu_model() -> str:
@@ -79,10 +90,12 @@ def main(argv=None) -> int:
         with np.load(REFERENCE / f"label_cell_case{case}.npz") as data:
             data = {k: data[k] for k in data.files}
         nuclei_pred, cell_pred = data["nuclei_pred"], data["cell_pred"]
-        t_oracle, expected = _median_time(lambda: oracle.oracle_label_cell(nuclei_pred, cell_pred), args.repeats)
-        t_fast, found = _median_time(lambda: label_cell(nuclei_pred, cell_pred), args.repeats)
-        t_oracle_n, expected_n = _median_time(lambda: oracle.oracle_label_nuclei(nuclei_pred), args.repeats)
-        t_fast_n, found_n = _median_time(lambda: label_nuclei(nuclei_pred), args.repeats)
+        (t_oracle, c_oracle), (t_fast, c_fast), expected, found = _compare(
+            lambda: oracle.oracle_label_cell(nuclei_pred, cell_pred), lambda: label_cell(nuclei_pred, cell_pred), args.repeats
+        )
+        (t_oracle_n, c_oracle_n), (t_fast_n, c_fast_n), expected_n, found_n = _compare(
+            lambda: oracle.oracle_label_nuclei(nuclei_pred), lambda: label_nuclei(nuclei_pred), args.repeats
+        )
         equal = (
             all(_same(f, e) for f, e in zip(found, expected))
             and _same(expected[0], data["nuclei_label" + suffix])
@@ -92,8 +105,9 @@ def main(argv=None) -> int:
         )
         all_equal &= equal
         size = f"{nuclei_pred.shape[0]}x{nuclei_pred.shape[1]}"
-        rows.append((case, size, int(found[1].max()), t_oracle, t_fast, t_oracle_n, t_fast_n, equal))
-        print(f"case {case}: oracle {t_oracle:.2f} s, fast {t_fast:.2f} s, equal={equal}", file=sys.stderr, flush=True)
+        rows.append((case, size, int(found[1].max()), t_oracle, t_fast, c_oracle, c_fast, t_oracle_n, t_fast_n, equal))
+        print(f"case {case}: oracle {t_oracle:.2f} s (cpu {c_oracle:.2f}), fast {t_fast:.2f} s (cpu {c_fast:.2f}), equal={equal}",
+              file=sys.stderr, flush=True)
 
     lines = [
         f"## label_cell post-processing: oracle port vs fast ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
@@ -101,22 +115,28 @@ def main(argv=None) -> int:
         f"Machine: {os.cpu_count()} CPUs (nproc), {_cpu_model()}; Python {platform.python_version()}, "
         f"numpy {np.__version__}, scipy {scipy.__version__}, scikit-image {skimage.__version__}, "
         f"OpenCV {cv2.__version__} ({args.cv2_threads} thread(s) for the fast version). "
-        f"Median of {args.repeats} calls per case, one process. Reference arrays: "
+        f"Median of {args.repeats} calls per case, oracle and fast called alternately, one process; wall "
+        f"time and CPU time of the process (the CPU time is less sensitive to other load). Reference arrays: "
         f"`{'*' + suffix if suffix else '* (scikit-image >= 0.25)'}`.",
     ]
     if args.note:
         lines += ["", args.note]
     lines += [
         "",
-        "| case | size | cells | oracle label_cell (s) | fast label_cell (s) | speed-up | oracle label_nuclei (s) | fast label_nuclei (s) | speed-up | fast == oracle == reference |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| case | size | cells | oracle wall (s) | fast wall (s) | speed-up wall | oracle CPU (s) | fast CPU (s) | speed-up CPU "
+        "| label_nuclei oracle/fast wall (s) | fast == oracle == reference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for case, size, cells, to, tf, ton, tfn, equal in rows:
+    for case, size, cells, to, tf, co, cf, ton, tfn, equal in rows:
         lines.append(
-            f"| {case} | {size} | {cells} | {to:.2f} | {tf:.2f} | {to / tf:.1f}x | {ton:.2f} | {tfn:.2f} | {ton / tfn:.1f}x | {'yes' if equal else 'NO'} |"
+            f"| {case} | {size} | {cells} | {to:.2f} | {tf:.2f} | {to / tf:.1f}x | {co:.2f} | {cf:.2f} | {co / cf:.1f}x "
+            f"| {ton:.2f} / {tfn:.2f} | {'yes' if equal else 'NO'} |"
         )
-    total_o, total_f = sum(r[3] for r in rows), sum(r[4] for r in rows)
-    lines.append(f"| all | | | {total_o:.2f} | {total_f:.2f} | {total_o / total_f:.1f}x | | | | {'yes' if all_equal else 'NO'} |")
+    total = [sum(r[i] for r in rows) for i in (3, 4, 5, 6)]
+    lines.append(
+        f"| all | | | {total[0]:.2f} | {total[1]:.2f} | {total[0] / total[1]:.1f}x | {total[2]:.2f} | {total[3]:.2f} "
+        f"| {total[2] / total[3]:.1f}x | | {'yes' if all_equal else 'NO'} |"
+    )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.append:

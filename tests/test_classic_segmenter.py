@@ -154,10 +154,11 @@ def test_quality_floor_on_synthetic_fields():
         n_truth += m.n_truth
         found += round(m.recall * m.n_truth)
         iou_sum += m.mean_iou * m.n_truth
-    # measured 0.90 recall and 0.87 mean IoU on these seeds; a segmenter that does not split
-    # touching cells or misplaces their borders falls well below these floors
-    assert found / n_truth >= 0.8
-    assert iou_sum / n_truth >= 0.75
+    # measured 1.00 recall and 0.95 mean IoU on these seeds (not used for tuning); without the
+    # binucleate merge it was 0.90 / 0.87, and a segmenter that does not split touching cells or
+    # misplaces their borders falls well below these floors
+    assert found / n_truth >= 0.85
+    assert iou_sum / n_truth >= 0.85
 
 
 def test_16_bit_synthetic_field():
@@ -197,3 +198,22 @@ def test_match_cells_partial():
         match_cells(pred[:5], truth)
     with pytest.raises(ValueError, match="iou_threshold"):
         match_cells(pred, truth, 0.0)
+
+
+def test_binucleate_cell_stays_one_cell():
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:260, :320]
+    image = np.zeros((260, 320, 4))
+    truth = np.zeros((260, 320), np.int32)
+    truth[(yy - 130) ** 2 + (xx - 100) ** 2 <= 85**2] = 1
+    truth[(yy - 130) ** 2 + (xx - 250) ** 2 <= 55**2] = 2
+    image[..., 0] = image[..., 3] = np.where(truth > 0, 0.4, 0.0)
+    for cy, cx, r in [(130, 75, 22), (130, 124, 24), (130, 250, 24)]:  # two nuclei 3 px apart in cell 1
+        image[..., 2][(yy - cy) ** 2 + (xx - cx) ** 2 <= r**2] = 0.8
+    image = np.rint(np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1) * 255).astype(np.uint8)
+    nuclei, cells = ClassicSegmenter().segment([image])[0]
+    assert match_cells(cells, truth).recall == 1.0 and int(cells.max()) == 2
+    assert np.unique(nuclei[truth == 1]).tolist() == [0, int(cells[130, 100])]  # both nuclei carry the cell's id
+    # with merging switched off the two nuclei make two cells
+    _, split = ClassicSegmenter(merge_gap=0.0).segment([image])[0]
+    assert int(split.max()) == 3

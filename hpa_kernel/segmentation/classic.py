@@ -72,6 +72,12 @@ class ClassicParams:
     distance_weight : float
         Weight of the (normalised) distance to the nearest nucleus in the cell watershed's
         elevation, against the inverted cytoplasm intensity (weight 1). 0: intensity only.
+    merge_gap : float
+        Two nuclei closer than ``merge_gap`` times the typical nucleus radius whose cells meet
+        along a border that is not darker than ``merge_contrast`` times the cells' median
+        cytoplasm intensity are taken as one binucleate cell. 0 disables merging.
+    merge_contrast : float
+        See ``merge_gap``.
     min_cell_to_nucleus : float
         A cell whose area is below this multiple of its nucleus area is debris: dropped.
     min_cell_fraction : float
@@ -83,10 +89,12 @@ class ClassicParams:
     cell_sigma: float = 2.0
     nucleus_threshold_scale: float = 1.0
     split_h: float = 0.3
-    min_nucleus_fraction: float = 0.15
+    min_nucleus_fraction: float = 0.08
     min_nucleus_area: float = 2e-4
     cell_threshold_scale: float = 0.5
-    distance_weight: float = 1.0
+    distance_weight: float = 0.25
+    merge_gap: float = 0.5
+    merge_contrast: float = 0.8
     min_cell_to_nucleus: float = 1.3
     min_cell_fraction: float = 0.1
 
@@ -94,7 +102,7 @@ class ClassicParams:
         if isinstance(self.work_side, bool) or not isinstance(self.work_side, (int, np.integer)) or self.work_side < 64:
             raise ValueError(f"work_side must be an integer >= 64, got {self.work_side!r}")
         for name in ("nucleus_sigma", "cell_sigma", "split_h", "min_nucleus_fraction", "min_nucleus_area",
-                     "distance_weight", "min_cell_fraction"):
+                     "distance_weight", "merge_gap", "merge_contrast", "min_cell_fraction"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -190,8 +198,8 @@ def _relabel_sequential(label: np.ndarray) -> np.ndarray:
     return lut[label]
 
 
-def _segment_nuclei(blue: np.ndarray, params: ClassicParams) -> np.ndarray:
-    """Nuclei labels (int32) at the working size."""
+def _segment_nuclei(blue: np.ndarray, params: ClassicParams) -> tuple[np.ndarray, float]:
+    """Nuclei labels (int32) at the working size, and the typical nucleus radius."""
     from scipy import ndimage as ndi
     from skimage import morphology, segmentation
 
@@ -200,7 +208,7 @@ def _segment_nuclei(blue: np.ndarray, params: ClassicParams) -> np.ndarray:
     floor = params.min_nucleus_area * blue.size
     components, count = ndi.label(foreground)
     if count == 0:
-        return components
+        return components, 0.0
     areas = np.bincount(components.ravel())[1:]
     typical_area = float(np.median(areas[areas >= floor])) if (areas >= floor).any() else float(areas.max())
     radius = np.sqrt(typical_area / np.pi)
@@ -219,16 +227,62 @@ def _segment_nuclei(blue: np.ndarray, params: ClassicParams) -> np.ndarray:
     small = areas < max(floor, params.min_nucleus_fraction * typical_area)
     small[0] = False
     nuclei[small[nuclei]] = 0
-    return _relabel_sequential(nuclei)
+    return _relabel_sequential(nuclei), float(radius)
 
 
-def _grow_cells(cytoplasm: np.ndarray, nuclei: np.ndarray, params: ClassicParams) -> np.ndarray:
-    """Cell labels (int32) grown from the nuclei; a cell keeps its nucleus's label."""
+def _adjacent_pairs(label: np.ndarray) -> np.ndarray:
+    """(K, 2) array of the distinct pairs (a < b) of non-zero labels that touch (4-neighbours)."""
+    a = np.concatenate([label[:, :-1].ravel(), label[:-1, :].ravel()])
+    b = np.concatenate([label[:, 1:].ravel(), label[1:, :].ravel()])
+    touch = (a != b) & (a > 0) & (b > 0)
+    pairs = np.stack([np.minimum(a[touch], b[touch]), np.maximum(a[touch], b[touch])], axis=1)
+    return np.unique(pairs, axis=0) if pairs.size else pairs.reshape(0, 2)
+
+
+def _merge_binucleate(cells, nuclei, cytoplasm, radius, params):
+    """Join cells whose nuclei nearly touch and whose shared border is not darker (see ClassicParams)."""
+    from skimage.segmentation import expand_labels
+
+    if params.merge_gap <= 0 or radius <= 0 or nuclei.max() < 2:
+        return cells, nuclei
+    near = _adjacent_pairs(expand_labels(nuclei, distance=params.merge_gap * radius / 2))
+    if near.size == 0:
+        return cells, nuclei
+    # mean cytoplasm on each cell-cell border, against the median inside the two cells
+    a = np.concatenate([cells[:, :-1].ravel(), cells[:-1, :].ravel()])
+    b = np.concatenate([cells[:, 1:].ravel(), cells[1:, :].ravel()])
+    v = np.concatenate([(cytoplasm[:, :-1] + cytoplasm[:, 1:]).ravel(), (cytoplasm[:-1, :] + cytoplasm[1:, :]).ravel()]) / 2
+    touch = (a != b) & (a > 0) & (b > 0)
+    parent = np.arange(int(cells.max()) + 1)
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    lo, hi, vals = np.minimum(a[touch], b[touch]), np.maximum(a[touch], b[touch]), v[touch]
+    for p, q in near:
+        on_border = (lo == p) & (hi == q)
+        if not on_border.any():
+            continue
+        inside = float(np.median(cytoplasm[(cells == p) | (cells == q)]))
+        if inside > 0 and float(vals[on_border].mean()) >= params.merge_contrast * inside:
+            parent[root(int(q))] = root(int(p))
+    lut = np.array([root(i) for i in range(parent.size)])
+    return lut[cells], lut[nuclei]
+
+
+def _grow_cells(
+    cytoplasm: np.ndarray, nuclei: np.ndarray, radius: float, params: ClassicParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cell labels (int32) grown from the nuclei, and the nuclei relabelled after merging
+    binucleate cells; a nucleus carries its cell's label."""
     from scipy import ndimage as ndi
     from skimage import segmentation
 
     if nuclei.max() == 0:
-        return nuclei.copy()
+        return nuclei.copy(), nuclei
     foreground = (cytoplasm > params.cell_threshold_scale * _otsu(cytoplasm)) | (nuclei > 0)
     foreground = ndi.binary_fill_holes(foreground)
     scale = float(np.percentile(cytoplasm[foreground], 95)) or 1.0
@@ -238,6 +292,7 @@ def _grow_cells(cytoplasm: np.ndarray, nuclei: np.ndarray, params: ClassicParams
         reach = float(np.percentile(distance[foreground], 95)) or 1.0
         elevation = elevation + params.distance_weight * distance / reach
     cells = segmentation.watershed(elevation, nuclei, mask=foreground)
+    cells, nuclei = _merge_binucleate(cells, nuclei, cytoplasm, radius, params)
 
     # drop debris (no cytoplasm around the nucleus) and tiny cells
     n = int(nuclei.max())
@@ -249,7 +304,7 @@ def _grow_cells(cytoplasm: np.ndarray, nuclei: np.ndarray, params: ClassicParams
         bad |= cell_area < params.min_cell_fraction * float(np.median(kept))
     bad[0] = False
     cells[bad[cells]] = 0
-    return cells
+    return cells, nuclei
 
 
 def _raster_order(cells: np.ndarray) -> np.ndarray:
@@ -286,8 +341,8 @@ def postprocess_classic(maps: ClassicMaps, params: ClassicParams | None = None) 
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f"maps.shape: expected (H, W) of the original image, got {shape}")
 
-    nuclei = _segment_nuclei(blue, params)
-    cells = _grow_cells(cytoplasm, nuclei, params)
+    nuclei, radius = _segment_nuclei(blue, params)
+    cells, nuclei = _grow_cells(cytoplasm, nuclei, radius, params)
     nuclei = np.where(cells > 0, nuclei, 0)
     if tuple(cells.shape) != shape:
         size = (int(shape[1]), int(shape[0]))
