@@ -2,7 +2,8 @@
 
 :func:`run_submission` processes the test images in the order of ``sample_submission.csv``. Before
 each image it asks a :class:`BudgetPlanner` for the richest :class:`Plan` that still fits the time
-left, using per-image costs measured so far (:class:`CostTracker`):
+left, using per-image costs measured so far (:class:`CostTracker`: the wall time spent waiting for
+the cells pipeline, and the classifier time per cell and forward pass):
 
 1. TTA and every checkpoint of the manifest;
 2. no TTA, every checkpoint;
@@ -466,7 +467,13 @@ def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monot
     tracker = CostTracker()
 
     if not planner.choose(elapsed(), 0, tracker.estimates()).fallback and todo:
-        _predict_all(config, manifest, seg_name, segmenter, competition, samples, todo, planner, tracker, rows, fallback, report, elapsed)
+        try:
+            _predict_all(config, manifest, seg_name, segmenter, competition, samples, todo, planner, tracker, rows, fallback, report, elapsed)
+        except BaseException:
+            # keep what was predicted before the error (or Ctrl-C); the other rows get the fallback
+            _write(rows, samples, out)
+            logger.error("the run stopped early; %s holds the %d images predicted so far", out, len(rows))
+            raise
     for image_id in todo:
         if image_id not in rows and image_id not in fallback:
             fallback[image_id] = "budget: not reached before the deadline"

@@ -202,6 +202,34 @@ def test_hpa_segmenter_needs_its_weights_or_an_explicit_classic(synthetic_compet
     assert check_submission(tmp_path / "s.csv", comp.sample_submission).ok
 
 
+def test_hpa_is_chosen_when_its_weights_are_present(synthetic_competition, weights_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from hpa_kernel import segmentation
+    from hpa_kernel.manifest import load_manifest
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_create(name, **kwargs):
+        calls.append((name, kwargs))
+        raise Stop
+
+    monkeypatch.setattr(segmentation, "create_segmenter", fake_create)
+
+    folder = tmp_path / "w"
+    shutil.copytree(weights_dir, folder)
+    seg = load_manifest(weights_dir=folder, verify=False).segmentation
+    for entry in seg.files():
+        (folder / entry.file).write_bytes(b"not a real pickle")
+    with pytest.raises(Stop):
+        run_submission(_config(synthetic_competition, folder, tmp_path / "s.csv", segmenter=None))
+    assert calls == [("hpa", {"nuclei": folder / seg.nuclei.file, "cell": folder / seg.cell.file, "device": "cpu"})]
+    assert check_submission(tmp_path / "s.csv", synthetic_competition.sample_submission).ok
+
+
 def test_config_checks_itself(tmp_path):
     with pytest.raises(ValueError, match="segmenter"):
         SubmitConfig(out=tmp_path / "x.csv", segmenter="cellpose")
