@@ -115,3 +115,19 @@ def test_from_manifest_matches_direct_forward(tmp_path):
     expected = 0.25 * sig["g1_m0.pth"] + 0.75 * (sig["g2_m0.pth"] + sig["g2_m1.pth"]) / 2
     np.testing.assert_allclose(ens.predict(crops, batch_size=2), expected, atol=1e-5)
     assert ens.names == ("g1", "g2")
+
+
+@pytest.mark.gpu
+def test_cuda_fp16_channels_last_matches_cpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    cfg = CheckpointConfig(arch="efficientnet_b0", input_size=64)
+    cpu_model = create_classifier("efficientnet_b0").eval()
+    gpu_model = create_classifier("efficientnet_b0")
+    gpu_model.load_state_dict(cpu_model.state_dict())
+    cpu_groups, gpu_groups = [[Member(cpu_model, cfg, "b0")]], [[Member(gpu_model, cfg, "b0")]]
+    crops = np.random.default_rng(0).integers(0, 255, size=(9, 80, 80, 4), dtype=np.uint8)
+    p_cpu = Ensemble(cpu_groups, [1.0], "cpu").predict(crops, tta=True, batch_size=4)
+    p_gpu = Ensemble(gpu_groups, [1.0], "cuda").predict(crops, tta=True, batch_size=4)
+    np.testing.assert_allclose(p_gpu, p_cpu, atol=5e-3)
