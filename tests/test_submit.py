@@ -273,3 +273,18 @@ def test_demo_end_to_end_tiny(tmp_path):
         assert [m for _, _, m in ta] == [m for _, _, m in tb]
         assert all(abs(conf - freq[label]) < 1e-6 for label, conf, _ in tb)
     assert "label-frequency baseline" in result.summary()
+
+
+def test_cli_submit_with_classic_segmenter(synthetic_competition, weights_dir, tmp_path, capsys):
+    from hpa_kernel.cli import main
+
+    out = tmp_path / "cli.csv"
+    code = main([
+        "submit", "--data", str(synthetic_competition.root), "--weights", str(weights_dir), "--out", str(out),
+        "--budget-hours", "0.1", "--device", "cpu", "--workers", "0", "--no-tta", "--segmenter", "classic",
+        "--limit", "1", "--torch-threads", "1", "--no-progress",
+    ])
+    assert code == 0
+    assert "1 predicted, 2 fallback" in capsys.readouterr().out
+    assert check_submission(out, synthetic_competition.sample_submission).ok
+    assert main(["submit", "--data", str(synthetic_competition.root), "--weights", str(weights_dir), "--out", str(out)]) == 1
