@@ -28,7 +28,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--pseudo-labels", metavar="CSV", help="pseudo labels from --make-pseudo-labels")
     recipe = parser.add_argument_group("recipe (defaults from the group)")
     recipe.add_argument("--group", type=int, choices=(1, 2, 3), default=1, help="ensemble group (default 1)")
-    recipe.add_argument("--quick", action="store_true", help="the small CPU preset (64 px, 2 x 100 steps)")
+    recipe.add_argument("--quick", action="store_true", help="the small CPU preset (64 px, 2 x 60 steps)")
     recipe.add_argument("--epochs", type=int, help="epochs")
     recipe.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch (default: cells / batch)")
     recipe.add_argument("--batch-size", type=int, help="batch size per process")

@@ -365,8 +365,10 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
             if step in snaps and dist.main:
                 save_snapshot(snaps.index(step), epoch + 1)
         bar.close()
-        if dist.world > 1:
-            tdist.all_reduce(stats)
+        if dist.world > 1:  # NCCL reduces CUDA tensors only
+            reduced = stats.to(device)
+            tdist.all_reduce(reduced)
+            stats = reduced.cpu()
         tp, npos = stats[2:2 + NUM_CLASSES].numpy(), stats[2 + NUM_CLASSES:].numpy()
         recall = np.where(npos > 0, tp / np.maximum(npos, 1), np.nan)
         if dist.main:
