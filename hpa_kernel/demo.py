@@ -83,7 +83,8 @@ def build_training_cells(competition, out: str | os.PathLike, crop_size: int = 6
     (out / "crops").mkdir(parents=True, exist_ok=True)
     truth = pd.read_csv(competition.truth_cells("train"), dtype={"ImageID": str, "Labels": str}, keep_default_na=False)
     cell_labels = {(r.ImageID, int(r.CellID)): r.Labels for r in truth.itertuples()}
-    image_labels = {i: format_labels(ls) for i, ls in zip(competition.read_train()["ID"], competition.read_train()["labels"], strict=True)}
+    train = competition.read_train()
+    image_labels = {i: format_labels(ls) for i, ls in zip(train["ID"], train["labels"], strict=True)}
     config = CellConfig(crop_size=crop_size)
     rows = []
     with np.load(needed[0]) as masks, np.load(needed[1]) as nuclei:

@@ -462,7 +462,9 @@ def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monot
     manifest = load_manifest(weights_dir=config.weights, verify=False)
     seg_name = "custom" if segmenter is not None else _choose_segmenter(config, manifest)
     report.segmenter = seg_name if segmenter is None else type(segmenter).__name__
-    ladder = plan_ladder([len(g.checkpoints) for g in manifest.groups], manifest.weights, ("identity", "hflip", "vflip") if config.tta else None)
+    from hpa_kernel.classifier.ensemble import DEFAULT_TTA
+
+    ladder = plan_ladder([len(g.checkpoints) for g in manifest.groups], manifest.weights, DEFAULT_TTA if config.tta else None)
     planner = BudgetPlanner(config.budget_s, len(todo), config.reserve, ladder)
     tracker = CostTracker()
 
