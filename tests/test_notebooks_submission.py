@@ -36,8 +36,10 @@ def _parameters_cell(path: Path):
 @pytest.mark.parametrize("name", ["submission.ipynb", "validate.ipynb"])
 def test_notebook_is_thin_and_typed(name):
     nb, params = _parameters_cell(NOTEBOOKS / name)
-    lines = [ln for ln in params.source.splitlines() if ln and not ln.startswith("#")]
+    lines = [ln for ln in params.source.splitlines() if ln and not ln.startswith(("#", "from typing"))]
     assert lines and all(":" in ln.split("=")[0] and "#" in ln for ln in lines), "every parameter is typed and commented"
+    names = {ln.split(":")[0] for ln in lines}
+    assert set(papermill.inspect_notebook(str(NOTEBOOKS / name))) == names, "papermill sees every parameter"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code[0].source.count("/kaggle/input") == 1  # the install cell is the only place that knows it
     assert not any("/kaggle" in c.source for c in code[1:])
