@@ -3,7 +3,8 @@
 ``cells.csv`` is written by ``hpa-kernel cells`` (columns ``image_id, cell_id, crop, y0, x0, y1, x1,
 area, nucleus_cut, outlier_score, valid, labels``; ``crop`` is relative to the csv; crops are
 4-channel PNGs whose planes are R, G, B, Y as read by ``cv2.imread(path, cv2.IMREAD_UNCHANGED)``).
-Only rows with ``valid`` true are used for training.
+Only rows with ``valid`` true are used for training. Crops are read with
+:func:`hpa_kernel.cells.builder.read_crop` (re-exported here).
 
 Targets, per cell, a float vector of 19 values in [0, 1], built by :func:`build_targets`:
 
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hpa_kernel.classes import NUM_CLASSES, class_id, labels_to_multihot, parse_labels
+from hpa_kernel.cells.builder import read_crop
+from hpa_kernel.classes import NUM_CLASSES, labels_to_multihot, parse_labels
 from hpa_kernel.labelling.export import read_soft_labels
 
 __all__ = [
@@ -85,31 +87,6 @@ def read_cells_table(path: str | os.PathLike, valid_only: bool = True):
     df["crop_path"] = [str((path.parent / c).resolve()) for c in df["crop"]]
     df["label_ids"] = df["labels"].map(parse_labels)
     return df
-
-
-def read_crop(path: str | os.PathLike) -> np.ndarray:
-    """Read one crop PNG as an (S, S, 4) uint8 array, planes R, G, B, Y.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the file is missing.
-    ValueError
-        If it is not a 4-plane image.
-    """
-    import cv2
-
-    path = Path(path)
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        if not path.is_file():
-            raise FileNotFoundError(f"crop {path} not found")
-        raise ValueError(f"crop {path} cannot be decoded")
-    if image.ndim != 3 or image.shape[2] != 4:
-        raise ValueError(f"crop {path} must have 4 planes (R, G, B, Y), got shape {image.shape}")
-    if image.dtype != np.uint8:
-        image = (image.astype(np.float32) * (255.0 / 65535.0)).round().astype(np.uint8)
-    return image
 
 
 def _key(image_id, cell_id) -> tuple[str, int]:
