@@ -175,7 +175,8 @@ def test_missing_weights_name_file_and_places(tmp_path, monkeypatch):
     monkeypatch.delenv("HPA_KERNEL_WEIGHTS")
     (kaggle / "some-dataset" / "weights").mkdir()
     (kaggle / "some-dataset" / "weights" / CELL_WEIGHTS).write_bytes(b"x")
-    assert resolve_weight_file(None, CELL_WEIGHTS, "cell", kaggle_root=kaggle) == kaggle / "some-dataset" / "weights" / CELL_WEIGHTS
+    found = resolve_weight_file(None, CELL_WEIGHTS, "cell", kaggle_root=kaggle)
+    assert found == kaggle / "some-dataset" / "weights" / CELL_WEIGHTS
 
 
 def test_cli_writes_16bit_masks(weight_files, images, batched_maps, tmp_path):
@@ -198,6 +199,7 @@ def test_cli_writes_16bit_masks(weight_files, images, batched_maps, tmp_path):
     np.testing.assert_array_equal(cell, want_cell)
     np.testing.assert_array_equal(nuclei, want_nuclei)
     # missing weights: a clear error, exit status 1, nothing written
-    assert main(["segment", "--images", str(src), "--out", str(tmp_path / "x"), "--nuclei", str(tmp_path / "no.pth")]) == 1
+    argv = ["segment", "--images", str(src), "--out", str(tmp_path / "x"), "--nuclei", str(tmp_path / "no.pth")]
+    assert main(argv) == 1
     assert not (tmp_path / "x" / "img_a_cellmask.png").exists()
 

@@ -95,7 +95,8 @@ def _check_images(images: Sequence[np.ndarray]) -> None:
         raise ValueError("images must be a list of (H, W, 4) arrays, got a single array; wrap it in a list")
     for i, image in enumerate(images):
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 4:
-            raise ValueError(f"images[{i}] must be an (H, W, 4) R, G, B, Y array, got {getattr(image, 'shape', type(image))}")
+            found = getattr(image, "shape", type(image))
+            raise ValueError(f"images[{i}] must be an (H, W, 4) R, G, B, Y array, got {found}")
         if not (image.dtype in (np.uint8, np.uint16) or np.issubdtype(image.dtype, np.floating)):
             raise ValueError(f"images[{i}] must be uint8, uint16 or float, got {image.dtype}")
 

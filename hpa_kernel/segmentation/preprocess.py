@@ -241,7 +241,9 @@ def restore_nuclei(
     return _resize_area(u, shape)
 
 
-def restore_cell(prob: np.ndarray, shape: tuple[int, int], scale_factor: float = 0.25, padding: bool = False) -> np.ndarray:
+def restore_cell(
+    prob: np.ndarray, shape: tuple[int, int], scale_factor: float = 0.25, padding: bool = False
+) -> np.ndarray:
     """``pred_cells``'s output from the softmax of one image: (H, W, 3) uint8, channel 0 = 0.
 
     As :func:`restore_nuclei`, except that the area resize runs on the float32 probabilities and
