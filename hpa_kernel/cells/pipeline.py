@@ -124,6 +124,11 @@ class _CacheUnreadable(RuntimeError):
 def _worker_init() -> None:
     # Ctrl-C is the main process's business: it terminates the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # One OpenCV thread per worker: the parallelism is the pool's; N workers x all-core OpenCV
+    # thread pools would oversubscribe the CPU.
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _run_task(task: _Task) -> ImageCells:
