@@ -66,12 +66,6 @@ def test_checkpoint_of_other_architecture_is_refused(tmp_path, small_config):
         load_checkpoint(pth)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="load_checkpoint lets torch's RuntimeError through when shared keys differ in shape "
-    "(resnet18 weights under an efficientnet_b0 JSON); it should raise the same ValueError",
-)
 def test_checkpoint_with_shape_mismatch_is_refused_with_value_error(tmp_path, small_config):
     pth, js = save_checkpoint(create_classifier("resnet18"), small_config, tmp_path / "ck.pth")
     data = json.loads(js.read_text())

@@ -144,12 +144,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a corrupt or non-tensor file
         raise ValueError(f"cannot load checkpoint {path} with weights_only=True: {exc}") from exc
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    fits = f"checkpoint {path} does not fit {config.arch} (in_chans={config.in_chans}, num_classes={config.num_classes})"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shared keys with other shapes
+        raise ValueError(f"{fits}: {str(exc).splitlines()[-1].strip()}") from exc
     if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {path} does not fit {config.arch} (in_chans={config.in_chans}, "
-            f"num_classes={config.num_classes}): missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
-        )
+        raise ValueError(f"{fits}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     model.eval()
     return model, config
 
