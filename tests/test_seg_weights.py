@@ -314,3 +314,11 @@ def test_pickled_train_mode_gives_per_image_batchnorm(tmp_path, filled_dpn_unet)
     torch.testing.assert_close(single[1:2], original, rtol=1e-5, atol=1e-4)
     # and it really differs from running statistics
     assert (running - original).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a torch file", b"PK\x03\x04 truncated zip"])
+def test_unreadable_weight_file_is_named(tmp_path, content):
+    path = tmp_path / "dpn_unet_cell_3ch_v1.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="dpn_unet_cell_3ch_v1.pth"):
+        load_weights(path)

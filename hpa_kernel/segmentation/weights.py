@@ -333,7 +333,14 @@ def load_weights(path: str | Path, expected_sha256: str | None = None) -> Loaded
         # the placeholder's source) only warns, and the comparison has no bearing on the weights.
         warnings.filterwarnings("ignore", message=r".*source code.*")
         warnings.filterwarnings("ignore", category=torch.serialization.SourceChangeWarning)
-        obj = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle_module(), weights_only=False)
+        try:
+            obj = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle_module(), weights_only=False)
+        except UnsafeWeightsError:
+            raise
+        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as exc:
+            raise ValueError(
+                f"weight file {path} is not a readable torch file (expected a pickled DPNUnet in zip or legacy format): {exc}"
+            ) from exc
 
     was_dp = False
     if isinstance(obj, nn.Module):
