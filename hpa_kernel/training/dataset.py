@@ -84,6 +84,10 @@ def read_cells_table(path: str | os.PathLike, valid_only: bool = True):
     if df.empty:
         raise ValueError(f"{path}: no {'valid ' if valid_only else ''}cells in the table")
     df = df.reset_index(drop=True)
+    no_crop = df["valid"] & (df["crop"].str.strip() == "")
+    if no_crop.any():
+        first = df[no_crop].iloc[0]
+        raise ValueError(f"{path}: {int(no_crop.sum())} valid cells have no crop file (first: {first.image_id}/{first.cell_id})")
     df["crop_path"] = [str((path.parent / c).resolve()) for c in df["crop"]]
     df["label_ids"] = df["labels"].map(parse_labels)
     return df
