@@ -230,3 +230,27 @@ def test_quick_training_learns_the_toy_classes(tmp_path):
     score, _ = mean_average_precision(truth, predict_cells(paths[-1], table))
     prevalence = truth[:, truth.sum(0) > 0].mean(0).mean()  # about the mAP of a constant (frequency) score
     assert score > prevalence + 0.15, (score, prevalence)
+
+
+def test_cli_pseudo_labels_validation_cells_and_finetune(toy_cells, tmp_path):
+    import torch
+
+    from hpa_kernel.cli import main
+
+    torch.set_num_threads(1)
+
+    tiny = ["--input-size", "32", "--batch-size", "4", "--steps-per-epoch", "1", "--device", "cpu", "--no-progress"]
+    pseudo = tmp_path / "pseudo.csv"
+    assert main(["train", "--cells", str(toy_cells), "--out", str(tmp_path / "pl"), "--make-pseudo-labels", str(pseudo),
+                 "--negative-threshold", "1.0", *tiny]) == 0
+    table = pd.read_csv(pseudo, keep_default_na=False)
+    assert (table["pseudo_labels"] == "").all() and (table["rule"] == "negative").all()  # threshold 1 drops every label
+    out = tmp_path / "w"
+    assert main(["train", "--cells", str(toy_cells), "--val-cells", str(toy_cells), "--pseudo-labels", str(pseudo),
+                 "--out", str(out), "--epochs", "1", *tiny]) == 0
+    log = json.loads((out / "runs" / "g1" / "log.jsonl").read_text())
+    assert "val_map" in log
+    assert main(["train", "--cells", str(toy_cells), "--out", str(out), "--init", str(out / "g1_m0.pth"),
+                 "--finetune-cells", str(toy_cells), "--finetune-size", "4", "--repeats", "2", *tiny]) == 0
+    assert (out / "finetuned" / "g1_m0.pth").is_file()
+    assert main(["train", "--cells", str(toy_cells), "--out", str(out), "--init", str(out / "g1_m0.pth")]) == 1
