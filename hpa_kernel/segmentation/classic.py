@@ -16,8 +16,10 @@ new data). It is classic image analysis, at a fixed working resolution:
    * cells: the cytoplasm foreground is ``map > threshold_scale * Otsu``; each cell is grown
      from its nucleus by a watershed over an elevation that mixes the inverted cytoplasm
      intensity with the distance to the nearest nucleus, restricted to foreground and nuclei.
-     Nuclei whose cell is barely larger than the nucleus (debris without cytoplasm) are dropped,
-     as are cells smaller than ``min_cell_fraction`` of the typical cell;
+     Two cells whose nuclei nearly touch and whose shared border is as bright as their inside
+     are one binucleate cell and are joined. Nuclei whose cell is barely larger than the nucleus
+     (debris without cytoplasm) are dropped, as are cells smaller than ``min_cell_fraction`` of
+     the typical cell;
    * labels are brought back to the image size (nearest neighbour), renumbered 1..n in raster
      order, uint16; a nucleus carries its cell's label, like :func:`~.postprocess.label_cell`.
 
