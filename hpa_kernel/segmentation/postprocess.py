@@ -172,7 +172,7 @@ def _components(mask: np.ndarray, connectivity: int) -> tuple[int, np.ndarray, n
     import cv2
 
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        mask.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S
+        np.ascontiguousarray(mask).view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S
     )
     return count, labels, stats[:, cv2.CC_STAT_AREA]
 
@@ -203,7 +203,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     import cv2
 
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        (~mask).view(np.uint8), connectivity=4, ltype=cv2.CV_32S
+        np.ascontiguousarray(~mask).view(np.uint8), connectivity=4, ltype=cv2.CV_32S
     )
     height, width = mask.shape
     left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
