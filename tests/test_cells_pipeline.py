@@ -20,9 +20,15 @@ CONFIG = CellConfig(crop_size=64)
 
 # ---------------------------------------------------------------------------------------------
 # A test-local segmenter that returns the synthetic truth masks: same interface as the real ones.
+def in_worker() -> bool:
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
+
+
 def truth_postprocess(maps: SegmentationMaps):
     """Picklable post-processing: the maps already are the label images."""
-    assert "torch" not in sys.modules, "a worker imported torch"
+    assert not (in_worker() and "torch" in sys.modules), "a worker imported torch"
     return maps.nuclei, maps.cell
 
 
@@ -48,6 +54,20 @@ class RaiseOn:
         if hashlib.sha1(maps.cell.tobytes()).hexdigest() in self.cell_digests:
             raise RuntimeError("planted post-processing error")
         return truth_postprocess(maps)
+
+
+class NoTorch:
+    """Wraps a post-processing function and fails if the worker has imported torch before it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, maps):
+        assert in_worker(), "NoTorch is meant for worker processes"
+        assert "torch" not in sys.modules, "a worker imported torch"
+        labels = self.inner(maps)
+        assert "torch" not in sys.modules, "post-processing imported torch"
+        return labels
 
 
 class TruthSegmenter(BaseSegmenter):
@@ -134,6 +154,19 @@ def test_two_workers_equal_sequential_and_keep_order(images):
     seq = list(CellPipeline(TruthSegmenter(samples), CONFIG, workers=0).run(folder, order, progress=False))
     par = list(CellPipeline(TruthSegmenter(samples), CONFIG, workers=2, batch_size=2).run(folder, order, progress=False))
     assert [r.image_id for r in par] == order
+    for a, b in zip(seq, par):
+        assert_same(a, b)
+
+
+def test_classic_segmenter_in_two_workers_equals_in_process(images):
+    from hpa_kernel.segmentation import create_segmenter
+
+    folder, ids, _ = images
+    segmenter = create_segmenter("classic")
+    seq = list(CellPipeline(segmenter, CONFIG, workers=0, encode_masks=False).run(folder, ids[:3], progress=False))
+    segmenter.postprocess_fn = NoTorch(segmenter.postprocess_fn)
+    par = list(CellPipeline(segmenter, CONFIG, workers=2, encode_masks=False).run(folder, ids[:3], progress=False))
+    assert all(r.ok for r in par) and sum(len(r.table) for r in par) > 0
     for a, b in zip(seq, par):
         assert_same(a, b)
 
