@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from hpa_kernel.cells.builder import build_training_set, merge_shards, read_crop, write_crop
 from hpa_kernel.cells.config import CellConfig
 from hpa_kernel.cells.crops import crop_cells
 from hpa_kernel.cells.heuristics import OutlierReference, nucleus_cut_fraction, score_cells
@@ -22,9 +23,13 @@ __all__ = [
     "ImageCells",
     "ImageFailure",
     "OutlierReference",
+    "build_training_set",
     "crop_cells",
     "default_workers",
+    "merge_shards",
     "nucleus_cut_fraction",
     "process_image",
+    "read_crop",
     "score_cells",
+    "write_crop",
 ]
