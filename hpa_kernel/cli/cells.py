@@ -25,9 +25,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     io.add_argument("--cache", metavar="DIR", default=None, help="cache folder (default OUT/cache)")
     seg = parser.add_argument_group("segmentation")
     seg.add_argument("--segmenter", choices=("classic", "hpa"), default="classic", help="default classic")
-    seg.add_argument("--nuclei", metavar="PATH", help="HPA nuclei model weights (--segmenter hpa)")
-    seg.add_argument("--cell", metavar="PATH", help="HPA cell model weights (--segmenter hpa)")
-    seg.add_argument("--device", default=None, help="torch device of the HPA models (default: cuda if available)")
+    seg.add_argument("--nuclei", metavar="PATH",
+                     help="HPA nuclei model weights (--segmenter hpa; default: found by the segmenter from "
+                     "$HPA_KERNEL_WEIGHTS or the Kaggle inputs)")
+    seg.add_argument("--cell", metavar="PATH", help="HPA cell model weights (--segmenter hpa; default: as --nuclei)")
+    seg.add_argument("--device", default=None, help="torch device of the HPA models, e.g. cuda (default: the segmenter's)")
     seg.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per predict call (default 1)")
     cells = parser.add_argument_group("cells")
     cells.add_argument("--crop-size", type=int, default=512, metavar="S", help="crop side (default 512)")
@@ -70,11 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
     kwargs = {}
     if args.segmenter == "hpa":
-        if not args.nuclei or not args.cell:
-            raise ValueError("--segmenter hpa needs --nuclei PATH and --cell PATH (the HPA model weights)")
-        kwargs = {"nuclei": args.nuclei, "cell": args.cell}
-        if args.device:
-            kwargs["device"] = args.device
+        kwargs = {k: v for k, v in (("nuclei", args.nuclei), ("cell", args.cell), ("device", args.device)) if v}
+    elif args.nuclei or args.cell or args.device:
+        raise ValueError("--nuclei, --cell and --device apply to --segmenter hpa only")
     segmenter = create_segmenter(args.segmenter, **kwargs)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
