@@ -33,11 +33,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hpa_kernel.cells.config import CellConfig
 from hpa_kernel.cells.crops import cell_boxes
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "OutlierReference",
@@ -93,7 +97,7 @@ class OutlierReference:
     mad: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_table(cls, table, features) -> OutlierReference:
+    def from_table(cls, table: pd.DataFrame, features) -> OutlierReference:
         """Median and scaled MAD of each feature over the rows of ``table`` (a DataFrame)."""
         missing = [f for f in features if f not in table.columns]
         if missing:
@@ -245,7 +249,7 @@ def _part_cut_fraction(nucleus: np.ndarray, offset: tuple[int, int], shape: tupl
     return float(min(max(estimate, 0.0), 1.0))
 
 
-def cell_statistics(image: np.ndarray, nuclei_label: np.ndarray, cell_label: np.ndarray):
+def cell_statistics(image: np.ndarray, nuclei_label: np.ndarray, cell_label: np.ndarray) -> pd.DataFrame:
     """The geometry, nucleus cut and mean intensities of each cell (a DataFrame, one row per cell).
 
     Intensities are means over the cell's pixels of the channels scaled to [0, 1] (uint8 / 255,
@@ -299,7 +303,7 @@ def cell_statistics(image: np.ndarray, nuclei_label: np.ndarray, cell_label: np.
     )
 
 
-def outlier_scores(table, config: CellConfig, reference: OutlierReference | None = None) -> tuple[np.ndarray, np.ndarray]:
+def outlier_scores(table: pd.DataFrame, config: CellConfig, reference: OutlierReference | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Image-level and combined outlier scores of the cells of one image.
 
     For each feature, the absolute leave-one-out robust z against the image's other cells (0 when
@@ -336,7 +340,7 @@ def outlier_scores(table, config: CellConfig, reference: OutlierReference | None
     return np.sort(z_image, axis=1)[:, -k], np.sort(z_all, axis=1)[:, -k]
 
 
-def apply_flags(table, config: CellConfig):
+def apply_flags(table: pd.DataFrame, config: CellConfig) -> pd.DataFrame:
     """Set ``border``, ``outlier``, ``valid`` and ``penalty`` from ``nucleus_cut`` and ``outlier_score``."""
     cut = table["nucleus_cut"].to_numpy(dtype=np.float64)
     border = cut > config.max_train_cut
@@ -356,7 +360,7 @@ def score_cells(
     cell_label: np.ndarray,
     config: CellConfig | None = None,
     reference: OutlierReference | None = None,
-):
+) -> pd.DataFrame:
     """The per-cell table of one image: statistics, both heuristics, flags and penalty.
 
     Parameters
