@@ -1,10 +1,9 @@
 """The end-to-end demo on a synthetic competition, as library steps (``hpa-kernel demo`` runs them).
 
 1. :func:`make_demo_competition`: a synthetic competition (:func:`hpa_kernel.synthetic.make_competition`).
-2. :func:`build_training_cells`: training cells from the train split: its truth label images are
-   cut into crops by the cells stage (:func:`hpa_kernel.cells.process_image`) and written as
-   ``cells.csv`` + crop PNGs. Synthetic data knows each cell's classes; ``labels="cell"`` uses them,
-   ``labels="image"`` uses the image-level labels as in the real competition.
+2. :func:`build_training_cells`: training cells from the train split, the way real data is
+   prepared: classic segmentation, crops and heuristics (:mod:`hpa_kernel.cells`), each cell with
+   its image's labels from ``train.csv`` (weak labels).
 3. :func:`train_demo_ensemble`: the three groups (1, 2 and 4 snapshots) with
    :func:`hpa_kernel.training.train_group` on a small CPU preset; the manifest is written with
    pinned hashes. :func:`random_ensemble` writes an untrained ensemble instead (tests, notebooks).
@@ -46,68 +45,26 @@ def make_demo_competition(out: str | os.PathLike, n_train: int = 24, n_test: int
     return make_competition(out, n_train=n_train, n_test=n_test, size=size, seed=seed)
 
 
-def build_training_cells(competition, out: str | os.PathLike, crop_size: int = 64, labels: str = "cell") -> Path:
-    """Write ``out/cells.csv`` and ``out/crops/*.png`` from the train split's truth label images.
+def build_training_cells(competition, out: str | os.PathLike, crop_size: int = 64, workers: int | None = None, progress: bool = False) -> Path:
+    """Write ``out/cells.csv`` and ``out/crops/*.png`` from the train split, as on real data.
 
-    Parameters
-    ----------
-    competition : Competition
-        A synthetic competition (it needs ``truth/train_masks.npz``, ``truth/train_nuclei.npz`` and
-        ``truth/train_cells.csv``).
-    out : path
-    crop_size : int
-        Side of the crops written.
-    labels : {"cell", "image"}
-        Each cell's own truth classes, or its image's labels from ``train.csv``.
+    The train images are segmented with the classic segmenter and cut into crops by
+    :func:`hpa_kernel.cells.build_training_set`; each cell carries its image's labels from
+    ``train.csv`` (weak labels, as in the competition), and border-cut and outlier cells are
+    marked ``valid=False``.
 
     Returns
     -------
     Path
         The ``cells.csv``.
     """
-    import cv2
-    import pandas as pd
+    from hpa_kernel.cells import CellConfig
+    from hpa_kernel.cells.builder import build_training_set
+    from hpa_kernel.segmentation import create_segmenter
 
-    from hpa_kernel.cells import CellConfig, process_image
-    from hpa_kernel.classes import format_labels, parse_labels
-    from hpa_kernel.io import read_image
-
-    if labels not in ("cell", "image"):
-        raise ValueError(f"labels must be 'cell' or 'image', got {labels!r}")
-    truth_dir = competition.truth_dir
-    needed = [truth_dir / "train_masks.npz", truth_dir / "train_nuclei.npz", competition.truth_cells("train")]
-    for path in needed:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: build_training_cells needs a synthetic competition with train truth")
-    out = Path(out)
-    (out / "crops").mkdir(parents=True, exist_ok=True)
-    truth = pd.read_csv(competition.truth_cells("train"), dtype={"ImageID": str, "Labels": str}, keep_default_na=False)
-    cell_labels = {(r.ImageID, int(r.CellID)): r.Labels for r in truth.itertuples()}
-    train = competition.read_train()
-    image_labels = {i: format_labels(ls) for i, ls in zip(train["ID"], train["labels"], strict=True)}
-    config = CellConfig(crop_size=crop_size)
-    rows = []
-    with np.load(needed[0]) as masks, np.load(needed[1]) as nuclei:
-        for image_id in sorted(masks.files):
-            image = read_image(competition.train_dir, image_id)
-            cells = process_image(image_id, image, nuclei[image_id], masks[image_id], config)
-            for k, row in enumerate(cells.table.itertuples()):
-                name = f"crops/{image_id}_{int(row.cell_id)}.png"
-                if not cv2.imwrite(str(out / name), np.ascontiguousarray(cells.crops[k])):
-                    raise OSError(f"cannot write {out / name}")
-                text = cell_labels.get((image_id, int(row.cell_id)), "") if labels == "cell" else image_labels[image_id]
-                rows.append({
-                    "image_id": image_id, "cell_id": int(row.cell_id), "crop": name,
-                    "y0": int(row.y0), "x0": int(row.x0), "y1": int(row.y1), "x1": int(row.x1), "area": int(row.area),
-                    "nucleus_cut": float(row.nucleus_cut), "outlier_score": float(row.outlier_score),
-                    "valid": bool(row.valid), "labels": format_labels(parse_labels(text)),
-                })
-    table = pd.DataFrame(rows)
-    path = out / "cells.csv"
-    table.to_csv(path, index=False)
-    logger.info("training cells: %d cells (%d valid) from %d images in %s", len(table), int(table["valid"].sum()) if len(table) else 0,
-                table["image_id"].nunique() if len(table) else 0, path)
-    return path
+    return build_training_set(
+        competition.root, out, create_segmenter("classic"), CellConfig(crop_size=crop_size), workers=workers, progress=progress
+    )
 
 
 def random_ensemble(
@@ -277,7 +234,7 @@ def run_demo(
     weights_dir = out / "weights"
     t = time.perf_counter()
     if train:
-        cells_csv = build_training_cells(comp, out / "train_cells", crop_size=input_size)
+        cells_csv = build_training_cells(comp, out / "train_cells", crop_size=input_size, workers=workers, progress=progress)
         train_demo_ensemble(cells_csv, weights_dir, input_size=input_size, epochs=epochs, steps_per_epoch=steps_per_epoch, progress=progress)
     else:
         random_ensemble(weights_dir, input_size=input_size)

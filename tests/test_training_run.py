@@ -202,7 +202,7 @@ def test_trains_on_cells_from_the_synthetic_competition(synthetic_competition, t
     from hpa_kernel.training.dataset import read_cells_table
 
     torch.set_num_threads(1)
-    cells = build_training_cells(synthetic_competition, tmp_path / "cells", crop_size=64, labels="image")
+    cells = build_training_cells(synthetic_competition, tmp_path / "cells", crop_size=64)
     table = read_cells_table(cells)
     assert len(table) > 10 and table["label_ids"].map(len).min() >= 1
     paths = train_group(group_config(2, **TINY, val_fraction=0.3), cells, tmp_path / "w", progress=False)
