@@ -117,7 +117,8 @@ def read_crop(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"crop file {path} does not exist")
-    crop = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    data = np.fromfile(path, dtype=np.uint8)
+    crop = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if crop is None or crop.ndim != 3 or crop.shape[2] != 4 or crop.dtype != np.uint8:
         found = "undecodable" if crop is None else f"{crop.shape} {crop.dtype}"
         raise ValueError(f"crop file {path}: expected a 4-plane 8-bit PNG, got {found}")

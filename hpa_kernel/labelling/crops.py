@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from hpa_kernel.cells.builder import read_crop  # the one crop reader, re-exported for the server
 from hpa_kernel.classes import class_id, parse_labels
 
 __all__ = ["LabelCell", "CellTable", "read_crop", "render_crop", "VIEWS"]
@@ -161,30 +162,6 @@ class CellTable:
         if not path.is_relative_to(self.crops_dir) or not path.is_file():
             return None
         return path
-
-
-def read_crop(path: str | Path) -> np.ndarray:
-    """Read a 4-channel crop PNG as an (S, S, 4) array with planes R, G, B, Y as stored.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    ValueError
-        If the file cannot be decoded or does not hold 4 planes.
-    """
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"crop {path} does not exist")
-    data = np.fromfile(path, dtype=np.uint8)
-    crop = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if crop is None:
-        raise ValueError(f"cannot decode crop {path}: not a PNG image")
-    if crop.ndim != 3 or crop.shape[2] != 4:
-        raise ValueError(f"crop {path}: expected 4 planes (R, G, B, Y), got shape {crop.shape}")
-    return crop
 
 
 def render_crop(crop: np.ndarray, view: str = "composite", size: int = 448, gain: float = 1.0) -> bytes:

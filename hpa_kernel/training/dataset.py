@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpa_kernel.cells.builder import read_crop
+from hpa_kernel.cells.builder import CSV_COLUMNS, read_crop
 from hpa_kernel.classes import NUM_CLASSES, labels_to_multihot, parse_labels
 from hpa_kernel.labelling.export import read_soft_labels
 
@@ -44,9 +44,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CELLS_COLUMNS: tuple[str, ...] = (
-    "image_id", "cell_id", "crop", "y0", "x0", "y1", "x1", "area", "nucleus_cut", "outlier_score", "valid", "labels",
-)
+#: The columns of ``cells.csv`` (docs/DESIGN.md), as the cells stage writes them.
+CELLS_COLUMNS: tuple[str, ...] = CSV_COLUMNS
 
 _TRUE = {"true", "1", "yes", "t"}
 
