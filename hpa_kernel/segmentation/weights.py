@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
-import hashlib
 import logging
 import pickle
 import types
@@ -37,6 +36,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from hpa_kernel.manifest import sha256_of as file_sha256  # one file hasher for the kit
 
 __all__ = [
     "ALLOWED_NN_CLASSES",
@@ -234,15 +235,6 @@ class LoadedWeights:
             "batchnorm_train_mode": sum(bool(v) for v in bn.values()),
             "dropout_train_mode": list(self.dropout_training),
         }
-
-
-def file_sha256(path: str | Path, chunk_size: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _qualname(obj) -> str:
