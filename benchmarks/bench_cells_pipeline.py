@@ -102,12 +102,48 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run_one(folder: str, ids: list[str], workers: int, crop_size: int) -> dict:
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "segmentation"
+
+
+def replay_segmenter(reference: Path = REFERENCE):
+    """The HPA segmenter's CPU side without its networks: ``predict`` hands out the network outputs
+    stored in the reference label_cell cases 01-04 (2048 x 2048, made by hpacellseg), in turn, as a
+    GPU would; post-processing is the real ``label_cell`` (``hpa.postprocess_maps``) in the workers.
+    This is the CPU stage of a Kaggle run, where the networks run on the GPU."""
+    from hpa_kernel.segmentation.base import BaseSegmenter, SegmentationMaps
+    from hpa_kernel.segmentation.hpa import postprocess_maps
+
+    maps = []
+    for k in range(1, 5):
+        with np.load(reference / f"label_cell_case0{k}.npz") as case:
+            maps.append((case["nuclei_pred"], case["cell_pred"]))
+
+    class ReplaySegmenter(BaseSegmenter):
+        name = "hpa-replay"
+        postprocess_fn = staticmethod(postprocess_maps)
+
+        def __init__(self):
+            self.served = 0
+
+        def predict(self, images):
+            out = []
+            for image in images:
+                nuclei, cell = maps[self.served % len(maps)]
+                if image.shape[:2] != nuclei.shape[:2]:
+                    raise ValueError(f"replay maps are {nuclei.shape[:2]}, the image is {image.shape[:2]}: use --size 2048")
+                out.append(SegmentationMaps(nuclei, cell))
+                self.served += 1
+            return out
+
+    return ReplaySegmenter()
+
+
+def run_one(folder: str, ids: list[str], workers: int, crop_size: int, segmenter_name: str = "classic") -> dict:
     """One configuration, in this (child) process; returns timings and peak memory."""
     from hpa_kernel.cells import CellConfig, CellPipeline
     from hpa_kernel.segmentation import create_segmenter
 
-    segmenter = create_segmenter("classic")
+    segmenter = replay_segmenter() if segmenter_name == "hpa-replay" else create_segmenter(segmenter_name)
     pipeline = CellPipeline(segmenter, CellConfig(crop_size=crop_size), workers=workers, encode_masks=True)
     n_cells = n_failed = 0
     cpu0 = _cpu_seconds()
@@ -128,9 +164,9 @@ def run_one(folder: str, ids: list[str], workers: int, crop_size: int) -> dict:
             "images_per_s": len(ids) / seconds, "peak_rss_gb": mem.peak / 1e9, "memory_method": mem.method}
 
 
-def child(folder: Path, ids: list[str], workers: int, crop_size: int) -> dict:
+def child(folder: Path, ids: list[str], workers: int, crop_size: int, segmenter: str = "classic") -> dict:
     cmd = [sys.executable, __file__, "--child", "--folder", str(folder), "--workers", str(workers),
-           "--crop-size", str(crop_size), "--ids", ",".join(ids)]
+           "--crop-size", str(crop_size), "--ids", ",".join(ids), "--segmenter", segmenter]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -153,12 +189,14 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {cpus} usable cores ({model}), {mem:.0f} GB RAM, load average {load:.2f} at start, Python {platform.python_version()}"
 
 
-def throughput(out: Path, n: int, size: int, big: int, crop_size: int, big_n: int = 4) -> str:
+def throughput(out: Path, n: int, size: int, big: int, crop_size: int, big_n: int = 4, segmenter: str = "classic") -> str:
     folder = out / "images"
     ids = make_images(folder, n, size)
-    rows = [child(folder, ids, w, crop_size) for w in (0, 1, 2)]
+    rows = [child(folder, ids, w, crop_size, segmenter) for w in (0, 1, 2)]
     base = rows[0]["images_per_s"]
-    lines = [f"Images: {n} synthetic {size}x{size} 8-bit, classic segmenter, crops {crop_size}, mask encoding on.", "",
+    what = ("HPA post-processing (label_cell) on replayed hpacellseg network outputs" if segmenter == "hpa-replay"
+            else f"{segmenter} segmenter")
+    lines = [f"Images: {n} synthetic {size}x{size} 8-bit, {what}, crops {crop_size}, mask encoding on.", "",
              "| mode | images/s | vs sequential | first result after | CPU s/image (main + workers) | cells | failed | peak RSS (main + workers) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -166,7 +204,7 @@ def throughput(out: Path, n: int, size: int, big: int, crop_size: int, big_n: in
         lines.append(f"| {mode} | {r['images_per_s']:.3f} | {r['images_per_s'] / base:.2f}x | {r['first_s']:.1f} s | {r['cpu_per_image']:.2f} | {r['cells']} | {r['failed']} | {r['peak_rss_gb']:.2f} GB |")
     if big:
         big_ids = make_images(out / "images_big", big_n, big, seed=3072)
-        r = child(out / "images_big", big_ids, 2, crop_size)
+        r = child(out / "images_big", big_ids, 2, crop_size, "classic")
         lines.append(f"| {big}x{big}, 2 workers ({len(big_ids)} images) | {r['images_per_s']:.3f} | | {r['first_s']:.1f} s | {r['cpu_per_image']:.2f} | {r['cells']} | {r['failed']} | {r['peak_rss_gb']:.2f} GB |")
     lines += ["", f"Memory: {rows[0]['memory_method']}."]
     return "\n".join(lines)
@@ -238,16 +276,18 @@ def main(argv=None) -> int:
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--segmenter", default="classic", choices=("classic", "hpa-replay"),
+                        help="hpa-replay: label_cell on stored hpacellseg network outputs (2048 only)")
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(run_one(args.folder, args.ids.split(","), args.workers, args.crop_size)))
+        print(json.dumps(run_one(args.folder, args.ids.split(","), args.workers, args.crop_size, args.segmenter)))
         return 0
     out = Path(args.out)
     print(f"Machine: {machine()}\n")
     if args.heuristics:
         print(heuristics(args.n, args.size, not args.no_classic))
     else:
-        print(throughput(out, args.n, args.size, args.big, args.crop_size, args.big_n))
+        print(throughput(out, args.n, args.size, args.big, args.crop_size, args.big_n, args.segmenter))
     return 0
 
 
