@@ -24,7 +24,7 @@ $(VENV)/.torch-installed: | $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH)
 	@echo "$(TORCH)" > $@
 
-$(VENV)/.hpa-installed: pyproject.toml $(VENV)/.torch-installed
+$(VENV)/.hpa-installed: pyproject.toml setup.py $(VENV)/.torch-installed
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]" $(TORCH)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@
