@@ -244,7 +244,7 @@ def _is_competition(path: Path) -> bool:
 
 
 def find_competition(path: str | Path | None = None, kaggle_root: Path | None = None) -> Competition:
-    """Locate the competition folder: ``path``, then ``$HPA_KERNEL_DATA``, then ``/kaggle/input/*``.
+    """Locate the competition folder: ``path``, then ``$HPA_KERNEL_DATA``, then the Kaggle input folders (:mod:`hpa_kernel.paths`).
 
     Raises
     ------

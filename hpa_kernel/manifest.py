@@ -287,7 +287,7 @@ def load_manifest(
         With ``verify``, also require the two segmentation files. Pass False when the classic
         segmenter will be used.
     kaggle_root : path, optional
-        Override of ``/kaggle/input`` (tests).
+        Override of the Kaggle input folder (tests).
 
     Returns
     -------

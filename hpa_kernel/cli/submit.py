@@ -19,8 +19,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "valid file is always written before the budget ends.",
     )
     io = parser.add_argument_group("input and output")
-    io.add_argument("--data", metavar="DIR", help="competition folder (default $HPA_KERNEL_DATA, then /kaggle/input/*)")
-    io.add_argument("--weights", metavar="DIR", help="weights folder with weights_manifest.json (default $HPA_KERNEL_WEIGHTS, then /kaggle/input/*)")
+    io.add_argument("--data", metavar="DIR", help="competition folder (default $HPA_KERNEL_DATA, then the Kaggle input folders)")
+    io.add_argument("--weights", metavar="DIR", help="weights folder with weights_manifest.json (default $HPA_KERNEL_WEIGHTS, then the Kaggle input folders)")
     io.add_argument("--out", metavar="FILE", default="submission.csv", help="output CSV (default submission.csv)")
     io.add_argument("--cache", metavar="DIR", help="cells cache folder (resumable runs)")
     budget = parser.add_argument_group("time budget")
