@@ -289,6 +289,8 @@ class SubmitConfig:
     torch_threads : int, optional
         ``torch.set_num_threads`` for the classifier on the CPU (the process-wide setting is changed);
         default: leave torch's choice.
+    cell_weight, image_weight : float
+        The final confidence blend (:func:`hpa_kernel.confidence.final_confidence`); 0.7 and 0.3.
     """
 
     out: Path
@@ -309,6 +311,8 @@ class SubmitConfig:
     cache_dir: Path | None = None
     progress: bool = True
     torch_threads: int | None = None
+    cell_weight: float = 0.7
+    image_weight: float = 0.3
 
     def __post_init__(self):
         for name in ("out", "data", "weights", "cache_dir"):
@@ -333,6 +337,8 @@ class SubmitConfig:
             raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
+        if self.cell_weight < 0 or self.image_weight < 0 or abs(self.cell_weight + self.image_weight - 1.0) > 1e-6:
+            raise ValueError(f"cell_weight and image_weight must be >= 0 and sum to 1, got {self.cell_weight} and {self.image_weight}")
 
     @property
     def reserve(self) -> float:
@@ -369,7 +375,7 @@ class SubmitReport:
         )
 
 
-def predict_image(result, ensemble, plan: Plan, batch_size: int = 32) -> str:
+def predict_image(result, ensemble, plan: Plan, batch_size: int = 32, cell_weight: float = 0.7, image_weight: float = 0.3) -> str:
     """PredictionString of one :class:`hpa_kernel.cells.ImageCells` under ``plan``.
 
     Ensemble probabilities (:meth:`~hpa_kernel.classifier.Ensemble.predict`), then
@@ -384,7 +390,9 @@ def predict_image(result, ensemble, plan: Plan, batch_size: int = 32) -> str:
     if result.encoded is None:
         raise ValueError(f"image {result.image_id}: the cells have no encoded masks (run the pipeline with encode_masks=True)")
     probs = ensemble.predict(result.crops, tta=plan.tta, checkpoints_per_group=plan.checkpoints_per_group, batch_size=batch_size)
-    final = final_confidence(probs, table["valid"].to_numpy(dtype=bool), table["penalty"].to_numpy(dtype=np.float64))
+    final = final_confidence(
+        probs, table["valid"].to_numpy(dtype=bool), table["penalty"].to_numpy(dtype=np.float64), cell_weight, image_weight
+    )
     return prediction_string_for_cells(result.encoded, final)
 
 
@@ -547,7 +555,9 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, samples, to
                 fallback[image_id] = f"failed: {result.reason}"
             else:
                 try:
-                    rows[image_id] = predict_image(result, ensemble, plan, config.batch_size)
+                    rows[image_id] = predict_image(
+                        result, ensemble, plan, config.batch_size, config.cell_weight, config.image_weight
+                    )
                     n_cells = len(result.table)
                     report.plans[plan.describe()] += 1
                 except (RuntimeError, ValueError) as exc:

@@ -87,3 +87,12 @@ def test_matches_a_direct_loop(p, data):
         image = p[others].mean(axis=0) if others else p[i]
         np.testing.assert_allclose(out[i], (0.7 * p[i] + 0.3 * image) * pen[i], atol=1e-6)
     assert (out >= 0).all() and (out <= 1).all()
+
+
+def test_submit_config_carries_the_blend_weights():
+    from hpa_kernel.submit import SubmitConfig
+
+    config = SubmitConfig(out="s.csv", cell_weight=0.6, image_weight=0.4)
+    assert (config.cell_weight, config.image_weight) == (0.6, 0.4)
+    with pytest.raises(ValueError, match="sum to 1"):
+        SubmitConfig(out="s.csv", cell_weight=0.6, image_weight=0.3)

@@ -40,6 +40,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     run_opts.add_argument("--segmenter", choices=("hpa", "classic"), default=None,
                           help="hpa (default; needs the segmentation weights) or classic (weight-free, only when asked)")
     run_opts.add_argument("--crop-size", type=int, default=None, help="cell crop side (default: the checkpoints' input size)")
+    run_opts.add_argument("--cell-weight", type=float, default=0.7,
+                          help="final confidence = w x cell + (1 - w) x mean of the image's other valid cells (default 0.7)")
     run_opts.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True, help="check the written file (default on)")
     run_opts.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -68,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
         progress=not args.no_progress,
         torch_threads=args.torch_threads,
+        cell_weight=args.cell_weight,
+        image_weight=1.0 - args.cell_weight,
     )
     report = run_submission(config)
     sys.stdout.write(report.summary() + "\n")
