@@ -260,6 +260,20 @@ def test_cell_table_without_valid_column_keeps_every_cell(tmp_path):
     assert len(CellTable(cells).for_class(11)) == 6
 
 
+def test_cell_table_accepts_invalid_cells_without_a_crop(tmp_path):
+    # The cells stage writes no crop file for a cell it flags invalid (crop is empty).
+    cells = write_cells(tmp_path)
+    original = cells.read_text()
+    cells.write_text(original.replace("crops/img_a_3.png", ""))
+    table = CellTable(cells)
+    assert len(table) == 9 and table.get("img_a", 3).crop == ""
+    assert ("img_a", 3) not in [c.key for c in table.for_class(11)]
+    assert table.resolve("") is None
+    cells.write_text(original.replace("crops/img_a_1.png", ""))
+    with pytest.raises(ValueError, match="valid cell has no crop"):
+        CellTable(cells)
+
+
 def test_cell_table_refuses_crops_outside_the_crops_folder(tmp_path):
     cells = write_cells(tmp_path / "ds")
     (tmp_path / "elsewhere.png").write_bytes((tmp_path / "ds" / "crops" / "img_a_1.png").read_bytes())

@@ -5,6 +5,8 @@
 folder of a 4-channel PNG whose planes are R, G, B, Y as stored, and ``labels`` the image-level
 labels (``0|5|16``). The cells shown for a class are the rows whose image labels contain the class
 and, when the column exists, whose ``valid`` is true, ordered by ``(image_id, cell_id)``.
+A cell that the cells stage flagged invalid has no crop file (``crop`` empty); it is kept in the
+table but never shown.
 
 Every crop must lie under one crops folder (by default ``crops/`` beside the csv). The web server
 serves only the files of this table, looked up by their path relative to that folder, so a request
@@ -74,7 +76,7 @@ class CellTable:
         If ``cells_csv`` or ``crops_dir`` does not exist.
     ValueError
         If a required column is missing, a field cannot be parsed, a crop lies outside
-        ``crops_dir`` or two rows share an ``(image_id, cell_id)``.
+        ``crops_dir``, a valid cell has no crop or two rows share an ``(image_id, cell_id)``.
     """
 
     def __init__(self, cells_csv: str | Path, crops_dir: str | Path | None = None):
@@ -109,26 +111,32 @@ class CellTable:
                     cell_id = int(row["cell_id"])
                 except ValueError:
                     raise ValueError(f"{where}: cell_id {row['cell_id']!r} is not an integer") from None
-                path = (base / row["crop"]).resolve()
-                if not path.is_relative_to(self.crops_dir):
-                    raise ValueError(
-                        f"{where}: crop {row['crop']!r} lies outside the crops folder {self.crops_dir}; "
-                        "pass the folder that holds all crops as crops_dir (--crops)"
-                    )
-                cell = LabelCell(
-                    image_id=row["image_id"],
-                    cell_id=cell_id,
-                    crop=path.relative_to(self.crops_dir).as_posix(),
-                    labels=parse_labels(row["labels"]),
-                    valid=_parse_valid(row["valid"], where) if has_valid else True,
-                )
+                valid = _parse_valid(row["valid"], where) if has_valid else True
+                crop = self._relative_crop(base, row["crop"], valid, where)
+                cell = LabelCell(image_id=row["image_id"], cell_id=cell_id, crop=crop, labels=parse_labels(row["labels"]),
+                                 valid=valid)
                 if cell.key in self._by_key:
                     raise ValueError(f"{where}: duplicate cell {cell.image_id} {cell.cell_id}")
                 self._by_key[cell.key] = cell
-                self._by_crop[cell.crop] = cell
+                if crop:
+                    self._by_crop[crop] = cell
                 self.cells.append(cell)
         self.cells.sort(key=lambda c: c.key)
         logger.info("%s: %d cells, crops in %s", cells_csv, len(self.cells), self.crops_dir)
+
+    def _relative_crop(self, base: Path, crop: str, valid: bool, where: str) -> str:
+        """The crop's path relative to the crops folder; ``""`` for an invalid cell without a crop file."""
+        if not crop.strip():
+            if valid:
+                raise ValueError(f"{where}: a valid cell has no crop file (column crop is empty)")
+            return ""  # the cells stage writes no crop for a cell it flags invalid
+        path = (base / crop).resolve()
+        if not path.is_relative_to(self.crops_dir):
+            raise ValueError(
+                f"{where}: crop {crop!r} lies outside the crops folder {self.crops_dir}; "
+                "pass the folder that holds all crops as crops_dir (--crops)"
+            )
+        return path.relative_to(self.crops_dir).as_posix()
 
     def __len__(self) -> int:
         return len(self.cells)
