@@ -169,9 +169,14 @@ or has in a version the kit cannot use:
 """
 
 
-def install_command(wheels_dir: str | os.PathLike) -> str:
-    """The pip command that installs the kit offline from a wheels folder."""
-    return f"pip install --no-index --find-links {wheels_dir} hpa_kernel {' '.join(sorted(EXTRA_REQUIREMENTS))}"
+def install_command(wheels_dir: str | os.PathLike, extra: dict[str, str] | None = None) -> str:
+    """The pip command that installs the kit offline from a wheels folder.
+
+    ``extra`` (requirement -> reason) names the pinned extras in the folder; :data:`EXTRA_REQUIREMENTS`
+    by default.
+    """
+    extra = EXTRA_REQUIREMENTS if extra is None else extra
+    return " ".join(["pip install --no-index --find-links", str(wheels_dir), "hpa_kernel", *sorted(extra)])
 
 
 def bundle_wheels(
@@ -199,7 +204,8 @@ def bundle_wheels(
     find_links : list of str, optional
         Extra ``--find-links`` for ``pip download``.
     dataset_id : str
-        Kaggle dataset id written to ``dataset-metadata.json``.
+        Kaggle dataset id written to ``dataset-metadata.json``; Kaggle mounts the dataset under its
+        last part, which the README's install command names.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +233,7 @@ def bundle_wheels(
     extras_md = "\n".join(f"* `{req}`: {why}" for req, why in sorted(extra.items())) or "* (none)"
     (out / "README.md").write_text(
         _WHEELS_README.format(
-            install=install_command(KAGGLE_INPUT / "hpa-kernel-wheels"),
+            install=install_command(KAGGLE_INPUT / dataset_id.rsplit("/", 1)[-1], extra),
             kit=kit.name,
             extras=extras_md,
             python=python,

@@ -87,3 +87,14 @@ def test_kit_wheel_is_pure_python_and_carries_the_notebooks(tmp_path):
 def test_install_command_is_offline():
     cmd = bundle.install_command("/data/wheels")
     assert "--no-index" in cmd and "--find-links /data/wheels" in cmd and "scikit-image==0.24.0" in cmd
+
+
+def test_wheels_readme_installs_from_the_dataset_it_describes(tmp_path):
+    kit = tmp_path / "hpa_kernel-0.1.0-py3-none-any.whl"
+    kit.write_bytes(b"not really a wheel")
+    result = bundle.bundle_wheels(tmp_path / "house", kit_wheel=kit, extra={}, dataset_id="someone/my-wheels")
+    readme = (result.folder / "README.md").read_text()
+    install = next(line.strip() for line in readme.splitlines() if line.strip().startswith("pip install"))
+    assert install.endswith("/my-wheels hpa_kernel")  # the dataset's mount folder, and no extra it does not hold
+    assert [w.name for w in result.wheels] == [kit.name]
+    assert kit.name in (result.folder / "wheels.lock").read_text()
