@@ -32,6 +32,7 @@ import numpy as np
 
 from hpa_kernel.classes import CLASS_NAMES, NUM_CLASSES, parse_labels
 from hpa_kernel.rle import decode_mask, decode_runs
+from hpa_kernel.submission import SUBMISSION_HEADER
 
 __all__ = [
     "IOU_MODES",
@@ -49,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 IOU_MODES = ("box", "mask")
 IOU_THRESHOLD = 0.6
-SUBMISSION_COLUMNS = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 
 
 # --------------------------------------------------------------------------- results
@@ -302,9 +302,9 @@ def parse_prediction_string(text: str) -> list[tuple[int, float, str]]:
 
 def _read_submission(submission) -> dict[str, tuple[int, int, str]]:
     frame = _read_csv(submission, "submission", {"ID": str, "PredictionString": str})
-    missing = [c for c in SUBMISSION_COLUMNS if c not in frame.columns]
+    missing = [c for c in SUBMISSION_HEADER if c not in frame.columns]
     if missing:
-        raise ValueError(f"submission needs columns {','.join(SUBMISSION_COLUMNS)}; missing {missing}")
+        raise ValueError(f"submission needs columns {','.join(SUBMISSION_HEADER)}; missing {missing}")
     rows: dict[str, tuple[int, int, str]] = {}
     for image_id, width, height, text in zip(frame["ID"], frame["ImageWidth"], frame["ImageHeight"], frame["PredictionString"]):
         image_id = str(image_id)
