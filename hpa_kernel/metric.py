@@ -311,7 +311,12 @@ def _read_submission(submission) -> dict[str, tuple[int, int, str]]:
         if image_id in rows:
             raise ValueError(f"submission has ID {image_id} twice")
         text = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
-        rows[image_id] = (int(width), int(height), text)
+        try:
+            rows[image_id] = (int(width), int(height), text)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"submission ID {image_id}: ImageWidth {width!r} and ImageHeight {height!r} must be integers"
+            ) from None
     return rows
 
 

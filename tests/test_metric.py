@@ -258,3 +258,11 @@ def test_score_cli(reference, capsys):
     text = capsys.readouterr().out
     assert f"{expected['official_box_iou']['mAP']:.6f}" in text and "Nucleoplasm" in text
     assert main(["score", "--submission", str(folder / "submission.csv")]) == 1  # no truth given
+
+
+def test_unreadable_image_size_names_the_row():
+    truth = {"a": TruthImage(_image((2, 2, 8, 8)), np.array([1]), [(3,)])}
+    sub = _sub({"a": "", "b": ""}).astype({"ImageWidth": object})
+    sub.loc[1, "ImageWidth"] = "wide"
+    with pytest.raises(ValueError, match=r"submission ID b: ImageWidth 'wide'.*must be integers"):
+        evaluate(sub, truth=truth)
