@@ -291,3 +291,18 @@ def test_finetune_indices():
     assert np.bincount(idx, minlength=12).tolist() == [5, 5] + [1] * 10
     small = finetune_indices(manual, epoch_size=12, repeats=5)
     assert len(small) == 12 and np.bincount(small, minlength=12)[:2].tolist() == [5, 5]
+
+
+def test_validation_split_holds_out_whole_images_and_keeps_one_for_training():
+    import pandas as pd
+
+    from hpa_kernel.training.loop import _split_by_image
+
+    table = pd.DataFrame({"image_id": ["a", "a", "b", "c", "c"]})
+    train, val = _split_by_image(table, 0.3, seed=0)
+    assert len(val) and set(table["image_id"][train]).isdisjoint(table["image_id"][val])
+    assert sorted(train.tolist() + val.tolist()) == list(range(5))
+    # A fraction that rounds to every image still leaves one image to train on.
+    train, val = _split_by_image(table.iloc[:3], 0.9, seed=0)
+    assert len(train) and len(val) and set(table["image_id"][train]).isdisjoint(table["image_id"][val])
+    assert _split_by_image(table.iloc[:2], 0.9, seed=0)[1].size == 0  # a single image: no validation

@@ -139,11 +139,12 @@ def evaluate(model, dataset, config: TrainConfig, device="cpu", loss_fn=None) ->
 
 
 def _split_by_image(table, fraction: float, seed: int):
+    """Row indices (train, validation): ``fraction`` of the images held out, at least one kept for training."""
     images = np.array(sorted(table["image_id"].unique()))
     if fraction <= 0 or len(images) < 2:
         return np.arange(len(table)), np.array([], dtype=int)
     rng = np.random.default_rng(seed)
-    n_val = max(1, int(round(fraction * len(images))))
+    n_val = min(len(images) - 1, max(1, int(round(fraction * len(images)))))
     val_images = set(rng.choice(images, size=n_val, replace=False).tolist())
     is_val = table["image_id"].isin(val_images).to_numpy()
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
