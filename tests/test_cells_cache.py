@@ -100,3 +100,18 @@ def test_unreadable_entry_is_recomputed(images, tmp_path):
     for a, b in zip(first, again):
         assert_same(a, b)
     CellCache(cache_dir).load(victim.stem)  # rewritten
+
+
+def test_key_settings_are_computed_once_per_run(images, tmp_path):
+    folder, ids, samples = images
+
+    class CountingSettings(TruthSegmenter):
+        settings_calls = 0
+
+        def settings(self):
+            self.settings_calls += 1
+            return super().settings()
+
+    segmenter = CountingSettings(samples)
+    results = list(CellPipeline(segmenter, CONFIG, workers=0, cache_dir=tmp_path / "c").run(folder, ids, progress=False))
+    assert all(r.ok for r in results) and segmenter.settings_calls == 1

@@ -339,20 +339,26 @@ class CellPipeline:
             keep_labels=self.keep_labels, cache_root=str(self.cache.root) if self.cache else None, key=key, **kwargs,
         )
 
-    def _prepare(self, folder: Path, image_id: str) -> _Entry:
-        """Look the image up in the cache, or read it for prediction; failures become results."""
+    def _key_settings(self) -> tuple[dict, dict, dict | None]:
+        """The parts of the cache key that are the same for every image of a run."""
+        return (
+            self.segmenter.settings(),
+            self.config.table_settings(),
+            self.reference.to_dict() if self.reference else None,
+        )
+
+    def _prepare(self, folder: Path, image_id: str, key_settings: tuple | None) -> _Entry:
+        """Look the image up in the cache, or read it for prediction; failures become results.
+
+        ``key_settings`` is :meth:`_key_settings` (computed once per run), None without a cache.
+        """
         from hpa_kernel.cells.cache import cache_key, image_digest
         from hpa_kernel.io import read_image
 
         entry = _Entry(image_id)
         try:
             if self.cache is not None:
-                entry.key = cache_key(
-                    image_digest(folder, image_id),
-                    self.segmenter.settings(),
-                    self.config.table_settings(),
-                    self.reference.to_dict() if self.reference else None,
-                )
+                entry.key = cache_key(image_digest(folder, image_id), *key_settings)
                 if entry.key in self.cache:
                     entry.task = self._task(image_id, entry.key, folder=str(folder))
                     return entry
@@ -510,6 +516,7 @@ class CellPipeline:
         if not folder.is_dir():
             raise FileNotFoundError(f"folder {folder} does not exist")
         ids = [str(i) for i in image_ids]
+        key_settings = self._key_settings() if self.cache is not None else None
         pending: deque[_Entry] = deque()
         batch: list[_Entry] = []
         bar = tqdm(total=len(ids), desc="cells", unit="img", disable=not progress, dynamic_ncols=True)
@@ -536,7 +543,7 @@ class CellPipeline:
             for image_id in ids:
                 while len(pending) >= self.max_pending:
                     yield pop()
-                entry = self._prepare(folder, image_id)
+                entry = self._prepare(folder, image_id, key_settings)
                 pending.append(entry)
                 if entry.needs_predict:
                     batch.append(entry)
