@@ -93,7 +93,10 @@ def format_prediction_string(triples: Iterable[tuple[int, float, str]]) -> str:
             raise ValueError(f"triple {k} must be (label, confidence, EncodedMask), got {triple!r}") from None
         if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= int(label) < NUM_CLASSES:
             raise ValueError(f"triple {k}: label must be an integer 0..{NUM_CLASSES - 1}, got {label!r}")
-        confidence = float(confidence)
+        try:
+            confidence = float(confidence)
+        except (TypeError, ValueError):
+            raise ValueError(f"triple {k}: confidence must be a finite number in [0, 1], got {confidence!r}") from None
         if not (math.isfinite(confidence) and -_CLIP_SLACK <= confidence <= 1.0 + _CLIP_SLACK):
             raise ValueError(f"triple {k}: confidence must be a finite number in [0, 1], got {confidence!r}")
         confidence = min(max(confidence, 0.0), 1.0)  # float rounding of a probability, e.g. 1.0000000000000002

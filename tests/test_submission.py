@@ -76,6 +76,8 @@ def test_format_prediction_string():
         ((True, 0.5, mask), "label"),
         ((1, 1.5, mask), "confidence"),
         ((1, float("nan"), mask), "confidence"),
+        ((1, "high", mask), "triple 0: confidence"),
+        ((1, None, mask), "triple 0: confidence"),
         ((1, 0.5, ""), "EncodedMask"),
         ((1, 0.5, "a b"), "EncodedMask"),
         ((1, 0.5), "triple 0"),
