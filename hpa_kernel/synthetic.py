@@ -989,12 +989,14 @@ def make_competition(
             progress.update(1)
             masks[image_id] = sample.cell_mask
             nuclei[image_id] = sample.nuclei_mask
+            n_ids = max(sample.cell_ids, default=0) + 1
+            areas = np.bincount(sample.cell_mask.ravel(), minlength=n_ids)
+            nucleus_areas = np.bincount(sample.nuclei_mask.ravel(), minlength=n_ids)
             for k in sample.cell_ids:
                 cells_rows.append((image_id, k, format_labels(sample.cell_labels[k])))
-                area = int(np.count_nonzero(sample.cell_mask == k))
                 info_rows.append((
                     image_id, k, f"{sample.nucleus_cut[k]:.4f}", int(k in sample.binucleate),
-                    int(k in sample.mitotic), area, int(np.count_nonzero(sample.nuclei_mask == k)),
+                    int(k in sample.mitotic), int(areas[k]), int(nucleus_areas[k]),
                 ))
             for d in sample.debris:
                 debris_rows.append(
