@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from hpa_kernel.classes import MITOTIC_SPINDLE, NEGATIVE, NUM_CLASSES, format_labels
-from hpa_kernel.io import Competition, write_image
+from hpa_kernel.io import CHANNELS, Competition, list_image_ids, to_float, write_image
 
 __all__ = [
     "CLASS_FREQUENCIES",
@@ -866,8 +866,6 @@ def _write_csv(path: Path, header: Sequence[str], rows: list[Sequence]) -> None:
 
 
 def _clear_stale(comp: Competition, seed: int, n_train: int, n_test: int, overwrite: bool) -> None:
-    from hpa_kernel.io import CHANNELS, list_image_ids
-
     for split_index, (n, folder) in enumerate(((n_train, comp.train_dir), (n_test, comp.test_dir))):
         if not folder.is_dir():
             continue
@@ -1061,8 +1059,6 @@ def render_composite(
     -------
     ndarray of uint8, shape (H, W, 3)
     """
-    from hpa_kernel.io import to_float
-
     if not 0.0 <= black < 1.0:
         raise ValueError(f"black must be in [0, 1), got {black!r}")
     image = sample.image if isinstance(sample, SyntheticImage) else np.asarray(sample)
