@@ -288,3 +288,16 @@ def test_read_crop_round_trip_and_errors(tmp_path):
         parse_shard("3")
     with pytest.raises(ValueError, match="0 <= i < n"):
         parse_shard("2/2")
+
+
+def test_giving_up_on_an_image_is_logged_with_its_id(images, caplog):
+    folder, ids, samples = images
+
+    class NeverDone(CellPipeline):
+        def _submit(self, entry):  # the image never gets a result
+            pass
+
+    with caplog.at_level("WARNING", logger="hpa_kernel.cells.pipeline"):
+        results = list(NeverDone(TruthSegmenter(samples), CONFIG, workers=0).run(folder, ids[:1], progress=False))
+    assert isinstance(results[0], ImageFailure) and "gave up" in results[0].reason
+    assert any(ids[0] in r.getMessage() and "gave up" in r.getMessage() for r in caplog.records)

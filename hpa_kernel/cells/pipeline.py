@@ -456,7 +456,7 @@ class CellPipeline:
             except Exception as exc:  # noqa: BLE001 - recorded per image
                 entry.result = self._failure(entry.image_id, exc, "cells")
         if entry.result is None:
-            entry.result = ImageFailure(entry.image_id, "cells: gave up after repeated errors")
+            entry.result = self._failure(entry.image_id, RuntimeError("gave up after repeated errors"), "cells")
         return entry.result
 
     def _recover(self, pending: deque, folder: Path) -> None:
