@@ -125,18 +125,6 @@ def read_crop(path: str | Path) -> np.ndarray:
     return crop
 
 
-def _read_labels(data: Path) -> dict[str, str]:
-    import pandas as pd
-
-    csv = data / "train.csv"
-    if not csv.is_file():
-        return {}
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    if list(df.columns[:2]) != ["ID", "Label"]:
-        raise ValueError(f"{csv}: expected columns ID,Label, got {','.join(df.columns)}")
-    return dict(zip(df["ID"], df["Label"]))
-
-
 def _write_csv(df, path: Path) -> None:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     df.to_csv(tmp, index=False)
@@ -189,7 +177,7 @@ def build_training_set(
     import pandas as pd
 
     from hpa_kernel.cells.pipeline import CellPipeline
-    from hpa_kernel.io import list_image_ids
+    from hpa_kernel.io import Competition, list_image_ids
 
     config = CellConfig() if config is None else config
     data, out = Path(data), Path(out)
@@ -199,7 +187,11 @@ def build_training_set(
     index, count = shard
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
-    labels = _read_labels(data)
+    competition = Competition(data)
+    labels: dict[str, str] = {}
+    if competition.train_csv.is_file():
+        train = competition.read_train()
+        labels = dict(zip(train["ID"], train["Label"]))
     if image_ids is None:
         image_ids = list(labels) if split == "train" and labels else list_image_ids(folder)
     ids = shard_ids(image_ids, index, count)
