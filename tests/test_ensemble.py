@@ -91,6 +91,10 @@ def test_input_checks():
     assert ens.predict(np.zeros((0, 32, 32, 4), dtype=np.uint8)).shape == (0, NUM_CLASSES)
     with pytest.raises(ValueError, match="sum to 1"):
         _const_ensemble([[0.0], [0.0]], [0.5, 0.6])
+    with pytest.raises(ValueError, match="group.s. big have none"):
+        Ensemble([[Member(ConstantLogit(0.0), CFG, "m")], []], [0.5, 0.5], names=["small", "big"])
+    with pytest.raises(ValueError, match=f"checkpoint odd has 3 outputs, expected {NUM_CLASSES}"):
+        Ensemble([[Member(ConstantLogit(0.0), CheckpointConfig(arch="resnet18", input_size=32, num_classes=3), "odd")]], [1.0])
 
 
 def test_from_manifest_matches_direct_forward(tmp_path):

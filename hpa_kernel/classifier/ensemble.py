@@ -84,22 +84,27 @@ class Ensemble:
 
         if len(groups) != len(weights) or not groups:
             raise ValueError(f"need one weight per group, got {len(groups)} groups and {len(weights)} weights")
-        if any(len(g) == 0 for g in groups):
-            raise ValueError("every ensemble group needs at least one checkpoint")
+        names = tuple(names) if names is not None else tuple(f"g{i + 1}" for i in range(len(groups)))
+        if len(names) != len(groups):
+            raise ValueError(f"names must give one name per group, got {len(names)} names for {len(groups)} groups")
+        empty = [name for name, g in zip(names, groups, strict=True) if len(g) == 0]
+        if empty:
+            raise ValueError(f"every ensemble group needs at least one checkpoint; group(s) {', '.join(empty)} have none")
         if abs(sum(weights) - 1.0) > 1e-6 or min(weights) < 0:
             raise ValueError(f"group weights must be non-negative and sum to 1, got {list(weights)}")
+        for member in (m for g in groups for m in g):  # before any model is moved to the device
+            if member.config.num_classes != NUM_CLASSES:
+                raise ValueError(f"checkpoint {member.path} has {member.config.num_classes} outputs, expected {NUM_CLASSES}")
         self.groups = [list(g) for g in groups]
         self.weights = tuple(float(w) for w in weights)
         self.device = torch.device(device)
-        self.names = tuple(names) if names is not None else tuple(f"g{i + 1}" for i in range(len(groups)))
+        self.names = names
         self.cuda = self.device.type == "cuda"
         for member in self.members:
             member.model.to(self.device)
             if self.cuda:
                 member.model.to(memory_format=torch.channels_last)
             member.model.eval()
-            if member.config.num_classes != NUM_CLASSES:
-                raise ValueError(f"checkpoint {member.path} has {member.config.num_classes} outputs, expected {NUM_CLASSES}")
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
