@@ -73,7 +73,11 @@ def image_context(probs: np.ndarray, valid: np.ndarray | None = None) -> np.ndar
     [0.4, 0.2, 0.3]
     """
     probs, valid, _ = _validate(probs, valid, None)
-    p = probs.astype(np.float64)
+    return _image_context(probs.astype(np.float64), valid)
+
+
+def _image_context(p: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """:func:`image_context` on checked inputs: ``p`` float64 (N, C), ``valid`` bool (N,)."""
     n_valid = int(valid.sum())
     total = p[valid].sum(axis=0)
     # others = valid cells except i: a valid cell removes itself from the sum and the count.
@@ -123,6 +127,6 @@ def final_confidence(
     probs, valid, penalty = _validate(probs, valid, penalty)
     if probs.shape[0] == 0:
         return np.zeros(probs.shape, dtype=np.float32)
-    image = image_context(probs, valid)
-    out = (cell_weight * probs.astype(np.float64) + image_weight * image) * penalty
+    p = probs.astype(np.float64)
+    out = (cell_weight * p + image_weight * _image_context(p, valid)) * penalty
     return np.clip(out, 0.0, 1.0).astype(np.float32)
