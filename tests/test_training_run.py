@@ -90,6 +90,16 @@ def test_resume_continues_from_last_state(toy_cells, tmp_path):
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
 
 
+def test_resume_refuses_a_run_with_another_number_of_steps(toy_cells, tmp_path):
+    # Steps per epoch derived from the table: more cells means another schedule and other snapshots.
+    config = group_config(1, **{**TINY, "steps_per_epoch": None, "epochs": 1, "batch_size": 8}, val_fraction=0.0)
+    train_group(config, toy_cells, tmp_path / "r", progress=False, manifest=False)
+    bigger = make_toy_cells(tmp_path / "big", n_images=10, cells_per_image=3, size=48, seed=7)
+    with pytest.raises(ValueError, match="optimizer steps"):
+        train_group(config, bigger, tmp_path / "r", resume=True, progress=False, manifest=False)
+    assert train_group(config, toy_cells, tmp_path / "r", resume=True, progress=False, manifest=False)
+
+
 def _stop_after_first_epoch(config, cells, out):
     """Run epoch 1 of ``config`` only, as if the process had been killed after it."""
     import hpa_kernel.training.loop as loop

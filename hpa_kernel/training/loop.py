@@ -9,7 +9,8 @@ semi-balanced sampler, and writes into ``out_dir``:
 * ``weights_manifest.json``: created from :func:`hpa_kernel.manifest.default_manifest` if absent,
   then the hashes of the files present are pinned with :func:`hpa_kernel.manifest.update_hashes`;
 * ``runs/{name}/last.pt``: the resume state after each epoch (model, optimizer, scheduler, AMP
-  scaler, epoch, step, RNG, per-class recall of the sampler), loadable with ``weights_only=True``;
+  scaler, epoch, step, total steps, RNG, per-class recall of the sampler), loadable with
+  ``weights_only=True``;
 * ``runs/{name}/log.jsonl``: one JSON line per epoch (train loss, validation loss and cell-level
   mAP, learning rate, seconds).
 
@@ -197,7 +198,8 @@ def train_group(
         Manual soft labels (``hpa-kernel label export``) and pseudo labels
         (:func:`~.pseudo.make_pseudo_labels`) that replace the image-level targets.
     resume : bool
-        Continue from ``runs/{name}/last.pt`` (it must exist and have the same config).
+        Continue from ``runs/{name}/last.pt`` (it must exist and have the same config and number of
+        optimizer steps).
     device : str, optional
         ``"cuda"``, ``"cpu"``...; default CUDA when available. Under torchrun each rank uses
         ``cuda:LOCAL_RANK``.
@@ -303,6 +305,10 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
         if state.get("format") != _RESUME_FORMAT or state.get("config") != _config_json(config):
             raise ValueError(f"resume: {last_path} was written by a different training config; "
                              f"use the same settings or a new output folder (saved: {state.get('config')})")
+        if int(state.get("total_steps", total)) != total:
+            raise ValueError(f"resume: {last_path} is a run of {state['total_steps']} optimizer steps, this one has {total} "
+                             "(the number of training cells or of processes changed); use the same cells and processes "
+                             "or a new output folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -384,7 +390,7 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
                 f.write(json.dumps(record) + "\n")
             logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             state = {
-                "format": _RESUME_FORMAT, "config": _config_json(config), "epoch": epoch + 1, "step": step,
+                "format": _RESUME_FORMAT, "config": _config_json(config), "epoch": epoch + 1, "step": step, "total_steps": total,
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "recall": None if recall is None else [float(r) for r in recall],
