@@ -115,9 +115,12 @@ class EnsembleGroup:
 
     def __post_init__(self):
         object.__setattr__(self, "checkpoints", tuple(self.checkpoints))
-        object.__setattr__(self, "weight", float(self.weight))
         if not self.name:
             raise ManifestError("an ensemble group needs a name")
+        try:
+            object.__setattr__(self, "weight", float(self.weight))
+        except (TypeError, ValueError):
+            raise ManifestError(f"group {self.name}: weight must be a number in [0, 1], got {self.weight!r}") from None
         if not 0.0 <= self.weight <= 1.0:
             raise ManifestError(f"group {self.name}: weight must be in [0, 1], got {self.weight}")
         if not self.checkpoints:
@@ -203,8 +206,8 @@ class Manifest:
         if unknown:
             raise ManifestError(f"{where}: unknown keys {sorted(unknown)}; expected format, segmentation, ensemble")
         seg = data.get("segmentation") or {}
-        if set(seg) - {"nuclei", "cell"}:
-            raise ManifestError(f"{where}: segmentation must have 'nuclei' and 'cell', got {sorted(seg)}")
+        if not isinstance(seg, dict) or set(seg) - {"nuclei", "cell"}:
+            raise ManifestError(f"{where}: segmentation must be {{'nuclei': ..., 'cell': ...}}, got {seg!r}")
         segmentation = SegmentationWeights(
             **{k: WeightFile.from_dict(v, f"{where}: segmentation.{k}") for k, v in seg.items()}
         )

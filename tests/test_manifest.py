@@ -130,6 +130,9 @@ def test_update_hashes_pins_and_mismatch_is_an_error(tmp_path, caplog):
         (lambda d: d.update(extra=1), "unknown keys"),
         (lambda d: d["ensemble"]["groups"][2].update(name="g1"), "unique"),
         (lambda d: d["ensemble"]["groups"][0].pop("weight"), "needs 'weight'"),
+        (lambda d: d["ensemble"]["groups"][0].update(weight="heavy"), "group g1: weight must be a number"),
+        (lambda d: d.update(segmentation=3), "segmentation must be"),
+        (lambda d: d["segmentation"].update(extra="x.pth"), "segmentation must be"),
     ],
 )
 def test_malformed_manifests_are_explained(tmp_path, edit, message):
