@@ -24,15 +24,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hpa_kernel.classes import CLASS_NAMES, NUM_CLASSES, parse_labels
 from hpa_kernel.rle import decode_mask, decode_runs
 from hpa_kernel.submission import SUBMISSION_HEADER
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    CsvSource = str | os.PathLike | pd.DataFrame
 
 __all__ = [
     "IOU_MODES",
@@ -184,7 +191,7 @@ def _read_csv(source, name: str, dtypes: dict):
     return pd.read_csv(path, dtype=dtypes, keep_default_na=False)
 
 
-def load_truth(truth_cells, truth_masks) -> dict[str, TruthImage]:
+def load_truth(truth_cells: CsvSource, truth_masks: str | os.PathLike | Mapping[str, np.ndarray]) -> dict[str, TruthImage]:
     """Load GT from a cells table and label images.
 
     Parameters
@@ -233,7 +240,7 @@ def load_truth(truth_cells, truth_masks) -> dict[str, TruthImage]:
     return truth
 
 
-def load_truth_annotations(path) -> dict[str, TruthImage]:
+def load_truth_annotations(path: CsvSource) -> dict[str, TruthImage]:
     """Load GT from the evaluator's ``gt_annotations.csv`` (one row per cell and label, with its Mask).
 
     Rows that share a Mask string within an image are one cell. Cells are numbered 1.. in order of
@@ -425,12 +432,12 @@ def _match(iou: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def evaluate(
-    submission,
-    truth_cells=None,
-    truth_masks=None,
+    submission: CsvSource,
+    truth_cells: CsvSource | None = None,
+    truth_masks: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
     *,
     truth: Mapping[str, TruthImage] | None = None,
-    truth_annotations=None,
+    truth_annotations: CsvSource | None = None,
     iou: str = "box",
     threshold: float = IOU_THRESHOLD,
 ) -> MetricResult:

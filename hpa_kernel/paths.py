@@ -8,6 +8,7 @@ that was looked at.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["KAGGLE_INPUT", "DATA_ENV", "WEIGHTS_ENV", "kaggle_input_dirs", "resolve_dir"]
@@ -37,7 +38,7 @@ def kaggle_input_dirs(root: Path | None = None) -> list[Path]:
 def resolve_dir(
     explicit: str | os.PathLike | None,
     env_var: str,
-    looks_right,
+    looks_right: Callable[[Path], bool],
     what: str,
     kaggle_root: Path | None = None,
 ) -> Path:

@@ -29,11 +29,17 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
 from hpa_kernel.rle import decode_runs
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    SampleSource = str | os.PathLike | pd.DataFrame
 
 __all__ = [
     "SUBMISSION_HEADER",
@@ -133,7 +139,7 @@ def prediction_string_for_cells(encoded_masks: list[str], probs: np.ndarray) -> 
     )
 
 
-def read_sample(sample) -> list[tuple[str, int, int]]:
+def read_sample(sample: SampleSource) -> list[tuple[str, int, int]]:
     """``sample_submission.csv`` (path or DataFrame) as ``[(ID, ImageWidth, ImageHeight), ...]`` in file order."""
     import pandas as pd
 
@@ -168,7 +174,9 @@ def _check_prediction_text(image_id: str, text: str) -> None:
         )
 
 
-def write_submission(rows: Mapping[str, str], sample, out, fallback: str = FALLBACK_PREDICTION) -> Path:
+def write_submission(
+    rows: Mapping[str, str], sample: SampleSource, out: str | os.PathLike, fallback: str = FALLBACK_PREDICTION
+) -> Path:
     """Write ``submission.csv`` in the order of the sample submission.
 
     Parameters
@@ -329,7 +337,7 @@ def _check_prediction(line: int, image_id: str, width: int, height: int, text: s
             problems.append(Problem(line, image_id, f"triple {n}: mask does not decode at ImageHeight x ImageWidth = {height} x {width}: {masks[mask]}"))
 
 
-def check_submission(path, sample) -> ValidationReport:
+def check_submission(path: str | os.PathLike, sample: SampleSource) -> ValidationReport:
     """Check a submission file against the sample submission, streaming it row by row.
 
     Checks: the exact header; LF line ends and UTF-8/ASCII text; four fields per row; the set of IDs
@@ -418,6 +426,6 @@ def check_submission(path, sample) -> ValidationReport:
     return report
 
 
-def validate_submission(path, sample) -> list[Problem]:
+def validate_submission(path: str | os.PathLike, sample: SampleSource) -> list[Problem]:
     """The problems of a submission file (empty list: the file is valid); see :func:`check_submission`."""
     return check_submission(path, sample).problems
