@@ -154,6 +154,8 @@ def test_bad_images(segmenter):
         segmenter.predict(np.zeros((64, 64, 4), np.uint8))
     with pytest.raises(ValueError, match="not a multiple of 32"):
         segmenter.predict([np.zeros((200, 256, 4), np.uint8)])
+    with pytest.raises(ValueError, match=r"images\[1\] is empty"):
+        segmenter.predict([np.zeros((128, 128, 4), np.uint8), np.zeros((0, 128, 4), np.uint8)])
 
 
 def test_missing_weights_name_file_and_places(tmp_path, monkeypatch):

@@ -137,3 +137,12 @@ def test_input_validation():
         P.nuclei_input(np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(ValueError, match="uint8, uint16 or float"):
         P.nuclei_input(a.astype(np.int32))
+    # empty planes and non-finite floats are named, not an obscure error deep in the resize
+    with pytest.raises(ValueError, match="blue is empty"):
+        P.nuclei_input(np.zeros((0, 64), np.uint8))
+    with pytest.raises(ValueError, match="red is empty"):
+        P.cell_input(*[np.zeros((0, 0), np.uint8)] * 3, padding=True)
+    with pytest.raises(ValueError, match="yellow contains NaN"):
+        P.cell_input(a / 255.0, np.full((64, 64), np.nan), a / 255.0)
+    with pytest.raises(ValueError, match=r"shape must be the \(H, W\)"):
+        P.restore_nuclei(np.zeros((3, 1, 1), np.float32), (0, 0))

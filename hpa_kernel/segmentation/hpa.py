@@ -97,6 +97,8 @@ def _check_images(images: Sequence[np.ndarray]) -> None:
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 4:
             found = getattr(image, "shape", type(image))
             raise ValueError(f"images[{i}] must be an (H, W, 4) R, G, B, Y array, got {found}")
+        if image.size == 0:
+            raise ValueError(f"images[{i}] is empty: got shape {image.shape}, expected at least 1 x 1 pixels")
         if not (image.dtype in (np.uint8, np.uint16) or np.issubdtype(image.dtype, np.floating)):
             raise ValueError(f"images[{i}] must be uint8, uint16 or float, got {image.dtype}")
 

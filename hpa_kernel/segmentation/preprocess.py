@@ -143,8 +143,12 @@ def _check_plane(name: str, plane: np.ndarray, shape: tuple[int, ...] | None = N
         raise ValueError(f"{name} must be a 2-D array (H, W), got {getattr(plane, 'shape', type(plane))}")
     if shape is not None and plane.shape != shape:
         raise ValueError(f"{name} has shape {plane.shape}, expected {shape} like the other channels")
+    if plane.size == 0:
+        raise ValueError(f"{name} is empty: got shape {plane.shape}, expected at least 1 x 1 pixels")
     if not (plane.dtype in (np.uint8, np.uint16) or np.issubdtype(plane.dtype, np.floating)):
         raise ValueError(f"{name} must be uint8, uint16 or float, got {plane.dtype}")
+    if np.issubdtype(plane.dtype, np.floating) and not np.isfinite(plane).all():
+        raise ValueError(f"{name} contains NaN or infinity; expected finite values in [0, 1]")
 
 
 def _finish(resized: np.ndarray, padding: bool, mean: np.ndarray = MEAN) -> np.ndarray:
@@ -196,6 +200,8 @@ def probabilities_to_ubyte(p: np.ndarray) -> np.ndarray:
 def _check_probabilities(prob: np.ndarray, shape: tuple[int, int], scale_factor: float, padding: bool) -> None:
     if prob.ndim != 3 or prob.shape[0] != 3:
         raise ValueError(f"probabilities must be (3, h, w), got shape {prob.shape}")
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"shape must be the (H, W) of the image, at least 1 x 1, got {tuple(shape)}")
     h, w = scaled_shape(shape, scale_factor)
     if padding:
         h, w = h + PAD + (PAD - h % PAD), w + PAD + (PAD - w % PAD)
