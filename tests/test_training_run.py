@@ -168,6 +168,25 @@ def test_pseudo_labels_file_and_training_on_it(toy_cells, tmp_path):
     assert paths[0].is_file()
 
 
+def test_pseudo_labels_predict_on_cuda_when_available_and_no_device_is_given(group3_run, toy_cells, tmp_path, monkeypatch):
+    import torch
+
+    import hpa_kernel.training.pseudo as pseudo
+
+    seen = []
+
+    def fake_predict(checkpoint, table, device="cpu", **kwargs):
+        seen.append(torch.device(device))
+        return np.zeros((len(table), 19), np.float32)
+
+    monkeypatch.setattr(pseudo, "predict_cells", fake_predict)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    ckpt = group3_run[2][0]
+    make_pseudo_labels(toy_cells, ckpt, tmp_path / "a.csv")
+    make_pseudo_labels(toy_cells, ckpt, tmp_path / "b.csv", device="cpu")
+    assert [d.type for d in seen] == ["cuda", "cpu"]
+
+
 def test_cli_train_and_errors(toy_cells, tmp_path, capsys):
     from hpa_kernel.cli import main
 

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                                    positive_threshold=args.positive_threshold)
         ckpt = args.pseudo_checkpoint or train_pseudo_labeller(args.cells, out, pcfg, device=args.device, progress=progress)
         if _is_main():
-            make_pseudo_labels(args.cells, ckpt, args.make_pseudo_labels, pcfg, device=args.device or "cpu", progress=progress)
+            make_pseudo_labels(args.cells, ckpt, args.make_pseudo_labels, pcfg, device=args.device, progress=progress)
         return 0
     if args.init:
         checkpoints = [Path(p) for p in args.init]

@@ -63,13 +63,18 @@ class _Dist:
         return self.rank == 0
 
 
+def _device(device):
+    """``torch.device(device)``; None means CUDA when available, else the CPU."""
+    import torch
+
+    return torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _setup(device) -> _Dist:
     import torch
     import torch.distributed as dist
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = _device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist(1, 0, device, False)

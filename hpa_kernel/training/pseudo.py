@@ -101,19 +101,23 @@ def apply_pseudo_rules(image_labels, probs: np.ndarray, negative_threshold: floa
 
 
 def make_pseudo_labels(cells_csv: str | os.PathLike, checkpoint: str | os.PathLike, out_csv: str | os.PathLike,
-                       config: PseudoLabelConfig = PseudoLabelConfig(), device: str = "cpu", progress: bool = False):
-    """Relabel the valid cells of ``cells_csv`` with the labeller ``checkpoint``; write and return the table."""
+                       config: PseudoLabelConfig = PseudoLabelConfig(), device: str | None = None, progress: bool = False):
+    """Relabel the valid cells of ``cells_csv`` with the labeller ``checkpoint``; write and return the table.
+
+    ``device`` None predicts on CUDA when available, like :func:`~.loop.train_group`.
+    """
     import pandas as pd
 
     from hpa_kernel.classifier import load_config
     from hpa_kernel.manifest import sha256_of
     from hpa_kernel.training.dataset import read_cells_table
+    from hpa_kernel.training.loop import _device
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"pseudo-labeller checkpoint {checkpoint} not found")
     table = read_cells_table(cells_csv)
-    probs = predict_cells(checkpoint, table, device=device, progress=progress)
+    probs = predict_cells(checkpoint, table, device=_device(device), progress=progress)
     rules = apply_pseudo_rules(table["label_ids"].tolist(), probs, config.negative_threshold, config.positive_threshold,
                                config.positive_class)
     arch = load_config(checkpoint).arch
