@@ -349,7 +349,9 @@ def decode_runs(encoded: str, height: int, width: int) -> tuple[np.ndarray, np.n
     """Foreground runs of an EncodedMask as column-major pixel intervals ``[starts, ends)``.
 
     A pixel (row r, column c) has the column-major index ``c * height + r``. This avoids building
-    the (H, W) mask when only boxes, areas or pixel lists are needed.
+    the (H, W) mask when only boxes, areas or pixel lists are needed. Every interval holds at least
+    one pixel: a foreground run of length 0 (which no encoder writes, but a string may hold) is left
+    out, so an empty mask has no interval.
 
     >>> decode_runs('eNozSDAAAAGDAME=', 4, 4)
     (array([0]), array([16]))
@@ -357,7 +359,9 @@ def decode_runs(encoded: str, height: int, width: int) -> tuple[np.ndarray, np.n
     height, width = _check_size(height, width)
     counts = _unpack(encoded, height, width)
     bounds = np.cumsum(counts)
-    return bounds[0:-1:2].copy(), bounds[1::2].copy()
+    starts, ends = bounds[0:-1:2], bounds[1::2]
+    keep = ends > starts
+    return starts[keep], ends[keep]
 
 
 def mask_area(encoded: str, height: int, width: int) -> int:

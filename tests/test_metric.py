@@ -266,3 +266,18 @@ def test_unreadable_image_size_names_the_row():
     sub.loc[1, "ImageWidth"] = "wide"
     with pytest.raises(ValueError, match=r"submission ID b: ImageWidth 'wide'.*must be integers"):
         evaluate(sub, truth=truth)
+
+
+def test_box_of_a_mask_string_with_a_zero_length_run_is_the_box_of_its_pixels():
+    import base64
+    import zlib
+
+    from hpa_kernel.rle import runs_to_counts_string
+
+    # runs bg 4, fg 0, bg 4, fg 2, bg 6 decode to pixels (0, 2) and (1, 2) only
+    text = base64.b64encode(zlib.compress(runs_to_counts_string(np.array([4, 0, 4, 2, 6])), 9)).decode()
+    label = np.zeros((4, 4), dtype=np.int32)
+    label[0:2, 2] = 1
+    truth = {"a": TruthImage(label, np.array([1]), [(0,)])}
+    for mode in ("box", "mask"):
+        assert evaluate(_sub({"a": f"0 0.9 {text}"}, size=(4, 4)), truth=truth, iou=mode).map == 1.0

@@ -116,6 +116,16 @@ def test_decode_runs_are_column_major_intervals():
     assert starts.tolist() == [3, 9] and ends.tolist() == [5, 11]
 
 
+def test_decode_runs_leaves_out_zero_length_foreground_runs():
+    # runs bg 4, fg 0, bg 4, fg 2, bg 6: the same pixels as bg 8, fg 2, bg 6
+    text = base64.b64encode(zlib.compress(runs_to_counts_string(np.array([4, 0, 4, 2, 6])), 9)).decode()
+    starts, ends = decode_runs(text, 4, 4)
+    assert starts.tolist() == [8] and ends.tolist() == [10]
+    assert np.array_equal(decode_mask(text, 4, 4), decode_mask(encode_mask(decode_mask(text, 4, 4)), 4, 4))
+    empty = base64.b64encode(zlib.compress(runs_to_counts_string(np.array([4, 0, 12])), 9)).decode()
+    assert decode_runs(empty, 4, 4)[0].size == 0
+
+
 # --------------------------------------------------------------------------- property tests
 
 
