@@ -192,6 +192,48 @@ def test_limit_and_failed_image_get_fallback(synthetic_competition, weights_dir,
     assert set(report.plans) == {"checkpoints 1/2, no TTA"}
 
 
+class FailOnCalls(BlobSegmenter):
+    """``predict`` raises on the chosen calls (1-based); with seg_batch_size=1, call k is image k."""
+
+    def __init__(self, failing_calls):
+        self.failing_calls = set(failing_calls)
+        self.calls = 0
+
+    def predict(self, images):
+        self.calls += 1
+        if self.calls in self.failing_calls:
+            raise RuntimeError("planted segmentation error")
+        return super().predict(images)
+
+
+def test_one_bad_image_gets_the_fallback_and_a_log_line(synthetic_competition, weights_dir, tmp_path, caplog):
+    comp = synthetic_competition
+    ids = list(comp.read_sample_submission()["ID"])
+    with caplog.at_level("WARNING"):
+        report = run_submission(_config(comp, weights_dir, tmp_path / "s.csv", tta=False), segmenter=FailOnCalls({2}))
+    assert report.n_predicted == 2 and list(report.fallback) == [ids[1]]
+    assert report.fallback[ids[1]].startswith("failed") and "planted segmentation error" in report.fallback[ids[1]]
+    assert any(ids[1] in r.getMessage() and "planted" in r.getMessage() for r in caplog.records)
+    assert report.problems == []
+    rows = _rows(report.path).set_index("ID")["PredictionString"]
+    assert rows[ids[1]] == "" and (rows.drop(ids[1]) != "").all()
+
+
+def test_every_image_failing_still_writes_a_valid_file(synthetic_competition, weights_dir, tmp_path, monkeypatch):
+    import hpa_kernel.submit as submit
+
+    comp = synthetic_competition
+
+    def broken(result, *args, **kwargs):
+        raise ValueError(f"planted prediction error for {result.image_id}")
+
+    monkeypatch.setattr(submit, "predict_image", broken)
+    report = run_submission(_config(comp, weights_dir, tmp_path / "s.csv", tta=False), segmenter=BlobSegmenter())
+    assert report.n_predicted == 0 and report.n_fallback == 3
+    assert all(r.startswith("failed: ValueError: planted prediction error") for r in report.fallback.values())
+    assert report.problems == [] and (_rows(report.path)["PredictionString"] == "").all()
+
+
 def test_hpa_segmenter_needs_its_weights_or_an_explicit_classic(synthetic_competition, weights_dir, tmp_path):
     comp = synthetic_competition
     with pytest.raises(FileNotFoundError, match="pass --segmenter classic explicitly"):
