@@ -885,21 +885,12 @@ def _clear_stale(comp: Competition, seed: int, n_train: int, n_test: int, overwr
         logger.info("deleted %d stale image(s) from %s", len(stale), folder)
 
 
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(total: int):
-    """A tqdm bar for long runs when INFO logging is on; a no-op otherwise."""
-    if total < 20 or not logger.isEnabledFor(logging.INFO):
-        return _NoProgress()
+    """A tqdm bar for long runs when INFO logging is on; a disabled (silent) one otherwise."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="synthetic images", unit="img")
+    quiet = total < 20 or not logger.isEnabledFor(logging.INFO)
+    return tqdm(total=total, desc="synthetic images", unit="img", disable=quiet)
 
 
 def make_competition(
