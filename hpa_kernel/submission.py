@@ -155,7 +155,12 @@ def read_sample(sample: SampleSource) -> list[tuple[str, int, int]]:
     missing = [c for c in SUBMISSION_HEADER[:3] if c not in frame.columns]
     if missing:
         raise ValueError(f"{name}: expected columns {','.join(SUBMISSION_HEADER)}, missing {missing}")
-    out = [(str(i), int(w), int(h)) for i, w, h in zip(frame["ID"], frame["ImageWidth"], frame["ImageHeight"])]
+    out = []
+    for image_id, width, height in zip(frame["ID"], frame["ImageWidth"], frame["ImageHeight"]):
+        try:
+            out.append((str(image_id), int(width), int(height)))
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: ID {image_id}: ImageWidth {width!r} and ImageHeight {height!r} must be integers") from None
     ids = [r[0] for r in out]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{name}: the sample lists an ID twice")

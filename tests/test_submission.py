@@ -144,6 +144,10 @@ def test_writer_rejects_unknown_ids_and_malformed_rows(tmp_path, sample):
     assert not (tmp_path / "sub.csv").exists()
     with pytest.raises(FileNotFoundError, match="sample submission"):
         write_submission({}, tmp_path / "missing.csv", tmp_path / "sub.csv")
+    bad_sample = tmp_path / "bad_sample.csv"
+    bad_sample.write_text("ID,ImageWidth,ImageHeight,PredictionString\nimg_a,,64,\n")
+    with pytest.raises(ValueError, match=r"bad_sample.csv: ID img_a: ImageWidth '' .*must be integers"):
+        write_submission({}, bad_sample, tmp_path / "sub.csv")
 
 
 # --------------------------------------------------------------------------- validation
