@@ -121,12 +121,12 @@ def read_image(folder: str | Path, image_id: str) -> np.ndarray:
     planes = {c: read_channel(p) for c, p in found.items()}
     shapes = {c: a.shape for c, a in planes.items()}
     if len(set(shapes.values())) != 1:
-        detail = ", ".join(f"{c} {h}x{w}" for c, (h, w) in shapes.items())
-        raise ImageReadError(f"image {image_id}: channels differ in size (HxW): {detail}")
+        detail = ", ".join(f"{c} {h}x{w} ({found[c].name})" for c, (h, w) in shapes.items())
+        raise ImageReadError(f"image {image_id} in {folder}: channels differ in size (HxW), expected one size: {detail}")
     dtypes = {c: a.dtype for c, a in planes.items()}
     if len(set(dtypes.values())) != 1:
-        detail = ", ".join(f"{c} {d}" for c, d in dtypes.items())
-        raise ImageReadError(f"image {image_id}: channels differ in bit depth: {detail}")
+        detail = ", ".join(f"{c} {d} ({found[c].name})" for c, d in dtypes.items())
+        raise ImageReadError(f"image {image_id} in {folder}: channels differ in bit depth, expected one: {detail}")
     return np.stack([planes[c] for c in CHANNELS], axis=-1)
 
 

@@ -64,8 +64,9 @@ def test_channels_of_different_sizes(tmp_path):
     planes = _planes()
     planes[2] = np.zeros((30, 40), np.uint8)
     _write_channels(tmp_path, "s", planes)
-    with pytest.raises(io.ImageReadError, match=r"blue 30x40"):
+    with pytest.raises(io.ImageReadError, match=r"blue 30x40") as err:
         io.read_image(tmp_path, "s")
+    assert "s_blue.png" in str(err.value) and str(tmp_path) in str(err.value)
 
 
 def test_channels_of_different_bit_depth(tmp_path):
