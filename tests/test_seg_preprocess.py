@@ -98,6 +98,8 @@ def test_non_square_input_shapes():
     assert P.cell_input(*planes).shape == (3, 64, 48)
     assert P.nuclei_input(planes[2]).shape == (3, 64, 48)
     assert P.cell_input(*planes, padding=True).shape == (3, 64 + 32 + 32, 48 + 32 + 16)
+    assert P.network_shape((256, 192), 0.25, padding=True) == (64 + 32 + 32, 48 + 32 + 16)
+    assert P.network_shape((256, 192), 0.25) == (64, 48)
     # each output channel comes from its own input channel
     cell = P.cell_input(*planes)
     np.testing.assert_array_equal(cell[2], P.nuclei_input(planes[2])[2])

@@ -154,15 +154,13 @@ class HPASegmenter(BaseSegmenter):
     ):
         import torch
 
-        from hpa_kernel.segmentation.preprocess import RESIZE_MODES
+        from hpa_kernel.segmentation.preprocess import _check_mode, _check_scale
         from hpa_kernel.segmentation.weights import load_dpn_unet
 
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 < scale_factor <= 1:
-            raise ValueError(f"scale_factor must be in (0, 1], got {scale_factor}")
-        if resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+        _check_scale(scale_factor)  # checked before the weights are loaded
+        _check_mode(resize_mode)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={device!r} requested but CUDA is not available; use device='cpu'")
@@ -211,12 +209,10 @@ class HPASegmenter(BaseSegmenter):
 
     # -- prediction -------------------------------------------------------------------------------
     def _network_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
-        from hpa_kernel.segmentation.preprocess import PAD, scaled_shape
+        from hpa_kernel.segmentation.preprocess import network_shape
 
-        h, w = scaled_shape(shape, self.scale_factor)
-        if self.padding:
-            return h + PAD + (PAD - h % PAD), w + PAD + (PAD - w % PAD)
-        if h % 32 or w % 32:
+        h, w = network_shape(shape, self.scale_factor, self.padding)
+        if not self.padding and (h % 32 or w % 32):
             raise ValueError(
                 f"an image of {shape[0]}x{shape[1]} scales to {h}x{w} at scale_factor={self.scale_factor}, "
                 f"which is not a multiple of 32; use padding=True (or a scale that gives multiples of 32)"

@@ -45,6 +45,7 @@ __all__ = [
     "PAD",
     "RESIZE_MODES",
     "scaled_shape",
+    "network_shape",
     "rescale",
     "pad_symmetric",
     "normalize",
@@ -82,6 +83,18 @@ def scaled_shape(shape: tuple[int, int], scale_factor: float) -> tuple[int, int]
     (512, 258)
     """
     return tuple(int(max(1, v)) for v in np.round(np.asarray(shape[:2], dtype=float) * scale_factor))
+
+
+def network_shape(shape: tuple[int, int], scale_factor: float = 0.25, padding: bool = False) -> tuple[int, int]:
+    """(h, w) of the network input for an image of ``shape``: scaled, then padded if ``padding``.
+
+    >>> network_shape((2048, 1030), 0.25, padding=True)
+    (576, 320)
+    """
+    h, w = scaled_shape(shape, scale_factor)
+    if padding:
+        return h + PAD + (PAD - h % PAD), w + PAD + (PAD - w % PAD)
+    return h, w
 
 
 def rescale(image: np.ndarray, scale_factor: float = 0.25, resize_mode: str = "skimage018") -> np.ndarray:
@@ -202,9 +215,7 @@ def _check_probabilities(prob: np.ndarray, shape: tuple[int, int], scale_factor:
         raise ValueError(f"probabilities must be (3, h, w), got shape {prob.shape}")
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f"shape must be the (H, W) of the image, at least 1 x 1, got {tuple(shape)}")
-    h, w = scaled_shape(shape, scale_factor)
-    if padding:
-        h, w = h + PAD + (PAD - h % PAD), w + PAD + (PAD - w % PAD)
+    h, w = network_shape(shape, scale_factor, padding)
     if prob.shape[1:] != (h, w):
         raise ValueError(
             f"probabilities have spatial shape {prob.shape[1:]}, expected {(h, w)} for an image of "
