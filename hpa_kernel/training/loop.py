@@ -351,7 +351,8 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
         sampler.set_epoch(epoch)
         net.train()
         t0 = time.perf_counter()
-        stats = torch.zeros(2 + 2 * NUM_CLASSES, dtype=torch.float64)  # loss sum, batches, true pos, positives
+        # loss sum, batches, true positives, positives: summed on the device, read once per epoch
+        stats = torch.zeros(2 + 2 * NUM_CLASSES, device=device)
         bar = tqdm(loader, total=len(loader), desc=f"{name} epoch {epoch + 1}/{config.epochs}", disable=not (progress and dist.main),
                    leave=False, dynamic_ncols=True)
         for x, y in bar:
@@ -367,20 +368,19 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
             scheduler.step()
             step += 1
             with torch.no_grad():
-                pos = (y >= config.sampler.threshold).double().cpu()
-                hit = ((logits.detach().float() > 0).double().cpu() * pos)
-                stats[0] += float(loss.detach())
+                pos = (y >= config.sampler.threshold).float()
+                stats[0] += loss.detach()
                 stats[1] += 1
-                stats[2:2 + NUM_CLASSES] += hit.sum(0)
+                stats[2:2 + NUM_CLASSES] += ((logits.detach() > 0).float() * pos).sum(0)
                 stats[2 + NUM_CLASSES:] += pos.sum(0)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if not bar.disable:  # reading the loss waits for the device
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if step in snaps and dist.main:
                 save_snapshot(snaps.index(step), epoch + 1)
         bar.close()
-        if dist.world > 1:  # NCCL reduces CUDA tensors only
-            reduced = stats.to(device)
-            tdist.all_reduce(reduced)
-            stats = reduced.cpu()
+        if dist.world > 1:
+            tdist.all_reduce(stats)
+        stats = stats.double().cpu()
         tp, npos = stats[2:2 + NUM_CLASSES].numpy(), stats[2 + NUM_CLASSES:].numpy()
         recall = np.where(npos > 0, tp / np.maximum(npos, 1), np.nan)
         if dist.main:
