@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from hpa_kernel.io import to_float
 from hpa_kernel.segmentation.base import BaseSegmenter, SegmentationMaps
 
 __all__ = [
@@ -137,14 +138,12 @@ def _to_unit(image: np.ndarray, index: int) -> np.ndarray:
         raise ValueError(f"images[{index}]: expected an (H, W, 4) R, G, B, Y array, got {found}")
     if image.shape[0] < 8 or image.shape[1] < 8:
         raise ValueError(f"images[{index}]: expected at least 8 x 8 pixels, got {image.shape[:2]}")
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / np.float32(255)
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / np.float32(65535)
+    if image.dtype in (np.uint8, np.uint16):
+        return to_float(image)
     if np.issubdtype(image.dtype, np.floating):
         if not np.isfinite(image).all():
             raise ValueError(f"images[{index}]: float image contains NaN or infinity")
-        return np.clip(image, 0, None).astype(np.float32)
+        return np.clip(to_float(image), 0, None)
     raise ValueError(f"images[{index}]: expected dtype uint8, uint16 or float, got {image.dtype}")
 
 
