@@ -560,7 +560,7 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, samples, to
                     )
                     n_cells = len(result.table)
                     report.plans[plan.describe()] += 1
-                except (RuntimeError, ValueError) as exc:
+                except Exception as exc:  # noqa: BLE001 - one image's error must not sink the submission
                     logger.error("image %s: prediction failed (%s: %s); it gets the fallback row", image_id, type(exc).__name__, exc)
                     fallback[image_id] = f"failed: {type(exc).__name__}: {exc}"
             t_c = elapsed()

@@ -234,6 +234,26 @@ def test_every_image_failing_still_writes_a_valid_file(synthetic_competition, we
     assert report.problems == [] and (_rows(report.path)["PredictionString"] == "").all()
 
 
+def test_any_prediction_error_is_per_image(synthetic_competition, weights_dir, tmp_path, monkeypatch, caplog):
+    import hpa_kernel.submit as submit
+
+    comp = synthetic_competition
+    first = comp.read_sample_submission()["ID"].iloc[0]
+    real = submit.predict_image
+
+    def key_error_on_first(result, *args, **kwargs):
+        if result.image_id == first:
+            raise KeyError("penalty")  # not a RuntimeError/ValueError: still only this image's problem
+        return real(result, *args, **kwargs)
+
+    monkeypatch.setattr(submit, "predict_image", key_error_on_first)
+    with caplog.at_level("ERROR", logger="hpa_kernel.submit"):
+        report = run_submission(_config(comp, weights_dir, tmp_path / "s.csv", tta=False), segmenter=BlobSegmenter())
+    assert report.n_predicted == 2 and list(report.fallback) == [first]
+    assert report.fallback[first].startswith("failed: KeyError")
+    assert any(first in r.getMessage() and "KeyError" in r.getMessage() for r in caplog.records)
+
+
 def test_hpa_segmenter_needs_its_weights_or_an_explicit_classic(synthetic_competition, weights_dir, tmp_path):
     comp = synthetic_competition
     with pytest.raises(FileNotFoundError, match="pass --segmenter classic explicitly"):
