@@ -131,9 +131,14 @@ def read_image(folder: str | Path, image_id: str) -> np.ndarray:
 
 
 def write_image(folder: str | Path, image_id: str, image: np.ndarray, ext: str = ".png") -> list[Path]:
-    """Write an (H, W, 4) R, G, B, Y array as four channel files; returns their paths."""
+    """Write an (H, W, 4) R, G, B, Y array as four channel files; returns their paths.
+
+    ``ext`` is one of :data:`EXTENSIONS`, so that :func:`read_image` finds the files.
+    """
     import cv2
 
+    if ext not in EXTENSIONS:
+        raise ValueError(f"ext must be one of {', '.join(EXTENSIONS)} (the files read_image finds), got {ext!r}")
     if image.ndim != 3 or image.shape[2] != 4:
         raise ValueError(f"image must have shape (H, W, 4), got {image.shape}")
     if image.dtype not in (np.uint8, np.uint16):

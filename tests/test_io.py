@@ -114,6 +114,10 @@ def test_write_then_read_and_list_ids(tmp_path):
     io.write_image(tmp_path, "a", image)
     assert io.list_image_ids(tmp_path) == ["a", "b"]
     np.testing.assert_array_equal(io.read_image(tmp_path, "b"), image)
+    for ext in (".bmp", "png"):  # a file read_image would not find, or no extension at all
+        with pytest.raises(ValueError, match="ext must be one of"):
+            io.write_image(tmp_path, "c", image, ext=ext)
+    assert io.list_image_ids(tmp_path) == ["a", "b"] and not list(tmp_path.glob("c_*"))
 
 
 def test_find_competition_order(tmp_path, monkeypatch):
