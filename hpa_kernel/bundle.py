@@ -308,10 +308,9 @@ def bundle_weights(
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(weights_dir / name, out / name)
     target = mf.write_manifest(dataclasses.replace(source, weights_dir=out), out / mf.MANIFEST_NAME)
-    # Hashes pinned in the source must hold for the copies; then pin everything and check again.
+    # Hashes pinned in the source must hold for the copies; then pin every file from those copies.
     mf.load_manifest(target, out, verify=True, require_segmentation=with_segmentation)
     pinned = mf.update_hashes(target, out, segmentation=with_segmentation)
-    mf.load_manifest(target, out, verify=True, require_segmentation=with_segmentation)
     unpinned = [f.file for f in pinned.all_files(with_segmentation) if f.sha256 is None]
     if unpinned:
         raise RuntimeError(f"hashes could not be pinned for {unpinned}")
