@@ -509,7 +509,8 @@ def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monot
     return report
 
 
-def _predict_all(config, manifest, seg_name, segmenter, competition, samples, todo, planner, tracker, rows, fallback, report, elapsed):
+def _predict_all(config, manifest, seg_name, segmenter, competition, samples, todo, planner, tracker, rows, fallback, report, elapsed) -> None:
+    """Load the models, then predict ``todo`` in order into ``rows`` (or ``fallback``) while the planner allows."""
     from hpa_kernel.cells import CellConfig, CellPipeline
     from hpa_kernel.classifier import Ensemble
     from hpa_kernel.manifest import verify_files
@@ -548,7 +549,7 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, samples, to
             t_a = elapsed()
             result = next(results)
             t_b = elapsed()
-            n_cells, classify_s = 0, 0.0
+            n_cells = 0
             if result.image_id != image_id:
                 raise RuntimeError(f"the cells pipeline returned {result.image_id} where {image_id} was expected")
             if not result.ok:
@@ -564,12 +565,10 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, samples, to
                     logger.error("image %s: prediction failed (%s: %s); it gets the fallback row", image_id, type(exc).__name__, exc)
                     fallback[image_id] = f"failed: {type(exc).__name__}: {exc}"
             t_c = elapsed()
-            classify_s = t_c - t_b
-            tracker.add(base_s=t_b - t_a, n_cells=n_cells, classify_s=classify_s, passes=plan.passes)
+            tracker.add(base_s=t_b - t_a, n_cells=n_cells, classify_s=t_c - t_b, passes=plan.passes)
             if t_c - last_checkpoint >= config.checkpoint_every_s:
                 _write(rows, samples, config.out)
                 last_checkpoint = elapsed()
                 logger.info("checkpoint: %s with %d predicted images", config.out, len(rows))
     finally:
         results.close()
-    return rows
