@@ -215,34 +215,32 @@ class DPNUnet(nn.Module):
         if x.shape[2] % 32 or x.shape[3] % 32:
             raise ValueError(f"input height and width must be multiples of 32, got {tuple(x.shape[2:])}")
 
-    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits plus every intermediate output named in :data:`STAGE_NAMES` (for debugging)."""
+    def _forward(self, x: torch.Tensor, stages: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits; with ``stages``, every output named in :data:`STAGE_NAMES` is also stored there."""
         self._check_input(x)
-        stages: dict[str, torch.Tensor] = {}
+        record = stages.__setitem__ if stages is not None else lambda name, value: None
         enc = []
         for i, stage in enumerate(self.encoder_stages):
             x = stage(x)
             enc.append(x)
-            stages[f"enc{i}"] = x
+            record(f"enc{i}", x)
         for j in range(4):
             x = self.decoder_stages[3 - j](x)
-            stages[f"decoder_stages{3 - j}"] = x
+            record(f"decoder_stages{3 - j}", x)
             x = self.bottlenecks[j](x, enc[3 - j])
-            stages[f"bottlenecks{j}"] = x
+            record(f"bottlenecks{j}", x)
         x = self.last_upsample(x)
-        stages["last_upsample"] = x
-        return self.final(x), stages
+        record("last_upsample", x)
+        return self.final(x)
+
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits plus every intermediate output named in :data:`STAGE_NAMES` (for debugging)."""
+        stages: dict[str, torch.Tensor] = {}
+        return self._forward(x, stages), stages
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes, H, W); no activation."""
-        self._check_input(x)
-        enc = []
-        for stage in self.encoder_stages:
-            x = stage(x)
-            enc.append(x)
-        for j in range(4):
-            x = self.bottlenecks[j](self.decoder_stages[3 - j](x), enc[3 - j])
-        return self.final(self.last_upsample(x))
+        return self._forward(x)
 
 
 def reference_fill_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
