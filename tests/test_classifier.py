@@ -86,6 +86,12 @@ def test_missing_or_broken_json_is_reported(tmp_path, small_config):
     js.write_text(json.dumps({"arch": "resnet18", "colour": "red"}))
     with pytest.raises(ValueError, match="unknown checkpoint config keys"):
         load_config(pth)
+    js.write_text(json.dumps({"arch": "resnet18", "input_size": 33}))
+    with pytest.raises(ValueError, match=r"ck\.json: input_size must be a positive multiple of 32"):
+        load_config(pth)
+    js.write_text(json.dumps(["resnet18"]))
+    with pytest.raises(ValueError, match=r"ck\.json: expected a JSON object, got list"):
+        load_config(pth)
     with pytest.raises(FileNotFoundError, match="nothing.pth"):
         load_checkpoint(tmp_path / "nothing.pth")
 

@@ -119,7 +119,12 @@ def load_config(weights_path: str | os.PathLike) -> CheckpointConfig:
         data = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"checkpoint config {cfg_path} is not valid JSON: {exc}") from exc
-    return CheckpointConfig.from_dict(data)
+    if not isinstance(data, dict):
+        raise ValueError(f"checkpoint config {cfg_path}: expected a JSON object, got {type(data).__name__}")
+    try:
+        return CheckpointConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint config {cfg_path}: {exc}") from exc
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
