@@ -306,3 +306,16 @@ def test_validation_split_holds_out_whole_images_and_keeps_one_for_training():
     train, val = _split_by_image(table.iloc[:3], 0.9, seed=0)
     assert len(train) and len(val) and set(table["image_id"][train]).isdisjoint(table["image_id"][val])
     assert _split_by_image(table.iloc[:2], 0.9, seed=0)[1].size == 0  # a single image: no validation
+
+
+def test_augmentation_figure_has_one_row_per_crop_and_group(toy_cells, tmp_path):
+    import cv2
+
+    from hpa_kernel.training.augment import write_augmentation_figure
+
+    path = write_augmentation_figure(toy_cells, tmp_path / "fig" / "aug.png", n_crops=2, size=40, n=3)
+    grid = cv2.imread(str(path))
+    margin = 4
+    assert grid.shape == (2 * 3 * (40 + margin) + margin, (3 + 1) * (40 + margin) + margin, 3)
+    tile = grid[margin:margin + 40, margin + 44:margin + 84]  # first augmented draw of the first crop
+    assert tile.max() > 0

@@ -168,14 +168,11 @@ def write_augmentation_figure(cells_csv, path, n_crops: int = 2, size: int = 192
     import cv2
 
     from hpa_kernel.training.config import group_config
-    from hpa_kernel.training.dataset import read_cells_table, read_crop
+    from hpa_kernel.training.dataset import CellDataset, read_cells_table
 
     table = read_cells_table(cells_csv).sort_values("area", ascending=False).head(n_crops)
-    crops = []
-    for p in table["crop_path"]:
-        crop = read_crop(p)
-        interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
-        crops.append(cv2.resize(crop, (size, size), interpolation=interp))
+    dataset = CellDataset(table["crop_path"], np.zeros((len(table), 0), np.float32), size)
+    crops = [dataset.load(i) for i in range(len(dataset))]
     configs = {f"group {g}": group_config(g).augment for g in (1, 2, 3)}
     grid = augmentation_grid(crops, configs, n=n, seed=seed)
     path = Path(path)
