@@ -87,6 +87,18 @@ def finetune_checkpoints(
         The manual soft labels; cells that have them are the "manually labelled" ones.
     config : FinetuneConfig
         Epoch size, repeats, learning rate.
+    device : str, optional
+        As in :func:`~.loop.train_group`: default CUDA when available; ``cuda:LOCAL_RANK`` under torchrun.
+    manifest : bool
+        Create or update ``out_dir/weights_manifest.json`` with the new hashes (ensemble snapshots
+        ``g{group}_m{k}.pth`` only).
+    progress : bool
+        Show tqdm bars (rank 0).
+
+    Returns
+    -------
+    list of Path
+        ``out_dir/<checkpoint name>`` for each checkpoint, in order.
     """
     from hpa_kernel.classifier import load_config
     from hpa_kernel.training.augment import Augmenter

@@ -211,7 +211,8 @@ def train_group(
     name : str, optional
         Snapshot stem; default ``g{group}`` (files ``g{group}_m{k}.pth``).
     manifest : bool
-        Create or update ``out_dir/weights_manifest.json`` with the snapshot hashes.
+        Create or update ``out_dir/weights_manifest.json`` with the snapshot hashes; only with the
+        default ``name`` (the manifest lists ``g{group}_m{k}.pth``).
     progress : bool
         Show tqdm bars (rank 0).
     cache : bool, optional
