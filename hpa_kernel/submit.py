@@ -380,6 +380,28 @@ def predict_image(result, ensemble, plan: Plan, batch_size: int = 32, cell_weigh
 
     Ensemble probabilities (:meth:`~hpa_kernel.classifier.Ensemble.predict`), then
     :func:`hpa_kernel.confidence.final_confidence` with the table's ``valid`` and ``penalty``.
+
+    Parameters
+    ----------
+    result : ImageCells
+        From a :class:`~hpa_kernel.cells.CellPipeline` run with ``encode_masks=True``.
+    ensemble : Ensemble
+    plan : Plan
+        Its TTA views and checkpoints per group are used.
+    batch_size : int
+        Cells per forward pass.
+    cell_weight, image_weight : float
+        The blend of :func:`~hpa_kernel.confidence.final_confidence`.
+
+    Returns
+    -------
+    str
+        The PredictionString; empty for an image without cells.
+
+    Raises
+    ------
+    ValueError
+        If the cells have no encoded masks.
     """
     from hpa_kernel.confidence import final_confidence
     from hpa_kernel.submission import prediction_string_for_cells

@@ -185,6 +185,32 @@ def process_image(
 
     This is what a worker does after post-processing; it is public for callers that already have
     label images (e.g. the truth masks of synthetic data).
+
+    Parameters
+    ----------
+    image_id : str
+    image : ndarray, shape (H, W, 4)
+        R, G, B, Y; uint8 or uint16.
+    nuclei_label, cell_label : ndarray, shape (H, W)
+        Integer label images; the same id means the same cell.
+    config : CellConfig, optional
+    table : pandas.DataFrame, optional
+        A table from :func:`~hpa_kernel.cells.heuristics.score_cells` (e.g. from the cache);
+        computed when absent.
+    reference : OutlierReference, optional
+        Used only when the table is computed here.
+    encode : bool
+        Encode each cell's mask (EncodedMask).
+    keep_labels : bool
+        Keep the label images in the result.
+    from_cache : bool
+        Recorded in the result.
+    boxes : dict, optional
+        ``{cell id: (y0, x0, y1, x1)}``; default the table's boxes.
+
+    Returns
+    -------
+    ImageCells
     """
     from hpa_kernel.cells.crops import crop_cells
     from hpa_kernel.cells.heuristics import score_cells
