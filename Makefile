@@ -20,11 +20,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 
-$(VENV)/.torch-installed: | $(BIN)/python
+# The stamp's name carries the pins, so changing TORCH reinstalls torch.
+TORCH_STAMP := $(VENV)/.torch-$(shell echo '$(TORCH)' | cksum | cut -d' ' -f1)
+
+$(TORCH_STAMP): | $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH)
 	@echo "$(TORCH)" > $@
 
-$(VENV)/.hpa-installed: pyproject.toml setup.py $(VENV)/.torch-installed
+$(VENV)/.hpa-installed: pyproject.toml setup.py $(TORCH_STAMP)
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]" $(TORCH)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@
