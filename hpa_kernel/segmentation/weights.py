@@ -387,6 +387,17 @@ def load_dpn_unet(
     pickled them in train mode (``batchnorm="pickled"``, what hpacellseg does), or running
     statistics everywhere (``"running"``) or per-image statistics everywhere (``"per_image"``).
 
+    Parameters
+    ----------
+    path : path
+        The weight file (see :func:`load_weights`).
+    expected_sha256 : str, optional
+        If given, the file's sha256 must equal it.
+    device : str or torch.device
+        Where the network is put.
+    batchnorm : {"pickled", "running", "per_image"}
+        Which BatchNorm statistics the network uses (see above).
+
     Returns
     -------
     (DPNUnet, LoadedWeights)
@@ -409,7 +420,8 @@ def load_dpn_unet(
         raise ValueError(f"weight file {path} does not fit the DPNUnet (dpn92) layout: {exc}") from exc
     net.eval()
     if batchnorm == "pickled":
-        net.set_batchnorm_stats({k: v for k, v in loaded.batchnorm_training.items() if k in net.batchnorm_layers()})
+        layers = net.batchnorm_layers()
+        net.set_batchnorm_stats({k: v for k, v in loaded.batchnorm_training.items() if k in layers})
     else:
         net.set_batchnorm_stats(batchnorm == "per_image")
     return net.to(device), loaded
