@@ -108,6 +108,8 @@ def build_kit_wheel(out: str | os.PathLike, project_root: str | os.PathLike | No
     root = Path(project_root) if project_root else find_project_root()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # setuptools leaves these in the checkout; remove only the ones this build creates.
+    leftovers = [root / name for name in ("build", "hpa_kernel.egg-info") if not (root / name).exists()]
     with tempfile.TemporaryDirectory() as tmp:
         _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp, str(root)])
         wheels = list(Path(tmp).glob("hpa_kernel-*.whl"))
@@ -115,8 +117,8 @@ def build_kit_wheel(out: str | os.PathLike, project_root: str | os.PathLike | No
             raise RuntimeError(f"expected one hpa_kernel wheel from the build, found {[w.name for w in wheels]}")
         target = out / wheels[0].name
         shutil.move(str(wheels[0]), target)
-    for leftover in ("build", "hpa_kernel.egg-info"):
-        shutil.rmtree(root / leftover, ignore_errors=True)
+    for leftover in leftovers:
+        shutil.rmtree(leftover, ignore_errors=True)
     with zipfile.ZipFile(target) as zf:
         names = zf.namelist()
     if not any(n.startswith("hpa_kernel/notebooks/") and n.endswith(".ipynb") for n in names):
