@@ -88,6 +88,9 @@ def test_cells_table_errors(tmp_path, toy_cells):
     bad.write_text("image_id,cell_id\na,1\n")
     with pytest.raises(ValueError, match="missing columns"):
         read_cells_table(bad)
+    bad.write_text("")
+    with pytest.raises(ValueError, match="bad.csv is empty"):
+        read_cells_table(bad)
 
 
 def test_targets_image_pseudo_and_soft(toy_cells, tmp_path):

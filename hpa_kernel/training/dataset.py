@@ -72,7 +72,10 @@ def read_cells_table(path: str | os.PathLike, valid_only: bool = True):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"cells table {path} not found (write it with `hpa-kernel cells`)")
-    df = pd.read_csv(path, dtype={"image_id": str, "labels": str, "crop": str}, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype={"image_id": str, "labels": str, "crop": str}, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path} is empty; expected a header {', '.join(CELLS_COLUMNS)} and one row per cell") from None
     missing = [c for c in CELLS_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; expected {', '.join(CELLS_COLUMNS)}")
