@@ -33,15 +33,16 @@ from pathlib import Path
 import numpy as np
 
 from hpa_kernel import paths
+from hpa_kernel.manifest import SegmentationWeights
 from hpa_kernel.segmentation.base import BaseSegmenter, SegmentationMaps
 
 __all__ = ["HPASegmenter", "NUCLEI_WEIGHTS", "CELL_WEIGHTS", "postprocess_maps", "resolve_weight_file"]
 
 logger = logging.getLogger(__name__)
 
-#: File names of the official weights (zenodo, hpacellseg 0.1.8).
-NUCLEI_WEIGHTS = "dpn_unet_nuclei_v1.pth"
-CELL_WEIGHTS = "dpn_unet_cell_3ch_v1.pth"
+#: File names of the official weights (zenodo, hpacellseg 0.1.8), as the weights manifest names them.
+NUCLEI_WEIGHTS: str = SegmentationWeights().nuclei.file
+CELL_WEIGHTS: str = SegmentationWeights().cell.file
 
 
 def postprocess_maps(maps: SegmentationMaps) -> tuple[np.ndarray, np.ndarray]:
