@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hpa_kernel.confidence import CELL_WEIGHT, IMAGE_WEIGHT
+
 __all__ = [
     "Plan",
     "FALLBACK_PLAN",
@@ -311,8 +313,8 @@ class SubmitConfig:
     cache_dir: Path | None = None
     progress: bool = True
     torch_threads: int | None = None
-    cell_weight: float = 0.7
-    image_weight: float = 0.3
+    cell_weight: float = CELL_WEIGHT
+    image_weight: float = IMAGE_WEIGHT
 
     def __post_init__(self):
         for name in ("out", "data", "weights", "cache_dir"):
@@ -375,7 +377,9 @@ class SubmitReport:
         )
 
 
-def predict_image(result, ensemble, plan: Plan, batch_size: int = 32, cell_weight: float = 0.7, image_weight: float = 0.3) -> str:
+def predict_image(
+    result, ensemble, plan: Plan, batch_size: int = 32, cell_weight: float = CELL_WEIGHT, image_weight: float = IMAGE_WEIGHT
+) -> str:
     """PredictionString of one :class:`hpa_kernel.cells.ImageCells` under ``plan``.
 
     Ensemble probabilities (:meth:`~hpa_kernel.classifier.Ensemble.predict`), then
