@@ -100,6 +100,39 @@ def test_resume_refuses_a_run_with_another_number_of_steps(toy_cells, tmp_path):
     assert train_group(config, toy_cells, tmp_path / "r", resume=True, progress=False, manifest=False)
 
 
+def test_other_ranks_draw_their_own_augmentations_and_write_nothing(toy_cells, tmp_path):
+    import torch
+
+    from hpa_kernel.training.dataset import CellDataset, build_targets, read_cells_table
+    from hpa_kernel.training.loop import _Dist, _fit
+    from hpa_kernel.training.sampler import SemiBalancedSampler
+
+    torch.set_num_threads(1)
+    config = group_config(1, **{**TINY, "epochs": 1}, val_fraction=0.0)
+    table = read_cells_table(toy_cells)
+    targets, _ = build_targets(table)
+
+    def draws(rank):
+        seen = []
+
+        def augment(crop, rng):
+            seen.append(float(rng.random()))
+            return crop
+
+        dataset = CellDataset(table["crop_path"], targets, config.input_size, augment)
+        sampler = SemiBalancedSampler(np.ones(len(table)), config.batch_size)  # the same cells for both
+        out = tmp_path / f"rank{rank}"
+        # world 1 keeps DDP out of the way; rank 1 still behaves as a non-main process
+        _fit(config, dataset, None, sampler, 1, out, "g1", _Dist(1, rank, torch.device("cpu"), False), progress=False)
+        return seen, out
+
+    seen0, out0 = draws(0)
+    seen1, out1 = draws(1)
+    assert len(seen0) == len(seen1) == config.batch_size and seen0 != seen1
+    assert (out0 / "g1_m0.pth").is_file() and (out0 / "runs" / "g1" / "last.pt").is_file()
+    assert not out1.exists()  # only rank 0 writes
+
+
 def _stop_after_first_epoch(config, cells, out):
     """Run epoch 1 of ``config`` only, as if the process had been killed after it."""
     import hpa_kernel.training.loop as loop

@@ -326,6 +326,10 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
         if start_epoch >= config.epochs:
             logger.info("%s is already trained (%d epochs)", name, config.epochs)
 
+    if dist.rank:
+        # Every rank seeded alike (and on resume restored rank 0's saved state): without this the
+        # ranks would draw the same augmentations and dropout masks for their different cells.
+        torch.manual_seed(config.seed + 1_000_003 * dist.rank + step)
     if not resume and dist.main and log_path.is_file():
         log_path.unlink()
     net = model
