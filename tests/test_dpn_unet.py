@@ -107,6 +107,8 @@ def test_batch_and_bad_sizes(net):
         net(torch.zeros(1, 3, 64, 48))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         net(torch.zeros(3, 64, 64))
+    with pytest.raises(ValueError, match="must have 3 channels"):
+        net(torch.zeros(1, 4, 64, 64))
 
 
 def test_batchnorm_mode_switch(net):

@@ -212,6 +212,9 @@ class DPNUnet(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4:
             raise ValueError(f"input must be (N, C, H, W), got shape {tuple(x.shape)}")
+        in_chans = self.encoder_stages[0][0].in_channels
+        if x.shape[1] != in_chans:
+            raise ValueError(f"input must have {in_chans} channels (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[2] % 32 or x.shape[3] % 32:
             raise ValueError(f"input height and width must be multiples of 32, got {tuple(x.shape[2:])}")
 
