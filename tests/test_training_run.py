@@ -181,6 +181,19 @@ def test_finetune_keeps_names_recipe_and_changes_weights(group3_run, toy_cells, 
         finetune_checkpoints(paths[:1], toy_cells, out, progress=False)
 
 
+def test_finetune_reads_each_cached_crop_once_for_all_checkpoints(group3_run, toy_cells, tmp_path, monkeypatch):
+    import hpa_kernel.training.dataset as dataset
+    from hpa_kernel.cells.builder import read_crop
+
+    reads = []
+    monkeypatch.setattr(dataset, "read_crop", lambda path: reads.append(path) or read_crop(path))
+    _, _, paths = group3_run  # 32 px: crops are cached
+    tuned = finetune_checkpoints(paths[:2], toy_cells, tmp_path / "ft", config=FinetuneConfig(epoch_size=40, batch_size=8),
+                                 progress=False)
+    assert [p.name for p in tuned] == ["g3_m0.pth", "g3_m1.pth"]
+    assert len(reads) == len(set(reads)) == 15  # 5 images x 3 valid cells, each read once
+
+
 def test_pseudo_labels_file_and_training_on_it(toy_cells, tmp_path):
     import torch
 

@@ -124,6 +124,7 @@ def finetune_checkpoints(
     dist = _setup(device)
     out: list[Path] = []
     groups = set()
+    datasets: dict[int, CellDataset] = {}  # one per input size, so cached crops are read once
     try:
         import torch
 
@@ -136,7 +137,10 @@ def finetune_checkpoints(
             steps = math.ceil(sampler.num_samples / batch)
             tc = dataclasses.replace(base, epochs=1, steps_per_epoch=steps, batch_size=batch, lr=config.lr, warmup=0.0,
                                      n_checkpoints=1, snapshot_fraction=1.0, val_fraction=0.0)
-            dataset = CellDataset(table["crop_path"], targets, tc.input_size, Augmenter(tc.augment), tc.input_size <= 128)
+            if tc.input_size not in datasets:
+                datasets[tc.input_size] = CellDataset(table["crop_path"], targets, tc.input_size, None, tc.input_size <= 128)
+            dataset = datasets[tc.input_size]
+            dataset.augment = Augmenter(tc.augment)
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
             paths = _fit(tc, dataset, None, sampler, steps, out_dir, f"{ckpt.stem}_ft", dist, progress=progress,
                          init_state=state, file_names=[ckpt.name],
