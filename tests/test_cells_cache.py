@@ -115,3 +115,16 @@ def test_key_settings_are_computed_once_per_run(images, tmp_path):
     segmenter = CountingSettings(samples)
     results = list(CellPipeline(segmenter, CONFIG, workers=0, cache_dir=tmp_path / "c").run(folder, ids, progress=False))
     assert all(r.ok for r in results) and segmenter.settings_calls == 1
+
+
+def test_unreadable_entry_is_recomputed_by_the_workers(images, tmp_path):
+    folder, ids, samples = images
+    cache_dir = tmp_path / "cache"
+    first, _ = run(folder, ids[:2], samples, cache_dir)
+    victim = sorted(cache_dir.glob("*.npz"))[0]
+    victim.write_bytes(b"garbage")
+    again, seg = run(folder, ids[:2], samples, cache_dir, workers=2)
+    assert seg.calls == 1 and all(r.ok for r in again)
+    for a, b in zip(first, again):
+        assert_same(a, b)
+    CellCache(cache_dir).load(victim.stem)  # rewritten

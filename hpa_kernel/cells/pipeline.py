@@ -463,61 +463,52 @@ class CellPipeline:
         entry.future = None
         self._flush([entry])
 
-    def _wait(self, entry: _Entry, pending: deque, folder: Path) -> ImageCells | ImageFailure:
-        """The result of ``entry``, recovering from a broken pool and from unreadable cache entries."""
+    def _collect(self, entry: _Entry, future, folder: Path) -> bool:
+        """Take ``future``'s outcome into ``entry``; False if the pool broke before it finished.
+
+        A result or an error (logged) becomes ``entry.result``; an unreadable cache entry sends the
+        image through segmentation again (:meth:`_rerun_fresh`).
+        """
         from concurrent.futures.process import BrokenProcessPool
 
+        try:
+            entry.result = future.result()
+        except BrokenProcessPool:
+            return False
+        except _CacheUnreadable as exc:
+            self._rerun_fresh(entry, folder, str(exc))
+        except Exception as exc:  # noqa: BLE001 - recorded per image
+            entry.result = self._failure(entry.image_id, exc, "cells")
+        return True
+
+    def _wait(self, entry: _Entry, pending: deque, folder: Path) -> ImageCells | ImageFailure:
+        """The result of ``entry``, recovering from a broken pool and from unreadable cache entries."""
         for _ in range(3):
             if entry.result is not None:
                 return entry.result
-            try:
-                if entry.future is None:
-                    self._submit(entry)  # sequential mode: result set now
-                    continue
-                entry.result = entry.future.result()
-            except BrokenProcessPool:
+            if entry.future is None:
+                self._submit_or_rerun(entry, folder)  # sequential mode: result set now
+            elif not self._collect(entry, entry.future, folder):
                 self._recover(pending, folder)
-            except _CacheUnreadable as exc:
-                self._rerun_fresh(entry, folder, str(exc))
-            except Exception as exc:  # noqa: BLE001 - recorded per image
-                entry.result = self._failure(entry.image_id, exc, "cells")
         if entry.result is None:
             entry.result = self._failure(entry.image_id, RuntimeError("gave up after repeated errors"), "cells")
         return entry.result
 
     def _recover(self, pending: deque, folder: Path) -> None:
         """A worker died: new pool, then retry every image that was in flight, one at a time."""
-        from concurrent.futures.process import BrokenProcessPool
-
         logger.warning("a worker process died; restarting the pool and retrying the images in flight one by one")
         self._replace_pool()
         for e in pending:
             if e.future is None or e.result is not None:
                 continue
             old, e.future = e.future, None
-            try:
-                e.result = old.result()  # it may have finished before the break
+            if self._collect(e, old, folder):  # it may have finished before the break
                 continue
-            except BrokenProcessPool:
-                pass
-            except _CacheUnreadable as exc:
-                self._rerun_fresh(e, folder, str(exc))
-                continue
-            except Exception as exc:  # noqa: BLE001 - recorded per image
-                e.result = self._failure(e.image_id, exc, "cells")
-                continue
-            retry = self._executor.submit(_run_task, e.task)
-            try:
-                e.result = retry.result()
-            except BrokenProcessPool:
+            if not self._collect(e, self._executor.submit(_run_task, e.task), folder):
                 e.result = self._failure(
                     e.image_id, RuntimeError("a worker process died while processing this image, twice"), "cells"
                 )
                 self._replace_pool()
-            except _CacheUnreadable as exc:
-                self._rerun_fresh(e, folder, str(exc))
-            except Exception as exc:  # noqa: BLE001 - recorded per image
-                e.result = self._failure(e.image_id, exc, "cells")
 
     # ------------------------------------------------------------------ the run
     def run(self, folder: str | os.PathLike, image_ids: Iterable[str], progress: bool = True) -> Iterator[ImageCells | ImageFailure]:
