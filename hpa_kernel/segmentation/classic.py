@@ -338,7 +338,7 @@ def postprocess_classic(maps: ClassicMaps, params: ClassicParams | None = None) 
     blue, cytoplasm = np.asarray(maps.nuclei), np.asarray(maps.cell)
     if blue.ndim != 2 or blue.shape != cytoplasm.shape:
         raise ValueError(f"maps: expected two 2-D maps of one shape, got {blue.shape} and {cytoplasm.shape}")
-    shape = tuple(getattr(maps, "shape", ()) or ()) or blue.shape
+    shape = tuple(getattr(maps, "shape", None) or blue.shape)  # a plain SegmentationMaps: the maps' size
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f"maps.shape: expected (H, W) of the original image, got {shape}")
 
