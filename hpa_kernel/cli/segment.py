@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     ids = args.ids or list_image_ids(images_dir)
     if not ids:
         raise FileNotFoundError(f"--images: no images ({{ID}}_red.png and so on) in {images_dir}")
+    segmenter = create_segmenter(args.segmenter, **_segmenter_kwargs(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    segmenter = create_segmenter(args.segmenter, **_segmenter_kwargs(args))
     logger.info("segmenting %d image(s) from %s with %s", len(ids), images_dir, segmenter.settings())
     for start in range(0, len(ids), args.batch_size):
         chunk = ids[start : start + args.batch_size]
