@@ -331,8 +331,8 @@ class SubmitConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.segmenter not in (None, "hpa", "classic"):
             raise ValueError(f"segmenter must be 'hpa', 'classic' or None, got {self.segmenter!r}")
-        if self.crop_size is not None and self.crop_size < 8:
-            raise ValueError(f"crop_size must be >= 8, got {self.crop_size}")
+        if self.crop_size is not None and (not isinstance(self.crop_size, int) or self.crop_size < 8):
+            raise ValueError(f"crop_size must be an int >= 8, got {self.crop_size!r}")
         if self.checkpoint_every_s <= 0:
             raise ValueError(f"checkpoint_every_s must be > 0, got {self.checkpoint_every_s}")
         if self.torch_threads is not None and self.torch_threads < 1:

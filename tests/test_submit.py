@@ -298,6 +298,9 @@ def test_config_checks_itself(tmp_path):
     with pytest.raises(ValueError, match="budget_s"):
         SubmitConfig(out=tmp_path / "x.csv", budget_s=float("nan"))
     assert SubmitConfig(out="x.csv", budget_s=3600).reserve == pytest.approx(108)
+    # checked here, not after the models are loaded (CellConfig needs an int)
+    with pytest.raises(ValueError, match="crop_size must be an int >= 8, got 64.0"):
+        SubmitConfig(out=tmp_path / "x.csv", crop_size=64.0)
 
 
 def test_cli_parses_every_option():
