@@ -55,7 +55,15 @@ def _segmenter_kwargs(args: argparse.Namespace) -> dict:
 
 
 def write_mask(path, label) -> None:
-    """Write a label image as a 16-bit PNG; labels above 65535 are an error."""
+    """Write a label image as a 16-bit PNG.
+
+    Parameters
+    ----------
+    path : path
+        The PNG file to write.
+    label : (H, W) integer ndarray
+        Labels in [0, 65535]; anything outside is a ValueError naming ``path``.
+    """
     import cv2
     import numpy as np
 

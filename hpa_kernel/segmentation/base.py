@@ -31,6 +31,18 @@ class BaseSegmenter:
     postprocess_fn: Callable[[SegmentationMaps], tuple[np.ndarray, np.ndarray]]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[SegmentationMaps]:
+        """The prediction stage.
+
+        Parameters
+        ----------
+        images : sequence of (H, W, 4) ndarray
+            R, G, B, Y images.
+
+        Returns
+        -------
+        list of SegmentationMaps
+            One per image, in the order of ``images``.
+        """
         raise NotImplementedError
 
     def settings(self) -> dict:

@@ -60,6 +60,22 @@ def resolve_weight_file(
 ) -> Path:
     """Find a weight file: ``path`` (a file, or a folder with ``filename``), ``$HPA_KERNEL_WEIGHTS``, Kaggle inputs.
 
+    Parameters
+    ----------
+    path : path or None
+        A file, or a folder holding ``filename``. When given it must exist; nothing else is tried.
+    filename : str
+        The file name looked for in folders (:data:`NUCLEI_WEIGHTS`, :data:`CELL_WEIGHTS`).
+    what : str
+        ``"nuclei"`` or ``"cell"``, for the error message.
+    kaggle_root : path, optional
+        Override of the Kaggle input folder (tests).
+
+    Returns
+    -------
+    Path
+        The weight file.
+
     Raises
     ------
     FileNotFoundError
