@@ -57,10 +57,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+_OVERRIDES = ("epochs", "steps_per_epoch", "batch_size", "lr", "input_size", "seed", "workers")  # TrainConfig fields
+
+
 def _overrides(args) -> dict:
-    names = {"epochs": "epochs", "steps_per_epoch": "steps_per_epoch", "batch_size": "batch_size", "lr": "lr",
-             "input_size": "input_size", "seed": "seed", "workers": "workers"}
-    return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
+    return {name: getattr(args, name) for name in _OVERRIDES if getattr(args, name) is not None}
 
 
 def run(args: argparse.Namespace) -> int:
