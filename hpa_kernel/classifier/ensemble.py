@@ -170,6 +170,7 @@ class Ensemble:
         """
         import torch
 
+        crops = np.asarray(crops)
         if crops.ndim != 4 or crops.shape[-1] != 4 or crops.dtype != np.uint8:
             raise ValueError(f"crops must be uint8 of shape (N, S, S, 4), got {crops.dtype} {crops.shape}")
         if batch_size < 1:
