@@ -217,3 +217,24 @@ def test_binucleate_cell_stays_one_cell():
     # with merging switched off the two nuclei make two cells
     _, split = ClassicSegmenter(merge_gap=0.0).segment([image])[0]
     assert int(split.max()) == 3
+
+
+def test_segment_cli_with_classic(tmp_path, caplog):
+    import logging
+
+    import cv2
+
+    from hpa_kernel.cli import main
+    from hpa_kernel.io import write_image
+
+    image, truth = blob_image()
+    write_image(tmp_path / "images", "blobs", image)
+    argv = ["segment", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "masks"), "--segmenter", "classic"]
+    with caplog.at_level(logging.WARNING, logger="hpa_kernel.cli.segment"):
+        assert main(argv + ["--padding", "--fp16"]) == 0
+    assert "--fp16, --padding only apply to --segmenter hpa" in caplog.text  # not silently dropped
+    cells = cv2.imread(str(tmp_path / "masks" / "blobs_cellmask.png"), cv2.IMREAD_UNCHANGED)
+    nuclei = cv2.imread(str(tmp_path / "masks" / "blobs_nucleimask.png"), cv2.IMREAD_UNCHANGED)
+    want_nuclei, want_cells = ClassicSegmenter().segment([image])[0]
+    np.testing.assert_array_equal(cells, want_cells)
+    np.testing.assert_array_equal(nuclei, want_nuclei)

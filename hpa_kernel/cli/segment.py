@@ -41,6 +41,13 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _segmenter_kwargs(args: argparse.Namespace) -> dict:
     if args.segmenter != "hpa":
+        hpa_only = (("--nuclei", args.nuclei), ("--cell", args.cell), ("--fp16", args.fp16),
+                    ("--channels-last", args.channels_last), ("--padding", args.padding))  # fmt: skip
+        ignored = [flag for flag, value in hpa_only if value]
+        if ignored:
+            logger.warning(
+                "%s only apply to --segmenter hpa; ignored with --segmenter %s", ", ".join(ignored), args.segmenter
+            )
         return {}
     return {
         "nuclei": args.nuclei,
