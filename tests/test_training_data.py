@@ -322,3 +322,16 @@ def test_augmentation_figure_has_one_row_per_crop_and_group(toy_cells, tmp_path)
     assert grid.shape == (2 * 3 * (40 + margin) + margin, (3 + 1) * (40 + margin) + margin, 3)
     tile = grid[margin:margin + 40, margin + 44:margin + 84]  # first augmented draw of the first crop
     assert tile.max() > 0
+
+
+def test_an_unreadable_valid_flag_is_an_error_naming_the_file(tmp_path):
+    from hpa_kernel.cells.builder import CSV_COLUMNS, parse_flag
+    from hpa_kernel.training.dataset import read_cells_table
+
+    assert [parse_flag(v) for v in ("True", "false", "1", "0", True, "")] == [True, False, True, False, True, False]
+    path = tmp_path / "cells.csv"
+    row = {"image_id": "a", "cell_id": 1, "crop": "crops/a_1.png", "y0": 0, "x0": 0, "y1": 4, "x1": 4, "area": 16,
+           "nucleus_cut": 0.0, "outlier_score": 0.0, "valid": "maybe", "labels": "0"}
+    path.write_text(",".join(CSV_COLUMNS) + "\n" + ",".join(str(row[c]) for c in CSV_COLUMNS) + "\n")
+    with pytest.raises(ValueError, match=r"cells\.csv: column valid.*'maybe'"):
+        read_cells_table(path)

@@ -43,6 +43,7 @@ __all__ = [
     "apply_dataset_reference",
     "read_crop",
     "write_crop",
+    "parse_flag",
     "parse_shard",
     "shard_ids",
 ]
@@ -60,6 +61,29 @@ EXTRA_COLUMNS: tuple[str, ...] = (
 )
 
 _SHARD_RE = re.compile(r"^cells\.shard-(\d+)-of-(\d+)\.csv$")
+
+
+_TRUE = frozenset({"true", "1", "yes", "t", "y"})
+_FALSE = frozenset({"false", "0", "no", "f", "n", ""})
+
+
+def parse_flag(value, where: str = "valid") -> bool:
+    """Read a boolean column of ``cells.csv`` (``True``/``False`` as written, ``1``/``0``, yes/no).
+
+    >>> parse_flag("True"), parse_flag(" 0 "), parse_flag(False)
+    (True, False, False)
+
+    Raises
+    ------
+    ValueError
+        Naming ``where`` and the value, for anything else.
+    """
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{where}: {value!r} is not a boolean: expected True/False or 1/0")
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from hpa_kernel.cells.builder import read_crop  # the one crop reader, re-exported for the server
+from hpa_kernel.cells.builder import parse_flag, read_crop  # read_crop is re-exported for the server
 from hpa_kernel.classes import class_id, parse_labels
 
 __all__ = ["LabelCell", "CellTable", "read_crop", "render_crop", "VIEWS"]
@@ -31,8 +31,6 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("image_id", "cell_id", "crop", "labels")
 VIEWS = ("composite", "green")
-_TRUE = {"true", "1", "yes", "t", "y"}
-_FALSE = {"false", "0", "no", "f", "n", ""}
 
 
 @dataclass(frozen=True)
@@ -48,15 +46,6 @@ class LabelCell:
     @property
     def key(self) -> tuple[str, int]:
         return (self.image_id, self.cell_id)
-
-
-def _parse_valid(text: str, where: str) -> bool:
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{where}: column valid is {text!r}: expected True/False or 1/0")
 
 
 class CellTable:
@@ -111,7 +100,7 @@ class CellTable:
                     cell_id = int(row["cell_id"])
                 except ValueError:
                     raise ValueError(f"{where}: cell_id {row['cell_id']!r} is not an integer") from None
-                valid = _parse_valid(row["valid"], where) if has_valid else True
+                valid = parse_flag(row["valid"], f"{where}: column valid") if has_valid else True
                 crop = self._relative_crop(base, row["crop"], valid, where)
                 cell = LabelCell(image_id=row["image_id"], cell_id=cell_id, crop=crop, labels=parse_labels(row["labels"]),
                                  valid=valid)

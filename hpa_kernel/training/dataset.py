@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpa_kernel.cells.builder import CSV_COLUMNS, read_crop
+from hpa_kernel.cells.builder import CSV_COLUMNS, parse_flag, read_crop
 from hpa_kernel.classes import NUM_CLASSES, labels_to_multihot, parse_labels
 from hpa_kernel.labelling.export import read_soft_labels
 
@@ -46,8 +46,6 @@ logger = logging.getLogger(__name__)
 
 #: The columns of ``cells.csv`` (docs/DESIGN.md), as the cells stage writes them.
 CELLS_COLUMNS: tuple[str, ...] = CSV_COLUMNS
-
-_TRUE = {"true", "1", "yes", "t"}
 
 
 def read_cells_table(path: str | os.PathLike, valid_only: bool = True):
@@ -80,7 +78,7 @@ def read_cells_table(path: str | os.PathLike, valid_only: bool = True):
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; expected {', '.join(CELLS_COLUMNS)}")
     df["cell_id"] = df["cell_id"].astype(int)
-    df["valid"] = df["valid"].map(lambda v: str(v).strip().lower() in _TRUE)
+    df["valid"] = [parse_flag(v, f"{path}: column valid") for v in df["valid"]]
     if valid_only:
         df = df[df["valid"]]
     if df.empty:
