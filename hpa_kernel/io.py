@@ -15,6 +15,9 @@ ignored.
 from __future__ import annotations
 
 import logging
+import os
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,7 @@ __all__ = [
     "to_float",
     "list_image_ids",
     "find_competition",
+    "atomic_write",
 ]
 
 logger = logging.getLogger(__name__)
@@ -154,6 +158,22 @@ def write_image(folder: str | Path, image_id: str, image: np.ndarray, ext: str =
         buf.tofile(path)
         out.append(path)
     return out
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Write ``path`` through a temporary file in the same folder, then rename it into place.
+
+    ``write(tmp)`` puts the content at the temporary path. Readers see the old file or the new one,
+    never a partial one, and a failed write leaves no temporary file behind. Returns ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def to_float(image: np.ndarray) -> np.ndarray:

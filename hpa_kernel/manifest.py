@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hpa_kernel import paths
+from hpa_kernel.io import atomic_write
 
 __all__ = [
     "MANIFEST_NAME",
@@ -371,10 +372,7 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(manifest.to_dict(), indent=2) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def update_hashes(

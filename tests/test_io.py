@@ -162,3 +162,19 @@ def test_classes_parsing_and_formatting():
             parse_labels(bad)
     with pytest.raises(ValueError, match="unknown class"):
         class_id("Nucleus")
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    io.atomic_write(target, lambda tmp: tmp.write_text("new"))
+    assert target.read_text() == "new"
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        io.atomic_write(target, broken)
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]

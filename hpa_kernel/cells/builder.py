@@ -28,12 +28,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from hpa_kernel.cells.config import CellConfig
+from hpa_kernel.io import atomic_write
 
 __all__ = [
     "CSV_COLUMNS",
@@ -121,9 +121,7 @@ def write_crop(path: str | Path, crop: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(crop))
     if not ok:
         raise ValueError(f"cannot encode the crop for {path}")
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    buf.tofile(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, buf.tofile)
 
 
 def read_crop(path: str | Path) -> np.ndarray:
@@ -150,9 +148,7 @@ def read_crop(path: str | Path) -> np.ndarray:
 
 
 def _write_csv(df, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def build_training_set(

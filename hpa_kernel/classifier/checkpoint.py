@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
-from hpa_kernel.io import CHANNELS
+from hpa_kernel.io import CHANNELS, atomic_write
 
 __all__ = ["CheckpointConfig", "config_path_for", "save_checkpoint", "load_config", "load_checkpoint", "prepare_batch"]
 
@@ -79,16 +79,6 @@ def config_path_for(weights_path: str | os.PathLike) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(model, config: CheckpointConfig, path: str | os.PathLike) -> tuple[Path, Path]:
     """Save ``model``'s state_dict to ``path`` (``.pth``) and ``config`` beside it (``.json``).
 
@@ -103,10 +93,10 @@ def save_checkpoint(model, config: CheckpointConfig, path: str | os.PathLike) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    _atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     cfg_path = config_path_for(path)
     text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
-    _atomic_write_bytes(cfg_path, lambda tmp: tmp.write_text(text))
+    atomic_write(cfg_path, lambda tmp: tmp.write_text(text))
     return path, cfg_path
 
 

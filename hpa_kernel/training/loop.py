@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
+from hpa_kernel.io import atomic_write
 from hpa_kernel.training.config import TrainConfig, snapshot_steps
 
 __all__ = ["train_group", "predict", "evaluate", "checkpoint_name", "RUNS_DIR"]
@@ -405,9 +406,7 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "recall": None if recall is None else [float(r) for r in recall],
             }
-            tmp = last_path.with_name(f".last.pt.tmp-{os.getpid()}")
-            torch.save(state, tmp)
-            os.replace(tmp, last_path)
+            atomic_write(last_path, lambda tmp: torch.save(state, tmp))
         if dist.world > 1:
             tdist.barrier()
     if dist.main and manifest:
