@@ -284,9 +284,7 @@ class CellPipeline:
     --------
     >>> from hpa_kernel.segmentation import create_segmenter
     >>> pipeline = CellPipeline(create_segmenter("classic"), CellConfig(crop_size=128))  # doctest: +SKIP
-    >>> for result in pipeline.run("train", ids):  # doctest: +SKIP
-    ...     if result.ok:
-    ...         print(result.image_id, len(result.table))
+    >>> n_cells = {r.image_id: len(r.table) for r in pipeline.run("train", ids) if r.ok}  # doctest: +SKIP
     """
 
     def __init__(
