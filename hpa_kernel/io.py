@@ -14,6 +14,7 @@ ignored.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -38,6 +39,7 @@ __all__ = [
     "list_image_ids",
     "find_competition",
     "atomic_write",
+    "read_json_object",
 ]
 
 logger = logging.getLogger(__name__)
@@ -174,6 +176,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def read_json_object(path: str | os.PathLike, what: str, error: type[ValueError] = ValueError) -> dict:
+    """Read a JSON file that must hold an object, with errors that name ``what`` and the file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError (or ``error``)
+        If the file is not valid JSON, or holds something other than an object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{what} {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise error(f"{what} {path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def to_float(image: np.ndarray) -> np.ndarray:

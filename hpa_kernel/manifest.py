@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hpa_kernel import paths
-from hpa_kernel.io import atomic_write
+from hpa_kernel.io import atomic_write, read_json_object
 
 __all__ = [
     "MANIFEST_NAME",
@@ -320,10 +320,7 @@ def load_manifest(
         path = folder / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(f"weights manifest {MANIFEST_NAME} not found in the weights folder {folder}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"weights manifest {path} is not valid JSON: {exc}") from exc
+    data = read_json_object(path, "weights manifest", ManifestError)
     manifest = Manifest.from_dict(data, weights_dir=folder, source=path)
     if verify:
         verify_files(manifest, segmentation=require_segmentation)

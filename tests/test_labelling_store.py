@@ -171,7 +171,7 @@ def test_load_mappings_json_and_options(tmp_path):
     assert per_class[15] == {1: 0.0, 2: 0.0, 3: 0.0, 4: 1.0, 5: 1.0}  # the option wins over the file
     assert load_mappings() == ({1: 0.0, 2: 0.2, 3: 0.7, 4: 0.9, 5: 1.0}, {})
     spec.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="expected an object"):
+    with pytest.raises(ValueError, match="expected a JSON object, got list"):
         load_mappings([], spec)
     with pytest.raises(FileNotFoundError):
         load_mappings([], tmp_path / "absent.json")

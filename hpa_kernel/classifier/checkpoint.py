@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
-from hpa_kernel.io import CHANNELS, atomic_write
+from hpa_kernel.io import CHANNELS, atomic_write, read_json_object
 
 __all__ = ["CheckpointConfig", "config_path_for", "save_checkpoint", "load_config", "load_checkpoint", "prepare_batch"]
 
@@ -105,12 +105,7 @@ def load_config(weights_path: str | os.PathLike) -> CheckpointConfig:
     cfg_path = config_path_for(weights_path)
     if not cfg_path.is_file():
         raise FileNotFoundError(f"checkpoint config {cfg_path} not found (every .pth needs its .json beside it)")
-    try:
-        data = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"checkpoint config {cfg_path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"checkpoint config {cfg_path}: expected a JSON object, got {type(data).__name__}")
+    data = read_json_object(cfg_path, "checkpoint config")
     try:
         return CheckpointConfig.from_dict(data)
     except (TypeError, ValueError) as exc:

@@ -30,13 +30,13 @@ should count only the classes of ``Judged`` for that cell.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
 from hpa_kernel.classes import CLASS_NAMES, class_id, format_labels
+from hpa_kernel.io import read_json_object
 from hpa_kernel.labelling.store import SCORES, LabelStore
 
 __all__ = [
@@ -121,14 +121,7 @@ def load_mappings(
     default, per_class = dict(DEFAULT_MAPPING), {}
     if json_path is not None:
         json_path = Path(json_path)
-        if not json_path.is_file():
-            raise FileNotFoundError(f"mapping file {json_path} does not exist")
-        try:
-            spec = json.loads(json_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"mapping file {json_path} is not valid JSON: {exc}") from exc
-        if not isinstance(spec, dict):
-            raise ValueError(f"mapping file {json_path}: expected an object of class -> mapping, got {type(spec).__name__}")
+        spec = read_json_object(json_path, "mapping file (an object of class -> mapping)")
         for key, value in spec.items():
             where = f"{json_path} [{key!r}]"
             if isinstance(value, str):
