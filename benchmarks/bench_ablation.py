@@ -16,6 +16,7 @@ recipe is better on real images.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -45,7 +46,7 @@ def derive_18_outputs(src: Path, dst: Path) -> Path:
                 state[k] = state[k][:18].clone()
             torch.save(state, dst / ck.file)
             config: CheckpointConfig = dataclasses.replace(load_config(src / ck.file), num_classes=18, recipe="milimed2021")
-            (dst / ck.file).with_suffix(".json").write_text(__import__("json").dumps(config.to_dict(), indent=2) + "\n")
+            (dst / ck.file).with_suffix(".json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     path = mf.write_manifest(dataclasses.replace(manifest, weights_dir=None, source=None), dst / mf.MANIFEST_NAME)
     mf.update_hashes(path, dst, segmentation=False)
     return dst
