@@ -1,6 +1,18 @@
-"""Final per-cell confidences: a cell's own prediction blended with its image's, then penalised.
+"""Final per-cell confidences: from ensemble probabilities to the 19 confidences of the submission.
 
-For cell ``i`` of an image and class ``c``::
+:func:`recipe_confidence` is the one way in at inference: it follows an
+:class:`~hpa_kernel.recipe.InferenceRecipe` (the Negative rule, the cell value ``v`` from the
+cleaners, the blend), in the order of the team's code for ``milimed2021``::
+
+    q        = the 19 classes: probs[:, :18] and Negative = 1 - max(probs[:, :18])
+    v        = border cleaner x outlier cleaner (per cell, from the cells table)
+    pen      = q * v                                    (every class, Negative included)
+    ctx[c]   = mean of pen[j, c] over the image's cells j with v[j] == 1 (itself included)
+    final    = 0.7 * pen + 0.3 * ctx  for c not in (11, 18); pen for 11 and 18
+
+and, for ``kit2025`` (the ``"other_valid_cells"`` blend), :func:`final_confidence` below.
+
+The kit's blend (:func:`final_confidence`). For cell ``i`` of an image and class ``c``::
 
     image[i, c] = mean of probs[j, c] over the image's valid cells j != i
     final[i, c] = (cell_weight * probs[i, c] + image_weight * image[i, c]) * penalty[i]
@@ -17,9 +29,26 @@ from __future__ import annotations
 
 import logging
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-__all__ = ["CELL_WEIGHT", "IMAGE_WEIGHT", "image_context", "final_confidence"]
+from hpa_kernel.classes import NEGATIVE, NUM_CLASSES
+from hpa_kernel.recipe import InferenceRecipe, get_recipe
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "CELL_WEIGHT",
+    "IMAGE_WEIGHT",
+    "image_context",
+    "final_confidence",
+    "with_negative",
+    "cell_values",
+    "clean_cell_blend",
+    "recipe_confidence",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -129,4 +158,117 @@ def final_confidence(
         return np.zeros(probs.shape, dtype=np.float32)
     p = probs.astype(np.float64)
     out = (cell_weight * p + image_weight * _image_context(p, valid)) * penalty
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def with_negative(probs: np.ndarray, rule: str) -> np.ndarray:
+    """The 19 class probabilities from a model's 18 or 19 outputs, by the Negative ``rule``.
+
+    ``"one_minus_max"``: classes 0-17 as given and Negative = 1 - their maximum (a 19th output is
+    ignored); ``"learned"``: the 19 outputs as given; ``"none"``: Negative = 0.
+
+    >>> p = np.array([[0.2, 0.7] + [0.1] * 16])
+    >>> round(float(with_negative(p, "one_minus_max")[0, 18]), 6)
+    0.3
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] not in (NUM_CLASSES - 1, NUM_CLASSES):
+        raise ValueError(f"probs must have shape (N, 18) or (N, 19), got {probs.shape}")
+    out = np.zeros((probs.shape[0], NUM_CLASSES))
+    out[:, :NEGATIVE] = probs[:, :NEGATIVE]
+    if rule == "one_minus_max":
+        out[:, NEGATIVE] = 1.0 - probs[:, :NEGATIVE].max(axis=1) if probs.shape[0] else 0.0
+    elif rule == "learned":
+        if probs.shape[1] != NUM_CLASSES:
+            raise ValueError(f"the 'learned' Negative rule needs 19 outputs, got {probs.shape[1]}")
+        out[:, NEGATIVE] = probs[:, NEGATIVE]
+    elif rule != "none":
+        raise ValueError(f"rule must be 'one_minus_max', 'learned' or 'none', got {rule!r}")
+    return out
+
+
+def cell_values(table: pd.DataFrame, recipe: InferenceRecipe | str | None = None) -> np.ndarray:
+    """The cell value ``v`` of each cell of ONE image: border cleaner x outlier cleaner of ``recipe``.
+
+    ``table`` is the image's cells table (:data:`hpa_kernel.cells.heuristics.TABLE_COLUMNS`).
+    The team's outlier cleaner looks at the values left by the border cleaner, so the two run in
+    that order. Returns float64 (N,) in (0, 1].
+    """
+    from hpa_kernel.cells import heuristics as h
+
+    recipe = get_recipe(recipe)
+    n = len(table)
+    if recipe.border_cleaner == "milimed":
+        v = h.milimed_border_values(table, recipe.no_nucleus_factor)
+    elif recipe.border_cleaner == "ellipse":
+        cut = table["nucleus_cut"].to_numpy(dtype=np.float64)
+        v = np.clip(1.0 - recipe.ellipse_cut_slope * cut, recipe.ellipse_min, 1.0)
+    else:
+        v = np.ones(n)
+    if recipe.outlier_cleaner == "milimed":
+        v = h.milimed_outlier_values(
+            table, v, recipe.outlier_candidate_min, recipe.outlier_red_ratio, recipe.outlier_by_ratio, recipe.outlier_factor
+        )
+    elif recipe.outlier_cleaner == "robust_z":
+        v = np.where(table["outlier"].to_numpy(dtype=bool), v * recipe.robust_z_factor, v)
+    return np.asarray(v, dtype=np.float64)
+
+
+def clean_cell_blend(penalised: np.ndarray, values: np.ndarray, cell_weight: float, image_weight: float, skip=()) -> np.ndarray:
+    """The team's blend of one image: ``cell_weight * pen + image_weight * mean(pen over cells with v == 1)``.
+
+    The mean includes the cell itself when its ``v`` is 1; columns in ``skip`` are left as they
+    are, and so is every column when no cell has ``v == 1``.
+
+    >>> pen = np.array([[0.2], [0.4], [0.45]])  # the third cell: p = 0.9, v = 0.5
+    >>> [round(float(x), 4) for x in clean_cell_blend(pen, np.array([1.0, 1.0, 0.5]), 0.7, 0.3).ravel()]
+    [0.23, 0.37, 0.405]
+    """
+    out = np.array(penalised, dtype=np.float64)
+    clean = np.asarray(values) == 1.0
+    if not clean.any():
+        return out
+    cols = [c for c in range(out.shape[1]) if c not in set(skip)]
+    context = out[clean][:, cols].mean(axis=0)
+    out[:, cols] = cell_weight * out[:, cols] + image_weight * context[None, :]
+    return out
+
+
+def recipe_confidence(probs: np.ndarray, table: pd.DataFrame, recipe: InferenceRecipe | str | None = None) -> np.ndarray:
+    """The 19 final confidences of ONE image's cells under ``recipe`` (see the module doc).
+
+    Parameters
+    ----------
+    probs : ndarray, shape (N, recipe.num_outputs)
+        Ensemble probabilities in [0, 1], rows in table order.
+    table : pandas.DataFrame
+        The image's cells table; the cleaners' columns and, for the kit blend, ``valid``.
+    recipe : InferenceRecipe or str, optional
+        Default :data:`hpa_kernel.recipe.DEFAULT_RECIPE`.
+
+    Returns
+    -------
+    ndarray, shape (N, 19), float32 in [0, 1]
+    """
+    recipe = get_recipe(recipe)
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or probs.shape[1] != recipe.num_outputs:
+        raise ValueError(f"probs must have shape (N, {recipe.num_outputs}) for recipe {recipe.name}, got {probs.shape}")
+    if len(table) != probs.shape[0]:
+        raise ValueError(f"table has {len(table)} rows but probs has {probs.shape[0]}")
+    probs, _, _ = _validate(probs, None, None)
+    if probs.shape[0] == 0:
+        return np.zeros((0, NUM_CLASSES), dtype=np.float32)
+    q = with_negative(probs, recipe.negative)
+    v = cell_values(table, recipe)
+    skip = recipe.blend_skip_classes
+    if recipe.blend and recipe.blend_context == "clean_cells":
+        out = clean_cell_blend(q * v[:, None], v, recipe.blend_cell, recipe.blend_image, skip)
+    elif recipe.blend:
+        blended = recipe.blend_cell * q + recipe.blend_image * _image_context(q, table["valid"].to_numpy(dtype=bool))
+        keep = np.zeros(NUM_CLASSES, dtype=bool)
+        keep[list(skip)] = True
+        out = np.where(keep[None, :], q, blended) * v[:, None]
+    else:
+        out = q * v[:, None]
     return np.clip(out, 0.0, 1.0).astype(np.float32)

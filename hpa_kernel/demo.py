@@ -74,25 +74,43 @@ def random_ensemble(
     arch: str = "efficientnet_b0",
     input_size: int = 64,
     seed: int = 0,
+    recipe: str | None = None,
 ):
     """Write an untrained ensemble (random weights) with its pinned manifest; returns the Manifest.
 
-    For tests and notebook smoke runs: the files are real checkpoints in the kit's format.
+    For tests and notebook smoke runs: the files are real checkpoints in the kit's format, with the
+    number of outputs of ``recipe`` (default the default recipe's: 18).
     """
     import torch
 
     from hpa_kernel import manifest as mf
     from hpa_kernel.classifier import CheckpointConfig, create_classifier, save_checkpoint
+    from hpa_kernel.recipe import get_recipe
 
+    spec = get_recipe(recipe)
     weights_dir = Path(weights_dir)
     layout = mf.default_manifest(sizes, weights)
     for gi, group in enumerate(layout.groups):
         for k, ck in enumerate(group.checkpoints):
             torch.manual_seed(seed + 100 * gi + k)
-            model = create_classifier(arch)
-            save_checkpoint(model, CheckpointConfig(arch=arch, input_size=input_size, group=gi + 1), weights_dir / ck.file)
+            model = create_classifier(arch, num_classes=spec.num_outputs)
+            config = CheckpointConfig(arch=arch, input_size=input_size, group=gi + 1, num_classes=spec.num_outputs, recipe=spec.name)
+            save_checkpoint(model, config, weights_dir / ck.file)
     path = mf.write_manifest(layout, weights_dir / mf.MANIFEST_NAME)
     return mf.update_hashes(path, weights_dir, segmentation=False)
+
+
+def _recipe_of(weights_dir: Path) -> str:
+    """The recipe the ensemble in ``weights_dir`` was made for: the first checkpoint's recorded
+    ``recipe``, else the first preset whose number of outputs fits it."""
+    from hpa_kernel.classifier import load_config
+    from hpa_kernel.manifest import load_manifest
+    from hpa_kernel.recipe import DEFAULT_RECIPE, recipes_for_outputs
+
+    manifest = load_manifest(weights_dir=weights_dir, verify=False)
+    config = load_config(manifest.checkpoint_paths()[0][0])
+    fits = recipes_for_outputs(config.num_classes)
+    return config.recipe or (fits[0] if fits else DEFAULT_RECIPE)
 
 
 def train_demo_ensemble(
@@ -242,7 +260,7 @@ def run_demo(
     t = time.perf_counter()
     report = run_submission(SubmitConfig(
         out=out / "submission.csv", data=comp.root, weights=weights_dir, budget_s=budget_s, segmenter="classic",
-        device="cpu", workers=workers, progress=progress,
+        device="cpu", workers=workers, progress=progress, recipe=_recipe_of(weights_dir),
     ))
     timings["submission"] = time.perf_counter() - t
     t = time.perf_counter()

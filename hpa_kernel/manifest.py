@@ -8,8 +8,15 @@
                        "cell":   {"file": "dpn_unet_cell_3ch_v1.pth", "sha256": null}},
       "ensemble": {"groups": [
           {"name": "g1", "weight": 0.2, "checkpoints": [{"file": "g1_m0.pth", "sha256": "..."}]},
+          {"name": "g2", "weight": 0.4, "checkpoints": [{"file": "g2_m0.pth", "sha256": "...", "weight": 0.5},
+                                                        {"file": "g2_m1.pth", "sha256": "...", "weight": 0.5}]},
           ...]}
     }
+
+Per-checkpoint weights: a checkpoint entry may carry ``"weight"``; within a group the weights must
+sum to 1 (tolerance 1e-6); a group where no entry has one is uniform; a group where some have one
+and others not is a :class:`ManifestError`. The group's probability is the weighted mean of its
+checkpoints' sigmoid outputs (the team used 0.2/0.3/0.3/0.2 and 0.5/0.5).
 
 File names are relative to the weights folder. Every classifier checkpoint ``X.pth`` has its
 config ``X.json`` beside it (:mod:`hpa_kernel.classifier.checkpoint`); the manifest pins the
@@ -48,6 +55,8 @@ __all__ = [
     "write_manifest",
     "update_hashes",
     "default_manifest",
+    "DEFAULT_LAYOUT",
+    "DEFAULT_CHECKPOINT_WEIGHTS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,10 +73,12 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One file, relative to the weights folder, and its sha256 (``None``: not pinned)."""
+    """One file, relative to the weights folder, its sha256 (``None``: not pinned) and, for an
+    ensemble checkpoint, its weight within its group (``None``: uniform group)."""
 
     file: str
     sha256: str | None = None
+    weight: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.file, str) or not self.file.strip():
@@ -79,20 +90,33 @@ class WeightFile:
             if len(digest) != 64 or not set(digest) <= _HEX:
                 raise ManifestError(f"sha256 of {self.file} must be 64 hex digits or null, got {self.sha256!r}")
             object.__setattr__(self, "sha256", digest)
+        if self.weight is not None:
+            try:
+                weight = float(self.weight)
+            except (TypeError, ValueError):
+                raise ManifestError(f"weight of {self.file} must be a number in [0, 1], got {self.weight!r}") from None
+            if isinstance(self.weight, bool) or not 0.0 <= weight <= 1.0:
+                raise ManifestError(f"weight of {self.file} must be a number in [0, 1], got {self.weight!r}")
+            object.__setattr__(self, "weight", weight)
 
     @classmethod
-    def from_dict(cls, data, where: str) -> WeightFile:
+    def from_dict(cls, data, where: str, weighted: bool = False) -> WeightFile:
+        """Parse ``NAME`` or ``{"file", "sha256"[, "weight" when ``weighted``]}``."""
         if isinstance(data, str):
             return cls(data)
+        keys = {"file", "sha256", "weight"} if weighted else {"file", "sha256"}
         if not isinstance(data, dict) or "file" not in data:
             raise ManifestError(f"{where}: expected {{'file': NAME, 'sha256': HEX or null}}, got {data!r}")
-        unknown = set(data) - {"file", "sha256"}
+        unknown = set(data) - keys
         if unknown:
-            raise ManifestError(f"{where}: unknown keys {sorted(unknown)}; expected 'file' and 'sha256'")
-        return cls(data["file"], data.get("sha256"))
+            raise ManifestError(f"{where}: unknown keys {sorted(unknown)}; expected {', '.join(sorted(keys))}")
+        return cls(data["file"], data.get("sha256"), data.get("weight"))
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "sha256": self.sha256}
+        out = {"file": self.file, "sha256": self.sha256}
+        if self.weight is not None:
+            out["weight"] = self.weight
+        return out
 
 
 @dataclass(frozen=True)
@@ -129,6 +153,26 @@ class EnsembleGroup:
         for ck in self.checkpoints:
             if not ck.file.endswith(".pth"):
                 raise ManifestError(f"group {self.name}: checkpoint {ck.file} must be a .pth file")
+        given = [ck.weight is not None for ck in self.checkpoints]
+        if any(given) and not all(given):
+            without = [ck.file for ck in self.checkpoints if ck.weight is None]
+            raise ManifestError(
+                f"group {self.name}: either every checkpoint has a 'weight' or none has; {', '.join(without)} lack one"
+            )
+        if all(given):
+            total = sum(ck.weight for ck in self.checkpoints)
+            if abs(total - 1.0) > WEIGHT_TOLERANCE:
+                detail = ", ".join(f"{ck.file}={ck.weight}" for ck in self.checkpoints)
+                raise ManifestError(
+                    f"group {self.name}: checkpoint weights must sum to 1 (tolerance {WEIGHT_TOLERANCE}), got {total!r} ({detail})"
+                )
+
+    @property
+    def checkpoint_weights(self) -> tuple[float, ...]:
+        """The weight of each checkpoint within the group (uniform when the manifest gives none)."""
+        if self.checkpoints[0].weight is None:
+            return tuple(1.0 / len(self.checkpoints) for _ in self.checkpoints)
+        return tuple(ck.weight for ck in self.checkpoints)
 
 
 @dataclass(frozen=True)
@@ -170,6 +214,11 @@ class Manifest:
     @property
     def weights(self) -> tuple[float, ...]:
         return tuple(g.weight for g in self.groups)
+
+    @property
+    def checkpoint_weights(self) -> tuple[tuple[float, ...], ...]:
+        """Per group, the weights of its checkpoints (each tuple sums to 1)."""
+        return tuple(g.checkpoint_weights for g in self.groups)
 
     @property
     def n_checkpoints(self) -> int:
@@ -220,27 +269,50 @@ class Manifest:
             if not isinstance(g, dict) or not {"weight", "checkpoints"} <= set(g):
                 raise ManifestError(f"{where}: group {i} needs 'weight' and 'checkpoints', got {g!r}")
             name = str(g.get("name", f"g{i + 1}"))
-            cks = [WeightFile.from_dict(c, f"{where}: group {name} checkpoint {j}") for j, c in enumerate(g["checkpoints"])]
+            cks = [
+                WeightFile.from_dict(c, f"{where}: group {name} checkpoint {j}", weighted=True) for j, c in enumerate(g["checkpoints"])
+            ]
             groups.append(EnsembleGroup(name, g["weight"], tuple(cks)))
         return cls(tuple(groups), segmentation, weights_dir, source)
 
 
-def default_manifest(checkpoints_per_group: tuple[int, ...] = (1, 2, 4), weights: tuple[float, ...] = (0.2, 0.4, 0.4)) -> Manifest:
+#: The layout of :func:`default_manifest` and the team's weights within its groups (HPAsubmission
+#: In[21]-In[24]: "old" 1 checkpoint, "resize + pad" 0.5/0.5, "resize" 0.2/0.3/0.3/0.2).
+DEFAULT_LAYOUT: tuple[int, ...] = (1, 2, 4)
+DEFAULT_CHECKPOINT_WEIGHTS: tuple[tuple[float, ...] | None, ...] = (None, (0.5, 0.5), (0.2, 0.3, 0.3, 0.2))
+
+
+def default_manifest(
+    checkpoints_per_group: tuple[int, ...] = DEFAULT_LAYOUT,
+    weights: tuple[float, ...] = (0.2, 0.4, 0.4),
+    checkpoint_weights: tuple[tuple[float, ...] | None, ...] | None = None,
+) -> Manifest:
     """The kit's ensemble layout with unpinned hashes: groups ``g1..gK``, files ``gK_mJ.pth``.
+
+    ``checkpoint_weights`` gives each group's per-checkpoint weights (None for a uniform group);
+    by default the team's (:data:`DEFAULT_CHECKPOINT_WEIGHTS`) for the default layout, and uniform
+    groups for any other layout.
 
     >>> m = default_manifest()
     >>> [len(g.checkpoints) for g in m.groups], m.weights
     ([1, 2, 4], (0.2, 0.4, 0.4))
-    >>> m.groups[1].checkpoints[1].file
-    'g2_m1.pth'
+    >>> m.groups[1].checkpoints[1].file, m.checkpoint_weights[2]
+    ('g2_m1.pth', (0.2, 0.3, 0.3, 0.2))
     """
     if len(checkpoints_per_group) != len(weights):
         raise ValueError(f"checkpoints_per_group {checkpoints_per_group} and weights {weights} differ in length")
-    groups = tuple(
-        EnsembleGroup(f"g{i + 1}", w, tuple(WeightFile(f"g{i + 1}_m{j}.pth") for j in range(n)))
-        for i, (n, w) in enumerate(zip(checkpoints_per_group, weights, strict=True))
-    )
-    return Manifest(groups)
+    if checkpoint_weights is None:
+        same = tuple(checkpoints_per_group) == DEFAULT_LAYOUT
+        checkpoint_weights = DEFAULT_CHECKPOINT_WEIGHTS if same else (None,) * len(weights)
+    if len(checkpoint_weights) != len(weights):
+        raise ValueError(f"checkpoint_weights must give one entry per group, got {checkpoint_weights}")
+    groups = []
+    for i, (n, w, cw) in enumerate(zip(checkpoints_per_group, weights, checkpoint_weights, strict=True)):
+        if cw is not None and len(cw) != n:
+            raise ValueError(f"group g{i + 1}: {len(cw)} checkpoint weights for {n} checkpoints")
+        files = tuple(WeightFile(f"g{i + 1}_m{j}.pth", weight=None if cw is None else cw[j]) for j in range(n))
+        groups.append(EnsembleGroup(f"g{i + 1}", w, files))
+    return Manifest(tuple(groups))
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

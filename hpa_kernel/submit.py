@@ -32,9 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
-from hpa_kernel.confidence import CELL_WEIGHT, IMAGE_WEIGHT
+from hpa_kernel.recipe import DEFAULT_RECIPE, InferenceRecipe, get_recipe
 
 __all__ = [
     "Plan",
@@ -272,8 +271,12 @@ class SubmitConfig:
         Images per segmentation ``predict`` call.
     workers : int, optional
         Post-processing worker processes; default every core (0 = in process).
-    tta : bool
-        Allow flip TTA (hflip, vflip) when the budget permits.
+    recipe : str
+        The inference recipe (:mod:`hpa_kernel.recipe`): ``"milimed2021"`` (default, the team's
+        code: 18-output checkpoints) or ``"kit2025"`` (19 outputs).
+    tta : bool, optional
+        Allow flip TTA (hflip, vflip) when the budget permits; default the recipe's choice
+        (off for milimed2021, on for kit2025).
     segmenter : {"hpa", "classic"} or None
         None: ``"hpa"``, which needs the manifest's segmentation weights.
     crop_size : int, optional
@@ -291,8 +294,9 @@ class SubmitConfig:
     torch_threads : int, optional
         ``torch.set_num_threads`` for the classifier on the CPU (the process-wide setting is changed);
         default: leave torch's choice.
-    cell_weight, image_weight : float
-        The final confidence blend (:func:`hpa_kernel.confidence.final_confidence`); 0.7 and 0.3.
+    cell_weight, image_weight : float, optional
+        Override of the recipe's blend weights (both or neither; they sum to 1); default the
+        recipe's 0.7 and 0.3.
     """
 
     out: Path
@@ -304,7 +308,7 @@ class SubmitConfig:
     batch_size: int = 32
     seg_batch_size: int = 1
     workers: int | None = None
-    tta: bool = True
+    tta: bool | None = None
     segmenter: str | None = None
     crop_size: int | None = None
     checkpoint_every_s: float = 15 * 60.0
@@ -313,8 +317,9 @@ class SubmitConfig:
     cache_dir: Path | None = None
     progress: bool = True
     torch_threads: int | None = None
-    cell_weight: float = CELL_WEIGHT
-    image_weight: float = IMAGE_WEIGHT
+    cell_weight: float | None = None
+    image_weight: float | None = None
+    recipe: str = DEFAULT_RECIPE
 
     def __post_init__(self):
         for name in ("out", "data", "weights", "cache_dir"):
@@ -339,8 +344,28 @@ class SubmitConfig:
             raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
-        if self.cell_weight < 0 or self.image_weight < 0 or abs(self.cell_weight + self.image_weight - 1.0) > 1e-6:
+        if (self.cell_weight is None) != (self.image_weight is None):
+            raise ValueError(f"give both cell_weight and image_weight or neither, got {self.cell_weight} and {self.image_weight}")
+        if self.cell_weight is not None and (
+            self.cell_weight < 0 or self.image_weight < 0 or abs(self.cell_weight + self.image_weight - 1.0) > 1e-6
+        ):
             raise ValueError(f"cell_weight and image_weight must be >= 0 and sum to 1, got {self.cell_weight} and {self.image_weight}")
+        if self.tta is not None and not isinstance(self.tta, bool):
+            raise ValueError(f"tta must be True, False or None (the recipe's choice), got {self.tta!r}")
+        self.inference_recipe  # noqa: B018 - an unknown recipe name fails here, listing the known ones
+
+    @property
+    def inference_recipe(self) -> InferenceRecipe:
+        """The named recipe with this config's overrides (TTA, blend weights) applied."""
+        import dataclasses
+
+        recipe = get_recipe(self.recipe)
+        changes = {}
+        if self.tta is not None:
+            changes["tta"] = self.tta
+        if self.cell_weight is not None:
+            changes.update(blend_cell=self.cell_weight, blend_image=self.image_weight)
+        return dataclasses.replace(recipe, **changes) if changes else recipe
 
     @property
     def reserve(self) -> float:
@@ -377,13 +402,11 @@ class SubmitReport:
         )
 
 
-def predict_image(
-    result, ensemble, plan: Plan, batch_size: int = 32, cell_weight: float = CELL_WEIGHT, image_weight: float = IMAGE_WEIGHT
-) -> str:
+def predict_image(result, ensemble, plan: Plan, batch_size: int = 32, recipe: InferenceRecipe | str | None = None) -> str:
     """PredictionString of one :class:`hpa_kernel.cells.ImageCells` under ``plan``.
 
     Ensemble probabilities (:meth:`~hpa_kernel.classifier.Ensemble.predict`), then
-    :func:`hpa_kernel.confidence.final_confidence` with the table's ``valid`` and ``penalty``.
+    :func:`hpa_kernel.confidence.recipe_confidence` with the cells table.
 
     Parameters
     ----------
@@ -394,8 +417,8 @@ def predict_image(
         Its TTA views and checkpoints per group are used.
     batch_size : int
         Cells per forward pass.
-    cell_weight, image_weight : float
-        The blend of :func:`~hpa_kernel.confidence.final_confidence`.
+    recipe : InferenceRecipe or str, optional
+        Default the ensemble's recipe.
 
     Returns
     -------
@@ -407,7 +430,7 @@ def predict_image(
     ValueError
         If the cells have no encoded masks.
     """
-    from hpa_kernel.confidence import final_confidence
+    from hpa_kernel.confidence import recipe_confidence
     from hpa_kernel.submission import prediction_string_for_cells
 
     table = result.table
@@ -416,9 +439,7 @@ def predict_image(
     if result.encoded is None:
         raise ValueError(f"image {result.image_id}: the cells have no encoded masks (run the pipeline with encode_masks=True)")
     probs = ensemble.predict(result.crops, tta=plan.tta, checkpoints_per_group=plan.checkpoints_per_group, batch_size=batch_size)
-    final = final_confidence(
-        probs, table["valid"].to_numpy(dtype=bool), table["penalty"].to_numpy(dtype=np.float64), cell_weight, image_weight
-    )
+    final = recipe_confidence(probs, table, ensemble.recipe if recipe is None else recipe)
     return prediction_string_for_cells(result.encoded, final)
 
 
@@ -498,7 +519,9 @@ def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monot
     report.segmenter = seg_name if segmenter is None else type(segmenter).__name__
     from hpa_kernel.classifier.ensemble import DEFAULT_TTA
 
-    ladder = plan_ladder([len(g.checkpoints) for g in manifest.groups], manifest.weights, DEFAULT_TTA if config.tta else None)
+    recipe = config.inference_recipe
+    logger.info("%s", recipe.describe())
+    ladder = plan_ladder([len(g.checkpoints) for g in manifest.groups], manifest.weights, DEFAULT_TTA if recipe.tta else None)
     planner = BudgetPlanner(config.budget_s, len(todo), config.reserve, ladder)
     tracker = CostTracker()
 
@@ -548,7 +571,7 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, samples, to
 
         torch.set_num_threads(config.torch_threads)
     verify_files(manifest, segmentation=seg_name == "hpa")
-    ensemble = Ensemble.from_manifest(manifest, device)
+    ensemble = Ensemble.from_manifest(manifest, device, config.inference_recipe)
     if segmenter is None:
         if seg_name == "hpa":
             seg = manifest.segmentation
@@ -582,9 +605,7 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, samples, to
                 fallback[image_id] = f"failed: {result.reason}"
             else:
                 try:
-                    rows[image_id] = predict_image(
-                        result, ensemble, plan, config.batch_size, config.cell_weight, config.image_weight
-                    )
+                    rows[image_id] = predict_image(result, ensemble, plan, config.batch_size)
                     n_cells = len(result.table)
                     report.plans[plan.describe()] += 1
                 except Exception as exc:  # noqa: BLE001 - one image's error must not sink the submission

@@ -7,11 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hpa_kernel.classes import NUM_CLASSES  # noqa: E402
 from hpa_kernel.classifier import CheckpointConfig, Ensemble, Member, create_classifier, save_checkpoint  # noqa: E402
 from hpa_kernel.manifest import default_manifest, load_manifest, write_manifest  # noqa: E402
 
-CFG = CheckpointConfig(arch="resnet18", input_size=32)
+NUM_CLASSES = 18  # outputs under the default recipe (milimed2021)
+CFG = CheckpointConfig(arch="resnet18", input_size=32, num_classes=NUM_CLASSES)
 
 
 class ConstantLogit(torch.nn.Module):
@@ -95,7 +95,7 @@ def test_input_checks():
         _const_ensemble([[0.0], [0.0]], [0.5, 0.6])
     with pytest.raises(ValueError, match="group.s. big have none"):
         Ensemble([[Member(ConstantLogit(0.0), CFG, "m")], []], [0.5, 0.5], names=["small", "big"])
-    with pytest.raises(ValueError, match=f"checkpoint odd has 3 outputs, expected {NUM_CLASSES}"):
+    with pytest.raises(ValueError, match="checkpoint odd has 3 outputs, but recipe milimed2021 expects 18"):
         Ensemble([[Member(ConstantLogit(0.0), CheckpointConfig(arch="resnet18", input_size=32, num_classes=3), "odd")]], [1.0])
 
 
@@ -105,7 +105,7 @@ def test_from_manifest_matches_direct_forward(tmp_path):
     models = {}
     for g in manifest.groups:
         for ck in g.checkpoints:
-            model = create_classifier("resnet18").eval()
+            model = create_classifier("resnet18", num_classes=NUM_CLASSES).eval()
             save_checkpoint(model, CFG, tmp_path / ck.file)
             models[ck.file] = model
     write_manifest(manifest, tmp_path / "weights_manifest.json")
@@ -128,9 +128,9 @@ def test_cuda_fp16_channels_last_matches_cpu(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     torch.manual_seed(0)
-    cfg = CheckpointConfig(arch="efficientnet_b0", input_size=64)
-    cpu_model = create_classifier("efficientnet_b0").eval()
-    gpu_model = create_classifier("efficientnet_b0")
+    cfg = CheckpointConfig(arch="efficientnet_b0", input_size=64, num_classes=NUM_CLASSES)
+    cpu_model = create_classifier("efficientnet_b0", num_classes=NUM_CLASSES).eval()
+    gpu_model = create_classifier("efficientnet_b0", num_classes=NUM_CLASSES)
     gpu_model.load_state_dict(cpu_model.state_dict())
     cpu_groups, gpu_groups = [[Member(cpu_model, cfg, "b0")]], [[Member(gpu_model, cfg, "b0")]]
     crops = np.random.default_rng(0).integers(0, 255, size=(9, 80, 80, 4), dtype=np.uint8)

@@ -151,7 +151,7 @@ def test_zero_budget_writes_all_fallback_rows(synthetic_competition, weights_dir
 
 def test_full_run_predicts_every_image(synthetic_competition, weights_dir, tmp_path):
     comp = synthetic_competition
-    report = run_submission(_config(comp, weights_dir, tmp_path / "sub.csv", budget_s=3600), segmenter=BlobSegmenter())
+    report = run_submission(_config(comp, weights_dir, tmp_path / "sub.csv", budget_s=3600, tta=True), segmenter=BlobSegmenter())
     assert report.n_predicted == 3 and report.n_fallback == 0
     assert report.problems == []
     rows = _rows(report.path)

@@ -58,6 +58,8 @@ CSV_COLUMNS: tuple[str, ...] = (
 EXTRA_COLUMNS: tuple[str, ...] = (
     "nucleus_area", "touches_border", "red_mean", "green_mean", "blue_mean", "yellow_mean", "by_mean",
     "image_outlier_score", "border", "outlier", "penalty",
+    "nucleus_blue_sum", "nucleus_rows", "nucleus_cols", "nucleus_top", "nucleus_bottom", "nucleus_left", "nucleus_right",
+    "red_sum", "blue_sum", "yellow_sum",
 )
 
 _SHARD_RE = re.compile(r"^cells\.shard-(\d+)-of-(\d+)\.csv$")

@@ -25,7 +25,7 @@ __all__ = ["CACHE_VERSION", "CacheError", "CellCache", "image_digest", "cache_ke
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the cached content or its meaning changes; part of every key.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the table gained the milimed2021 cleaners' columns
 
 _CHUNK = 1 << 20
 

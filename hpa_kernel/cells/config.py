@@ -33,7 +33,10 @@ class CellConfig:
         A cell whose estimated nucleus fraction outside the image (``nucleus_cut``) exceeds this is
         flagged ``border`` and dropped from training (``valid=False``).
     cut_penalty : float
-        Slope of the border penalty: ``penalty = 1 - cut_penalty * nucleus_cut`` (clipped).
+        Slope of the border penalty: ``penalty = 1 - cut_penalty * nucleus_cut`` (clipped). The
+        table's ``penalty`` column; at inference the recipe (:mod:`hpa_kernel.recipe`) computes
+        the cell value from the table's columns with its own constants (kit2025's equal these
+        defaults).
     min_penalty : float
         Lower bound of the penalty multiplier, in (0, 1].
     outlier_features : tuple of str

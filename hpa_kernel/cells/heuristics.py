@@ -25,7 +25,17 @@ Outlier segmentation (``outlier_score``)
 The table flags and the confidence multiplier:
     ``border = nucleus_cut > max_train_cut``, ``outlier = outlier_score > outlier_threshold``,
     ``valid = not (border or outlier)`` (what training keeps), and
-    ``penalty = clip(1 - cut_penalty * nucleus_cut, min_penalty, 1) * (outlier_penalty if outlier)``.
+    ``penalty = clip(1 - cut_penalty * nucleus_cut, min_penalty, 1) * (outlier_penalty if outlier)``
+    (the ``kit2025`` recipe's cell value).
+
+The 4th-place team's cleaners (the ``milimed2021`` recipe, :mod:`hpa_kernel.recipe`)
+    The table also carries what they need, so that every recipe runs from the same table:
+    ``nucleus_blue_sum`` (blue summed over the nucleus ``nuclei_label == cell_id``), the shape of
+    that nucleus's own bounding box (``nucleus_rows``, ``nucleus_cols``) and the pixel counts of
+    its first/last row (``nucleus_top``, ``nucleus_bottom``) and first/last column
+    (``nucleus_left``, ``nucleus_right``), and the per-cell channel sums ``red_sum``, ``blue_sum``,
+    ``yellow_sum`` (intensities scaled to [0, 1]). :func:`milimed_border_values` and
+    :func:`milimed_outlier_values` turn them into the cell value ``v``; both are per image.
 """
 
 from __future__ import annotations
@@ -50,7 +60,12 @@ __all__ = [
     "outlier_scores",
     "score_cells",
     "apply_flags",
+    "flat_edge_multiplier",
+    "flat_edge_ratios",
+    "milimed_border_values",
+    "milimed_outlier_values",
     "TABLE_COLUMNS",
+    "MILIMED_COLUMNS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,7 +92,20 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "outlier",
     "valid",
     "penalty",
+    "nucleus_blue_sum",
+    "nucleus_rows",
+    "nucleus_cols",
+    "nucleus_top",
+    "nucleus_bottom",
+    "nucleus_left",
+    "nucleus_right",
+    "red_sum",
+    "blue_sum",
+    "yellow_sum",
 )
+#: The columns the team's cleaners read (the last ones of :data:`TABLE_COLUMNS`).
+MILIMED_COLUMNS: tuple[str, ...] = TABLE_COLUMNS[TABLE_COLUMNS.index("nucleus_blue_sum"):]
+_INT_COLUMNS = ("nucleus_rows", "nucleus_cols", "nucleus_top", "nucleus_bottom", "nucleus_left", "nucleus_right")
 
 _MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
 _LOG_EPS = 1e-4
@@ -258,10 +286,12 @@ def cell_statistics(image: np.ndarray, nuclei_label: np.ndarray, cell_label: np.
     nucleus label inside the cell is used.
     """
     import pandas as pd
+    from scipy import ndimage as ndi
 
     height, width = cell_label.shape
     scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}[image.dtype]
     boxes = cell_boxes(cell_label)
+    nucleus_boxes = ndi.find_objects(np.asarray(nuclei_label)) if nuclei_label.size and nuclei_label.max() > 0 else []
     rows = []
     for cell_id, (y0, x0, y1, x1) in sorted(boxes.items()):
         cell = cell_label[y0:y1, x0:x1] == cell_id
@@ -295,12 +325,37 @@ def cell_statistics(image: np.ndarray, nuclei_label: np.ndarray, cell_label: np.
             row[name] = float(means[k])
         blue_yellow = pixels[:, 2].astype(np.float64) * pixels[:, 3]
         row["by_mean"] = float(blue_yellow.mean() / (scale * scale))
+        sums = pixels.sum(axis=0, dtype=np.float64) / scale
+        row.update(red_sum=float(sums[0]), blue_sum=float(sums[2]), yellow_sum=float(sums[3]))
+        row.update(_nucleus_box_features(image, nuclei_label, nucleus_boxes, int(cell_id), scale))
         rows.append(row)
-    columns = list(TABLE_COLUMNS[: TABLE_COLUMNS.index("by_mean") + 1])
+    columns = list(TABLE_COLUMNS[: TABLE_COLUMNS.index("by_mean") + 1]) + list(MILIMED_COLUMNS)
     table = pd.DataFrame(rows, columns=columns)
-    return table.astype({c: "int64" for c in ("cell_id", "y0", "x0", "y1", "x1", "area", "nucleus_area")}).astype(
-        {"touches_border": bool, "nucleus_cut": "float64"}
+    ints = ("cell_id", "y0", "x0", "y1", "x1", "area", "nucleus_area", *_INT_COLUMNS)
+    return table.astype({c: "int64" for c in ints}).astype(
+        {"touches_border": bool, "nucleus_cut": "float64", "nucleus_blue_sum": "float64"}
     )
+
+
+def _nucleus_box_features(image: np.ndarray, nuclei_label: np.ndarray, boxes: list, cell_id: int, scale: float) -> dict:
+    """The team's nucleus features of cell ``cell_id``: nucleus ``nuclei_label == cell_id`` over the image.
+
+    Its blue sum (in [0, 1] units) and, on its own bounding box (binary), the box's rows and
+    columns and the pixel counts of the first/last row and column. All 0 without a nucleus.
+    """
+    sl = boxes[cell_id - 1] if 0 < cell_id <= len(boxes) else None
+    if sl is None:
+        return {"nucleus_blue_sum": 0.0, **dict.fromkeys(_INT_COLUMNS, 0)}
+    nucleus = nuclei_label[sl] == cell_id
+    return {
+        "nucleus_blue_sum": float(image[sl][..., 2][nucleus].sum(dtype=np.float64) / scale),
+        "nucleus_rows": int(nucleus.shape[0]),
+        "nucleus_cols": int(nucleus.shape[1]),
+        "nucleus_top": int(nucleus[0].sum()),
+        "nucleus_bottom": int(nucleus[-1].sum()),
+        "nucleus_left": int(nucleus[:, 0].sum()),
+        "nucleus_right": int(nucleus[:, -1].sum()),
+    }
 
 
 def outlier_scores(table: pd.DataFrame, config: CellConfig, reference: OutlierReference | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -352,6 +407,76 @@ def apply_flags(table: pd.DataFrame, config: CellConfig) -> pd.DataFrame:
     table["valid"] = ~(border | outlier)
     table["penalty"] = penalty
     return table
+
+
+def flat_edge_multiplier(ratio):
+    """The team's multiplier of a flat-edge ratio r: 1 if r > 0.3, (3.33 r)^0.1 if r > 0.01, else 0.001.
+
+    Works elementwise on arrays.
+
+    >>> [round(float(flat_edge_multiplier(r)), 4) for r in (0.5, 0.2, 0.005)]
+    [1.0, 0.9602, 0.001]
+    """
+    r = np.asarray(ratio, dtype=np.float64)
+    mid = np.power(np.maximum(r, 0.0) * 3.33, 0.1)
+    out = np.where(r > 0.3, 1.0, np.where(r > 0.01, mid, 0.001))
+    return float(out) if out.ndim == 0 else out
+
+
+def flat_edge_ratios(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``ud_ratio`` and ``lr_ratio`` of each cell's nucleus box (the team's names).
+
+    ``ud_ratio = (cols - max(top, bottom)) / cols``: the part of the box's width that its first and
+    last rows leave free; ``lr_ratio = (rows - max(left, right)) / rows`` likewise for the height.
+    A nucleus cut straight by the top border fills its first row, so its ``ud_ratio`` is near 0.
+    Cells without a nucleus get 0 and 0.
+    """
+    rows = table["nucleus_rows"].to_numpy(dtype=np.float64)
+    cols = table["nucleus_cols"].to_numpy(dtype=np.float64)
+    top_bottom = np.maximum(table["nucleus_top"].to_numpy(np.float64), table["nucleus_bottom"].to_numpy(np.float64))
+    left_right = np.maximum(table["nucleus_left"].to_numpy(np.float64), table["nucleus_right"].to_numpy(np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ud = np.where(cols > 0, (cols - top_bottom) / np.maximum(cols, 1.0), 0.0)
+        lr = np.where(rows > 0, (rows - left_right) / np.maximum(rows, 1.0), 0.0)
+    return ud, lr
+
+
+def milimed_border_values(table: pd.DataFrame, no_nucleus_factor: float = 0.01) -> np.ndarray:
+    """The team's border cleaner: per cell, ``no_nucleus_factor`` if its nucleus has no blue, else
+    ``m(ud_ratio) * m(lr_ratio)`` (:func:`flat_edge_ratios`, :func:`flat_edge_multiplier`).
+
+    Note that the ratios look at the nucleus's box only, not at the image border: any nucleus
+    with a straight edge along its box is down-weighted, as in the team's code.
+    """
+    ud, lr = flat_edge_ratios(table)
+    values = flat_edge_multiplier(ud) * flat_edge_multiplier(lr)
+    no_blue = table["nucleus_blue_sum"].to_numpy(dtype=np.float64) <= 0
+    return np.where(no_blue, no_nucleus_factor, np.asarray(values, dtype=np.float64))
+
+
+def milimed_outlier_values(
+    table: pd.DataFrame,
+    values: np.ndarray,
+    candidate_min: float = 0.01,
+    red_ratio: float = 0.077,
+    by_ratio: float = 0.05,
+    factor: float = 0.001,
+) -> np.ndarray:
+    """The team's outlier cleaner on one image's cells: ``values`` with outliers multiplied by ``factor``.
+
+    The candidates are the cells whose value is > ``candidate_min``. With the means over the
+    candidates of ``red_sum`` and of ``blue_sum * yellow_sum``, a candidate is an outlier if its
+    ``red_sum < red_ratio * mean`` or its ``blue_sum * yellow_sum < by_ratio * mean``. Without a
+    candidate nothing changes.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    candidates = values > candidate_min
+    if not candidates.any():
+        return values.copy()
+    red = table["red_sum"].to_numpy(dtype=np.float64)
+    by = table["blue_sum"].to_numpy(dtype=np.float64) * table["yellow_sum"].to_numpy(dtype=np.float64)
+    outlier = candidates & ((red < red_ratio * red[candidates].mean()) | (by < by_ratio * by[candidates].mean()))
+    return np.where(outlier, values * factor, values)
 
 
 def score_cells(

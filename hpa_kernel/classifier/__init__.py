@@ -1,4 +1,4 @@
-"""The cell classifier: a timm network with 4 input channels and 19 outputs, and its checkpoints.
+"""The cell classifier: a timm network with 4 input channels and 18 outputs (19 under the kit2025 recipe), and its checkpoints.
 
 One factory (:func:`create_classifier`) and one checkpoint format (:mod:`.checkpoint`): a plain
 ``state_dict`` file loadable with ``torch.load(weights_only=True)`` beside a JSON config that

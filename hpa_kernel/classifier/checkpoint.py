@@ -31,6 +31,11 @@ class CheckpointConfig:
 
     Inputs are uint8 crops (N, S, S, 4) in ``channels`` order; they are resized to
     ``input_size``, scaled to [0, 1] and normalised per channel with ``mean`` and ``std``.
+
+    ``num_classes`` is the number of outputs: 18 (classes 0-17, Negative computed at inference)
+    for the ``milimed2021`` recipe, 19 for ``kit2025``. ``recipe`` names the recipe the checkpoint
+    was trained with (None: not recorded); inference refuses a checkpoint whose ``num_classes``
+    does not fit the recipe it runs (:class:`hpa_kernel.classifier.Ensemble`).
     """
 
     arch: str = "efficientnet_b0"
@@ -46,6 +51,7 @@ class CheckpointConfig:
     epoch: int | None = None
     step: int | None = None
     extra: dict = field(default_factory=dict)
+    recipe: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(self.channels))
@@ -61,6 +67,8 @@ class CheckpointConfig:
             raise ValueError(f"unknown channels {sorted(unknown)}: expected names from {CHANNELS}")
         if self.input_size < 32 or self.input_size % 32:
             raise ValueError(f"input_size must be a positive multiple of 32, got {self.input_size}")
+        if self.recipe is not None and (not isinstance(self.recipe, str) or not self.recipe):
+            raise ValueError(f"recipe must be a recipe name or None, got {self.recipe!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

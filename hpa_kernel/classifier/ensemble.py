@@ -2,12 +2,17 @@
 
 For crops ``x``::
 
-    p_g(x) = mean over the group's checkpoints k and TTA views t of sigmoid(model_k(t(x)))
+    p_g(x) = sum over the group's checkpoints k of w_gk * mean over TTA views t of sigmoid(model_k(t(x)))
     p(x)   = sum over groups g of weight_g * p_g(x)
 
+``w_gk`` are the per-checkpoint weights of the manifest (uniform when it gives none). Every
+checkpoint must have the recipe's number of outputs (:attr:`InferenceRecipe.num_outputs`, 18 for
+``milimed2021``); :meth:`Ensemble.predict` returns that many columns, and
+:func:`hpa_kernel.confidence.recipe_confidence` turns them into the 19 classes.
+
 A plan may use fewer checkpoints than the manifest lists (``checkpoints_per_group``): the first
-``n`` of each group are used, and a group with ``n = 0`` is left out, the remaining group weights
-being rescaled to sum to 1. Each checkpoint's JSON decides its input size and normalisation
+``n`` of each group are used, their weights rescaled to sum to 1, and a group with ``n = 0`` is
+left out, the remaining group weights being rescaled to sum to 1. Each checkpoint's JSON decides its input size and normalisation
 (:func:`~hpa_kernel.classifier.checkpoint.prepare_batch`); crops are prepared once per distinct
 preprocessing. On CUDA the forward runs under fp16 autocast in channels_last; on the CPU in fp32.
 """
@@ -21,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hpa_kernel.classes import NUM_CLASSES
 from hpa_kernel.classifier.checkpoint import CheckpointConfig, load_checkpoint, prepare_batch
+from hpa_kernel.recipe import InferenceRecipe, get_recipe, recipes_for_outputs
 
 __all__ = ["TTA_VIEWS", "DEFAULT_TTA", "Member", "Ensemble", "resolve_tta"]
 
@@ -77,9 +82,26 @@ class Ensemble:
     device : str or torch.device
     names : sequence of str, optional
         Group names for log messages.
+    checkpoint_weights : sequence of sequence of float, optional
+        Per group, the weight of each checkpoint (summing to 1); default uniform.
+    recipe : InferenceRecipe or str, optional
+        Its ``num_outputs`` is what every checkpoint must have (default recipe: 18).
+
+    Raises
+    ------
+    ValueError
+        A checkpoint whose ``num_classes`` does not fit the recipe, naming the file and the fix.
     """
 
-    def __init__(self, groups: Sequence[Sequence[Member]], weights: Sequence[float], device="cpu", names=None):
+    def __init__(
+        self,
+        groups: Sequence[Sequence[Member]],
+        weights: Sequence[float],
+        device="cpu",
+        names=None,
+        checkpoint_weights: Sequence[Sequence[float]] | None = None,
+        recipe: InferenceRecipe | str | None = None,
+    ):
         import torch
 
         if len(groups) != len(weights) or not groups:
@@ -92,11 +114,12 @@ class Ensemble:
             raise ValueError(f"every ensemble group needs at least one checkpoint; group(s) {', '.join(empty)} have none")
         if abs(sum(weights) - 1.0) > 1e-6 or min(weights) < 0:
             raise ValueError(f"group weights must be non-negative and sum to 1, got {list(weights)}")
+        self.recipe = get_recipe(recipe)
         for member in (m for g in groups for m in g):  # before any model is moved to the device
-            if member.config.num_classes != NUM_CLASSES:
-                raise ValueError(f"checkpoint {member.path} has {member.config.num_classes} outputs, expected {NUM_CLASSES}")
+            _check_fits(member, self.recipe)
         self.groups = [list(g) for g in groups]
         self.weights = tuple(float(w) for w in weights)
+        self.checkpoint_weights = _check_checkpoint_weights(checkpoint_weights, self.groups, names)
         self.device = torch.device(device)
         self.names = names
         self.cuda = self.device.type == "cuda"
@@ -106,10 +129,32 @@ class Ensemble:
                 member.model.to(memory_format=torch.channels_last)
             member.model.eval()
 
+    @property
+    def num_outputs(self) -> int:
+        """Columns of :meth:`predict` (the recipe's ``num_outputs``)."""
+        return self.recipe.num_outputs
+
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_checkpoints(cls, paths: Sequence[Sequence[str | os.PathLike]], weights: Sequence[float], device="cpu", names=None) -> Ensemble:
-        """Load ``paths`` (group by group) with :func:`load_checkpoint`."""
+    def from_checkpoints(
+        cls,
+        paths: Sequence[Sequence[str | os.PathLike]],
+        weights: Sequence[float],
+        device="cpu",
+        names=None,
+        checkpoint_weights: Sequence[Sequence[float]] | None = None,
+        recipe: InferenceRecipe | str | None = None,
+    ) -> Ensemble:
+        """Load ``paths`` (group by group) with :func:`load_checkpoint`.
+
+        Each checkpoint's JSON config is checked against the recipe before its weights are read.
+        """
+        from hpa_kernel.classifier.checkpoint import load_config
+
+        recipe = get_recipe(recipe)
+        for group in paths:
+            for p in group:
+                _check_fits(Member(None, load_config(p), str(p)), recipe)
         groups = []
         for group in paths:
             members = []
@@ -117,13 +162,22 @@ class Ensemble:
                 model, config = load_checkpoint(p, map_location="cpu")
                 members.append(Member(model, config, str(p)))
             groups.append(members)
-        return cls(groups, weights, device, names)
+        return cls(groups, weights, device, names, checkpoint_weights, recipe)
 
     @classmethod
-    def from_manifest(cls, manifest, device="cpu") -> Ensemble:
+    def from_manifest(cls, manifest, device="cpu", recipe: InferenceRecipe | str | None = None) -> Ensemble:
         """Load every checkpoint of a :class:`hpa_kernel.manifest.Manifest` (already verified by its loader)."""
-        ens = cls.from_checkpoints(manifest.checkpoint_paths(), manifest.weights, device, [g.name for g in manifest.groups])
-        logger.info("ensemble on %s: %s", ens.device, ", ".join(f"{n} x{len(g)} w={w:g}" for n, g, w in zip(ens.names, ens.groups, ens.weights, strict=True)))
+        ens = cls.from_checkpoints(
+            manifest.checkpoint_paths(), manifest.weights, device, [g.name for g in manifest.groups],
+            manifest.checkpoint_weights, recipe,
+        )
+        logger.info(
+            "ensemble on %s (%s outputs, recipe %s): %s", ens.device, ens.num_outputs, ens.recipe.name,
+            ", ".join(
+                f"{n} x{len(g)} w={w:g} ({'/'.join(f'{c:g}' for c in cw)})"
+                for n, g, w, cw in zip(ens.names, ens.groups, ens.weights, ens.checkpoint_weights, strict=True)
+            ),
+        )
         return ens
 
     # -- plans ----------------------------------------------------------------------------------
@@ -166,7 +220,7 @@ class Ensemble:
 
         Returns
         -------
-        ndarray, shape (N, 19), float32 in [0, 1]
+        ndarray, shape (N, num_outputs), float32 in [0, 1]
         """
         import torch
 
@@ -177,28 +231,33 @@ class Ensemble:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         plan = self._check_plan(checkpoints_per_group)
         views = resolve_tta(tta)
-        active = [(g, n, w) for g, n, w in zip(self.groups, plan, self.weights, strict=True) if n > 0]
+        active = [
+            (g[:n], _renormalised(cw[:n], plan), w)
+            for g, n, w, cw in zip(self.groups, plan, self.weights, self.checkpoint_weights, strict=True)
+            if n > 0
+        ]
         total_w = sum(w for _, _, w in active)
         if total_w <= 0:
             raise ValueError(f"the plan {list(plan)} keeps only groups of weight 0")
-        out = np.zeros((len(crops), NUM_CLASSES), dtype=np.float64)
+        k = self.num_outputs
+        out = np.zeros((len(crops), k), dtype=np.float64)
         if len(crops) == 0:
             return out.astype(np.float32)
         with torch.inference_mode():
             for start in range(0, len(crops), batch_size):
                 chunk = crops[start : start + batch_size]
                 inputs: dict = {}  # one prepared tensor per distinct preprocessing
-                acc = np.zeros((len(chunk), NUM_CLASSES), dtype=np.float64)
-                for group, n, w in active:
+                acc = np.zeros((len(chunk), k), dtype=np.float64)
+                for members, member_weights, w in active:
                     gsum = np.zeros_like(acc)
-                    for member in group[:n]:
+                    for member, mw in zip(members, member_weights, strict=True):
                         key = (member.config.input_size, member.config.channels, member.config.mean, member.config.std)
                         if key not in inputs:
                             inputs[key] = prepare_batch(chunk, member.config, self.device, channels_last=self.cuda)
                         x = inputs[key]
                         for v in views:
-                            gsum += self._forward(member.model, _view(x, v))
-                    acc += (w / total_w) * gsum / (n * len(views))
+                            gsum += (mw / len(views)) * self._forward(member.model, _view(x, v))
+                    acc += (w / total_w) * gsum
                 out[start : start + len(chunk)] = acc
         return np.clip(out, 0.0, 1.0).astype(np.float32)
 
@@ -211,3 +270,42 @@ class Ensemble:
         else:
             logits = model(x)
         return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
+
+
+def _check_fits(member: Member, recipe: InferenceRecipe) -> None:
+    """ValueError when the checkpoint's number of outputs is not the recipe's, naming the file and the fix."""
+    found = member.config.num_classes
+    if found == recipe.num_outputs:
+        if member.config.recipe is not None and member.config.recipe != recipe.name:
+            logger.warning("checkpoint %s was trained with recipe %s and is used under %s", member.path, member.config.recipe, recipe.name)
+        return
+    others = recipes_for_outputs(found)
+    fix = (
+        f"pass --recipe {others[0]} (recipe='{others[0]}') for {found}-output checkpoints"
+        if others
+        else f"use checkpoints with {recipe.num_outputs} outputs"
+    )
+    raise ValueError(
+        f"checkpoint {member.path} has {found} outputs, but recipe {recipe.name} expects {recipe.num_outputs}; {fix}"
+    )
+
+
+def _check_checkpoint_weights(checkpoint_weights, groups, names) -> tuple[tuple[float, ...], ...]:
+    """Per-group checkpoint weights, checked (one per checkpoint, >= 0, summing to 1); default uniform."""
+    if checkpoint_weights is None:
+        return tuple(tuple(1.0 / len(g) for _ in g) for g in groups)
+    checkpoint_weights = [tuple(float(w) for w in cw) for cw in checkpoint_weights]
+    if len(checkpoint_weights) != len(groups):
+        raise ValueError(f"checkpoint_weights must give one list per group, got {len(checkpoint_weights)} for {len(groups)} groups")
+    for name, g, cw in zip(names, groups, checkpoint_weights, strict=True):
+        if len(cw) != len(g) or min(cw) < 0 or abs(sum(cw) - 1.0) > 1e-6:
+            raise ValueError(f"group {name}: checkpoint weights must be {len(g)} numbers >= 0 summing to 1, got {list(cw)}")
+    return tuple(checkpoint_weights)
+
+
+def _renormalised(weights: Sequence[float], plan) -> tuple[float, ...]:
+    """The weights of the checkpoints a plan keeps, rescaled to sum to 1."""
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError(f"the plan {list(plan)} keeps only checkpoints of weight 0 in a group")
+    return tuple(w / total for w in weights)

@@ -22,6 +22,7 @@ COMMANDS = (
     "segment",
     "cells",
     "submit",
+    "ablate",
     "score",
     "validate_submission",
     "train",

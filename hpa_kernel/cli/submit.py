@@ -36,12 +36,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     run_opts.add_argument("--seg-batch-size", type=int, default=1, help="images per segmentation batch (default 1)")
     run_opts.add_argument("--workers", type=int, default=None, help="post-processing processes (default: all cores; 0 = in process)")
     run_opts.add_argument("--torch-threads", type=int, default=None, help="CPU threads of the classifier (default: torch's choice)")
-    run_opts.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="allow flip TTA when time permits (default on)")
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument("--recipe", default="milimed2021", metavar="NAME",
+                        help="inference recipe: milimed2021 (default; the 4th-place team's code, 18-output checkpoints) "
+                        "or kit2025 (the kit's earlier variants, 19-output checkpoints)")
+    recipe.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="allow flip TTA when time permits (default: the recipe's choice, off for milimed2021)")
     run_opts.add_argument("--segmenter", choices=("hpa", "classic"), default=None,
                           help="hpa (default; needs the segmentation weights) or classic (weight-free, only when asked)")
     run_opts.add_argument("--crop-size", type=int, default=None, help="cell crop side (default: the checkpoints' input size)")
-    run_opts.add_argument("--cell-weight", type=float, default=0.7,
-                          help="final confidence = w x cell + (1 - w) x mean of the image's other valid cells (default 0.7)")
+    recipe.add_argument("--cell-weight", type=float, default=None,
+                        help="blend weight w of the cell's own prediction, 1 - w for its image's (default: the recipe's 0.7)")
     run_opts.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True, help="check the written file (default on)")
     run_opts.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -71,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         torch_threads=args.torch_threads,
         cell_weight=args.cell_weight,
-        image_weight=1.0 - args.cell_weight,
+        image_weight=None if args.cell_weight is None else 1.0 - args.cell_weight,
+        recipe=args.recipe,
     )
     report = run_submission(config)
     sys.stdout.write(report.summary() + "\n")
