@@ -180,21 +180,29 @@ def seven_files(team_file, tmp_path_factory):
         state = dict(base)
         state["_fc.0.bias"] = base["_fc.0.bias"] + float(i)
         torch.save(state, folder / name)
-    for name in milimed.SEGMENTATION_FILES:
-        (folder / name).write_bytes(name.encode() * 10)  # stand-ins: copied and pinned, not loaded here
     return folder
 
 
 @pytest.fixture(scope="module")
-def bundled(seven_files, tmp_path_factory):
+def segmentation_files(tmp_path_factory):
+    """Stand-ins for the official DPN-UNet files, in their own folder as on Kaggle (copied, not loaded)."""
+    folder = tmp_path_factory.mktemp("hpasegweights")
+    for name in milimed.SEGMENTATION_FILES:
+        (folder / name).write_bytes(name.encode() * 10)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bundled(seven_files, segmentation_files, tmp_path_factory):
     from hpa_kernel.cli import main
 
     out = tmp_path_factory.mktemp("dataset")
-    assert main(["bundle", "weights", "--from-milimed", str(seven_files), "--out", str(out)]) == 0
+    argv = ["bundle", "weights", "--from-milimed", str(seven_files), "--segmentation", str(segmentation_files), "--out", str(out)]
+    assert main(argv) == 0
     return out
 
 
-def test_bundle_from_milimed_writes_the_team_ensemble(seven_files, bundled):
+def test_bundle_from_milimed_writes_the_team_ensemble(seven_files, segmentation_files, bundled):
     manifest = json.loads((bundled / "weights_manifest.json").read_text())
     groups = manifest["ensemble"]["groups"]
     assert [(g["name"], g["weight"]) for g in groups] == [("resize", 0.4), ("resize_and_pad", 0.4), ("old", 0.2)]
@@ -205,7 +213,8 @@ def test_bundle_from_milimed_writes_the_team_ensemble(seven_files, bundled):
         for c in g["checkpoints"]:
             assert c["sha256"] == sha256_of(bundled / c["file"])
     for key, name in zip(("nuclei", "cell"), milimed.SEGMENTATION_FILES, strict=True):
-        assert manifest["segmentation"][key] == {"file": name, "sha256": sha256_of(seven_files / name)}
+        assert manifest["segmentation"][key] == {"file": name, "sha256": sha256_of(segmentation_files / name)}
+        assert (bundled / name).read_bytes() == (segmentation_files / name).read_bytes()
     for name in SEVEN:
         converted = torch.load(bundled / name.replace(".pt", ".pth"), weights_only=True)
         source = torch.load(seven_files / name, weights_only=True)

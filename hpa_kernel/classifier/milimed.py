@@ -289,6 +289,7 @@ def bundle_milimed(
     src: str | os.PathLike,
     out: str | os.PathLike,
     *,
+    segmentation_dir: str | os.PathLike | None = None,
     ignore_extra: bool = False,
     dataset_id: str = "your-kaggle-username/hpa-kernel-weights",
 ) -> Path:
@@ -297,8 +298,8 @@ def bundle_milimed(
     Each ``NAME.pt`` becomes ``NAME.pth`` + ``NAME.json`` in ``out`` (:func:`convert_milimed_checkpoint`).
     ``weights_manifest.json`` lists the groups of :data:`MILIMED_GROUPS` with per-checkpoint
     ``"weight"`` entries and every sha256 pinned. The official segmentation files
-    (``dpn_unet_nuclei_v1.pth``, ``dpn_unet_cell_3ch_v1.pth``) are copied and pinned when ``src``
-    holds them.
+    (``dpn_unet_nuclei_v1.pth``, ``dpn_unet_cell_3ch_v1.pth``) are copied and pinned when
+    ``segmentation_dir`` (default ``src``) holds them: the kit looks for them in the weights folder.
 
     Parameters
     ----------
@@ -307,6 +308,8 @@ def bundle_milimed(
         ``b0-resize-and-pad-epoch-{12,13}-finetuned.pt`` and ``b0-old.pt``.
     out : path
         The dataset folder to write (created).
+    segmentation_dir : path, optional
+        Where the two segmentation files are (on Kaggle: the attached ``hpasegweights``); ``src`` by default.
     ignore_extra : bool
         Leave out other ``.pt``/``.pth`` files in ``src`` instead of refusing them.
     dataset_id : str
@@ -329,6 +332,9 @@ def bundle_milimed(
 
     src, out = Path(src), Path(out)
     _check_source_folder(src, ignore_extra)
+    seg_dir = src if segmentation_dir is None else Path(segmentation_dir)
+    if not seg_dir.is_dir():
+        raise FileNotFoundError(f"segmentation weights folder {seg_dir} does not exist")
     out.mkdir(parents=True, exist_ok=True)
     model = _new_model()
     groups = []
@@ -345,11 +351,11 @@ def bundle_milimed(
     segmentation = {}
     for key, name in zip(("nuclei", "cell"), SEGMENTATION_FILES, strict=True):
         entry = {"file": name, "sha256": None}
-        if (src / name).is_file():
-            shutil.copy2(src / name, out / name)
+        if (seg_dir / name).is_file():
+            shutil.copy2(seg_dir / name, out / name)
             entry["sha256"] = sha256_of(out / name)
         else:
-            logger.warning("segmentation weights %s are not in %s: attach them separately or use --segmenter classic", name, src)
+            logger.warning("segmentation weights %s are not in %s: the dataset needs them, or submit with --segmenter classic", name, seg_dir)
         segmentation[key] = entry
     manifest = {
         "format": FORMAT_VERSION,

@@ -30,6 +30,8 @@ def register(sub) -> None:
     source.add_argument("--from-milimed", metavar="DIR", help="convert the HPA 2021 4th-place team's seven b0-*.pt files in DIR "
                         "(their Kaggle dataset cropytorchmodels, plus the segmentation weights if there)")
     weights.add_argument("--ignore-extra", action="store_true", help="with --from-milimed: leave out other .pt/.pth files in DIR")
+    weights.add_argument("--segmentation", metavar="DIR", default=None,
+                         help="with --from-milimed: folder with dpn_unet_nuclei_v1.pth and dpn_unet_cell_3ch_v1.pth (default: DIR)")
     weights.add_argument("--out", required=True, help="dataset folder to write")
     weights.add_argument("--manifest", default=None, help="manifest to start from (default: the one in --weights, else the repo's)")
     weights.add_argument("--dataset-id", default="your-kaggle-username/hpa-kernel-weights", help="Kaggle dataset id")
@@ -52,12 +54,16 @@ def run(args: argparse.Namespace) -> int:
             logger.info("  %s", wheel.name)
         logger.info("install on Kaggle with: %s", bundle.install_command(result.folder))
         return 0
+    if not args.from_milimed and (args.segmentation or args.ignore_extra):
+        raise ValueError("--segmentation and --ignore-extra apply only with --from-milimed")
     if args.from_milimed:
         if args.manifest:
             raise ValueError("--manifest does not apply to --from-milimed: the team's ensemble layout is fixed")
         from hpa_kernel.classifier.milimed import bundle_milimed
 
-        out = bundle_milimed(args.from_milimed, args.out, ignore_extra=args.ignore_extra, dataset_id=args.dataset_id)
+        out = bundle_milimed(
+            args.from_milimed, args.out, segmentation_dir=args.segmentation, ignore_extra=args.ignore_extra, dataset_id=args.dataset_id
+        )
         logger.info("weights dataset written to %s", out)
         return 0
     out = bundle.bundle_weights(args.weights, args.out, manifest=args.manifest, dataset_id=args.dataset_id)
