@@ -103,7 +103,8 @@ def test_kit_network_equals_efficientnet_pytorch(team_file, size):
     # The comparison means something: outputs spread over the sigmoid and differ between crops.
     assert theirs.max() - theirs.min() > 0.3
     assert (theirs[0] - theirs[1]).abs().max() > 1e-3
-    assert (config.num_classes, config.arch, config.source_format, config.recipe) == (18, "tf_efficientnet_b0", "efficientnet_pytorch", "milimed2021")
+    expected = (18, "tf_efficientnet_b0", "efficientnet_pytorch", "milimed2021")
+    assert (config.num_classes, config.arch, config.source_format, config.recipe) == expected
 
 
 def test_batchnorm_matches_efficientnet_pytorch(team_file):
@@ -302,3 +303,14 @@ def test_the_comparison_sees_padding_and_batchnorm_errors(team_file, variant):
     with torch.no_grad():
         diff = (torch.sigmoid(wrong(x)) - team_predict(net, crops)).abs().max().item()
     assert diff > 100 * TOLERANCE
+
+
+def test_checkpoint_config_checks_the_source_format():
+    from hpa_kernel.classifier import CheckpointConfig
+
+    assert CheckpointConfig().source_format == "timm"  # configs written before the field still read the same
+    with pytest.raises(ValueError, match="source_format must be one of"):
+        CheckpointConfig(source_format="keras")
+    with pytest.raises(ValueError, match="needs a tf_efficientnet_\\* arch"):
+        CheckpointConfig(arch="efficientnet_b0", source_format="efficientnet_pytorch")
+    assert CheckpointConfig.from_dict(milimed.milimed_config(epoch=12).to_dict()) == milimed.milimed_config(epoch=12)

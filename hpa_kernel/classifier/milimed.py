@@ -137,7 +137,7 @@ def milimed_config(source: str | os.PathLike | None = None, **overrides) -> Chec
     ``tf_efficientnet_b0``, 4 channels R, G, B, Y, 18 outputs, input 512, mean 0 and std 1 (the
     uint8 crop / 255, equal to the team's uint16 / 65535), ``source_format="efficientnet_pytorch"``
     and ``recipe="milimed2021"``. ``source`` (the original file's name) and the input scaling are
-    recorded in ``extra``; ``overrides`` go to :func:`dataclasses.replace`-style construction.
+    recorded in ``extra``; ``overrides`` replace any of these fields (e.g. ``epoch=12``).
     """
     extra = {"input_scaling": "uint8 / 255 (the team: uint16 / 65535, 8-bit PNGs x 257 first), mean 0, std 1"}
     if source is not None:
@@ -355,7 +355,9 @@ def bundle_milimed(
             shutil.copy2(seg_dir / name, out / name)
             entry["sha256"] = sha256_of(out / name)
         else:
-            logger.warning("segmentation weights %s are not in %s: the dataset needs them, or submit with --segmenter classic", name, seg_dir)
+            logger.warning(
+                "segmentation weights %s are not in %s: the dataset needs them, or submit with --segmenter classic", name, seg_dir
+            )
         segmentation[key] = entry
     manifest = {
         "format": FORMAT_VERSION,
