@@ -287,7 +287,10 @@ def test_kit_ensemble_equals_the_team_merge(seven_files, bundled):
     ensemble = Ensemble.from_manifest(load_manifest(bundled / "weights_manifest.json", bundled))
     ours = ensemble.predict(crops)
     assert ours.shape == (2, 18)
-    assert np.abs(ours - team).max() <= TOLERANCE
+    diff = np.abs(ours - team).max()
+    logger.info("ensemble of seven: max abs diff %.3g", diff)
+    assert diff <= TOLERANCE
+    assert np.abs(team[0] - team[1]).max() > 1e-3  # the crops give different answers: the comparison is not vacuous
 
 
 @pytest.mark.parametrize("variant", [{"arch": "efficientnet_b0", "bn_eps": 1e-3}, {"arch": "tf_efficientnet_b0", "bn_eps": 1e-5}])
