@@ -24,6 +24,11 @@ __all__ = ["CheckpointConfig", "config_path_for", "save_checkpoint", "load_confi
 
 logger = logging.getLogger(__name__)
 
+#: Where a checkpoint's weights came from, and the ``timm.create_model`` keywords that rebuild that
+#: source's network exactly: ``efficientnet_pytorch`` files (the 2021 team's, converted by
+#: :mod:`hpa_kernel.classifier.milimed`) need BatchNorm eps 1e-3 and momentum 0.01 (= 1 - 0.99).
+SOURCE_FORMATS: dict[str, dict] = {"timm": {}, "efficientnet_pytorch": {"bn_eps": 1e-3, "bn_momentum": 0.01}}
+
 
 @dataclass(frozen=True)
 class CheckpointConfig:
@@ -52,6 +57,7 @@ class CheckpointConfig:
     step: int | None = None
     extra: dict = field(default_factory=dict)
     recipe: str | None = None
+    source_format: str = "timm"
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(self.channels))
@@ -69,6 +75,10 @@ class CheckpointConfig:
             raise ValueError(f"input_size must be a positive multiple of 32, got {self.input_size}")
         if self.recipe is not None and (not isinstance(self.recipe, str) or not self.recipe):
             raise ValueError(f"recipe must be a recipe name or None, got {self.recipe!r}")
+        if self.source_format not in SOURCE_FORMATS:
+            raise ValueError(f"source_format must be one of {sorted(SOURCE_FORMATS)}, got {self.source_format!r}")
+        if self.source_format == "efficientnet_pytorch" and not self.arch.startswith("tf_efficientnet"):
+            raise ValueError(f"source_format 'efficientnet_pytorch' needs a tf_efficientnet_* arch (TF 'same' padding), got {self.arch!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,7 +147,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     config = load_config(path)
-    model = create_classifier(config.arch, in_chans=config.in_chans, num_classes=config.num_classes)
+    model = create_classifier(config.arch, in_chans=config.in_chans, num_classes=config.num_classes, **SOURCE_FORMATS[config.source_format])
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a corrupt or non-tensor file

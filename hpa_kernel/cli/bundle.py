@@ -25,7 +25,13 @@ def register(sub) -> None:
     wheels.set_defaults(func=run)
 
     weights = what.add_parser("weights", help="checkpoints + segmentation weights + manifest with hashes")
-    weights.add_argument("--weights", required=True, help="folder with the checkpoints (and segmentation weights)")
+    source = weights.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="folder with the checkpoints (and segmentation weights)")
+    source.add_argument("--from-milimed", metavar="DIR", help="convert the HPA 2021 4th-place team's seven b0-*.pt files in DIR "
+                        "(their Kaggle dataset cropytorchmodels, plus the segmentation weights if there)")
+    weights.add_argument("--ignore-extra", action="store_true", help="with --from-milimed: leave out other .pt/.pth files in DIR")
+    weights.add_argument("--segmentation", metavar="DIR", default=None,
+                         help="with --from-milimed: folder with dpn_unet_nuclei_v1.pth and dpn_unet_cell_3ch_v1.pth (default: DIR)")
     weights.add_argument("--out", required=True, help="dataset folder to write")
     weights.add_argument("--manifest", default=None, help="manifest to start from (default: the one in --weights, else the repo's)")
     weights.add_argument("--dataset-id", default="your-kaggle-username/hpa-kernel-weights", help="Kaggle dataset id")
@@ -47,6 +53,18 @@ def run(args: argparse.Namespace) -> int:
         for wheel in result.wheels:
             logger.info("  %s", wheel.name)
         logger.info("install on Kaggle with: %s", bundle.install_command(result.folder))
+        return 0
+    if not args.from_milimed and (args.segmentation or args.ignore_extra):
+        raise ValueError("--segmentation and --ignore-extra apply only with --from-milimed")
+    if args.from_milimed:
+        if args.manifest:
+            raise ValueError("--manifest does not apply to --from-milimed: the team's ensemble layout is fixed")
+        from hpa_kernel.classifier.milimed import bundle_milimed
+
+        out = bundle_milimed(
+            args.from_milimed, args.out, segmentation_dir=args.segmentation, ignore_extra=args.ignore_extra, dataset_id=args.dataset_id
+        )
+        logger.info("weights dataset written to %s", out)
         return 0
     out = bundle.bundle_weights(args.weights, args.out, manifest=args.manifest, dataset_id=args.dataset_id)
     logger.info("weights dataset written to %s", out)
