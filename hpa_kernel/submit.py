@@ -321,6 +321,8 @@ class SubmitConfig:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
+        if self.out.is_dir():
+            raise ValueError(f"out: {self.out} is a folder; expected the path of the CSV file to write, e.g. {self.out / 'submission.csv'}")
         if not math.isfinite(self.budget_s) or self.budget_s < 0:
             raise ValueError(f"budget_s must be a finite number >= 0, got {self.budget_s}")
         if self.reserve_s is not None and self.reserve_s < 0:
@@ -444,8 +446,7 @@ def _write(rows: dict[str, str], samples, out: Path) -> None:
     """Write every sample row: the prediction where there is one, else the fallback (logged by the caller)."""
     from hpa_kernel.submission import FALLBACK_PREDICTION, write_submission
 
-    full = {image_id: rows.get(image_id, FALLBACK_PREDICTION) for image_id, _, _ in samples}
-    write_submission(full, _samples_frame(samples), out)
+    write_submission(rows, _samples_frame(samples), out, FALLBACK_PREDICTION, log_each_fallback=False)
 
 
 def _samples_frame(samples):
@@ -454,6 +455,20 @@ def _samples_frame(samples):
     return pd.DataFrame(
         {"ID": [s[0] for s in samples], "ImageWidth": [s[1] for s in samples], "ImageHeight": [s[2] for s in samples]}
     )
+
+
+def _refused_ids(ids: Sequence[str]) -> dict[str, str]:
+    """``{ID: reason}`` for the IDs that are not plain names (they would become paths outside test/)."""
+    from hpa_kernel.io import check_image_id
+
+    refused = {}
+    for image_id in ids:
+        try:
+            check_image_id(image_id)
+        except ValueError as exc:
+            logger.error("%s; it gets the fallback row", exc)
+            refused[image_id] = f"refused: {exc}"
+    return refused
 
 
 def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monotonic, segmenter=None) -> SubmitReport:
@@ -482,10 +497,11 @@ def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monot
     competition = find_competition(config.data)
     samples = read_sample(competition.sample_submission)
     ids = [s[0] for s in samples]
-    todo = ids if config.limit is None else ids[: config.limit]
+    limited = ids if config.limit is None else ids[: config.limit]
     out = config.out
     rows: dict[str, str] = {}
-    fallback: dict[str, str] = {}
+    fallback: dict[str, str] = _refused_ids(limited)
+    todo = [image_id for image_id in limited if image_id not in fallback]
     report = SubmitReport(out, len(ids), 0)
     _write(rows, samples, out)  # a valid file from the start
     logger.info("wrote the initial all-fallback %s (%d rows); budget %.0f s, reserve %.0f s", out, len(ids), config.budget_s, config.reserve)
@@ -513,7 +529,7 @@ def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monot
     for image_id in todo:
         if image_id not in rows and image_id not in fallback:
             fallback[image_id] = "budget: not reached before the deadline"
-    for image_id in ids[len(todo):]:
+    for image_id in ids[len(limited):]:
         fallback[image_id] = "limit: beyond --limit"
     report.fallback = fallback
     report.n_predicted = len(rows)
@@ -564,6 +580,7 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, samples, to
     last_checkpoint = elapsed()
     results = pipeline.run(competition.test_dir, todo, progress=config.progress)
     current = None
+    sizes = {image_id: (width, height) for image_id, width, height in samples}
     try:
         for done, image_id in enumerate(todo):
             plan = planner.choose(elapsed(), done, tracker.estimates())
@@ -580,6 +597,13 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, samples, to
                 raise RuntimeError(f"the cells pipeline returned {result.image_id} where {image_id} was expected")
             if not result.ok:
                 fallback[image_id] = f"failed: {result.reason}"
+            elif (result.width, result.height) != sizes[image_id]:
+                width, height = sizes[image_id]
+                logger.error(
+                    "image %s: the sample says ImageWidth x ImageHeight = %d x %d but the files are %d x %d; "
+                    "it gets the fallback row", image_id, width, height, result.width, result.height,
+                )
+                fallback[image_id] = f"size: sample {width}x{height}, files {result.width}x{result.height}"
             else:
                 try:
                     rows[image_id] = predict_image(
