@@ -188,7 +188,10 @@ def _read_csv(source, name: str, dtypes: dict):
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"{name} file {path} does not exist")
-    return pd.read_csv(path, dtype=dtypes, keep_default_na=False)
+    try:
+        return pd.read_csv(path, dtype=dtypes, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as exc:  # empty, not UTF-8 (UnicodeDecodeError), malformed
+        raise ValueError(f"{name} file {path} cannot be read as CSV: {type(exc).__name__}: {exc}") from None
 
 
 def load_truth(truth_cells: CsvSource, truth_masks: str | os.PathLike | Mapping[str, np.ndarray]) -> dict[str, TruthImage]:
@@ -303,6 +306,8 @@ def parse_prediction_string(text: str) -> list[tuple[int, float, str]]:
             raise ValueError(f"triple {k // 3}: confidence {conf_text!r} is not a number") from None
         if not np.isfinite(confidence):
             raise ValueError(f"triple {k // 3}: confidence {conf_text!r} is not finite")
+        if not 0.0 <= confidence <= 1.0:
+            raise ValueError(f"triple {k // 3}: confidence {conf_text} is outside [0, 1]")
         triples.append((label, confidence, mask))
     return triples
 
