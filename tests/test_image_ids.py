@@ -8,16 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpa_kernel.io import check_image_id, read_image, write_image
+from hpa_kernel.io import read_image, write_image
 
 
 @pytest.mark.parametrize("bad", ["../train/abc", "a/b", "a\\b", "/etc/passwd", "..", "x..y", "", "a\x00b", "C:abc"])
 def test_check_image_id_refuses_paths(bad):
+    from hpa_kernel.io import check_image_id
+
     with pytest.raises(ValueError, match="not a plain name"):
         check_image_id(bad)
 
 
 def test_plain_ids_pass():
+    from hpa_kernel.io import check_image_id
+
     for good in ("5d4a2e3f-bba4-11e8-b2b9-ac1f6b6435d0", "img_0", "a.b"):
         assert check_image_id(good) == good
 

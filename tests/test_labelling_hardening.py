@@ -17,10 +17,11 @@ BODY = {"class_id": 11, "image_id": "img_a", "cell_id": 1, "score": 3}
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, monkeypatch):
     store = LabelStore(tmp_path / "labels.sqlite")
     app = LabelApp(CellTable(write_cells(tmp_path / "ds")), store, ["Mitotic spindle"], "ann", display_size=128)
-    srv = make_server(app, port=0, timeout_s=1.0)
+    srv = make_server(app, port=0)
+    monkeypatch.setattr(srv.RequestHandlerClass, "timeout", 1.0)  # make_server(timeout_s=...) sets the same
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -81,6 +82,17 @@ def test_stalled_request_and_connection_close_do_not_hold_the_connection(server)
         while chunk := sock.recv(65536):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200")
+
+
+def test_make_server_checks_its_timeout(tmp_path):
+    store = LabelStore(tmp_path / "labels.sqlite")
+    app = LabelApp(CellTable(write_cells(tmp_path / "ds")), store, ["Mitotic spindle"], "ann", display_size=128)
+    with pytest.raises(ValueError, match="timeout_s"):
+        make_server(app, port=0, timeout_s=0)
+    srv = make_server(app, port=0, timeout_s=2.5)
+    assert srv.RequestHandlerClass.timeout == 2.5
+    srv.server_close()
+    store.close()
 
 
 def test_a_burst_of_parallel_requests_is_served(server):
