@@ -125,6 +125,10 @@ class MetricResult:
         return "\n".join(lines)
 
 
+#: A submission row may claim at most this many times the pixels of its GT image (box mode).
+MAX_SIZE_RATIO = 64
+
+
 def average_precision(tp: np.ndarray, num_gt: int) -> float | None:
     """VOC "all points" AP of detections already sorted by confidence (highest first).
 
@@ -528,6 +532,12 @@ def evaluate(
                 raise ValueError(
                     f"submission image {image_id} is {width}x{height} (WxH) but its GT mask is {gt_width}x{gt_height}; "
                     "mask IoU needs equal sizes"
+                )
+            if width * height > MAX_SIZE_RATIO * gt_width * gt_height:
+                # masks are decoded at the row's size: an outsized claim would let them inflate far
+                raise ValueError(
+                    f"submission image {image_id} is {width}x{height} (WxH), more than {MAX_SIZE_RATIO} times the "
+                    f"pixels of its GT ({gt_width}x{gt_height}); not decoded"
                 )
             logger.warning("submission image %s is %dx%d (WxH) but its GT is %dx%d; boxes are compared normalised",
                            image_id, width, height, gt_width, gt_height)

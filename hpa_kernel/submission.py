@@ -425,8 +425,12 @@ def check_submission(path: str | os.PathLike, sample: SampleSource) -> Validatio
                     sizes[name] = int(value)
                     if int(value) != want:
                         problems.append(Problem(number, image_id, f"{name} is {value}; the sample has {want}"))
-            if len(sizes) == 2:
-                # The evaluator decodes at the row's own size, so the masks are checked at that size.
+            if len(sizes) == 2 and (sizes["ImageWidth"], sizes["ImageHeight"]) != (want_width, want_height):
+                # reported above; not decoded at a size the sample does not vouch for (bounds the inflation)
+                if prediction:
+                    problems.append(Problem(number, image_id, "masks not checked: the row's image size differs from the sample's"))
+            elif len(sizes) == 2:
+                # The evaluator decodes at the row's own size, which here is the sample's.
                 _check_prediction(number, image_id, sizes["ImageWidth"], sizes["ImageHeight"], prediction, report)
             elif prediction:
                 problems.append(Problem(number, image_id, "masks not checked: the row's image size is unreadable"))

@@ -114,3 +114,26 @@ def test_score_names_the_file_when_it_is_empty_or_not_utf8(synthetic_competition
     path.write_bytes(content)
     rc, errors = _score(["--submission", str(path), "--data", str(synthetic_competition.root)], caplog)
     assert rc == 1 and any(str(path) in e for e in errors)
+
+
+def test_a_row_claiming_a_huge_size_is_not_decoded(synthetic_competition, tmp_path):
+    """The bound follows the row's size: a row claiming 100000 x 100000 must not raise it."""
+    from hpa_kernel.metric import evaluate
+
+    comp = synthetic_competition
+    sample = comp.read_sample_submission()
+    lines = ["ID,ImageWidth,ImageHeight,PredictionString"]
+    for k, (i, w, h) in enumerate(zip(sample["ID"], sample["ImageWidth"], sample["ImageHeight"])):
+        lines.append(f"{i},100000,100000,0 0.5 {_bomb(40_000_000)}" if k == 0 else f"{i},{w},{h},")
+    path = tmp_path / "huge.csv"
+    path.write_text("\n".join(lines) + "\n")
+    tracemalloc.start()
+    try:
+        report = check_submission(path, comp.sample_submission)
+        with pytest.raises(ValueError, match="times the pixels of its GT"):
+            evaluate(path, comp.truth_cells("test"), comp.truth_masks("test"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert any("masks not checked" in str(p) for p in report.problems)
+    assert peak < 30_000_000, peak

@@ -68,13 +68,19 @@ def test_torchscript_archive_is_refused_before_its_code_runs(torchscript_file):
     assert not target.exists()
 
 
-def test_classifier_checkpoint_loader_refuses_torchscript(torchscript_file):
-    # torch.load(weights_only=True) refuses TorchScript archives itself; this keeps it that way.
+def test_classifier_checkpoint_loader_refuses_torchscript(torchscript_file, tmp_path):
+    # torch.load(weights_only=True) refuses TorchScript archives itself (no jit.load); this keeps it so.
+    import shutil
+
     from hpa_kernel.classifier.checkpoint import load_checkpoint
+    from hpa_kernel.demo import random_ensemble
 
     path, target = torchscript_file
-    with pytest.raises((RuntimeError, ValueError, FileNotFoundError)):
-        load_checkpoint(path)
+    random_ensemble(tmp_path / "w", sizes=(1,), weights=(1.0,), arch="resnet18", input_size=32)
+    checkpoint = tmp_path / "w" / "g1_m0.pth"
+    shutil.copyfile(path, checkpoint)  # the JSON config stays: torch.load is reached
+    with pytest.raises(ValueError, match=r"g1_m0\.pth.*weights_only"):
+        load_checkpoint(checkpoint)
     assert not target.exists()
 
 
