@@ -13,7 +13,9 @@ the cells pipeline, and the classifier time per cell and forward pass):
 
 A valid ``submission.csv`` exists from the start (every row the fallback, written before any model
 is loaded), is rewritten every ``checkpoint_every_s`` seconds, and is written a last time with a
-``reserve_s`` margin before the budget ends. A fallback row is an empty PredictionString ("no
+``reserve_s`` margin before the budget ends: a timer writes it then even if the run is still busy
+loading models or with one slow image, and nothing is written after it. Run as a program,
+``hpa-kernel submit`` counts the budget from the process start (imports and start-up included). A fallback row is an empty PredictionString ("no
 detections", :data:`hpa_kernel.submission.FALLBACK_PREDICTION`), given to images that failed (logged
 with the reason) and to those that the budget did not reach.
 
@@ -47,6 +49,7 @@ __all__ = [
     "SubmitConfig",
     "SubmitReport",
     "run_submission",
+    "process_start_monotonic",
     "predict_image",
 ]
 
