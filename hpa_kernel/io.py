@@ -30,6 +30,7 @@ __all__ = [
     "CHANNELS",
     "EXTENSIONS",
     "ImageReadError",
+    "check_image_id",
     "Competition",
     "channel_path",
     "read_channel",
@@ -52,8 +53,49 @@ class ImageReadError(ValueError):
     """A channel file exists but cannot be decoded, or the channels do not fit together."""
 
 
+def check_image_id(image_id: str) -> str:
+    """Return ``image_id`` if it is a plain file-name stem, else raise ``ValueError`` naming it.
+
+    IDs come from CSV files (the sample submission, ``train.csv``) and become parts of file names
+    (``{ID}_red.png``, ``crops/{ID}_{cell}.png``); a plain name keeps every read and write inside
+    the folder it was meant for.
+
+    Raises
+    ------
+    ValueError
+        If the ID is not a non-empty str, or holds ``/``, ``\\``, a NUL byte or ``..``, or is
+        absolute (``C:`` style included).
+
+    Examples
+    --------
+    >>> check_image_id("5d4a2e3f-bba4-11e8-b2b9-ac1f6b6435d0")
+    '5d4a2e3f-bba4-11e8-b2b9-ac1f6b6435d0'
+    >>> check_image_id("../train/abc")
+    Traceback (most recent call last):
+    ...
+    ValueError: image ID '../train/abc' is not a plain name: it contains a path separator; IDs must not contain '/', '\\', NUL or '..'
+    """
+    if not isinstance(image_id, str) or not image_id:
+        reason = "it is empty" if isinstance(image_id, str) else f"it is a {type(image_id).__name__}, not a str"
+    elif "/" in image_id or "\\" in image_id:
+        reason = "it contains a path separator"
+    elif "\x00" in image_id:
+        reason = "it contains a NUL byte"
+    elif ".." in image_id:
+        reason = "it contains '..'"
+    elif Path(image_id).is_absolute() or (len(image_id) > 1 and image_id[1] == ":"):
+        reason = "it is an absolute path"
+    else:
+        return image_id
+    raise ValueError(f"image ID {image_id!r} is not a plain name: {reason}; IDs must not contain '/', '\\', NUL or '..'")
+
+
 def channel_path(folder: str | Path, image_id: str, channel: str) -> Path | None:
-    """The file of one channel of an image, trying each extension of :data:`EXTENSIONS`; None if absent."""
+    """The file of one channel of an image, trying each extension of :data:`EXTENSIONS`; None if absent.
+
+    Raises ``ValueError`` if ``image_id`` is not a plain name (:func:`check_image_id`).
+    """
+    check_image_id(image_id)
     folder = Path(folder)
     for ext in EXTENSIONS:
         path = folder / f"{image_id}_{channel}{ext}"
@@ -143,6 +185,7 @@ def write_image(folder: str | Path, image_id: str, image: np.ndarray, ext: str =
     """
     import cv2
 
+    check_image_id(image_id)
     if ext not in EXTENSIONS:
         raise ValueError(f"ext must be one of {', '.join(EXTENSIONS)} (the files read_image finds), got {ext!r}")
     if image.ndim != 3 or image.shape[2] != 4:

@@ -125,6 +125,10 @@ class MetricResult:
         return "\n".join(lines)
 
 
+#: A submission row may claim at most this many times the pixels of its GT image (box mode).
+MAX_SIZE_RATIO = 64
+
+
 def average_precision(tp: np.ndarray, num_gt: int) -> float | None:
     """VOC "all points" AP of detections already sorted by confidence (highest first).
 
@@ -188,7 +192,10 @@ def _read_csv(source, name: str, dtypes: dict):
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"{name} file {path} does not exist")
-    return pd.read_csv(path, dtype=dtypes, keep_default_na=False)
+    try:
+        return pd.read_csv(path, dtype=dtypes, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as exc:  # empty, not UTF-8 (UnicodeDecodeError), malformed
+        raise ValueError(f"{name} file {path} cannot be read as CSV: {type(exc).__name__}: {exc}") from None
 
 
 def load_truth(truth_cells: CsvSource, truth_masks: str | os.PathLike | Mapping[str, np.ndarray]) -> dict[str, TruthImage]:
@@ -303,6 +310,8 @@ def parse_prediction_string(text: str) -> list[tuple[int, float, str]]:
             raise ValueError(f"triple {k // 3}: confidence {conf_text!r} is not a number") from None
         if not np.isfinite(confidence):
             raise ValueError(f"triple {k // 3}: confidence {conf_text!r} is not finite")
+        if not 0.0 <= confidence <= 1.0:
+            raise ValueError(f"triple {k // 3}: confidence {conf_text} is outside [0, 1]")
         triples.append((label, confidence, mask))
     return triples
 
@@ -523,6 +532,12 @@ def evaluate(
                 raise ValueError(
                     f"submission image {image_id} is {width}x{height} (WxH) but its GT mask is {gt_width}x{gt_height}; "
                     "mask IoU needs equal sizes"
+                )
+            if width * height > MAX_SIZE_RATIO * gt_width * gt_height:
+                # masks are decoded at the row's size: an outsized claim would let them inflate far
+                raise ValueError(
+                    f"submission image {image_id} is {width}x{height} (WxH), more than {MAX_SIZE_RATIO} times the "
+                    f"pixels of its GT ({gt_width}x{gt_height}); not decoded"
                 )
             logger.warning("submission image %s is %dx%d (WxH) but its GT is %dx%d; boxes are compared normalised",
                            image_id, width, height, gt_width, gt_height)

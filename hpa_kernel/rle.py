@@ -36,6 +36,7 @@ __all__ = [
     "encode_label_crop",
     "encode_label_image",
     "mask_area",
+    "max_counts_length",
     "runs_to_counts_string",
     "counts_string_to_runs",
 ]
@@ -314,6 +315,23 @@ def encode_label_image(label: np.ndarray, ids: Iterable[int] | None = None) -> d
     return out
 
 
+def max_counts_length(height: int, width: int) -> int:
+    """The longest counts string that the RLE of a ``height`` x ``width`` mask can have: ``2 H W + 16``.
+
+    Decompression of an EncodedMask stops there (a zlib bomb is refused, not inflated). The bound:
+    with ``N = H W`` pixels, the runs ``c_0 >= 0`` and ``c_1.. >= 1`` sum to ``N``. The first three
+    are written as they are, each later one as ``x_i = c_i - c_(i-2)``, ``|x_i| <= c_i + c_(i-2)``.
+    A value ``v`` takes ``ceil((bit_length(|v|) + 1) / 5)`` characters, which is at most ``|v|``
+    for ``|v| >= 1`` and 1 for ``v = 0``. So ``c_0`` takes at most 7 characters, ``c_1`` and
+    ``c_2`` at most themselves, and ``x_i`` at most ``c_i + c_(i-2)``: in all at most
+    ``7 + 2 N``. The margin of 16 rounds that up.
+
+    >>> max_counts_length(2048, 2048)
+    8388624
+    """
+    return 2 * int(height) * int(width) + 16
+
+
 def _unpack(encoded, height: int, width: int) -> np.ndarray:
     """EncodedMask -> run lengths, checked against height * width."""
     if isinstance(encoded, str):
@@ -331,10 +349,19 @@ def _unpack(encoded, height: int, width: int) -> np.ndarray:
         compressed = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"EncodedMask is not valid base64 ({exc})") from None
+    limit = max_counts_length(height, width)
+    inflater = zlib.decompressobj()
     try:
-        counts_text = zlib.decompress(compressed)
+        counts_text = inflater.decompress(compressed, limit + 1)
     except zlib.error as exc:
         raise ValueError(f"EncodedMask base64 payload is not zlib data ({exc})") from None
+    if len(counts_text) > limit:
+        raise ValueError(
+            f"EncodedMask inflates to more than {limit} bytes, more than the RLE of any {height} x {width} mask "
+            "needs (a zlib bomb?); decompression was stopped"
+        )
+    if not inflater.eof:
+        raise ValueError("EncodedMask base64 payload is not complete zlib data (truncated stream)")
     counts = counts_string_to_runs(counts_text)
     total = int(counts.sum())
     if total != height * width:

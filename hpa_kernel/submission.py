@@ -161,9 +161,11 @@ def read_sample(sample: SampleSource) -> list[tuple[str, int, int]]:
             out.append((str(image_id), int(width), int(height)))
         except (TypeError, ValueError):
             raise ValueError(f"{name}: ID {image_id}: ImageWidth {width!r} and ImageHeight {height!r} must be integers") from None
-    ids = [r[0] for r in out]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{name}: the sample lists an ID twice")
+    seen: set[str] = set()
+    twice = sorted({r[0] for r in out if r[0] in seen or seen.add(r[0])})
+    if twice:
+        shown = ", ".join(twice[:5]) + (f" and {len(twice) - 5} more" if len(twice) > 5 else "")
+        raise ValueError(f"{name}: the sample lists ID(s) more than once: {shown}")
     return out
 
 
@@ -180,7 +182,11 @@ def _check_prediction_text(image_id: str, text: str) -> None:
 
 
 def write_submission(
-    rows: Mapping[str, str], sample: SampleSource, out: str | os.PathLike, fallback: str = FALLBACK_PREDICTION
+    rows: Mapping[str, str],
+    sample: SampleSource,
+    out: str | os.PathLike,
+    fallback: str = FALLBACK_PREDICTION,
+    log_each_fallback: bool = True,
 ) -> Path:
     """Write ``submission.csv`` in the order of the sample submission.
 
@@ -194,7 +200,8 @@ def write_submission(
         Output file; written to a temporary file in the same folder, then moved into place.
     fallback : str
         PredictionString of a sample image missing from ``rows`` (default empty: no detections);
-        each such image is logged as a WARNING.
+        each such image is logged as a WARNING unless ``log_each_fallback`` is False (the caller
+        logs them); the count is logged either way.
 
     Returns
     -------
@@ -204,8 +211,11 @@ def write_submission(
     Raises
     ------
     ValueError
-        If ``rows`` has IDs that are not in the sample, or a PredictionString is malformed.
+        If ``rows`` has IDs that are not in the sample, a PredictionString is malformed, or ``out``
+        is an existing folder.
     """
+    if Path(out).is_dir():
+        raise ValueError(f"out: {out} is a folder; expected the path of the CSV file to write, e.g. {Path(out) / 'submission.csv'}")
     samples = read_sample(sample)
     known = {image_id for image_id, _, _ in samples}
     extra = [i for i in rows if i not in known]
@@ -223,9 +233,10 @@ def write_submission(
             fh.write(",".join(SUBMISSION_HEADER) + "\n")
             for image_id, width, height in samples:
                 text = rows.get(image_id)
-                if text is None:
+                if text is None and log_each_fallback:
                     logger.warning("image %s: no prediction row; writing the fallback (%s)", image_id,
                                    "empty PredictionString = no detections" if fallback == "" else "given fallback string")
+                if text is None:
                     text = fallback
                     n_fallback += 1
                 fh.write(f"{image_id},{width},{height},{text}\n")
@@ -414,8 +425,12 @@ def check_submission(path: str | os.PathLike, sample: SampleSource) -> Validatio
                     sizes[name] = int(value)
                     if int(value) != want:
                         problems.append(Problem(number, image_id, f"{name} is {value}; the sample has {want}"))
-            if len(sizes) == 2:
-                # The evaluator decodes at the row's own size, so the masks are checked at that size.
+            if len(sizes) == 2 and (sizes["ImageWidth"], sizes["ImageHeight"]) != (want_width, want_height):
+                # reported above; not decoded at a size the sample does not vouch for (bounds the inflation)
+                if prediction:
+                    problems.append(Problem(number, image_id, "masks not checked: the row's image size differs from the sample's"))
+            elif len(sizes) == 2:
+                # The evaluator decodes at the row's own size, which here is the sample's.
                 _check_prediction(number, image_id, sizes["ImageWidth"], sizes["ImageHeight"], prediction, report)
             elif prediction:
                 problems.append(Problem(number, image_id, "masks not checked: the row's image size is unreadable"))

@@ -13,7 +13,9 @@ the cells pipeline, and the classifier time per cell and forward pass):
 
 A valid ``submission.csv`` exists from the start (every row the fallback, written before any model
 is loaded), is rewritten every ``checkpoint_every_s`` seconds, and is written a last time with a
-``reserve_s`` margin before the budget ends. A fallback row is an empty PredictionString ("no
+``reserve_s`` margin before the budget ends: a timer writes it then even if the run is still busy
+loading models or with one slow image, and nothing is written after it. Run as a program,
+``hpa-kernel submit`` counts the budget from the process start (imports and start-up included). A fallback row is an empty PredictionString ("no
 detections", :data:`hpa_kernel.submission.FALLBACK_PREDICTION`), given to images that failed (logged
 with the reason) and to those that the budget did not reach.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -45,6 +48,7 @@ __all__ = [
     "SubmitConfig",
     "SubmitReport",
     "run_submission",
+    "process_start_monotonic",
     "predict_image",
 ]
 
@@ -326,6 +330,8 @@ class SubmitConfig:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
+        if self.out.is_dir():
+            raise ValueError(f"out: {self.out} is a folder; expected the path of the CSV file to write, e.g. {self.out / 'submission.csv'}")
         if not math.isfinite(self.budget_s) or self.budget_s < 0:
             raise ValueError(f"budget_s must be a finite number >= 0, got {self.budget_s}")
         if self.reserve_s is not None and self.reserve_s < 0:
@@ -465,8 +471,67 @@ def _write(rows: dict[str, str], samples, out: Path) -> None:
     """Write every sample row: the prediction where there is one, else the fallback (logged by the caller)."""
     from hpa_kernel.submission import FALLBACK_PREDICTION, write_submission
 
-    full = {image_id: rows.get(image_id, FALLBACK_PREDICTION) for image_id, _, _ in samples}
-    write_submission(full, _samples_frame(samples), out)
+    write_submission(rows, _samples_frame(samples), out, FALLBACK_PREDICTION, log_each_fallback=False)
+
+
+class _SubmissionWriter:
+    """Writes ``submission.csv`` from the rows so far, until the deadline closes it.
+
+    :meth:`close_at` starts a timer thread that, at the deadline (real seconds), writes the rows
+    predicted so far a last time and closes the writer; later writes (from a run still busy
+    loading models or predicting an image) are skipped, so the last write is never late.
+    """
+
+    def __init__(self, samples, out: Path):
+        self.samples = samples
+        self.out = out
+        self.lock = threading.Lock()
+        self.closed = False
+        self.final_rows: dict[str, str] | None = None
+        self._timer: threading.Timer | None = None
+
+    def write(self, rows: dict[str, str], final: bool = False) -> bool:
+        """Write ``rows`` (the other sample rows get the fallback); False if the writer is closed."""
+        with self.lock:
+            if self.closed:
+                return False
+            snapshot = dict(rows)
+            _write(snapshot, self.samples, self.out)
+            if final:
+                self.closed = True
+                self.final_rows = snapshot
+            return True
+
+    def close_at(self, seconds: float, rows: dict[str, str]) -> None:
+        """Write ``rows`` a last time after ``seconds`` real seconds, unless :meth:`cancel` comes first."""
+
+        def fire():
+            if self.write(rows, final=True):
+                logger.warning("deadline: wrote %s with the %d images predicted so far; later results are dropped", self.out, len(self.final_rows))
+
+        self._timer = threading.Timer(max(0.0, seconds), fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def process_start_monotonic() -> float:
+    """The ``time.monotonic()`` reading at which this process started (Linux); elsewhere, now.
+
+    The command line counts its budget from here, so that interpreter start-up and imports count.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        start_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of proc(5), starttime
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - start_s
+    except (OSError, ValueError, IndexError, AttributeError) as exc:
+        logger.debug("process start time unknown (%s); the budget starts now", exc)
+        return time.monotonic()
+    return time.monotonic() - min(max(0.0, age), 3600.0)
 
 
 def _samples_frame(samples):
@@ -477,16 +542,37 @@ def _samples_frame(samples):
     )
 
 
-def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monotonic, segmenter=None) -> SubmitReport:
+def _refused_ids(ids: Sequence[str]) -> dict[str, str]:
+    """``{ID: reason}`` for the IDs that are not plain names (they would become paths outside test/)."""
+    from hpa_kernel.io import check_image_id
+
+    refused = {}
+    for image_id in ids:
+        try:
+            check_image_id(image_id)
+        except ValueError as exc:
+            logger.error("%s; it gets the fallback row", exc)
+            refused[image_id] = f"refused: {exc}"
+    return refused
+
+
+def run_submission(
+    config: SubmitConfig, clock: Callable[[], float] = time.monotonic, segmenter=None, started: float | None = None
+) -> SubmitReport:
     """Write ``config.out`` within ``config.budget_s`` seconds; see the module doc.
 
     Parameters
     ----------
     config : SubmitConfig
     clock : callable
-        Seconds, monotonic; tests pass a fake clock.
+        Seconds, monotonic; tests pass a fake clock. With the real clock (``time.monotonic``), a
+        timer also writes the file a last time at ``budget_s - reserve`` even if the run is still
+        busy (loading models, or one slow image); with another clock only the planner keeps the budget.
     segmenter : BaseSegmenter, optional
         A ready segmenter instead of ``config.segmenter`` (tests, notebooks).
+    started : float, optional
+        The ``clock()`` reading at which the budget started (the CLI passes the process start, see
+        :func:`process_start_monotonic`); default: now.
 
     Returns
     -------
@@ -495,7 +581,7 @@ def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monot
     from hpa_kernel.io import find_competition
     from hpa_kernel.submission import read_sample
 
-    t0 = clock()
+    t0 = clock() if started is None else float(started)
 
     def elapsed() -> float:
         return clock() - t0
@@ -503,12 +589,16 @@ def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monot
     competition = find_competition(config.data)
     samples = read_sample(competition.sample_submission)
     ids = [s[0] for s in samples]
-    todo = ids if config.limit is None else ids[: config.limit]
+    limited = ids if config.limit is None else ids[: config.limit]
     out = config.out
     rows: dict[str, str] = {}
-    fallback: dict[str, str] = {}
+    fallback: dict[str, str] = _refused_ids(limited)
+    todo = [image_id for image_id in limited if image_id not in fallback]
     report = SubmitReport(out, len(ids), 0)
-    _write(rows, samples, out)  # a valid file from the start
+    writer = _SubmissionWriter(samples, out)
+    writer.write(rows)  # a valid file from the start
+    if clock is time.monotonic:
+        writer.close_at(config.budget_s - config.reserve - elapsed(), rows)
     logger.info("wrote the initial all-fallback %s (%d rows); budget %.0f s, reserve %.0f s", out, len(ids), config.budget_s, config.reserve)
 
     # Cheap checks first, so that a zero budget still validates its inputs.
@@ -527,20 +617,27 @@ def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monot
 
     if not planner.choose(elapsed(), 0, tracker.estimates()).fallback and todo:
         try:
-            _predict_all(config, manifest, seg_name, segmenter, competition, samples, todo, planner, tracker, rows, fallback, report, elapsed)
+            _predict_all(config, manifest, seg_name, segmenter, competition, writer, todo, planner, tracker, rows, fallback, report, elapsed)
         except BaseException:
             # keep what was predicted before the error (or Ctrl-C); the other rows get the fallback
-            _write(rows, samples, out)
+            writer.cancel()
+            writer.write(rows, final=True)
             logger.error("the run stopped early; %s holds the %d images predicted so far", out, len(rows))
             raise
+    for image_id in ids[len(limited):]:
+        fallback[image_id] = "limit: beyond --limit"
+    writer.cancel()
+    if not writer.write(rows, final=True):
+        # the deadline timer wrote the file: report what it holds
+        late = [i for i in rows if i not in writer.final_rows]
+        for image_id in late:
+            del rows[image_id]
+            fallback[image_id] = "budget: finished after the deadline"
     for image_id in todo:
         if image_id not in rows and image_id not in fallback:
             fallback[image_id] = "budget: not reached before the deadline"
-    for image_id in ids[len(todo):]:
-        fallback[image_id] = "limit: beyond --limit"
     report.fallback = fallback
     report.n_predicted = len(rows)
-    _write(rows, samples, out)
     if fallback:
         shown = ", ".join(f"{i} ({r})" for i, r in list(fallback.items())[:5])
         logger.warning("%d of %d images got the fallback row (empty PredictionString), e.g. %s", len(fallback), len(ids), shown)
@@ -558,7 +655,7 @@ def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monot
     return report
 
 
-def _predict_all(config, manifest, seg_name, segmenter, competition, samples, todo, planner, tracker, rows, fallback, report, elapsed) -> None:
+def _predict_all(config, manifest, seg_name, segmenter, competition, writer, todo, planner, tracker, rows, fallback, report, elapsed) -> None:
     """Load the models, then predict ``todo`` in order into ``rows`` (or ``fallback``) while the planner allows."""
     from hpa_kernel.cells import CellConfig, CellPipeline
     from hpa_kernel.classifier import Ensemble
@@ -587,13 +684,14 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, samples, to
     last_checkpoint = elapsed()
     results = pipeline.run(competition.test_dir, todo, progress=config.progress)
     current = None
+    sizes = {image_id: (width, height) for image_id, width, height in writer.samples}
     try:
         for done, image_id in enumerate(todo):
             plan = planner.choose(elapsed(), done, tracker.estimates())
             if plan != current:
                 logger.info("image %d/%d: plan %s (%.0f s left)", done + 1, len(todo), plan.describe(), planner.time_left(elapsed()))
                 current = plan
-            if plan.fallback:
+            if plan.fallback or writer.closed:
                 break
             t_a = elapsed()
             result = next(results)
@@ -603,6 +701,13 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, samples, to
                 raise RuntimeError(f"the cells pipeline returned {result.image_id} where {image_id} was expected")
             if not result.ok:
                 fallback[image_id] = f"failed: {result.reason}"
+            elif (result.width, result.height) != sizes[image_id]:
+                width, height = sizes[image_id]
+                logger.error(
+                    "image %s: the sample says ImageWidth x ImageHeight = %d x %d but the files are %d x %d; "
+                    "it gets the fallback row", image_id, width, height, result.width, result.height,
+                )
+                fallback[image_id] = f"size: sample {width}x{height}, files {result.width}x{result.height}"
             else:
                 try:
                     rows[image_id] = predict_image(result, ensemble, plan, config.batch_size)
@@ -614,7 +719,7 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, samples, to
             t_c = elapsed()
             tracker.add(base_s=t_b - t_a, n_cells=n_cells, classify_s=t_c - t_b, passes=plan.passes)
             if t_c - last_checkpoint >= config.checkpoint_every_s:
-                _write(rows, samples, config.out)
+                writer.write(rows)
                 last_checkpoint = elapsed()
                 logger.info("checkpoint: %s with %d predicted images", config.out, len(rows))
     finally:

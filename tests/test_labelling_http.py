@@ -63,7 +63,8 @@ class Client:
         return self.request("POST", path, body, headers)
 
     def raw(self, data: bytes) -> int:
-        """Send raw bytes; return the status code of the reply."""
+        """Send raw bytes; return the status code of the reply. ``Host: x`` becomes this server's address."""
+        data = data.replace(b"Host: x\r\n", f"Host: 127.0.0.1:{self.port}\r\n".encode())
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
             sock.sendall(data)
             reply = b""

@@ -149,6 +149,20 @@ def read_crop(path: str | Path) -> np.ndarray:
     return crop
 
 
+def _plain_ids(ids: list[str]) -> tuple[list[str], list[dict]]:
+    """Split ``ids`` into plain names and failure rows for the others (an ID becomes a crop file name)."""
+    from hpa_kernel.io import check_image_id
+
+    good, failures = [], []
+    for image_id in ids:
+        try:
+            good.append(check_image_id(image_id))
+        except ValueError as exc:
+            logger.error("cells: image %r refused: %s", image_id, exc)
+            failures.append({"image_id": image_id, "reason": f"refused: {exc}"})
+    return good, failures
+
+
 def _write_csv(df, path: Path) -> None:
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
@@ -216,7 +230,8 @@ def build_training_set(
         labels = dict(zip(train["ID"], train["Label"]))
     if image_ids is None:
         image_ids = list(labels) if split == "train" and labels else list_image_ids(folder)
-    ids = shard_ids(image_ids, index, count)
+    ids, failures = _plain_ids(shard_ids(image_ids, index, count))
+    n_ids = len(ids) + len(failures)
     crops_dir = out / "crops"
     crops_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache" if cache_dir is None else cache_dir
@@ -224,7 +239,7 @@ def build_training_set(
         segmenter, config, workers=workers, cache_dir=cache_dir, batch_size=batch_size, encode_masks=False
     )
     logger.info("cells: shard %d/%d, %d images from %s, %s workers", index, count, len(ids), folder, pipeline.workers)
-    frames, failures = [], []
+    frames = []
     for result in pipeline.run(folder, ids, progress=progress):
         if not result.ok:
             failures.append({"image_id": result.image_id, "reason": result.reason})
@@ -247,7 +262,7 @@ def build_training_set(
     path = out / f"cells.shard-{index}-of-{count}.csv"
     _write_csv(cells, path)
     _write_csv(pd.DataFrame(failures, columns=["image_id", "reason"]), out / f"failures.shard-{index}-of-{count}.csv")
-    logger.info("cells: %d cells from %d images, %d failed -> %s", len(cells), len(ids) - len(failures), len(failures), path)
+    logger.info("cells: %d cells from %d images, %d failed -> %s", len(cells), n_ids - len(failures), len(failures), path)
     if count == 1:
         return merge_shards(out, config)
     return path

@@ -124,6 +124,9 @@ class _CacheUnreadable(RuntimeError):
 def _worker_init() -> None:
     # Ctrl-C is the main process's business: it terminates the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from hpa_kernel.cells.workers import exit_with_parent
+
+    exit_with_parent()  # a kill -9 of the main process must not leave orphaned workers
     # One OpenCV thread per worker: the parallelism is the pool's; N workers x all-core OpenCV
     # thread pools would oversubscribe the CPU.
     import cv2

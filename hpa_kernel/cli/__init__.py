@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
+import time
 
 from hpa_kernel import __version__
 
@@ -63,8 +64,12 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    invoked_at = time.monotonic()
     parser = build_parser()
     args = parser.parse_args(argv)
+    # When and how the command started: ``submit`` counts its budget from the process start when
+    # run as a program (argv from the command line), from this call when called in a process.
+    args.invoked_at, args.from_command_line = invoked_at, argv is None
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

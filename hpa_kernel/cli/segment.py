@@ -86,7 +86,7 @@ def write_mask(path, label) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hpa_kernel.io import list_image_ids, read_image
+    from hpa_kernel.io import list_image_ids
     from hpa_kernel.segmentation import create_segmenter
 
     images_dir = Path(args.images)
@@ -101,15 +101,52 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logger.info("segmenting %d image(s) from %s with %s", len(ids), images_dir, segmenter.settings())
+    failed: dict[str, str] = {}
     for start in range(0, len(ids), args.batch_size):
-        chunk = ids[start : start + args.batch_size]
-        images = [read_image(images_dir, image_id) for image_id in chunk]
-        for image_id, maps in zip(chunk, segmenter.predict(images)):
+        _segment_chunk(segmenter, images_dir, ids[start : start + args.batch_size], out, failed)
+    done = len(ids) - len(failed)
+    if failed:
+        shown = "; ".join(f"{i}: {r}" for i, r in list(failed.items())[:5])
+        logger.error("segmented %d of %d images into %s; %d failed: %s", done, len(ids), out, len(failed), shown)
+        return 1 if done == 0 else 0  # like cells and submit: the bad images are logged, the rest is done
+    logger.info("segmented %d of %d images into %s", done, len(ids), out)
+    return 0
+
+
+def _segment_chunk(segmenter, images_dir, chunk: list, out, failed: dict) -> None:
+    """Segment one batch of IDs into ``out``; an image that fails is logged and recorded in ``failed``."""
+    from hpa_kernel.io import check_image_id, read_image
+
+    images, ok = [], []
+    for image_id in chunk:
+        try:
+            images.append(read_image(images_dir, check_image_id(image_id)))
+            ok.append(image_id)
+        except (OSError, ValueError) as exc:  # missing, corrupt or refused: this image only
+            logger.error("image %r: %s; skipped", image_id, exc)
+            failed[image_id] = str(exc)
+    if not images:
+        return
+    try:
+        predictions = segmenter.predict(images)
+    except (RuntimeError, ValueError) as exc:
+        if len(images) == 1:
+            logger.error("image %s: segmentation failed (%s); skipped", ok[0], exc)
+            failed[ok[0]] = f"segmentation failed: {exc}"
+            return
+        for image_id in ok:  # one bad image in a batch: retry them one by one
+            _segment_chunk(segmenter, images_dir, [image_id], out, failed)
+        return
+    for image_id, maps in zip(ok, predictions):
+        try:
             nuclei_label, cell_label = segmenter.postprocess_fn(maps)
             write_mask(out / f"{image_id}_cellmask.png", cell_label)
             write_mask(out / f"{image_id}_nucleimask.png", nuclei_label)
-            logger.info("%s: %d cells, %d nuclei", image_id, len(_ids(cell_label)), len(_ids(nuclei_label)))
-    return 0
+        except (OSError, ValueError, RuntimeError) as exc:
+            logger.error("image %s: post-processing or writing failed (%s); skipped", image_id, exc)
+            failed[image_id] = str(exc)
+            continue
+        logger.info("%s: %d cells, %d nuclei", image_id, len(_ids(cell_label)), len(_ids(nuclei_label)))
 
 
 def _ids(label):

@@ -19,11 +19,24 @@ Routes
 
 A bad request is answered with a 4xx and a JSON ``{"error": ...}``; POST bodies must be JSON sent
 as ``application/json`` (which also keeps other web sites from posting scores through the
-labeller's browser), at most 4 KiB.
+labeller's browser), at most 4 KiB and nested at most :data:`MAX_JSON_DEPTH` levels.
+
+Hardening (the standard library's server, kept rather than replaced by a server library: the page
+has five routes and no other dependency, and these checks are few):
+
+* every request's ``Host`` must name the bound address and port (``localhost`` too on a loopback
+  address, any IP literal on a wildcard one): a page of another site that rebinds its DNS name to
+  127.0.0.1 gets a 421 and neither reads the state nor writes scores;
+* a POST with an ``Origin`` other than the page's own (``http://`` + its ``Host``), or with
+  ``Sec-Fetch-Site: cross-site``, gets a 403;
+* a listen backlog of :data:`LISTEN_BACKLOG` (bursts of parallel requests are queued, not reset)
+  and a socket timeout (a stalled request or an idle keep-alive connection is closed);
+  ``Connection: close`` is honoured after a POST too.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
@@ -42,6 +55,12 @@ __all__ = ["LabelApp", "RequestError", "make_server", "serve"]
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 4096
+#: Deepest nesting of arrays/objects accepted in a POST body (the payloads are flat objects).
+MAX_JSON_DEPTH = 8
+#: Queued connections before the kernel refuses more.
+LISTEN_BACKLOG = 128
+#: Seconds a connection may stall (while sending a request, or idle between keep-alive requests).
+SOCKET_TIMEOUT_S = 30.0
 PRELOAD = 3
 GAINS = (1.0, 2.0, 4.0, 8.0)
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -249,6 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, route) -> None:
         try:
+            self._check_host()
             route()
         except RequestError as exc:
             self._json(exc.status, {"error": exc.message})
@@ -265,6 +285,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._dispatch(self._post)
+
+    def _check_host(self) -> None:
+        host = self.headers.get("Host", "").strip().lower()
+        if not self.server.host_allowed(host):  # type: ignore[attr-defined]
+            self.close_connection = True
+            raise RequestError(HTTPStatus.MISDIRECTED_REQUEST, f"Host {host[:100]!r} is not this server's address")
+
+    def _check_origin(self) -> None:
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.strip().lower() != "http://" + self.headers.get("Host", "").strip().lower():
+            raise RequestError(HTTPStatus.FORBIDDEN, f"Origin {origin[:100]!r} is not this page's origin; write requests come from the page only")
+        site = self.headers.get("Sec-Fetch-Site", "same-origin").strip().lower()
+        if site not in ("same-origin", "none"):
+            raise RequestError(HTTPStatus.FORBIDDEN, f"Sec-Fetch-Site {site!r}: write requests come from the page only")
 
     def _refuse(self) -> None:
         self.close_connection = True
@@ -303,8 +337,11 @@ class _Handler(BaseHTTPRequestHandler):
         if int(length) > MAX_BODY:
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY} bytes")
         raw = self.rfile.read(int(length))
-        self.close_connection = False
+        if len(raw) != int(length):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "body shorter than its Content-Length")
+        self.close_connection = self._client_closes
         try:
+            _check_json_depth(raw.decode("utf-8"))
             payload = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise RequestError(HTTPStatus.BAD_REQUEST, "body is not valid JSON") from None
@@ -314,7 +351,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _post(self) -> None:
         routes = {"/api/score": self.app.score, "/api/skip": self.app.skip, "/api/undo": self.app.undo}
+        self._client_closes = self.close_connection  # the client's Connection: close
         self.close_connection = True  # until the body is read
+        self._check_origin()
         url, _ = self._url()
         route = routes.get(url.path)
         if route is None:
@@ -322,17 +361,78 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(HTTPStatus.OK, route(self._body()))
 
 
+def _check_json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit`` before parsing it (deep nesting makes json recurse)."""
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                raise RequestError(HTTPStatus.BAD_REQUEST, f"body is nested deeper than {limit} levels")
+        elif ch in "]}":
+            depth -= 1
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
     app: LabelApp
+    allowed_hosts: frozenset = frozenset()
+    any_ip_host: bool = False
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a request's ``Host`` header (lower case) names this server."""
+        if host in self.allowed_hosts:
+            return True
+        if not self.any_ip_host:
+            return False
+        name, _, port = host.rpartition(":")
+        if port != str(self.server_address[1]):
+            return False
+        try:
+            ipaddress.ip_address(name[1:-1] if name.startswith("[") and name.endswith("]") else name)
+        except ValueError:
+            return False  # a DNS name: what a rebinding attack sends
+        return True
 
 
-def make_server(app: LabelApp, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    """A server for ``app`` bound to ``host:port`` (port 0 picks a free one); not yet serving."""
+def _allowed_hosts(host: str, port: int) -> tuple[frozenset, bool]:
+    names = {host.lower()}
+    if host in _LOOPBACK:
+        names |= _LOOPBACK
+    wildcard = host in ("", "0.0.0.0", "::")
+    if wildcard:
+        names |= _LOOPBACK
+    values = {f"[{n}]:{port}" if ":" in n else f"{n}:{port}" for n in names if n}
+    if port == 80:
+        values |= {f"[{n}]" if ":" in n else n for n in names if n}
+    return frozenset(values), wildcard
+
+
+def make_server(
+    app: LabelApp, host: str = "127.0.0.1", port: int = 8765, timeout_s: float = SOCKET_TIMEOUT_S
+) -> ThreadingHTTPServer:
+    """A server for ``app`` bound to ``host:port`` (port 0 picks a free one); not yet serving.
+
+    ``timeout_s`` is the socket timeout of each connection, in seconds (> 0).
+    """
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     if host not in _LOOPBACK:
         logger.warning("serving on %s: anyone who can reach this address can read the crops and write scores", host)
-    server = _Server((host, port), _Handler)
+    handler = type("_TimedHandler", (_Handler,), {"timeout": float(timeout_s)})
+    server = _Server((host, port), handler)
     server.app = app
+    server.allowed_hosts, server.any_ip_host = _allowed_hosts(host, server.server_address[1])
     return server
 
 

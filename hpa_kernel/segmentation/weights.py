@@ -27,6 +27,7 @@ import _compat_pickle
 import collections
 import logging
 import pickle
+import re
 import types
 import warnings
 import zipfile
@@ -95,8 +96,11 @@ _ALLOWED_OTHER: tuple[str, ...] = (
 _PLACEHOLDER_PACKAGES: tuple[str, ...] = ("pytorch_zoo",)
 
 
-class UnsafeWeightsError(pickle.UnpicklingError):
-    """The weight file references a global that the restricted unpickler does not allow."""
+class UnsafeWeightsError(pickle.UnpicklingError, ValueError):
+    """The weight file is refused: a global outside the allow-list, or not a plain pickle / torch zip.
+
+    A ``ValueError`` too, so that the command line reports it in one line like its other errors.
+    """
 
 
 class WeightsHashError(ValueError):
@@ -164,6 +168,49 @@ def _placeholder(qualname: str) -> type:
         cls = type(name, (PickledModule,), {"pickled_global": qualname, "__module__": __name__})
         _PLACEHOLDER_CACHE[qualname] = cls
     return cls
+
+
+# Members of a ``torch.save`` zip archive below its single root folder; anything else (TorchScript's
+# ``code/`` and ``constants.pkl``, extra pickles) makes the file something other than a weight file.
+_TORCH_ZIP_MEMBER = re.compile(
+    r"(data\.pkl|version|byteorder|\.format_version|\.storage_alignment|data/\d+|\.data/version|\.data/serialization_id)"
+)
+
+# A legacy (torch < 1.6) file is a sequence of pickles; the first is the magic number, written with
+# protocol 2 by torch.save. Any pickle written with protocol 2..5 starts with PROTO (0x80) + version.
+_PICKLE_PROTOCOLS = (2, 3, 4, 5)
+
+
+def _check_container(path: Path) -> str:
+    """``"zip"`` or ``"legacy"`` if ``path`` is a torch zip of ``data.pkl`` or a plain pickle; else refuse.
+
+    This runs before any torch call: ``torch.load`` hands a TorchScript archive to ``torch.jit.load``,
+    which runs the archive's code, before our restricted unpickler sees anything.
+    """
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise ValueError(f"weight file {path} is not a readable zip archive: {exc}") from exc
+        roots = {name.split("/", 1)[0] for name in names}
+        odd = [n for n in names if "/" not in n or not _TORCH_ZIP_MEMBER.fullmatch(n.split("/", 1)[1])]
+        if len(roots) != 1 or odd or not any(n.endswith("/data.pkl") for n in names):
+            kind = "a TorchScript archive" if any(n.endswith("/constants.pkl") or "/code/" in n for n in names) else "not a torch.save archive"
+            shown = ", ".join(odd[:3]) or f"{len(roots)} root folders"
+            raise UnsafeWeightsError(
+                f"weight file {path} is {kind} (unexpected zip entries: {shown}); only torch.save files of a "
+                "pickled model or state_dict are loaded, and nothing from this file was executed"
+            )
+        return "zip"
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if len(head) < 2 or head[0] != 0x80 or head[1] not in _PICKLE_PROTOCOLS:
+        raise UnsafeWeightsError(
+            f"weight file {path} is neither a torch zip archive nor a pickle (it starts with {head!r}); "
+            "nothing from it was executed"
+        )
+    return "legacy"
 
 
 def _restricted_load(file, **kwargs):
@@ -287,6 +334,24 @@ def _strip_prefix(state: dict, prefix: str = "module.") -> tuple[OrderedDict, bo
     return OrderedDict(state), False
 
 
+# A state_dict key: dotted names of submodules and a tensor, none private (``_backward_hooks``,
+# ``_parameters`` and the like are nn.Module internals, not weights).
+_STATE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*(\.[A-Za-z0-9][A-Za-z0-9_]*)*")
+
+
+def _check_state_dict(path: Path, obj) -> None:
+    """Refuse a root dict that is not a plain ``name -> tensor`` state_dict."""
+    bad = [k for k in obj if not isinstance(k, str) or not _STATE_KEY.fullmatch(k)]
+    # Module.state_dict() attaches ``_metadata`` (per-module versions) to the dict it returns.
+    extra = sorted(a for a in getattr(obj, "__dict__", {}) if a != "_metadata")
+    if bad or extra:
+        shown = ", ".join(repr(k) for k in (bad or extra)[:3])
+        raise ValueError(
+            f"weight file {path}: the pickled dict is not a state_dict (keys must be dotted parameter names, "
+            f"and a state_dict carries no attributes but _metadata); found {shown}"
+        )
+
+
 def load_weights(path: str | Path, expected_sha256: str | None = None) -> LoadedWeights:
     """Read an hpacellseg weight file (whole-model pickle or plain state_dict) safely.
 
@@ -319,7 +384,7 @@ def load_weights(path: str | Path, expected_sha256: str | None = None) -> Loaded
     sha = file_sha256(path)
     if expected_sha256 is not None and sha.lower() != expected_sha256.lower():
         raise WeightsHashError(f"weight file {path}: sha256 mismatch: expected {expected_sha256.lower()}, found {sha}")
-    file_format = "zip" if zipfile.is_zipfile(path) else "legacy"
+    file_format = _check_container(path)
     with warnings.catch_warnings():
         # Legacy files store each module class's source; comparing it with ours (or failing to find
         # the placeholder's source) only warns, and the comparison has no bearing on the weights.
@@ -327,9 +392,11 @@ def load_weights(path: str | Path, expected_sha256: str | None = None) -> Loaded
         warnings.filterwarnings("ignore", category=torch.serialization.SourceChangeWarning)
         try:
             obj = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle_module(), weights_only=False)
-        except UnsafeWeightsError:
-            raise
-        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as exc:
+        except UnsafeWeightsError as exc:
+            raise UnsafeWeightsError(f"weight file {path}: {exc}") from None
+        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+            # TypeError/AttributeError/...: a pickle whose BUILD/REDUCE opcodes feed allowed classes
+            # state they do not take (a setattr gadget); the file is refused like any unreadable one.
             raise ValueError(
                 f"weight file {path} is not a readable torch file (expected a pickled DPNUnet in zip or legacy format): {exc}"
             ) from exc
@@ -347,6 +414,7 @@ def load_weights(path: str | Path, expected_sha256: str | None = None) -> Loaded
         state, prefixed = _strip_prefix(state)
         was_dp = was_dp or prefixed
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        _check_state_dict(path, obj)
         root_class = _qualname(obj)
         state, was_dp = _strip_prefix(obj)
         flags, bn_training, dropout_training = {}, {}, []

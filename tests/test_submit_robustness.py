@@ -1,0 +1,119 @@
+"""``submit`` under bad inputs and tight budgets (issue 16, items 3, 5, 7 and 8)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pandas as pd
+import pytest
+from test_submit import BlobSegmenter, _config, _rows, weights_dir  # noqa: F401 - fixture
+
+import hpa_kernel.submit as submit
+from hpa_kernel.submission import check_submission, read_sample
+from hpa_kernel.submit import SubmitConfig, run_submission
+
+
+@pytest.fixture
+def small_competition(tmp_path):
+    from hpa_kernel.synthetic import make_competition
+
+    return make_competition(tmp_path / "comp", n_train=1, n_test=2, size=256, seed=5)
+
+
+def test_sample_id_with_a_path_gets_the_fallback_and_reads_nothing(small_competition, weights_dir, tmp_path, caplog):  # noqa: F811
+    comp = small_competition
+    sample = pd.read_csv(comp.sample_submission, dtype=str, keep_default_na=False)
+    train_id = pd.read_csv(comp.train_csv)["ID"].iloc[0]
+    bad = f"../train/{train_id}"
+    sample.loc[len(sample)] = [bad, "256", "256", ""]
+    sample.to_csv(comp.sample_submission, index=False)
+    with caplog.at_level(logging.ERROR):
+        report = run_submission(_config(comp, weights_dir, tmp_path / "s.csv", tta=False), segmenter=BlobSegmenter())
+    assert report.fallback == {bad: report.fallback[bad]} and report.fallback[bad].startswith("refused")
+    assert report.n_predicted == 2
+    assert _rows(report.path).set_index("ID").loc[bad, "PredictionString"] == ""
+    assert any(bad in r.getMessage() for r in caplog.records)
+
+
+def test_size_mismatch_gets_the_fallback_and_the_file_stays_valid(small_competition, weights_dir, tmp_path, caplog):  # noqa: F811
+    comp = small_competition
+    sample = pd.read_csv(comp.sample_submission, dtype=str, keep_default_na=False)
+    wrong = sample["ID"].iloc[0]
+    sample.loc[0, "ImageWidth"] = "300"
+    sample.to_csv(comp.sample_submission, index=False)
+    with caplog.at_level(logging.ERROR):
+        report = run_submission(_config(comp, weights_dir, tmp_path / "s.csv", tta=False), segmenter=BlobSegmenter())
+    assert report.problems == []
+    assert check_submission(report.path, comp.sample_submission).ok
+    assert list(report.fallback) == [wrong] and report.fallback[wrong].startswith("size")
+    assert report.n_predicted == 1
+    assert any(wrong in r.getMessage() and "300 x 256" in r.getMessage() and "256 x 256" in r.getMessage() for r in caplog.records)
+
+
+def test_duplicate_sample_id_is_named():
+    frame = pd.DataFrame({"ID": ["a", "b", "a"], "ImageWidth": [8, 8, 8], "ImageHeight": [8, 8, 8], "PredictionString": ""})
+    with pytest.raises(ValueError, match=r"more than once: a\b"):
+        read_sample(frame)
+
+
+def test_out_naming_a_folder_is_a_one_line_error(small_competition, weights_dir, tmp_path, caplog):  # noqa: F811
+    from hpa_kernel.cli import main
+
+    with pytest.raises(ValueError, match="is a folder"):
+        SubmitConfig(out=tmp_path)
+    with caplog.at_level(logging.ERROR):
+        rc = main(["submit", "--data", str(small_competition.root), "--weights", str(weights_dir), "--out", str(tmp_path),
+                   "--segmenter", "classic", "--budget-hours", "0", "--no-progress"])  # fmt: skip
+    assert rc == 1
+    assert any("is a folder" in r.getMessage() for r in caplog.records)
+
+
+def test_fallback_count_in_the_log_is_true(small_competition, weights_dir, tmp_path, caplog):  # noqa: F811
+    with caplog.at_level(logging.INFO, logger="hpa_kernel.submission"):
+        report = run_submission(_config(small_competition, weights_dir, tmp_path / "s.csv", budget_s=0), segmenter=BlobSegmenter())
+    assert report.n_fallback == 2
+    written = [r.getMessage() for r in caplog.records if r.name == "hpa_kernel.submission" and "with the fallback" in r.getMessage()]
+    assert written and all("2 rows, 2 with the fallback" in m for m in written)
+
+
+def test_start_up_counts_against_the_budget(small_competition, weights_dir, tmp_path, monkeypatch):  # noqa: F811
+    """A fake clock: the process started 100 s ago, the budget is 50 s; no model is loaded."""
+    from hpa_kernel.classifier import Ensemble
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("models were loaded after the budget was spent")
+
+    monkeypatch.setattr(Ensemble, "from_manifest", no_loading)
+    clock = lambda: 1000.0  # noqa: E731
+    report = run_submission(_config(small_competition, weights_dir, tmp_path / "s.csv", budget_s=50), clock=clock,
+                            segmenter=BlobSegmenter(), started=900.0)  # fmt: skip
+    assert report.n_predicted == 0 and report.n_fallback == 2
+    assert check_submission(report.path, small_competition.sample_submission).ok
+
+
+def test_real_short_run_writes_its_last_file_before_the_deadline(small_competition, weights_dir, tmp_path, monkeypatch):  # noqa: F811
+    """Model loading that outlasts a 4 s budget: the last write still comes before the deadline."""
+    from hpa_kernel.classifier import Ensemble
+
+    real_load = Ensemble.from_manifest.__func__
+    writes = []
+    real_write = submit._write
+
+    def slow_load(cls, *args, **kwargs):
+        time.sleep(6.0)
+        return real_load(cls, *args, **kwargs)
+
+    def timed_write(*args, **kwargs):
+        real_write(*args, **kwargs)
+        writes.append(time.monotonic())
+
+    monkeypatch.setattr(Ensemble, "from_manifest", classmethod(slow_load))
+    monkeypatch.setattr(submit, "_write", timed_write)
+    t0 = time.monotonic()
+    report = run_submission(_config(small_competition, weights_dir, tmp_path / "s.csv", budget_s=4.0, reserve_s=1.5),
+                            segmenter=BlobSegmenter())  # fmt: skip
+    assert time.monotonic() - t0 >= 6.0  # the slow loading really happened
+    assert len(writes) >= 2 and max(writes) - t0 <= 4.0, [w - t0 for w in writes]
+    assert report.n_predicted == 0 and report.n_fallback == 2
+    assert check_submission(report.path, small_competition.sample_submission).ok
