@@ -46,6 +46,7 @@ class CheckpointConfig:
     epoch: int | None = None
     step: int | None = None
     extra: dict = field(default_factory=dict)
+    recipe: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(self.channels))
