@@ -194,8 +194,8 @@ class SamplerConfig:
         Quota: a cell whose manual soft label of the class is at or above this is in that class's
         pool twice.
     spindle_class, spindle_repeats : int
-        Quota: the class whose positives (soft label > 0) are repeated ``spindle_repeats`` times in
-        its pool (those >= 0.99 three times as often), drawn without the acceptance test.
+        Quota: the class whose positives (target > 0) are repeated ``spindle_repeats`` times in
+        its pool (those manually scored >= 0.99 three times as often), drawn without the acceptance test.
     """
 
     alpha: float = 0.5
@@ -491,7 +491,26 @@ def training_preset(name: str = DEFAULT_RECIPE, group: int = 1, **overrides) -> 
         raise ValueError(f"unknown training recipe {name!r}; expected one of {sorted(PRESETS)}")
     if group not in PRESETS[name]:
         raise ValueError(f"group must be 1, 2 or 3, got {group!r}")
-    return dataclasses.replace(PRESETS[name][group], **overrides)
+    base = PRESETS[name][group]
+    overrides = dict(overrides)
+    if "epochs" in overrides:
+        overrides.update({k: v for k, v in _follow_epochs(base, int(overrides["epochs"])).items() if k not in overrides})
+    return dataclasses.replace(base, **overrides)
+
+
+def _follow_epochs(base: TrainConfig, epochs: int) -> dict:
+    """When the number of epochs changes: the ensembled epochs keep their distance from the end and
+    the per-epoch cosine still reaches ``eta_min`` at the last epoch (``t_max = epochs - 1``, as 15 for 16).
+
+    >>> _follow_epochs(training_preset("milimed2021", 2), 6)
+    {'ensemble_epochs': (2, 3, 4, 5), 't_max': 5}
+    """
+    out = {}
+    if base.ensemble_epochs:
+        out["ensemble_epochs"] = tuple(sorted({max(0, e - base.epochs + epochs) for e in base.ensemble_epochs}))
+    if base.schedule == "epoch_cosine":
+        out["t_max"] = max(1, epochs - 1)
+    return out
 
 
 def group_config(group: int, recipe: str = "kit2025", **overrides) -> TrainConfig:
@@ -514,12 +533,7 @@ def quick_config(group: int, recipe: str = "kit2025", **overrides) -> TrainConfi
     quick = dict(input_size=64, batch_size=16, epochs=2, steps_per_epoch=60, lr=3e-3, warmup=0.05,
                  snapshot_fraction=0.5, val_fraction=0.0, amp=False, channels_last=False, drop_rate=0.0, pretrained=None)
     quick.update(overrides)
-    base = training_preset(recipe, group)
-    if base.ensemble_epochs and "ensemble_epochs" not in overrides:
-        epochs = quick["epochs"]
-        quick["ensemble_epochs"] = tuple(range(max(0, epochs - len(base.ensemble_epochs)), epochs))
-        quick.setdefault("t_max", max(1, epochs - 1))
-    return dataclasses.replace(base, **quick)
+    return training_preset(recipe, group, **quick)
 
 
 def epoch_cosine_lr(epoch: int, lr: float, t_max: int, eta_min: float) -> float:

@@ -198,7 +198,10 @@ def finetune_checkpoints(
                 indices[key] = _finetune_list(ts, config)
                 datasets[key] = CellDataset(table["crop_path"], ts.targets[:, :base.num_classes], base.input_size, None, base.input_size <= 128)
             batch = config.batch_size or base.batch_size
-            sampler = ShuffledSampler(indices[key], dist.world, dist.rank, config.seed)
+            idx = indices[key]
+            if math.ceil(len(idx) / dist.world) % batch == 1 and len(idx) > dist.world:
+                idx = np.concatenate([idx, idx[:dist.world]])  # no last batch of one cell (batch norm needs two)
+            sampler = ShuffledSampler(idx, dist.world, dist.rank, config.seed)
             steps = math.ceil(sampler.num_samples / batch)
             tc = dataclasses.replace(base, epochs=1, steps_per_epoch=steps, batch_size=batch, lr=config.lr, warmup=0.0,
                                      n_checkpoints=1, snapshot_fraction=1.0, val_fraction=0.0, ensemble_epochs=(),

@@ -23,8 +23,8 @@ soft label of ``c`` is >= ``duplicate_min`` (0.9). The Negative pool (key ``-1``
 with none of the trained classes. A pool is walked in a fresh random order, again and again, and a
 cell is accepted with probability ``(1 / n_labels) ** label_power`` (0.5) until the class has its
 quota; a cell can come through several classes. The mitotic-spindle pool is special: its
-positives (target > 0) are repeated ``spindle_repeats`` (41) times, those >= 0.99 three times as
-often, and every visited entry is accepted. The team's quotas are for about 316 666 draws an
+positives (target > 0) are repeated ``spindle_repeats`` (41) times, those manually scored >= 0.99
+three times as often, and every visited entry is accepted. The team's quotas are for about 316 666 draws an
 epoch (:data:`~hpa_kernel.training.config.MILIMED_QUOTAS`); here they are shares of
 ``epoch_size``, rounded by largest remainder, and the share of a class without cells goes to
 the others.
@@ -204,7 +204,7 @@ def quota_pools(labels: np.ndarray, targets: np.ndarray, manual: np.ndarray, quo
             pool = np.flatnonzero(~labels[:, :trained].any(axis=1))
         elif key == spindle_class:
             members = np.flatnonzero(labels[:, key])
-            best = members[targets[members, key] >= 0.99]
+            best = members[manual[members, key] & (targets[members, key] >= 0.99)]
             base = np.concatenate([members, best, best])
             pos = base[targets[base, key] > 0]
             pool = np.concatenate([base] + [pos] * (spindle_repeats - 1))
