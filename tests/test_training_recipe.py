@@ -143,6 +143,19 @@ def test_quota_pools_duplicates_spindle_repeats_and_negatives():
     assert len(quota_pools(labels, targets, manual, {11: 1}, 18)[11]) == 3 * 41  # >= 0.99: three times as often
 
 
+def test_class_12_pool_is_extended_by_the_team_passes():
+    labels = np.zeros((4, 19), bool)
+    labels[:, 12] = True
+    targets = np.array([1.0, 0.95, 0.75, 1.0], np.float32)[:, None] * labels
+    manual = labels.copy()
+    manual[3] = False  # an unscored image-level positive
+    passes = C.training_preset("milimed2021", 1).sampler.extra_passes
+    assert passes == {12: (0.7, 0.9, 0.9)}
+    pool = quota_pools(labels, targets, manual, {12: 1}, 18, extra_passes=passes)[12]
+    # >= 0.9: 2 (duplicate) x2 (>= 0.7) x2 x2 (>= 0.9 twice) = 16; in [0.7, 0.9): 1 x2 = 2; unscored: 1
+    assert np.bincount(pool).tolist() == [16, 16, 2, 1]
+
+
 def test_quota_counts_scale_the_team_quotas_to_the_epoch():
     counts = quota_counts(C.MILIMED_QUOTAS, list(C.MILIMED_QUOTAS), 316_666)
     assert counts[0] == 40_000 and counts[1] == 10_000 and counts[11] == 6_666 and counts[-1] == 20_000
@@ -179,14 +192,15 @@ def test_team_score_maps_unscored_value_and_spindle_rule():
     assert score_to_soft(4, cfg.soft.class_maps[1]) == 0.85 and score_to_soft(2, cfg.soft.class_maps[12]) == 0.3
     assert score_to_soft(3, cfg.soft.class_maps[15]) == 0.6 and score_to_soft(3, cfg.soft.default_map) == 0.5
     assert score_to_soft(2, cfg.soft.class_maps[8]) == 0.5 and score_to_soft(4, cfg.soft.class_maps[11]) == 0.65
-    table = _table([("a", 1, (1, 5)), ("a", 2, (1, 5)), ("b", 1, (8, 0)), ("c", 1, (11, 0))])
-    scores = {("a", 1): {1: 4.0}, ("c", 1): {11: 3.0}}  # class 11 score 3 -> 0.2: the cell becomes spindle only
+    table = _table([("a", 1, (1, 5)), ("a", 2, (1, 5)), ("b", 1, (8, 0)), ("c", 1, (11, 0)), ("d", 1, (12,)), ("d", 2, (12,))])
+    scores = {("a", 1): {1: 4.0}, ("c", 1): {11: 3.0}, ("d", 1): {12: 3.0}}  # 11 score 3 -> 0.2: spindle only
     ts = recipe_targets(table, cfg, soft_labels=None, scores=scores)
     np.testing.assert_allclose(ts.targets[0, [1, 5]], [0.85, 1.0])
     np.testing.assert_allclose(ts.targets[1, [1, 5]], [0.69, 1.0])  # unscored positive of a scored class
     np.testing.assert_allclose(ts.targets[2, [8, 0]], [1.0, 1.0])  # class 8 is scored nowhere: stays 1
     assert ts.labels[3].nonzero()[0].tolist() == [11] and ts.targets[3, 11] == pytest.approx(0.2) and ts.targets[3, 0] == 0
-    assert ts.manual[0, 1] and not ts.manual[1, 1] and ts.source.tolist() == ["manual", "image", "image", "manual"]
+    assert ts.manual[0, 1] and not ts.manual[1, 1] and ts.source.tolist() == ["manual", "image", "image", "manual", "manual", "image"]
+    assert ts.targets[4, 12] == pytest.approx(0.75) and ts.targets[5, 12] == 1.0  # class 12 unscored: 1.0 (the team's sampler)
     kit = recipe_targets(table, C.training_preset("kit2025", 1), soft_labels={("a", 1): {1: 0.9}})
     np.testing.assert_allclose(kit.targets[:2, 1], [0.9, 1.0])  # the export's own soft label, no 0.69
 

@@ -196,6 +196,10 @@ class SamplerConfig:
     spindle_class, spindle_repeats : int
         Quota: the class whose positives (target > 0) are repeated ``spindle_repeats`` times in
         its pool (those manually scored >= 0.99 three times as often), drawn without the acceptance test.
+    extra_passes : dict
+        Quota: ``{class: (t1, t2, ...)}``: after the duplicates, for each ``t`` in turn the pool is
+        extended by its own entries manually scored >= ``t`` (the team's class 12: 0.7, 0.9, 0.9,
+        so a cell scored >= 0.9 is in the pool 16 times and one in [0.7, 0.9) twice).
     """
 
     alpha: float = 0.5
@@ -208,9 +212,11 @@ class SamplerConfig:
     duplicate_min: float = 0.9
     spindle_class: int = MITOTIC_SPINDLE
     spindle_repeats: int = 41
+    extra_passes: dict = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "quotas", {int(k): float(v) for k, v in dict(self.quotas).items()})
+        object.__setattr__(self, "extra_passes", {int(k): tuple(float(t) for t in v) for k, v in dict(self.extra_passes).items()})
         if self.kind not in ("weighted", "quota"):
             raise ValueError(f"sampler kind must be 'weighted' or 'quota', got {self.kind!r}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -452,13 +458,16 @@ MILIMED_SOFT = SoftLabelConfig(
         12: {1: 0.0, 2: 0.3, 3: 0.75, 4: 1.0, 5: 1.0},
         15: {1: 0.0, 2: 0.0, 3: 0.6, 4: 1.0, 5: 1.0},
     },
-    unscored_value=0.69, unscored_classes=(1, 8, 9, 12, 15), exclusive_class=MITOTIC_SPINDLE, exclusive_min=0.2,
+    # The team set 0.69 for unscored positives of 1, 8, 9, 12 and 15, but their class-12 sampler
+    # (``UpSampleSampler``) then reset class 12's 0.69 to 1.0 before training: 12 is left out here.
+    unscored_value=0.69, unscored_classes=(1, 8, 9, 15), exclusive_class=MITOTIC_SPINDLE, exclusive_min=0.2,
 )
 
 _MILIMED_BASE = TrainConfig(
     recipe="milimed2021", num_classes=NUM_CLASSES - 1, optimizer="adam", lr=3e-4, weight_decay=0.0, warmup=0.0,
     schedule="epoch_cosine", t_max=15, eta_min=1e-5, epochs=16, batch_size=32, pretrained="imagenet", drop_rate=0.2,
-    train_filter=True, sampler=SamplerConfig(kind="quota", quotas=MILIMED_QUOTAS, label_power=0.5, duplicate_min=0.9),
+    train_filter=True, sampler=SamplerConfig(kind="quota", quotas=MILIMED_QUOTAS, label_power=0.5, duplicate_min=0.9,
+                                             extra_passes={12: (0.7, 0.9, 0.9)}),
     soft=MILIMED_SOFT, pseudo_negative=0.01, pseudo_positive=0.99,
 )
 _TEAM_AUG = dict(flip=True, rotate90=False, rotate_p=1.0, rotate_max=90.0, resize_range=(0.5, 0.75), pad_max=200.0 / 512.0,

@@ -247,8 +247,9 @@ def recipe_targets(table, config, soft_labels=None, scores=None, pseudo_labels=N
        ``soft_labels`` set their classes and add them to the labels.
     3. ``config.soft.exclusive_min``: a manual mitotic-spindle value at or above it makes 11 the
        only label (other targets 0 unless manually scored).
-    4. ``config.soft.unscored_value``: a labelled cell of ``unscored_classes`` without a manual
-       score for the class gets it (0.69) where its target is >= 0.5 and the file scores that class.
+    4. ``config.soft.unscored_value``: a labelled cell of ``unscored_classes`` (1, 8, 9, 15)
+       without a manual score for the class gets it (0.69) where its target is >= 0.5 and the file
+       scores that class.
     """
     soft_labels, scores, pseudo_labels = soft_labels or {}, scores, pseudo_labels or {}
     soft = config.soft

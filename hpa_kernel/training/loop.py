@@ -250,7 +250,7 @@ def _make_sampler(config: TrainConfig, ts, train_idx, dist):
         size = s.epoch_size or len(train_idx)
         steps = config.steps_per_epoch or max(1, math.ceil(size / (batch * dist.world)))
         pools = quota_pools(ts.labels[train_idx], ts.targets[train_idx], ts.manual[train_idx], s.quotas, NEGATIVE,
-                            s.duplicate_min, s.spindle_class, s.spindle_repeats)
+                            s.duplicate_min, s.spindle_class, s.spindle_repeats, s.extra_passes)
         sampler = QuotaSampler(pools, s.quotas, acceptance_of(ts.labels[train_idx], s.label_power), steps * batch, dist.world,
                                dist.rank, config.seed, no_test=(s.spindle_class,))
         logger.info("quota sampler: %s draws per epoch by class (-1 = Negative)", sampler.counts)

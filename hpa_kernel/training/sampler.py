@@ -22,7 +22,8 @@ Each class ``c`` has a pool: the cells labelled ``c``, plus a second copy of tho
 soft label of ``c`` is >= ``duplicate_min`` (0.9). The Negative pool (key ``-1``) holds the cells
 with none of the trained classes. A pool is walked in a fresh random order, again and again, and a
 cell is accepted with probability ``(1 / n_labels) ** label_power`` (0.5) until the class has its
-quota; a cell can come through several classes. The mitotic-spindle pool is special: its
+quota; a cell can come through several classes (class 12 is extended further, see
+``SamplerConfig.extra_passes``). The mitotic-spindle pool is special: its
 positives (target > 0) are repeated ``spindle_repeats`` (41) times, those manually scored >= 0.99
 three times as often, and every visited entry is accepted. The team's quotas are for about 316 666 draws an
 epoch (:data:`~hpa_kernel.training.config.MILIMED_QUOTAS`); here they are shares of
@@ -170,7 +171,8 @@ class ShuffledSampler:
 
 
 def quota_pools(labels: np.ndarray, targets: np.ndarray, manual: np.ndarray, quotas, trained: int,
-                duplicate_min: float = 0.9, spindle_class: int = 11, spindle_repeats: int = 41) -> dict[int, np.ndarray]:
+                duplicate_min: float = 0.9, spindle_class: int = 11, spindle_repeats: int = 41,
+                extra_passes=None) -> dict[int, np.ndarray]:
     """The pool of cell indices of each quota key (class id, or -1 for Negative); empty pools left out.
 
     Parameters
@@ -185,6 +187,9 @@ def quota_pools(labels: np.ndarray, targets: np.ndarray, manual: np.ndarray, quo
         The quota keys to build.
     trained : int
         Number of trained classes; a cell with none of ``0 .. trained - 1`` is in the Negative pool.
+    extra_passes : mapping, optional
+        ``{class: thresholds}``: after the duplicates, the pool is extended by its own manually
+        scored entries >= each threshold in turn.
 
     Examples
     --------
@@ -212,6 +217,8 @@ def quota_pools(labels: np.ndarray, targets: np.ndarray, manual: np.ndarray, quo
             members = np.flatnonzero(labels[:, key])
             dup = members[manual[members, key] & (targets[members, key] >= duplicate_min)]
             pool = np.concatenate([members, dup])
+            for t in (extra_passes or {}).get(key, ()):
+                pool = np.concatenate([pool, pool[manual[pool, key] & (targets[pool, key] >= t)]])
         if len(pool):
             pools[int(key)] = pool.astype(np.int64)
     return pools
