@@ -247,6 +247,19 @@ def test_class_finetune_repeats_quarter_of_17_and_spindle_times_4():
     assert len(idx) == 6 + 1 + 7 + 2 + 4 + 1
 
 
+def test_finetune_targets_use_the_validation_maps_and_skip_undecided_repeats():
+    from hpa_kernel.training.finetune import _finetune_list
+
+    m = C.finetune_preset("milimed2021")
+    base = C.training_preset("milimed2021", 1)
+    table = _table([("a", 1, (1,)), ("b", 1, (9,)), ("b", 2, (9,))])
+    scores = {("a", 1): {1: 3.0}, ("b", 1): {9: 3.0}, ("b", 2): {9: 4.0}}
+    ts = recipe_targets(table, dataclasses.replace(base, soft=m.soft), scores=scores)
+    np.testing.assert_allclose(ts.targets[:, [1, 9]], [[0.8, 0], [0, 0.5], [0, 1.0]])  # training maps: 0.5, 0.75, 1.0
+    counts = np.bincount(_finetune_list(ts, m), minlength=3)
+    assert counts.tolist() == [1 + 2, 1, 1 + 2]  # class 9's 0.5 is undecided: not repeated
+
+
 # --- pretrained weights from a local file ---------------------------------------------------------
 
 @pytest.fixture(scope="module")

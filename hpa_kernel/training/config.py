@@ -53,6 +53,7 @@ __all__ = [
     "MILIMED_QUOTAS",
     "MILIMED_SOFT",
     "MILIMED_FINETUNE_REPEATS",
+    "MILIMED_VALIDATION_SOFT",
     "epoch_cosine_lr",
     "AugmentConfig",
     "LossConfig",
@@ -590,6 +591,9 @@ class FinetuneConfig:
     :func:`~hpa_kernel.training.finetune.class_finetune_indices`, ``epoch_size`` unused. Each group
     keeps its own augmentations and loss; ``lr`` is the fine-tuning rate, constant when
     ``constant_lr`` (else the group's schedule over the one epoch); ``batch_size`` None = the group's.
+    ``soft`` (milimed2021: the team's validation-set score maps) replaces the checkpoint's score maps
+    for the fine-tuning targets; manual values in ``undecided`` (``{class: values}``, the team's
+    0.5 of classes 8, 9, 12, 15) are not repeated.
     """
 
     epoch_size: int = 200_000
@@ -602,8 +606,13 @@ class FinetuneConfig:
     class_fraction: dict = field(default_factory=dict)
     class_multiply: dict = field(default_factory=dict)
     constant_lr: bool = False
+    soft: SoftLabelConfig | None = None
+    undecided: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.soft, dict):
+            object.__setattr__(self, "soft", SoftLabelConfig(**self.soft))
+        object.__setattr__(self, "undecided", {int(k): tuple(float(x) for x in v) for k, v in dict(self.undecided).items()})
         if self.class_repeats is not None:
             object.__setattr__(self, "class_repeats", {int(k): int(v) for k, v in dict(self.class_repeats).items()})
             if any(v < 0 for v in self.class_repeats.values()):
@@ -625,9 +634,21 @@ class FinetuneConfig:
         return dataclasses.asdict(self)
 
 
+_VAL_MAP = {1: 0.0, 2: 0.5, 3: 0.8, 4: 1.0, 5: 1.0}
+#: The team's validation-set score maps (``data_prep.get_train_validation_data``); class 11 keeps its training map.
+MILIMED_VALIDATION_SOFT = dataclasses.replace(
+    MILIMED_SOFT,
+    default_map={1: 0.0, 2: 0.25, 3: 0.5, 4: 0.75, 5: 1.0},
+    class_maps={**{c: _VAL_MAP for c in (1, 2, 3, 4, 5, 6, 8, 12, 15)},
+                7: {1: 0.0, 2: 0.2, 3: 0.75, 4: 1.0, 5: 1.0}, 9: {1: 0.0, 2: 0.0, 3: 0.5, 4: 1.0, 5: 1.0},
+                10: {1: 0.0, 2: 0.0, 3: 0.8, 4: 1.0, 5: 1.0}, 17: {1: 0.0, 2: 0.5, 3: 1.0, 4: 1.0, 5: 1.0},
+                11: MILIMED_SOFT.class_maps[11]},
+)
+
 _FINETUNE_PRESETS: dict[str, FinetuneConfig] = {
     "milimed2021": FinetuneConfig(recipe="milimed2021", lr=3e-5, batch_size=16, constant_lr=True,
-                                  class_repeats=MILIMED_FINETUNE_REPEATS, class_fraction={17: 0.25}, class_multiply={11: 4}),
+                                  class_repeats=MILIMED_FINETUNE_REPEATS, class_fraction={17: 0.25}, class_multiply={11: 4},
+                                  soft=MILIMED_VALIDATION_SOFT, undecided={c: (0.5,) for c in (8, 9, 12, 15)}),
     "kit2025": FinetuneConfig(),
 }
 

@@ -3,8 +3,9 @@
 milimed2021 (``FinetuneConfig.class_repeats``, the team's ``finetuner.py``): one pass over a list
 made class by class (:func:`class_finetune_indices`): for each class ``c`` the cells labelled
 ``c``, plus ``class_repeats[c]`` more copies of those manually scored for ``c``; class 17's
-labelled cells are first cut to a random quarter, and class 11's list is taken 4 times. Adam
-3e-5, constant, batch 16. (The team also added, for classes 11 and 15, training cells scored
+labelled cells are first cut to a random quarter, and class 11's list is taken 4 times; the manual
+scores are mapped with the team's validation-set maps, and a value of 0.5 for classes 8, 9, 12,
+15 (undecided) is not repeated. Adam 3e-5, constant, batch 16. (The team also added, for classes 11 and 15, training cells scored
 >= 0.9, and for class 6 a second copy of its 1.0 cells; only the validation cells are used here.)
 
 kit2025: one "epoch" over the validation cells (``FinetuneConfig.epoch_size`` samples, about 200-250k on
@@ -113,7 +114,10 @@ def _train_config_of(ckpt_config) -> TrainConfig:
 def _finetune_list(ts, config: FinetuneConfig) -> np.ndarray:
     """The fine-tuning indices of a :class:`~.dataset.TargetSet` under ``config``."""
     if config.class_repeats is not None:
-        idx = class_finetune_indices(ts.labels, ts.manual, config.class_repeats, config.class_fraction, config.class_multiply,
+        repeatable = ts.manual.copy()
+        for c, values in config.undecided.items():
+            repeatable[:, c] &= ~np.isin(np.round(ts.targets[:, c], 6), values)
+        idx = class_finetune_indices(ts.labels, repeatable, config.class_repeats, config.class_fraction, config.class_multiply,
                                      config.seed)
         logger.info("fine-tuning on %d samples from %d cells (%d manually scored), class repeats %s", len(idx), len(ts.labels),
                     int(ts.manual.any(axis=1).sum()), config.class_repeats)
@@ -194,7 +198,8 @@ def finetune_checkpoints(
                 logger.warning("%s was trained with recipe %s; fine-tuning it with the %s fine-tuning recipe", ckpt, base.recipe, config.recipe)
             key = (base.input_size, base.recipe, base.num_classes)
             if key not in datasets:
-                ts = recipe_targets(table, base, *_read_labels(base, soft_labels, None))
+                labelled = dataclasses.replace(base, soft=config.soft) if config.soft is not None else base
+                ts = recipe_targets(table, labelled, *_read_labels(labelled, soft_labels, None))
                 indices[key] = _finetune_list(ts, config)
                 datasets[key] = CellDataset(table["crop_path"], ts.targets[:, :base.num_classes], base.input_size, None, base.input_size <= 128)
             batch = config.batch_size or base.batch_size
