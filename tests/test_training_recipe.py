@@ -65,6 +65,27 @@ def test_finetune_presets():
     assert C.finetune_preset("kit2025") == C.FinetuneConfig() and C.FinetuneConfig().lr == 2e-4
 
 
+def test_team_augmentation_order_rotates_nearest_on_the_padded_canvas_then_resizes():
+    from hpa_kernel.training.augment import Augmenter
+
+    crop = np.zeros((64, 64, 4), np.uint8)
+    crop[8:56, 8:56] = 200
+    team = C.training_preset("milimed2021", 3).augment
+    rng = np.random.default_rng(0)
+    seen_pad = False
+    for _ in range(20):
+        out = Augmenter(dataclasses.replace(team, pad_p=1.0))(crop, rng)
+        assert out.shape == crop.shape and out.dtype == np.uint8
+        seen_pad |= (out > 0).sum() < 0.8 * (crop > 0).sum()  # padding each side by 0..200/512 of S shrinks the cell
+    assert seen_pad
+    same_size = dataclasses.replace(team, resize_p=0.0, pad_p=0.0)  # no final resize: the rotation alone
+    for seed in range(5):
+        out = Augmenter(same_size)(crop, np.random.default_rng(seed))
+        assert set(np.unique(out).tolist()) <= {0, 200}  # nearest neighbour: no blended values
+    bilinear = Augmenter(dataclasses.replace(same_size, rotate_nearest=False))(crop, np.random.default_rng(1))
+    assert len(np.unique(bilinear)) > 2
+
+
 # --- the cosine -----------------------------------------------------------------------------------
 
 def test_epoch_cosine_values_by_hand_and_against_torch():

@@ -12,8 +12,9 @@ that enter from outside the crop are zero, like the background of a cell crop.
   off-centre cell.
 
 With ``resize_last`` (milimed2021, the team's order) the RandomResizer and RandomPad do not resize
-back: the flips and the rotation (``rotate_p`` 1, any angle in [-90, 90]) act on the smaller or
-padded, possibly non-square, canvas, and one final resize returns it to ``S`` x ``S``.
+back: the flips and the rotation (``rotate_p`` 1, any angle in [-90, 90], nearest neighbour as
+torchvision's ``RandomRotation``) act on the smaller or padded, possibly non-square, canvas, and
+one final resize returns it to ``S`` x ``S``.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def random_rot90(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(crop, int(rng.integers(4))))
 
 
-def rotate(crop: np.ndarray, angle: float) -> np.ndarray:
-    """Rotate about the centre by ``angle`` degrees (counter-clockwise), bilinear, zero outside; same size.
+def rotate(crop: np.ndarray, angle: float, nearest: bool = False) -> np.ndarray:
+    """Rotate about the centre by ``angle`` degrees (counter-clockwise), bilinear (or nearest), zero outside; same size.
 
     >>> c = np.zeros((8, 8, 4), np.uint8); c[3:5, 3:5] = 255
     >>> bool((rotate(c, 90) == np.rot90(c)).all())
@@ -63,7 +64,8 @@ def rotate(crop: np.ndarray, angle: float) -> np.ndarray:
 
     h, w = crop.shape[:2]
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), float(angle), 1.0)
-    return cv2.warpAffine(crop, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.warpAffine(crop, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def random_resize(crop: np.ndarray, rng: np.random.Generator, size_range: tuple[float, float] = (0.5, 0.75)) -> np.ndarray:
@@ -114,7 +116,7 @@ class Augmenter:
         if c.rotate90:
             crop = random_rot90(crop, rng)
         if c.rotate_p and rng.random() < c.rotate_p:
-            crop = rotate(crop, rng.uniform(-c.rotate_max, c.rotate_max))
+            crop = rotate(crop, rng.uniform(-c.rotate_max, c.rotate_max), c.rotate_nearest)
         return crop
 
     def _team_order(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -133,7 +135,7 @@ class Augmenter:
         if c.rotate90:
             crop = random_rot90(crop, rng)
         if c.rotate_p and rng.random() < c.rotate_p:
-            crop = rotate(crop, rng.uniform(-c.rotate_max, c.rotate_max))
+            crop = rotate(crop, rng.uniform(-c.rotate_max, c.rotate_max), c.rotate_nearest)
         if crop.shape[:2] != (s, s):
             crop = cv2.resize(np.ascontiguousarray(crop), (s, s), interpolation=cv2.INTER_LINEAR)
         return np.ascontiguousarray(crop)

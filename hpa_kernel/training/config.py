@@ -97,6 +97,9 @@ class AugmentConfig:
         Probability of RandomPad.
     pad_max : float
         RandomPad's largest padding per side as a fraction of the input size.
+    rotate_nearest : bool
+        Nearest-neighbour interpolation for the arbitrary rotation (torchvision's ``RandomRotation``
+        default, which the team used) instead of bilinear.
     resize_last : bool
         The team's order: RandomResizer and RandomPad keep their new size, the flips and the
         rotation act on that canvas, and one final resize brings it back to the input size. False:
@@ -112,6 +115,7 @@ class AugmentConfig:
     pad_p: float = 0.0
     pad_max: float = 200.0 / 512.0
     resize_last: bool = False
+    rotate_nearest: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "resize_range", tuple(float(v) for v in self.resize_range))
@@ -472,7 +476,7 @@ _MILIMED_BASE = TrainConfig(
     soft=MILIMED_SOFT, pseudo_negative=0.01, pseudo_positive=0.99,
 )
 _TEAM_AUG = dict(flip=True, rotate90=False, rotate_p=1.0, rotate_max=90.0, resize_range=(0.5, 0.75), pad_max=200.0 / 512.0,
-                 resize_last=True)
+                 resize_last=True, rotate_nearest=True)
 
 # Group 1 is the team's "old" model (one checkpoint), group 2 "resize" (epochs 12-15, weighted
 # 0.2/0.3/0.3/0.2 at inference) and group 3 "resize + pad" (epochs 12 and 13).
