@@ -28,15 +28,16 @@ def _table(rows):
 # --- presets --------------------------------------------------------------------------------------
 
 def test_milimed_preset_is_the_team_recipe_and_kit_preset_is_the_old_default():
-    m = C.training_preset("milimed2021", 2)
+    m = C.training_preset("milimed2021", 3)
     assert (m.optimizer, m.lr, m.schedule, m.t_max, m.eta_min, m.epochs, m.batch_size) == ("adam", 3e-4, "epoch_cosine", 15,
                                                                                            1e-5, 16, 32)
     assert m.num_classes == 18 and m.pretrained == "imagenet" and m.ensemble_epochs == (12, 13, 14, 15)
     assert (m.loss.name, m.loss.alpha, m.loss.gamma, m.loss.form) == ("focal", 1.0, 2.0, "pt")
-    assert C.training_preset("milimed2021", 3).loss.name == "bce" and C.training_preset("milimed2021", 3).ensemble_epochs == (12, 13)
+    assert C.training_preset("milimed2021", 2).loss.name == "bce" and C.training_preset("milimed2021", 2).ensemble_epochs == (12, 13)
+    assert C.training_preset("milimed2021", 1).ensemble_epochs == (15,)  # the manifest's 1/2/4 layout
     a = m.augment
     assert (a.resize_p, a.resize_range, a.rotate_p, a.rotate_max, a.rotate90, a.resize_last) == (0.4, (0.5, 0.75), 1.0, 90.0, False, True)
-    assert C.training_preset("milimed2021", 3).augment.pad_p == 0.3 and a.pad_max * 512 == 200
+    assert C.training_preset("milimed2021", 2).augment.pad_p == 0.3 and a.pad_max * 512 == 200 and a.pad_p == 0.0
     assert m.sampler.kind == "quota" and m.train_filter and m.pseudo_negative == 0.01
     k = C.training_preset("kit2025", 2)
     assert (k.optimizer, k.lr, k.num_classes, k.pretrained, k.sampler.kind, k.augment.rotate_max, k.pseudo_negative) == (
@@ -48,11 +49,11 @@ def test_milimed_preset_is_the_team_recipe_and_kit_preset_is_the_old_default():
 
 
 def test_changing_the_epochs_moves_the_ensemble_and_the_cosine_with_them():
-    cfg = C.training_preset("milimed2021", 2, epochs=6)
+    cfg = C.training_preset("milimed2021", 3, epochs=6)
     assert cfg.ensemble_epochs == (2, 3, 4, 5) and cfg.t_max == 5
-    assert C.training_preset("milimed2021", 2, epochs=6, ensemble_epochs=(1,)).ensemble_epochs == (1,)
+    assert C.training_preset("milimed2021", 3, epochs=6, ensemble_epochs=(1,)).ensemble_epochs == (1,)
     with pytest.raises(ValueError, match="ensemble_epochs"):
-        C.training_preset("milimed2021", 2, ensemble_epochs=(16,))
+        C.training_preset("milimed2021", 3, ensemble_epochs=(16,))
     again = C.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg  # JSON turns the int keys of quotas and maps into strings; they come back
 
@@ -70,7 +71,7 @@ def test_team_augmentation_order_rotates_nearest_on_the_padded_canvas_then_resiz
 
     crop = np.zeros((64, 64, 4), np.uint8)
     crop[8:56, 8:56] = 200
-    team = C.training_preset("milimed2021", 3).augment
+    team = C.training_preset("milimed2021", 2).augment
     rng = np.random.default_rng(0)
     seen_pad = False
     for _ in range(20):
@@ -127,11 +128,11 @@ def test_team_focal_loss_on_a_soft_target_by_hand():
     bce = -(t * math.log(p) + (1 - t) * math.log(1 - p))
     want = (1 - math.exp(-bce)) ** 2 * bce  # alpha 1, gamma 2, pt = exp(-BCE)
     logits = torch.tensor([[math.log(p / (1 - p))]])
-    loss = create_loss(C.training_preset("milimed2021", 2).loss)
+    loss = create_loss(C.training_preset("milimed2021", 3).loss)
     assert loss(logits, torch.tensor([[t]])).item() == pytest.approx(want, rel=1e-5)
     assert want == pytest.approx(0.5796, abs=1e-4)
     assert focal_loss(logits, torch.tensor([[t]])).item() == pytest.approx(0.7237, abs=1e-3)  # the kit's form differs
-    bce_fn = create_loss(C.training_preset("milimed2021", 3).loss)
+    bce_fn = create_loss(C.training_preset("milimed2021", 2).loss)
     assert bce_fn(logits, torch.tensor([[t]])).item() == pytest.approx(bce, rel=1e-5)
 
 
@@ -356,13 +357,13 @@ def test_cli_default_recipe_with_a_local_weight_file_then_finetune(toy, tmp_path
     torch.set_num_threads(1)
     out = tmp_path / "w"
     tiny = ["--input-size", "32", "--batch-size", "4", "--device", "cpu", "--no-progress"]
-    assert main(["train", "--cells", str(toy), "--group", "3", "--out", str(out), "--epochs", "2", "--steps-per-epoch", "1",
+    assert main(["train", "--cells", str(toy), "--group", "2", "--out", str(out), "--epochs", "2", "--steps-per-epoch", "1",
                  "--pretrained", str(imagenet_like_b0[0]), "--ensemble-epochs", "1", *tiny]) == 0
-    _, ck = load_checkpoint(out / "g3_m0.pth")
+    _, ck = load_checkpoint(out / "g2_m0.pth")
     assert ck.recipe == "milimed2021" and ck.loss["name"] == "bce" and ck.extra["train_config"]["pretrained"].endswith("b0_imagenet.pth")
-    assert main(["train", "--cells", str(toy), "--out", str(out), "--init", str(out / "g3_m0.pth"), "--finetune-cells", str(toy),
+    assert main(["train", "--cells", str(toy), "--out", str(out), "--init", str(out / "g2_m0.pth"), "--finetune-cells", str(toy),
                  *tiny]) == 0
-    _, ft = load_checkpoint(out / "finetuned" / "g3_m0.pth")
+    _, ft = load_checkpoint(out / "finetuned" / "g2_m0.pth")
     assert ft.extra["finetune"]["lr"] == 3e-5 and ft.extra["finetune"]["class_repeats"]["17"] == 7
     assert ft.extra["train_config"]["schedule"] == "constant" and ft.num_classes == 18
     assert main(["train", "--cells", str(toy), "--out", str(out), "--ensemble-epochs", "x"]) == 1

@@ -39,7 +39,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "stem is adapted to 4 channels), 'imagenet' (timm's hub, online only) or 'none' (random); "
                         "default from the recipe (milimed2021: imagenet)")
     recipe.add_argument("--ensemble-epochs", metavar="E,E,..", help="0-based epochs whose checkpoints form the ensemble "
-                        "(milimed2021 group 2: 12,13,14,15); a checkpoint is saved after every epoch")
+                        "(milimed2021 group 3: 12,13,14,15); a checkpoint is saved after every epoch")
     recipe.add_argument("--epoch-size", type=int, help="quota sampler: cells drawn per epoch (default: the number of training cells)")
     recipe.add_argument("--epochs", type=int, help="epochs")
     recipe.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch (default: cells / batch)")

@@ -478,15 +478,17 @@ _MILIMED_BASE = TrainConfig(
 _TEAM_AUG = dict(flip=True, rotate90=False, rotate_p=1.0, rotate_max=90.0, resize_range=(0.5, 0.75), pad_max=200.0 / 512.0,
                  resize_last=True, rotate_nearest=True)
 
-# Group 1 is the team's "old" model (one checkpoint), group 2 "resize" (epochs 12-15, weighted
-# 0.2/0.3/0.3/0.2 at inference) and group 3 "resize + pad" (epochs 12 and 13).
+# The groups follow the manifest's layout (1, 2, 4 checkpoints; hpa_kernel.manifest.DEFAULT_LAYOUT)
+# and the team's notebook: group 1 is their "old" model (one checkpoint), group 2 "resize + pad"
+# (epochs 12 and 13, weighted 0.5/0.5 at inference) and group 3 "resize" (epochs 12-15, weighted
+# 0.2/0.3/0.3/0.2). BCE stays with the resize + pad augmentations, as in the kit's groups.
 _MILIMED_GROUPS: dict[int, TrainConfig] = {
     1: dataclasses.replace(_MILIMED_BASE, group=1, augment=AugmentConfig(**_TEAM_AUG), loss=LossConfig("focal", 2.0, 1.0, "pt"),
                            ensemble_epochs=(15,), n_checkpoints=1),
-    2: dataclasses.replace(_MILIMED_BASE, group=2, augment=AugmentConfig(**_TEAM_AUG, resize_p=0.4),
-                           loss=LossConfig("focal", 2.0, 1.0, "pt"), ensemble_epochs=(12, 13, 14, 15), n_checkpoints=4),
-    3: dataclasses.replace(_MILIMED_BASE, group=3, augment=AugmentConfig(**_TEAM_AUG, resize_p=0.3, pad_p=0.3),
+    2: dataclasses.replace(_MILIMED_BASE, group=2, augment=AugmentConfig(**_TEAM_AUG, resize_p=0.3, pad_p=0.3),
                            loss=LossConfig("bce"), ensemble_epochs=(12, 13), n_checkpoints=2),
+    3: dataclasses.replace(_MILIMED_BASE, group=3, augment=AugmentConfig(**_TEAM_AUG, resize_p=0.4),
+                           loss=LossConfig("focal", 2.0, 1.0, "pt"), ensemble_epochs=(12, 13, 14, 15), n_checkpoints=4),
 }
 
 #: The named training recipes: ``{name: {group: TrainConfig}}``.
@@ -498,7 +500,7 @@ DEFAULT_RECIPE = "milimed2021"
 def training_preset(name: str = DEFAULT_RECIPE, group: int = 1, **overrides) -> TrainConfig:
     """The :class:`TrainConfig` of recipe ``name`` for ensemble ``group``, with field overrides.
 
-    >>> training_preset("milimed2021", 2).ensemble_epochs, training_preset("kit2025", 2).num_classes
+    >>> training_preset("milimed2021", 3).ensemble_epochs, training_preset("kit2025", 2).num_classes
     ((12, 13, 14, 15), 19)
     """
     if name not in PRESETS:
@@ -513,15 +515,21 @@ def training_preset(name: str = DEFAULT_RECIPE, group: int = 1, **overrides) -> 
 
 
 def _follow_epochs(base: TrainConfig, epochs: int) -> dict:
-    """When the number of epochs changes: the ensembled epochs keep their distance from the end and
-    the per-epoch cosine still reaches ``eta_min`` at the last epoch (``t_max = epochs - 1``, as 15 for 16).
+    """When the number of epochs changes: the ensembled epochs keep their distance from the end (in a
+    run too short for that, the last ones, as many as before) and the per-epoch cosine still reaches
+    ``eta_min`` at the last epoch (``t_max = epochs - 1``, as 15 for 16).
 
-    >>> _follow_epochs(training_preset("milimed2021", 2), 6)
+    >>> _follow_epochs(training_preset("milimed2021", 3), 6)
     {'ensemble_epochs': (2, 3, 4, 5), 't_max': 5}
+    >>> g2 = training_preset("milimed2021", 2)
+    >>> _follow_epochs(g2, 6)["ensemble_epochs"], _follow_epochs(g2, 2)["ensemble_epochs"]
+    ((2, 3), (0, 1))
     """
     out = {}
     if base.ensemble_epochs:
-        out["ensemble_epochs"] = tuple(sorted({max(0, e - base.epochs + epochs) for e in base.ensemble_epochs}))
+        n = len(base.ensemble_epochs)
+        shifted = tuple(sorted({e - base.epochs + epochs for e in base.ensemble_epochs}))
+        out["ensemble_epochs"] = shifted if shifted[0] >= 0 else tuple(range(max(0, epochs - n), epochs))
     if base.schedule == "epoch_cosine":
         out["t_max"] = max(1, epochs - 1)
     return out
