@@ -35,7 +35,8 @@ def test_notebooks_have_one_parameters_cell(name):
 @pytest.mark.slow
 def test_train_finetune_and_pseudo_notebooks(tmp_path):
     cells = make_toy_cells(tmp_path / "toy", n_images=4, cells_per_image=3, size=48, seed=2)
-    _run("train.ipynb", tmp_path, {"cells_csv": str(cells), "out_dir": str(tmp_path / "w"), "group": 2, **TINY})
+    _run("train.ipynb", tmp_path, {"cells_csv": str(cells), "out_dir": str(tmp_path / "w"), "group": 2, "pretrained": None,
+                                    **TINY})
     assert (tmp_path / "w" / "g2_m1.pth").is_file() and (tmp_path / "w" / "runs" / "g2" / "curves.png").is_file()
     _run("finetune.ipynb", tmp_path, {"checkpoints": [str(tmp_path / "w" / "g2_m0.pth")], "cells_csv": str(cells),
                                        "out_dir": str(tmp_path / "ft"), "epoch_size": 4, "batch_size": 4, "device": "cpu"})

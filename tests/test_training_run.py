@@ -237,8 +237,8 @@ def test_cli_train_and_errors(toy_cells, tmp_path, capsys):
     from hpa_kernel.cli import main
 
     out = tmp_path / "cli"
-    argv = ["train", "--cells", str(toy_cells), "--group", "2", "--out", str(out), "--input-size", "32", "--batch-size", "4",
-            "--epochs", "2", "--steps-per-epoch", "1", "--device", "cpu", "--no-progress"]
+    argv = ["train", "--cells", str(toy_cells), "--recipe", "kit2025", "--group", "2", "--out", str(out), "--input-size", "32",
+            "--batch-size", "4", "--epochs", "2", "--steps-per-epoch", "1", "--device", "cpu", "--no-progress"]
     assert main(argv) == 0
     printed = capsys.readouterr().out.split()
     assert [os.path.basename(p) for p in printed] == ["g2_m0.pth", "g2_m1.pth"]
@@ -259,12 +259,14 @@ def test_ddp_two_processes_gloo(toy_cells, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port),
            "-m", "hpa_kernel.training", "--cells", str(toy_cells), "--group", "2", "--out", str(out), "--input-size", "32",
-           "--batch-size", "2", "--epochs", "2", "--steps-per-epoch", "1", "--device", "cpu", "--no-progress"]
+           "--batch-size", "2", "--epochs", "2", "--steps-per-epoch", "1", "--device", "cpu", "--no-progress",
+           "--pretrained", "none"]  # the default recipe, milimed2021: Adam and the per-epoch cosine under DDP
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 1 of 2" in result.stderr and "gloo" in result.stderr
     model, cfg = load_checkpoint(out / "g2_m1.pth")
-    assert cfg.extra["world_size"] == 2 and cfg.step == 2
+    assert cfg.extra["world_size"] == 2 and cfg.step == 2 and cfg.recipe == "milimed2021" and cfg.num_classes == 18
+    assert (out / "g2_e00.pth").is_file() and load_checkpoint(out / "g2_m0.pth")[1].epoch == 1
     log = (out / "runs" / "g2" / "log.jsonl").read_text().splitlines()
     assert len(log) == 2  # only rank 0 writes
 
@@ -314,7 +316,8 @@ def test_cli_pseudo_labels_validation_cells_and_finetune(toy_cells, tmp_path):
 
     torch.set_num_threads(1)
 
-    tiny = ["--input-size", "32", "--batch-size", "4", "--steps-per-epoch", "1", "--device", "cpu", "--no-progress"]
+    tiny = ["--recipe", "kit2025", "--input-size", "32", "--batch-size", "4", "--steps-per-epoch", "1", "--device", "cpu",
+            "--no-progress"]
     pseudo = tmp_path / "pseudo.csv"
     assert main(["train", "--cells", str(toy_cells), "--out", str(tmp_path / "pl"), "--make-pseudo-labels", str(pseudo),
                  "--negative-threshold", "1.0", *tiny]) == 0

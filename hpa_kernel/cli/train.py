@@ -12,6 +12,9 @@ import sys
 logger = logging.getLogger(__name__)
 
 
+from hpa_kernel.training.config import DEFAULT_RECIPE, PRESETS
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
@@ -26,9 +29,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--val-cells", metavar="CSV", help="validation cells.csv (default: hold out images by the config's val_fraction)")
     data.add_argument("--soft-labels", metavar="CSV", help="manual soft labels from `hpa-kernel label export`")
     data.add_argument("--pseudo-labels", metavar="CSV", help="pseudo labels from --make-pseudo-labels")
-    recipe = parser.add_argument_group("recipe (defaults from the group)")
+    recipe = parser.add_argument_group("recipe (defaults from --recipe and --group)")
+    recipe.add_argument("--recipe", choices=sorted(PRESETS), default=DEFAULT_RECIPE,
+                        help=f"training recipe (default {DEFAULT_RECIPE}: the 4th-place team's code; kit2025: this kit's earlier one)")
     recipe.add_argument("--group", type=int, choices=(1, 2, 3), default=1, help="ensemble group (default 1)")
-    recipe.add_argument("--quick", action="store_true", help="the small CPU preset (64 px, 2 x 60 steps)")
+    recipe.add_argument("--quick", action="store_true", help="the small CPU preset (64 px, 2 x 60 steps, random init)")
+    recipe.add_argument("--pretrained", metavar="PATH|imagenet|none",
+                        help="initial weights: a local timm state_dict of the architecture (3-channel ImageNet weights; the "
+                        "stem is adapted to 4 channels), 'imagenet' (timm's hub, online only) or 'none' (random); "
+                        "default from the recipe (milimed2021: imagenet)")
+    recipe.add_argument("--ensemble-epochs", metavar="E,E,..", help="0-based epochs whose checkpoints form the ensemble "
+                        "(milimed2021 group 3: 12,13,14,15); a checkpoint is saved after every epoch")
+    recipe.add_argument("--epoch-size", type=int, help="quota sampler: cells drawn per epoch (default: the number of training cells)")
     recipe.add_argument("--epochs", type=int, help="epochs")
     recipe.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch (default: cells / batch)")
     recipe.add_argument("--batch-size", type=int, help="batch size per process")
@@ -43,9 +55,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     run_opts.add_argument("--no-manifest", action="store_true", help="do not create/update OUT/weights_manifest.json")
     ft = parser.add_argument_group("fine-tuning")
     ft.add_argument("--finetune-cells", metavar="CSV", help="fine-tune the snapshots for one epoch on these (validation) cells")
-    ft.add_argument("--repeats", type=int, default=4, help="repeats of each manually labelled cell (default 4)")
-    ft.add_argument("--finetune-size", type=int, default=200_000, help="samples in the fine-tuning epoch (default 200000)")
-    ft.add_argument("--finetune-lr", type=float, default=2e-4, help="fine-tuning learning rate (default 2e-4)")
+    ft.add_argument("--repeats", type=int, help="kit2025: repeats of each manually labelled cell (default 4)")
+    ft.add_argument("--finetune-size", type=int, help="kit2025: samples in the fine-tuning epoch (default 200000)")
+    ft.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate (default from the recipe: 3e-5 milimed2021, 2e-4 kit2025)")
+    ft.add_argument("--finetune-batch-size", type=int, help="fine-tuning batch size (default from the recipe: 16 milimed2021)")
     ft.add_argument("--init", nargs="+", metavar="PTH", help="fine-tune these checkpoints instead of training first")
     ps = parser.add_argument_group("pseudo-labels")
     ps.add_argument("--make-pseudo-labels", metavar="CSV",
@@ -61,7 +74,23 @@ _OVERRIDES = ("epochs", "steps_per_epoch", "batch_size", "lr", "input_size", "se
 
 
 def _overrides(args) -> dict:
-    return {name: getattr(args, name) for name in _OVERRIDES if getattr(args, name) is not None}
+    out = {name: getattr(args, name) for name in _OVERRIDES if getattr(args, name) is not None}
+    if args.pretrained is not None:
+        out["pretrained"] = None if args.pretrained.strip().lower() == "none" else args.pretrained
+    if args.ensemble_epochs:
+        try:
+            out["ensemble_epochs"] = tuple(int(e) for e in args.ensemble_epochs.split(","))
+        except ValueError:
+            raise ValueError(f"--ensemble-epochs {args.ensemble_epochs!r}: expected 0-based epoch numbers like 12,13,14,15") from None
+    return out
+
+
+def _finetune_config(args):
+    from hpa_kernel.training import finetune_preset
+
+    given = dict(epoch_size=args.finetune_size, repeats=args.repeats, lr=args.finetune_lr,
+                 batch_size=args.finetune_batch_size or (args.batch_size if args.recipe == "kit2025" else None))
+    return finetune_preset(args.recipe, **{k: v for k, v in given.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,14 +98,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hpa_kernel.training import (
-        FinetuneConfig,
         PseudoLabelConfig,
         finetune_checkpoints,
-        group_config,
         make_pseudo_labels,
         quick_config,
         train_group,
         train_pseudo_labeller,
+        training_preset,
     )
 
     out = Path(args.out)
@@ -84,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     if args.make_pseudo_labels:
         base = PseudoLabelConfig()
-        train = dataclasses.replace(base.train, **overrides)
+        train = dataclasses.replace(base.train, **{k: v for k, v in overrides.items() if k not in ("pretrained", "ensemble_epochs")})
         pcfg = dataclasses.replace(base, train=train, negative_threshold=args.negative_threshold,
                                    positive_threshold=args.positive_threshold)
         ckpt = args.pseudo_checkpoint or train_pseudo_labeller(args.cells, out, pcfg, device=args.device, progress=progress)
@@ -94,15 +122,19 @@ def run(args: argparse.Namespace) -> int:
     if args.init:
         checkpoints = [Path(p) for p in args.init]
     else:
-        config = (quick_config if args.quick else group_config)(args.group, **overrides)
+        if args.quick:
+            config = quick_config(args.group, args.recipe, **overrides)
+        else:
+            config = training_preset(args.recipe, args.group, **overrides)
+        if args.epoch_size is not None:
+            config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, epoch_size=args.epoch_size))
         checkpoints = train_group(config, args.cells, out, val_cells=args.val_cells, soft_labels=args.soft_labels,
                                   pseudo_labels=args.pseudo_labels, resume=args.resume, device=args.device,
                                   manifest=not args.no_manifest, progress=progress)
         if _is_main():
             sys.stdout.write("\n".join(str(p) for p in checkpoints) + "\n")
     if args.finetune_cells:
-        fcfg = FinetuneConfig(epoch_size=args.finetune_size, repeats=args.repeats, lr=args.finetune_lr,
-                              batch_size=args.batch_size)
+        fcfg = _finetune_config(args)
         tuned = finetune_checkpoints(checkpoints, args.finetune_cells, out / "finetuned", soft_labels=args.soft_labels,
                                      config=fcfg, device=args.device, manifest=not args.no_manifest, progress=progress)
         if _is_main():

@@ -10,6 +10,11 @@ that enter from outside the crop are zero, like the background of a cell crop.
 * **RandomPad**: with probability ``p``, pad each of the four sides independently by a random
   ``0 .. pad_max * S`` pixels (0-200 for S = 512), then resize back to ``S``: a smaller,
   off-centre cell.
+
+With ``resize_last`` (milimed2021, the team's order) the RandomResizer and RandomPad do not resize
+back: the flips and the rotation (``rotate_p`` 1, any angle in [-90, 90], nearest neighbour as
+torchvision's ``RandomRotation``) act on the smaller or padded, possibly non-square, canvas, and
+one final resize returns it to ``S`` x ``S``.
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ def random_rot90(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(crop, int(rng.integers(4))))
 
 
-def rotate(crop: np.ndarray, angle: float) -> np.ndarray:
-    """Rotate about the centre by ``angle`` degrees (counter-clockwise), bilinear, zero outside.
+def rotate(crop: np.ndarray, angle: float, nearest: bool = False) -> np.ndarray:
+    """Rotate about the centre by ``angle`` degrees (counter-clockwise), bilinear (or nearest), zero outside; same size.
 
     >>> c = np.zeros((8, 8, 4), np.uint8); c[3:5, 3:5] = 255
     >>> bool((rotate(c, 90) == np.rot90(c)).all())
@@ -57,9 +62,10 @@ def rotate(crop: np.ndarray, angle: float) -> np.ndarray:
     """
     import cv2
 
-    s = crop.shape[0]
-    matrix = cv2.getRotationMatrix2D(((s - 1) / 2.0, (s - 1) / 2.0), float(angle), 1.0)
-    return cv2.warpAffine(crop, matrix, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    h, w = crop.shape[:2]
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), float(angle), 1.0)
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.warpAffine(crop, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def random_resize(crop: np.ndarray, rng: np.random.Generator, size_range: tuple[float, float] = (0.5, 0.75)) -> np.ndarray:
@@ -99,6 +105,8 @@ class Augmenter:
     def __call__(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         _check(crop)
         c = self.config
+        if c.resize_last:
+            return self._team_order(crop, rng)
         if c.resize_p and rng.random() < c.resize_p:
             crop = random_resize(crop, rng, c.resize_range)
         if c.pad_p and rng.random() < c.pad_p:
@@ -108,8 +116,29 @@ class Augmenter:
         if c.rotate90:
             crop = random_rot90(crop, rng)
         if c.rotate_p and rng.random() < c.rotate_p:
-            crop = rotate(crop, rng.uniform(-c.rotate_max, c.rotate_max))
+            crop = rotate(crop, rng.uniform(-c.rotate_max, c.rotate_max), c.rotate_nearest)
         return crop
+
+    def _team_order(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Resize (no way back), pad, flips, rotation on that canvas, then one resize to S."""
+        import cv2
+
+        c, s = self.config, crop.shape[0]
+        if c.resize_p and rng.random() < c.resize_p:
+            r = int(rng.integers(round(c.resize_range[0] * s), round(c.resize_range[1] * s) + 1))
+            crop = cv2.resize(crop, (max(r, 1), max(r, 1)), interpolation=cv2.INTER_LINEAR)
+        if c.pad_p and rng.random() < c.pad_p:
+            top, bottom, left, right = (int(v) for v in rng.integers(0, int(round(c.pad_max * s)) + 1, size=4))
+            crop = cv2.copyMakeBorder(crop, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(0, 0, 0, 0))
+        if c.flip:
+            crop = random_flip(crop, rng)
+        if c.rotate90:
+            crop = random_rot90(crop, rng)
+        if c.rotate_p and rng.random() < c.rotate_p:
+            crop = rotate(crop, rng.uniform(-c.rotate_max, c.rotate_max), c.rotate_nearest)
+        if crop.shape[:2] != (s, s):
+            crop = cv2.resize(np.ascontiguousarray(crop), (s, s), interpolation=cv2.INTER_LINEAR)
+        return np.ascontiguousarray(crop)
 
     def __repr__(self) -> str:
         return f"Augmenter({self.config})"

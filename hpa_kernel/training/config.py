@@ -1,4 +1,16 @@
-"""Typed training configurations: the three ensemble groups, fine-tuning and the pseudo-labeller.
+"""Typed training configurations: named recipes, the three ensemble groups, fine-tuning and the pseudo-labeller.
+
+Two named recipes (:func:`training_preset`), each a :class:`TrainConfig` per ensemble group:
+
+* ``"milimed2021"`` (the default of ``hpa-kernel train``): the 4th-place team's code. ImageNet B0
+  with 18 outputs (Negative is ``1 - max`` at inference), Adam 3e-4 with a per-epoch cosine
+  (``T_max`` 15, ``eta_min`` 1e-5), 16 epochs of batch 32, a checkpoint every epoch and the ensembled
+  epochs chosen by number, focal loss on probabilities (``alpha`` 1, ``gamma`` 2) or BCE, their
+  augmentations, the per-class quota sampler, the train filter, per-class soft-label maps and
+  pseudo-negatives at 0.01.
+* ``"kit2025"``: this kit's own earlier choices. Random init, 19 outputs, AdamW 1e-3 with
+  warm-up and a per-step cosine, snapshots over the last steps, rotations of +-180 degrees, the
+  recall-weighted sampler, pseudo-negatives at 0 and one soft-label map.
 
 Every configuration is a frozen dataclass that checks itself in ``__post_init__``. An experiment is
 an override, never an edit of a default::
@@ -33,6 +45,16 @@ from dataclasses import dataclass, field
 from hpa_kernel.classes import MITOTIC_SPINDLE, NUM_CLASSES
 
 __all__ = [
+    "PRESETS",
+    "DEFAULT_RECIPE",
+    "SoftLabelConfig",
+    "training_preset",
+    "finetune_preset",
+    "MILIMED_QUOTAS",
+    "MILIMED_SOFT",
+    "MILIMED_FINETUNE_REPEATS",
+    "MILIMED_VALIDATION_SOFT",
+    "epoch_cosine_lr",
     "AugmentConfig",
     "LossConfig",
     "SamplerConfig",
@@ -75,6 +97,13 @@ class AugmentConfig:
         Probability of RandomPad.
     pad_max : float
         RandomPad's largest padding per side as a fraction of the input size.
+    rotate_nearest : bool
+        Nearest-neighbour interpolation for the arbitrary rotation (torchvision's ``RandomRotation``
+        default, which the team used) instead of bilinear.
+    resize_last : bool
+        The team's order: RandomResizer and RandomPad keep their new size, the flips and the
+        rotation act on that canvas, and one final resize brings it back to the input size. False:
+        each of the two resizes back at once (the kit's order).
     """
 
     flip: bool = True
@@ -85,6 +114,8 @@ class AugmentConfig:
     resize_range: tuple[float, float] = (0.5, 0.75)
     pad_p: float = 0.0
     pad_max: float = 200.0 / 512.0
+    resize_last: bool = False
+    rotate_nearest: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "resize_range", tuple(float(v) for v in self.resize_range))
@@ -106,17 +137,21 @@ class AugmentConfig:
 class LossConfig:
     """The training loss: ``"focal"`` (``gamma``, ``alpha``) or ``"bce"``; both accept soft targets.
 
-    ``alpha`` weights the positive term and ``1 - alpha`` the negative term; ``alpha=None`` weights
-    both by 1.
+    ``form="split"`` (the kit's): ``alpha`` weights the positive term and ``1 - alpha`` the negative
+    term; ``alpha=None`` weights both by 1. ``form="pt"`` (the team's): ``alpha * (1 - pt)**gamma * BCE``
+    with ``pt = exp(-BCE)`` per element, ``alpha`` a plain factor (None = 1).
     """
 
     name: str = "focal"
     gamma: float = 2.0
     alpha: float | None = None
+    form: str = "split"
 
     def __post_init__(self):
         if self.name not in ("focal", "bce"):
             raise ValueError(f"loss name must be 'focal' or 'bce', got {self.name!r}")
+        if self.form not in ("split", "pt"):
+            raise ValueError(f"loss form must be 'split' or 'pt', got {self.form!r}")
         if self.gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {self.gamma}")
         if self.alpha is not None:
@@ -126,34 +161,130 @@ class LossConfig:
         return dataclasses.asdict(self)
 
 
+#: The team's per-class draws per epoch (their ``sample_size`` 20 000: x0.5, x1, x2, x1/3), used
+#: as relative quotas; ``-1`` is the Negative pool (cells with none of the trained classes).
+MILIMED_QUOTAS: dict[int, float] = {
+    **{c: 10_000.0 for c in (1, 3, 4, 6, 8, 9, 10, 12, 15)},
+    **{c: 20_000.0 for c in (2, 5, 7, 13, 14, 17)},
+    0: 40_000.0, 16: 40_000.0, 11: 6_666.0, -1: 20_000.0,
+}
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Parameters of the semi-balanced sampler (formula in :mod:`hpa_kernel.training.sampler`).
+    """Which sampler draws the training cells, and its parameters.
+
+    ``kind="weighted"`` (kit2025): the recall-weighted semi-balanced sampler
+    (:func:`~hpa_kernel.training.sampler.sample_weights`). ``kind="quota"`` (milimed2021): the
+    per-class quota sampler (:class:`~hpa_kernel.training.sampler.QuotaSampler`).
 
     Parameters
     ----------
     alpha : float
-        Balance exponent: 0 = uniform sampling, 1 = fully inverse-frequency.
+        Balance exponent: 0 = uniform sampling, 1 = fully inverse-frequency (weighted).
     label_power : float
-        Divide a cell's weight by ``n_labels ** label_power`` so that images with many labels are
-        not over-used.
+        Weighted: divide a cell's weight by ``n_labels ** label_power``. Quota: a drawn cell is
+        accepted with probability ``(1 / n_labels) ** label_power``.
     hardness : float
-        Strength of the per-class hardness term ``1 + hardness * (1 - recall_c)``; 0 disables it.
+        Strength of the per-class hardness term ``1 + hardness * (1 - recall_c)``; 0 disables it (weighted).
     threshold : float
-        A soft target at or above this counts as a positive for the class frequencies.
+        A soft target at or above this counts as a positive for the class frequencies (weighted)
+        and for the training recall in the log.
+    quotas : dict
+        Quota: relative draws per class per epoch, ``-1`` for the Negative pool. Classes without
+        cells are skipped and their share goes to the others.
+    epoch_size : int or None
+        Quota: draws per epoch (all ranks together); None = ``steps_per_epoch * batch_size * world``.
+    duplicate_min : float
+        Quota: a cell whose manual soft label of the class is at or above this is in that class's
+        pool twice.
+    spindle_class, spindle_repeats : int
+        Quota: the class whose positives (target > 0) are repeated ``spindle_repeats`` times in
+        its pool (those manually scored >= 0.99 three times as often), drawn without the acceptance test.
+    extra_passes : dict
+        Quota: ``{class: (t1, t2, ...)}``: after the duplicates, for each ``t`` in turn the pool is
+        extended by its own entries manually scored >= ``t`` (the team's class 12: 0.7, 0.9, 0.9,
+        so a cell scored >= 0.9 is in the pool 16 times and one in [0.7, 0.9) twice).
     """
 
     alpha: float = 0.5
     label_power: float = 0.5
     hardness: float = 1.0
     threshold: float = 0.5
+    kind: str = "weighted"
+    quotas: dict = field(default_factory=dict)
+    epoch_size: int | None = None
+    duplicate_min: float = 0.9
+    spindle_class: int = MITOTIC_SPINDLE
+    spindle_repeats: int = 41
+    extra_passes: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        object.__setattr__(self, "quotas", {int(k): float(v) for k, v in dict(self.quotas).items()})
+        object.__setattr__(self, "extra_passes", {int(k): tuple(float(t) for t in v) for k, v in dict(self.extra_passes).items()})
+        if self.kind not in ("weighted", "quota"):
+            raise ValueError(f"sampler kind must be 'weighted' or 'quota', got {self.kind!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"sampler alpha must be in [0, 1], got {self.alpha}")
         if self.label_power < 0 or self.hardness < 0:
             raise ValueError(f"label_power and hardness must be >= 0, got {self.label_power} and {self.hardness}")
         _check_prob("threshold", self.threshold)
+        _check_prob("duplicate_min", self.duplicate_min)
+        if any(v < 0 for v in self.quotas.values()) or any(not -1 <= k < NUM_CLASSES for k in self.quotas):
+            raise ValueError(f"quotas must map class ids 0..{NUM_CLASSES - 1} or -1 to counts >= 0, got {self.quotas}")
+        if self.kind == "quota" and not sum(self.quotas.values()) > 0:
+            raise ValueError("the quota sampler needs quotas with a positive sum")
+        if self.epoch_size is not None and self.epoch_size < 1:
+            raise ValueError(f"epoch_size must be >= 1 or None, got {self.epoch_size}")
+        if self.spindle_repeats < 1:
+            raise ValueError(f"spindle_repeats must be >= 1, got {self.spindle_repeats}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SoftLabelConfig:
+    """How manual scores (1..5) become targets, and the rules around them.
+
+    Parameters
+    ----------
+    default_map : dict or None
+        ``{score: soft label}`` for classes without their own map; None keeps the ``soft_label``
+        column of the export as is (kit2025).
+    class_maps : dict
+        ``{class: {score: soft label}}``. A mean score between two integers is interpolated.
+    unscored_value : float or None
+        Target of a cell labelled with a class of ``unscored_classes`` that has no manual score
+        for it, when the soft-label file scores that class for some cell (the team: 0.69).
+    unscored_classes : tuple of int
+    exclusive_class, exclusive_min : int, float
+        A manual soft label of ``exclusive_class`` at or above ``exclusive_min`` makes it the cell's
+        only label (the team: mitotic spindle, 0.2); ``exclusive_min`` None disables the rule.
+    """
+
+    default_map: dict | None = None
+    class_maps: dict = field(default_factory=dict)
+    unscored_value: float | None = None
+    unscored_classes: tuple[int, ...] = ()
+    exclusive_class: int = MITOTIC_SPINDLE
+    exclusive_min: float | None = None
+
+    def __post_init__(self):
+        def norm(m, where):
+            out = {int(k): float(v) for k, v in dict(m).items()}
+            if not out or any(not 0.0 <= v <= 1.0 for v in out.values()):
+                raise ValueError(f"{where} must map scores to soft labels in [0, 1], got {m}")
+            return out
+
+        if self.default_map is not None:
+            object.__setattr__(self, "default_map", norm(self.default_map, "default_map"))
+        object.__setattr__(self, "class_maps", {int(c): norm(m, f"class_maps[{c}]") for c, m in dict(self.class_maps).items()})
+        object.__setattr__(self, "unscored_classes", tuple(int(c) for c in self.unscored_classes))
+        if self.unscored_value is not None:
+            _check_prob("unscored_value", self.unscored_value)
+        if self.exclusive_min is not None:
+            _check_prob("exclusive_min", self.exclusive_min)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -178,11 +309,37 @@ class TrainConfig:
     batch_size : int
         Per process.
     lr, weight_decay : float
-        AdamW with a one-cycle schedule (``warmup`` fraction of the steps).
+        Peak learning rate and weight decay of the optimiser.
+    recipe : str
+        The preset this config came from (recorded in the checkpoint JSON).
+    num_classes : int
+        Trained outputs: 19, or 18 when Negative is ``1 - max`` at inference.
+    optimizer : str
+        ``"adamw"`` or ``"adam"``.
+    schedule : str
+        ``"warmup_cosine"``: linear warm-up over the ``warmup`` fraction of the steps, then a
+        per-step cosine. ``"epoch_cosine"``: the rate of epoch ``e`` (0-based) is
+        :func:`epoch_cosine_lr` with ``t_max`` and ``eta_min``, constant within the epoch.
+        ``"constant"``: ``lr`` throughout.
+    pretrained : str or None
+        None: random initialisation. ``"imagenet"``: timm's ImageNet weights (downloaded by timm,
+        online only). A path: those weights from a local file (a timm state_dict of ``arch`` with
+        3 input channels; timm adapts the stem to 4).
     n_checkpoints : int
-        Snapshots kept for the ensemble (see :func:`snapshot_steps`).
+        Snapshots kept for the ensemble (see :func:`snapshot_steps`) when ``ensemble_epochs`` is empty.
     snapshot_fraction : float
         Fraction of the final steps over which the snapshots are spread.
+    ensemble_epochs : tuple of int
+        When given: a checkpoint after every epoch (``{name}_e{epoch}.pth``) and the ensemble
+        snapshots ``{name}_m{k}.pth`` are those of these epochs (0-based, so 16 epochs are 0..15).
+    train_filter : bool
+        Drop cells whose cleaner value (column ``filter_column`` of ``cells.csv``) is below 1,
+        except in images labelled mitotic spindle; False: keep the ``valid`` cells.
+    soft : SoftLabelConfig
+        Manual score maps and their rules.
+    pseudo_negative, pseudo_positive : float or None
+        Targets of the labels the pseudo-labeller dropped and added. ``pseudo_negative`` None:
+        the pseudo labels replace the cell's labels (a dropped label is 0).
     val_fraction : float
         Fraction of the images held out for the per-epoch validation mAP when no validation table
         is given (0 = no validation).
@@ -201,11 +358,24 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     warmup: float = 0.1
+    recipe: str = "kit2025"
+    num_classes: int = NUM_CLASSES
+    optimizer: str = "adamw"
+    schedule: str = "warmup_cosine"
+    t_max: int = 15
+    eta_min: float = 1e-5
+    pretrained: str | None = None
     n_checkpoints: int = 1
     snapshot_fraction: float = 0.3
+    ensemble_epochs: tuple[int, ...] = ()
+    train_filter: bool = False
+    filter_column: str = "penalty"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    soft: SoftLabelConfig = field(default_factory=SoftLabelConfig)
+    pseudo_negative: float | None = None
+    pseudo_positive: float = 1.0
     val_fraction: float = 0.1
     mean: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
@@ -224,6 +394,23 @@ class TrainConfig:
             object.__setattr__(self, "loss", LossConfig(**self.loss))
         if isinstance(self.sampler, dict):
             object.__setattr__(self, "sampler", SamplerConfig(**self.sampler))
+        if isinstance(self.soft, dict):
+            object.__setattr__(self, "soft", SoftLabelConfig(**self.soft))
+        object.__setattr__(self, "ensemble_epochs", tuple(int(e) for e in self.ensemble_epochs))
+        if self.num_classes not in (NUM_CLASSES - 1, NUM_CLASSES):
+            raise ValueError(f"num_classes must be {NUM_CLASSES} or {NUM_CLASSES - 1} (Negative as 1 - max), got {self.num_classes}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("warmup_cosine", "epoch_cosine", "constant"):
+            raise ValueError(f"schedule must be 'warmup_cosine', 'epoch_cosine' or 'constant', got {self.schedule!r}")
+        if self.t_max < 1 or self.eta_min < 0 or (self.schedule == "epoch_cosine" and self.eta_min > self.lr):
+            raise ValueError(f"t_max must be >= 1 and eta_min in [0, lr], got {self.t_max} and {self.eta_min}")
+        bad = [e for e in self.ensemble_epochs if not 0 <= e < self.epochs]
+        if bad or len(set(self.ensemble_epochs)) != len(self.ensemble_epochs):
+            raise ValueError(f"ensemble_epochs must be distinct epoch numbers 0..{self.epochs - 1} (0-based), got {self.ensemble_epochs}")
+        for name in ("pseudo_negative", "pseudo_positive"):
+            if getattr(self, name) is not None:
+                _check_prob(name, getattr(self, name))
         if self.group not in (1, 2, 3):
             raise ValueError(f"group must be 1, 2 or 3, got {self.group}")
         if self.input_size < 32 or self.input_size % 32:
@@ -258,34 +445,128 @@ class TrainConfig:
         return cls(**data)
 
 
-_GROUPS: dict[int, TrainConfig] = {
+_KIT_GROUPS: dict[int, TrainConfig] = {
     1: TrainConfig(group=1, augment=AugmentConfig(), loss=LossConfig("focal"), n_checkpoints=1),
     2: TrainConfig(group=2, augment=AugmentConfig(resize_p=0.4), loss=LossConfig("focal"), n_checkpoints=2),
     3: TrainConfig(group=3, augment=AugmentConfig(resize_p=0.3, pad_p=0.3), loss=LossConfig("bce"), n_checkpoints=4),
 }
 
+#: The team's score maps (their relabelling files; the export's 1..5 scale; class 8's 3-point
+#: scale {1: 0, 2: 0.5, 3: 1} is extended with 4, 5 -> 1).
+MILIMED_SOFT = SoftLabelConfig(
+    default_map={1: 0.0, 2: 0.25, 3: 0.5, 4: 0.9, 5: 1.0},
+    class_maps={
+        1: {1: 0.0, 2: 0.4, 3: 0.5, 4: 0.85, 5: 1.0},
+        8: {1: 0.0, 2: 0.5, 3: 1.0, 4: 1.0, 5: 1.0},
+        9: {1: 0.0, 2: 0.5, 3: 0.75, 4: 1.0, 5: 1.0},
+        11: {1: 0.0, 2: 0.05, 3: 0.2, 4: 0.65, 5: 1.0},
+        12: {1: 0.0, 2: 0.3, 3: 0.75, 4: 1.0, 5: 1.0},
+        15: {1: 0.0, 2: 0.0, 3: 0.6, 4: 1.0, 5: 1.0},
+    },
+    # The team set 0.69 for unscored positives of 1, 8, 9, 12 and 15, but their class-12 sampler
+    # (``UpSampleSampler``) then reset class 12's 0.69 to 1.0 before training: 12 is left out here.
+    unscored_value=0.69, unscored_classes=(1, 8, 9, 15), exclusive_class=MITOTIC_SPINDLE, exclusive_min=0.2,
+)
 
-def group_config(group: int, **overrides) -> TrainConfig:
-    """The training recipe of ensemble group 1, 2 or 3, with optional field overrides.
+_MILIMED_BASE = TrainConfig(
+    recipe="milimed2021", num_classes=NUM_CLASSES - 1, optimizer="adam", lr=3e-4, weight_decay=0.0, warmup=0.0,
+    schedule="epoch_cosine", t_max=15, eta_min=1e-5, epochs=16, batch_size=32, pretrained="imagenet", drop_rate=0.2,
+    train_filter=True, sampler=SamplerConfig(kind="quota", quotas=MILIMED_QUOTAS, label_power=0.5, duplicate_min=0.9,
+                                             extra_passes={12: (0.7, 0.9, 0.9)}),
+    soft=MILIMED_SOFT, pseudo_negative=0.01, pseudo_positive=0.99,
+)
+_TEAM_AUG = dict(flip=True, rotate90=False, rotate_p=1.0, rotate_max=90.0, resize_range=(0.5, 0.75), pad_max=200.0 / 512.0,
+                 resize_last=True, rotate_nearest=True)
+
+# The groups follow the manifest's layout (1, 2, 4 checkpoints; hpa_kernel.manifest.DEFAULT_LAYOUT)
+# and the team's notebook: group 1 is their "old" model (one checkpoint), group 2 "resize + pad"
+# (epochs 12 and 13, weighted 0.5/0.5 at inference) and group 3 "resize" (epochs 12-15, weighted
+# 0.2/0.3/0.3/0.2). BCE stays with the resize + pad augmentations, as in the kit's groups.
+_MILIMED_GROUPS: dict[int, TrainConfig] = {
+    1: dataclasses.replace(_MILIMED_BASE, group=1, augment=AugmentConfig(**_TEAM_AUG), loss=LossConfig("focal", 2.0, 1.0, "pt"),
+                           ensemble_epochs=(15,), n_checkpoints=1),
+    2: dataclasses.replace(_MILIMED_BASE, group=2, augment=AugmentConfig(**_TEAM_AUG, resize_p=0.3, pad_p=0.3),
+                           loss=LossConfig("bce"), ensemble_epochs=(12, 13), n_checkpoints=2),
+    3: dataclasses.replace(_MILIMED_BASE, group=3, augment=AugmentConfig(**_TEAM_AUG, resize_p=0.4),
+                           loss=LossConfig("focal", 2.0, 1.0, "pt"), ensemble_epochs=(12, 13, 14, 15), n_checkpoints=4),
+}
+
+#: The named training recipes: ``{name: {group: TrainConfig}}``.
+PRESETS: dict[str, dict[int, TrainConfig]] = {"milimed2021": _MILIMED_GROUPS, "kit2025": _KIT_GROUPS}
+#: The recipe of ``hpa-kernel train`` and the training notebooks.
+DEFAULT_RECIPE = "milimed2021"
+
+
+def training_preset(name: str = DEFAULT_RECIPE, group: int = 1, **overrides) -> TrainConfig:
+    """The :class:`TrainConfig` of recipe ``name`` for ensemble ``group``, with field overrides.
+
+    >>> training_preset("milimed2021", 3).ensemble_epochs, training_preset("kit2025", 2).num_classes
+    ((12, 13, 14, 15), 19)
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown training recipe {name!r}; expected one of {sorted(PRESETS)}")
+    if group not in PRESETS[name]:
+        raise ValueError(f"group must be 1, 2 or 3, got {group!r}")
+    base = PRESETS[name][group]
+    overrides = dict(overrides)
+    if "epochs" in overrides:
+        overrides.update({k: v for k, v in _follow_epochs(base, int(overrides["epochs"])).items() if k not in overrides})
+    return dataclasses.replace(base, **overrides)
+
+
+def _follow_epochs(base: TrainConfig, epochs: int) -> dict:
+    """When the number of epochs changes: the ensembled epochs keep their distance from the end (in a
+    run too short for that, the last ones, as many as before) and the per-epoch cosine still reaches
+    ``eta_min`` at the last epoch (``t_max = epochs - 1``, as 15 for 16).
+
+    >>> _follow_epochs(training_preset("milimed2021", 3), 6)
+    {'ensemble_epochs': (2, 3, 4, 5), 't_max': 5}
+    >>> g2 = training_preset("milimed2021", 2)
+    >>> _follow_epochs(g2, 6)["ensemble_epochs"], _follow_epochs(g2, 2)["ensemble_epochs"]
+    ((2, 3), (0, 1))
+    """
+    out = {}
+    if base.ensemble_epochs:
+        n = len(base.ensemble_epochs)
+        shifted = tuple(sorted({e - base.epochs + epochs for e in base.ensemble_epochs}))
+        out["ensemble_epochs"] = shifted if shifted[0] >= 0 else tuple(range(max(0, epochs - n), epochs))
+    if base.schedule == "epoch_cosine":
+        out["t_max"] = max(1, epochs - 1)
+    return out
+
+
+def group_config(group: int, recipe: str = "kit2025", **overrides) -> TrainConfig:
+    """The training recipe of ensemble group 1, 2 or 3 (kit2025 unless ``recipe`` says otherwise).
 
     >>> group_config(3).loss.name, group_config(3).augment.pad_p
     ('bce', 0.3)
     """
-    if group not in _GROUPS:
-        raise ValueError(f"group must be 1, 2 or 3, got {group!r}")
-    return dataclasses.replace(_GROUPS[group], **overrides)
+    return training_preset(recipe, group, **overrides)
 
 
-def quick_config(group: int, **overrides) -> TrainConfig:
+def quick_config(group: int, recipe: str = "kit2025", **overrides) -> TrainConfig:
     """A small CPU preset for the demo and tests: 64 px input, batch 16, 2 epochs of 60 steps.
 
-    It keeps the group's augmentations, loss and number of snapshots; only sizes and lengths shrink.
-    On one thread of the shared 2-core dev machine a step takes about 0.65 s (about 80 s a group).
+    It keeps the group's augmentations, loss and number of snapshots; only sizes and lengths shrink,
+    and the network starts from random weights (nothing downloads). Under milimed2021 the ensembled
+    epochs become the last ones and the cosine reaches ``eta_min`` at the last epoch. On one thread of the shared 2-core dev machine a step takes about
+    0.65 s (about 80 s a group).
     """
     quick = dict(input_size=64, batch_size=16, epochs=2, steps_per_epoch=60, lr=3e-3, warmup=0.05,
-                 snapshot_fraction=0.5, val_fraction=0.0, amp=False, channels_last=False, drop_rate=0.0)
+                 snapshot_fraction=0.5, val_fraction=0.0, amp=False, channels_last=False, drop_rate=0.0, pretrained=None)
     quick.update(overrides)
-    return group_config(group, **quick)
+    return training_preset(recipe, group, **quick)
+
+
+def epoch_cosine_lr(epoch: int, lr: float, t_max: int, eta_min: float) -> float:
+    """The learning rate of epoch ``epoch`` (0-based) under a per-epoch cosine (``CosineAnnealingLR``).
+
+    ``eta_min + (lr - eta_min) * (1 + cos(pi * epoch / t_max)) / 2``.
+
+    >>> round(epoch_cosine_lr(15, 3e-4, 15, 1e-5), 10), round(epoch_cosine_lr(5, 3e-4, 15, 1e-5), 7)
+    (1e-05, 0.0002275)
+    """
+    return eta_min + (lr - eta_min) * (1.0 + math.cos(math.pi * epoch / t_max)) / 2.0
 
 
 def snapshot_steps(total_steps: int, n_checkpoints: int, fraction: float) -> list[int]:
@@ -306,13 +587,25 @@ def snapshot_steps(total_steps: int, n_checkpoints: int, fraction: float) -> lis
     return sorted(set(steps))
 
 
+#: The team's fine-tuning repeats of the manually scored cells, per class.
+MILIMED_FINETUNE_REPEATS: dict[int, int] = {0: 0, 1: 2, 2: 3, 3: 2, 4: 5, 5: 5, 6: 4, 7: 7, 8: 2, 9: 2, 10: 3, 11: 0, 12: 5,
+                                            13: 0, 14: 0, 15: 4, 16: 0, 17: 7, 18: 0}
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Fine-tuning on the validation cells: one "epoch" of ``epoch_size`` samples.
+    """Fine-tuning on the validation cells: one pass.
 
-    Cells without manual labels are used once each and manually labelled cells ``repeats`` times;
-    when that is more than ``epoch_size`` the list is subsampled at random, when less it is used as
-    is. Each group keeps its own augmentations and loss; ``lr`` is the fine-tuning peak rate.
+    Without ``class_repeats`` (kit2025), one "epoch" of ``epoch_size`` samples: cells without manual
+    labels are used once each and manually labelled cells ``repeats`` times; when that is more than
+    ``epoch_size`` the list is subsampled at random, when less it is used as is. With
+    ``class_repeats`` (milimed2021), the per-class lists of
+    :func:`~hpa_kernel.training.finetune.class_finetune_indices`, ``epoch_size`` unused. Each group
+    keeps its own augmentations and loss; ``lr`` is the fine-tuning rate, constant when
+    ``constant_lr`` (else the group's schedule over the one epoch); ``batch_size`` None = the group's.
+    ``soft`` (milimed2021: the team's validation-set score maps) replaces the checkpoint's score maps
+    for the fine-tuning targets; manual values in ``undecided`` (``{class: values}``, the team's
+    0.5 of classes 8, 9, 12, 15) are not repeated.
     """
 
     epoch_size: int = 200_000
@@ -320,8 +613,28 @@ class FinetuneConfig:
     lr: float = 2e-4
     batch_size: int | None = None
     seed: int = 0
+    recipe: str = "kit2025"
+    class_repeats: dict | None = None
+    class_fraction: dict = field(default_factory=dict)
+    class_multiply: dict = field(default_factory=dict)
+    constant_lr: bool = False
+    soft: SoftLabelConfig | None = None
+    undecided: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.soft, dict):
+            object.__setattr__(self, "soft", SoftLabelConfig(**self.soft))
+        object.__setattr__(self, "undecided", {int(k): tuple(float(x) for x in v) for k, v in dict(self.undecided).items()})
+        if self.class_repeats is not None:
+            object.__setattr__(self, "class_repeats", {int(k): int(v) for k, v in dict(self.class_repeats).items()})
+            if any(v < 0 for v in self.class_repeats.values()):
+                raise ValueError(f"class_repeats must be >= 0, got {self.class_repeats}")
+        object.__setattr__(self, "class_fraction", {int(k): float(v) for k, v in dict(self.class_fraction).items()})
+        object.__setattr__(self, "class_multiply", {int(k): int(v) for k, v in dict(self.class_multiply).items()})
+        if any(not 0.0 <= v <= 1.0 for v in self.class_fraction.values()):
+            raise ValueError(f"class_fraction values must be in [0, 1], got {self.class_fraction}")
+        if any(v < 1 for v in self.class_multiply.values()):
+            raise ValueError(f"class_multiply values must be >= 1, got {self.class_multiply}")
         if self.epoch_size < 1 or self.repeats < 1:
             raise ValueError(f"epoch_size and repeats must be >= 1, got {self.epoch_size} and {self.repeats}")
         if self.lr <= 0:
@@ -331,6 +644,36 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+_VAL_MAP = {1: 0.0, 2: 0.5, 3: 0.8, 4: 1.0, 5: 1.0}
+#: The team's validation-set score maps (``data_prep.get_train_validation_data``); class 11 keeps its training map.
+MILIMED_VALIDATION_SOFT = dataclasses.replace(
+    MILIMED_SOFT,
+    default_map={1: 0.0, 2: 0.25, 3: 0.5, 4: 0.75, 5: 1.0},
+    class_maps={**{c: _VAL_MAP for c in (1, 2, 3, 4, 5, 6, 8, 12, 15)},
+                7: {1: 0.0, 2: 0.2, 3: 0.75, 4: 1.0, 5: 1.0}, 9: {1: 0.0, 2: 0.0, 3: 0.5, 4: 1.0, 5: 1.0},
+                10: {1: 0.0, 2: 0.0, 3: 0.8, 4: 1.0, 5: 1.0}, 17: {1: 0.0, 2: 0.5, 3: 1.0, 4: 1.0, 5: 1.0},
+                11: MILIMED_SOFT.class_maps[11]},
+)
+
+_FINETUNE_PRESETS: dict[str, FinetuneConfig] = {
+    "milimed2021": FinetuneConfig(recipe="milimed2021", lr=3e-5, batch_size=16, constant_lr=True,
+                                  class_repeats=MILIMED_FINETUNE_REPEATS, class_fraction={17: 0.25}, class_multiply={11: 4},
+                                  soft=MILIMED_VALIDATION_SOFT, undecided={c: (0.5,) for c in (8, 9, 12, 15)}),
+    "kit2025": FinetuneConfig(),
+}
+
+
+def finetune_preset(name: str = DEFAULT_RECIPE, **overrides) -> FinetuneConfig:
+    """The :class:`FinetuneConfig` of recipe ``name``, with field overrides.
+
+    >>> finetune_preset("milimed2021").lr, finetune_preset("kit2025").repeats
+    (3e-05, 4)
+    """
+    if name not in _FINETUNE_PRESETS:
+        raise ValueError(f"unknown fine-tuning recipe {name!r}; expected one of {sorted(_FINETUNE_PRESETS)}")
+    return dataclasses.replace(_FINETUNE_PRESETS[name], **overrides)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,12 @@ __all__ = [
     "read_soft_labels",
     "read_pseudo_labels",
     "build_targets",
+    "read_scores",
+    "score_to_soft",
+    "TargetSet",
+    "recipe_targets",
+    "train_filter",
+    "filter_cells",
     "CellDataset",
 ]
 
@@ -162,6 +169,164 @@ def build_targets(
     if pseudo_labels and used_pseudo < len(pseudo_labels):
         logger.info("%d of %d pseudo-labelled cells are not in this table", len(pseudo_labels) - used_pseudo, len(pseudo_labels))
     return targets, source.astype(str)
+
+
+def read_scores(path: str | os.PathLike) -> dict[tuple[str, int], dict[int, float]]:
+    """Read the mean raw scores (1..5) of a soft-label export as ``{(image_id, cell_id): {class_id: score}}``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the ``score`` column (or another) is missing, or a score is outside 1..5.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"soft-label file {path} does not exist (write it with `hpa-kernel label export`)")
+    df = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
+    missing = [c for c in ("image_id", "cell_id", "class_id", "score") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; the recipe maps the raw scores (export with `hpa-kernel label export`)")
+    out: dict[tuple[str, int], dict[int, float]] = {}
+    for image_id, cell_id, cid, score in zip(df["image_id"], df["cell_id"], df["class_id"], df["score"]):
+        score = float(score)
+        if not 1.0 <= score <= 5.0:
+            raise ValueError(f"{path}: score {score} of {image_id}/{cell_id} class {cid} outside 1..5")
+        out.setdefault(_key(image_id, cell_id), {})[int(cid)] = score
+    return out
+
+
+def score_to_soft(score: float, mapping: Mapping[int, float]) -> float:
+    """A (mean) score through ``{score: soft label}``, linear between integer scores.
+
+    >>> score_to_soft(4, {1: 0.0, 2: 0.4, 3: 0.5, 4: 0.85, 5: 1.0}), score_to_soft(2.5, {1: 0.0, 2: 0.4, 3: 0.5, 4: 0.85, 5: 1.0})
+    (0.85, 0.45)
+    """
+    keys = sorted(mapping)
+    return round(float(np.interp(float(score), keys, [mapping[k] for k in keys])), 6)
+
+
+@dataclass
+class TargetSet:
+    """Training targets of a cells table and what they came from.
+
+    Attributes
+    ----------
+    targets : float32 array (N, 19)
+    labels : bool array (N, 19)
+        The cell's labels: image or pseudo labels, plus manually scored classes (the sampler's pools).
+    manual : bool array (N, 19)
+        Where a manual score set the target.
+    source : str array (N,)
+        ``"image"``, ``"pseudo"`` or ``"manual"``.
+    """
+
+    targets: np.ndarray
+    labels: np.ndarray
+    manual: np.ndarray
+    source: np.ndarray
+
+
+def _manual_values(key, config, soft_labels, scores) -> dict[int, float]:
+    soft = config.soft
+    if soft.default_map is not None and scores is not None and key in scores:
+        return {c: score_to_soft(v, soft.class_maps.get(c, soft.default_map)) for c, v in scores[key].items()}
+    return dict(soft_labels.get(key, {})) if soft_labels else {}
+
+
+def recipe_targets(table, config, soft_labels=None, scores=None, pseudo_labels=None) -> TargetSet:
+    """Per-cell targets under a training recipe (:class:`~.config.TrainConfig`).
+
+    1. The image labels are 1. With pseudo labels and ``config.pseudo_negative`` None, the pseudo
+       labels replace them; otherwise a label the labeller dropped is kept with target
+       ``pseudo_negative`` (0.01) and an added one gets ``pseudo_positive``.
+    2. Manual scores (``scores``, mapped with ``config.soft``'s maps) or, without maps, the export's
+       ``soft_labels`` set their classes and add them to the labels.
+    3. ``config.soft.exclusive_min``: a manual mitotic-spindle value at or above it makes 11 the
+       only label (other targets 0 unless manually scored).
+    4. ``config.soft.unscored_value``: a labelled cell of ``unscored_classes`` (1, 8, 9, 15)
+       without a manual score for the class gets it (0.69) where its target is >= 0.5 and the file
+       scores that class.
+    """
+    soft_labels, scores, pseudo_labels = soft_labels or {}, scores, pseudo_labels or {}
+    soft = config.soft
+    scored = {c for d in (scores if scores is not None and soft.default_map is not None else soft_labels).values() for c in d}
+    n = len(table)
+    targets = np.zeros((n, NUM_CLASSES), np.float32)
+    labels = np.zeros((n, NUM_CLASSES), bool)
+    manual = np.zeros((n, NUM_CLASSES), bool)
+    source = np.full(n, "image", dtype=object)
+    for i, (image_id, cell_id, image_labels) in enumerate(zip(table["image_id"], table["cell_id"], table["label_ids"])):
+        key = _key(image_id, cell_id)
+        own = set(image_labels)
+        if key in pseudo_labels:
+            source[i] = "pseudo"
+            kept = set(pseudo_labels[key])
+            if config.pseudo_negative is None:
+                own = kept
+            else:
+                targets[i, sorted(own - kept)] = config.pseudo_negative
+                targets[i, sorted(kept - own)] = config.pseudo_positive
+                targets[i, sorted(own & kept)] = 1.0
+                own |= kept
+        if config.pseudo_negative is None or key not in pseudo_labels:
+            targets[i, sorted(own)] = 1.0
+        values = _manual_values(key, config, soft_labels, scores)
+        if values:
+            source[i] = "manual"
+            own |= set(values)
+            if soft.exclusive_min is not None and values.get(soft.exclusive_class, -1.0) >= soft.exclusive_min:
+                own = {soft.exclusive_class}
+                targets[i] = 0.0
+            for c, v in values.items():
+                targets[i, c] = v
+                manual[i, c] = True
+        labels[i, sorted(own)] = True
+        if soft.unscored_value is not None:
+            for c in soft.unscored_classes:
+                if labels[i, c] and not manual[i, c] and c in scored and targets[i, c] >= 0.5:
+                    targets[i, c] = soft.unscored_value
+    return TargetSet(targets, labels, manual, source.astype(str))
+
+
+def train_filter(values: np.ndarray, label_sets, exempt_class: int = 11, min_value: float = 1.0) -> np.ndarray:
+    """Keep mask of the team's train filter: cleaner value >= ``min_value``, or the image has ``exempt_class``.
+
+    >>> train_filter(np.array([1.0, 0.5, 0.5]), [(0,), (0,), (0, 11)]).tolist()
+    [True, False, True]
+    """
+    values = np.asarray(values, dtype=float)
+    if len(values) != len(label_sets):
+        raise ValueError(f"values ({len(values)}) and label_sets ({len(label_sets)}) differ in length")
+    exempt = np.array([exempt_class in set(ls) for ls in label_sets], dtype=bool)
+    return (values >= min_value) | exempt
+
+
+def filter_cells(path: str | os.PathLike, column: str = "penalty", exempt_class: int = 11):
+    """Read ``cells.csv`` for a recipe with the train filter: :func:`train_filter` on ``column``.
+
+    Without that column the ``valid`` flag stands in for ``value >= 1`` (with the same exemption).
+    Rows without a crop file are dropped (logged).
+    """
+    table = read_cells_table(path, valid_only=False)
+    if column in table.columns:
+        values = np.asarray(table[column], dtype=float)
+    else:
+        logger.warning("%s has no %r column: the train filter uses the valid flag instead", path, column)
+        values = table["valid"].to_numpy(dtype=float)
+    keep = train_filter(values, table["label_ids"].tolist(), exempt_class)
+    has_crop = (table["crop"].str.strip() != "").to_numpy()
+    if (keep & ~has_crop).any():
+        logger.info("%s: %d kept cells have no crop file and are left out", path, int((keep & ~has_crop).sum()))
+    kept = table[keep & has_crop].reset_index(drop=True)
+    logger.info("train filter: %d of %d cells kept (%d exempt as class %d images)", len(kept), len(table),
+                int((keep & has_crop & (values < 1.0)).sum()), exempt_class)
+    if kept.empty:
+        raise ValueError(f"{path}: the train filter keeps no cell with a crop")
+    return kept
 
 
 class CellDataset:

@@ -1,6 +1,14 @@
 """Fine-tuning the ensemble snapshots on the validation cells.
 
-One "epoch" over the validation cells (``FinetuneConfig.epoch_size`` samples, about 200-250k on
+milimed2021 (``FinetuneConfig.class_repeats``, the team's ``finetuner.py``): one pass over a list
+made class by class (:func:`class_finetune_indices`): for each class ``c`` the cells labelled
+``c``, plus ``class_repeats[c]`` more copies of those manually scored for ``c``; class 17's
+labelled cells are first cut to a random quarter, and class 11's list is taken 4 times; the manual
+scores are mapped with the team's validation-set maps, and a value of 0.5 for classes 8, 9, 12,
+15 (undecided) is not repeated. Adam 3e-5, constant, batch 16. (The team also added, for classes 11 and 15, training cells scored
+>= 0.9, and for class 6 a second copy of its 1.0 cells; only the validation cells are used here.)
+
+kit2025: one "epoch" over the validation cells (``FinetuneConfig.epoch_size`` samples, about 200-250k on
 the real data): every cell without manual labels is used once, every manually labelled cell
 ``repeats`` times. When that list is longer than ``epoch_size`` the unlabelled cells are subsampled
 first (the manual repeats are kept); when the manual repeats alone are longer, they are subsampled.
@@ -21,7 +29,7 @@ import numpy as np
 
 from hpa_kernel.training.config import FinetuneConfig, TrainConfig, group_config
 
-__all__ = ["finetune_indices", "finetune_checkpoints"]
+__all__ = ["finetune_indices", "class_finetune_indices", "finetune_checkpoints"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +61,47 @@ def finetune_indices(manual: np.ndarray, epoch_size: int, repeats: int, seed: in
     return rng.permutation(idx)
 
 
+def class_finetune_indices(labels: np.ndarray, manual: np.ndarray, repeats, fraction=None, multiply=None, seed: int = 0) -> np.ndarray:
+    """The cell indices of the milimed2021 fine-tuning pass, shuffled.
+
+    Parameters
+    ----------
+    labels, manual : bool arrays (N, C)
+        The cells' labels, and where a manual score set the target.
+    repeats : mapping
+        ``{class: extra copies of the manually scored cells}``; classes not in it get none.
+    fraction : mapping, optional
+        ``{class: share of its labelled cells kept}`` (random), applied before the copies are added.
+    multiply : mapping, optional
+        ``{class: times its whole list is taken}``.
+
+    Examples
+    --------
+    >>> lab = np.zeros((4, 19), bool); lab[:, 1] = True; lab[3, 11] = True
+    >>> man = np.zeros_like(lab); man[0, 1] = True
+    >>> sorted(class_finetune_indices(lab, man, {1: 2}, multiply={11: 4}).tolist())
+    [0, 0, 0, 1, 2, 3, 3, 3, 3, 3]
+    """
+    labels = np.asarray(labels, dtype=bool)
+    manual = np.asarray(manual, dtype=bool)
+    if labels.ndim != 2 or manual.shape != labels.shape or len(labels) == 0:
+        raise ValueError(f"labels and manual must be non-empty (N, C) arrays of one shape, got {labels.shape} and {manual.shape}")
+    fraction, multiply = fraction or {}, multiply or {}
+    rng = np.random.default_rng(seed)
+    parts = []
+    for c in range(labels.shape[1]):
+        base = np.flatnonzero(labels[:, c])
+        extra = np.repeat(base[manual[base, c]], int(repeats.get(c, 0)))
+        if c in fraction:
+            base = rng.permutation(base)[: int(len(base) * fraction[c])]
+        part = np.concatenate([base, extra])
+        parts.append(np.tile(part, int(multiply.get(c, 1))))
+    idx = np.concatenate(parts)
+    if len(idx) == 0:
+        raise ValueError("the fine-tuning list is empty: no cell carries a label")
+    return rng.permutation(idx)
+
+
 def _train_config_of(ckpt_config) -> TrainConfig:
     saved = ckpt_config.extra.get("train_config")
     if saved:
@@ -60,6 +109,24 @@ def _train_config_of(ckpt_config) -> TrainConfig:
     logger.warning("checkpoint has no training config; using group %s defaults", ckpt_config.group)
     return group_config(ckpt_config.group or 1, arch=ckpt_config.arch, input_size=ckpt_config.input_size,
                         mean=ckpt_config.mean, std=ckpt_config.std)
+
+
+def _finetune_list(ts, config: FinetuneConfig) -> np.ndarray:
+    """The fine-tuning indices of a :class:`~.dataset.TargetSet` under ``config``."""
+    if config.class_repeats is not None:
+        repeatable = ts.manual.copy()
+        for c, values in config.undecided.items():
+            repeatable[:, c] &= ~np.isin(np.round(ts.targets[:, c], 6), values)
+        idx = class_finetune_indices(ts.labels, repeatable, config.class_repeats, config.class_fraction, config.class_multiply,
+                                     config.seed)
+        logger.info("fine-tuning on %d samples from %d cells (%d manually scored), class repeats %s", len(idx), len(ts.labels),
+                    int(ts.manual.any(axis=1).sum()), config.class_repeats)
+        return idx
+    manual = ts.source == "manual"
+    idx = finetune_indices(manual, config.epoch_size, config.repeats, config.seed)
+    logger.info("fine-tuning on %d samples: %d manual cells x %d, %d other cells", len(idx), int(manual.sum()), config.repeats,
+                int((~manual).sum()))
+    return idx
 
 
 def finetune_checkpoints(
@@ -86,7 +153,7 @@ def finetune_checkpoints(
     soft_labels : path, optional
         The manual soft labels; cells that have them are the "manually labelled" ones.
     config : FinetuneConfig
-        Epoch size, repeats, learning rate.
+        Epoch size or class repeats, learning rate (:func:`~.config.finetune_preset`).
     device : str, optional
         As in :func:`~.loop.train_group`: default CUDA when available; ``cuda:LOCAL_RANK`` under torchrun.
     manifest : bool
@@ -102,8 +169,8 @@ def finetune_checkpoints(
     """
     from hpa_kernel.classifier import load_config
     from hpa_kernel.training.augment import Augmenter
-    from hpa_kernel.training.dataset import CellDataset, build_targets, read_cells_table, read_soft_labels
-    from hpa_kernel.training.loop import _fit, _setup, _update_manifest
+    from hpa_kernel.training.dataset import CellDataset, read_cells_table, recipe_targets
+    from hpa_kernel.training.loop import _fit, _read_labels, _setup, _update_manifest
     from hpa_kernel.training.sampler import ShuffledSampler
 
     if not checkpoints:
@@ -115,16 +182,11 @@ def finetune_checkpoints(
         if Path(c).resolve().parent == out_dir.resolve():
             raise ValueError(f"out_dir {out_dir} holds the checkpoint {c}; fine-tuned files keep their names, choose another folder")
     table = read_cells_table(cells_csv)
-    soft = read_soft_labels(soft_labels) if soft_labels is not None else None
-    targets, source = build_targets(table, soft, None)
-    manual = source == "manual"
-    indices = finetune_indices(manual, config.epoch_size, config.repeats, config.seed)
-    logger.info("fine-tuning on %d samples: %d manual cells x %d, %d other cells", len(indices), int(manual.sum()),
-                config.repeats, int((~manual).sum()))
     dist = _setup(device)
     out: list[Path] = []
     groups = set()
-    datasets: dict[int, CellDataset] = {}  # one per input size, so cached crops are read once
+    datasets: dict[tuple, CellDataset] = {}  # one per input size and recipe, so cached crops are read once
+    indices: dict[tuple, np.ndarray] = {}
     try:
         import torch
 
@@ -132,14 +194,24 @@ def finetune_checkpoints(
             ckpt = Path(ckpt)
             ckpt_config = load_config(ckpt)
             base = _train_config_of(ckpt_config)
+            if base.recipe != config.recipe:
+                logger.warning("%s was trained with recipe %s; fine-tuning it with the %s fine-tuning recipe", ckpt, base.recipe, config.recipe)
+            key = (base.input_size, base.recipe, base.num_classes)
+            if key not in datasets:
+                labelled = dataclasses.replace(base, soft=config.soft) if config.soft is not None else base
+                ts = recipe_targets(table, labelled, *_read_labels(labelled, soft_labels, None))
+                indices[key] = _finetune_list(ts, config)
+                datasets[key] = CellDataset(table["crop_path"], ts.targets[:, :base.num_classes], base.input_size, None, base.input_size <= 128)
             batch = config.batch_size or base.batch_size
-            sampler = ShuffledSampler(indices, dist.world, dist.rank, config.seed)
+            idx = indices[key]
+            if math.ceil(len(idx) / dist.world) % batch == 1 and len(idx) > dist.world:
+                idx = np.concatenate([idx, idx[:dist.world]])  # no last batch of one cell (batch norm needs two)
+            sampler = ShuffledSampler(idx, dist.world, dist.rank, config.seed)
             steps = math.ceil(sampler.num_samples / batch)
             tc = dataclasses.replace(base, epochs=1, steps_per_epoch=steps, batch_size=batch, lr=config.lr, warmup=0.0,
-                                     n_checkpoints=1, snapshot_fraction=1.0, val_fraction=0.0)
-            if tc.input_size not in datasets:
-                datasets[tc.input_size] = CellDataset(table["crop_path"], targets, tc.input_size, None, tc.input_size <= 128)
-            dataset = datasets[tc.input_size]
+                                     n_checkpoints=1, snapshot_fraction=1.0, val_fraction=0.0, ensemble_epochs=(),
+                                     schedule="constant" if config.constant_lr else base.schedule)
+            dataset = datasets[key]
             dataset.augment = Augmenter(tc.augment)
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
             paths = _fit(tc, dataset, None, sampler, steps, out_dir, f"{ckpt.stem}_ft", dist, progress=progress,

@@ -1,11 +1,15 @@
 """Training runs: one ensemble group, with snapshots, resume, AMP, channels-last and DDP.
 
-:func:`train_group` is the entry point. It trains ``config.epochs`` x ``steps_per_epoch`` AdamW
-steps (linear warm-up, then cosine decay) on the valid cells of a ``cells.csv`` drawn by the
-semi-balanced sampler, and writes into ``out_dir``:
+:func:`train_group` is the entry point. It trains ``config.epochs`` x ``steps_per_epoch`` optimizer
+steps of the config's recipe (milimed2021: Adam with a per-epoch cosine on the cells the train
+filter keeps, drawn by the quota sampler; kit2025: AdamW with warm-up and a per-step cosine on the
+valid cells, drawn by the semi-balanced sampler), and writes into ``out_dir``:
 
-* ``g{group}_m{k}.pth`` + ``.json``: the ``n_checkpoints`` ensemble snapshots, in the checkpoint
-  format of :mod:`hpa_kernel.classifier` (saved at the steps of :func:`~.config.snapshot_steps`);
+* ``g{group}_m{k}.pth`` + ``.json``: the ensemble snapshots, in the checkpoint format of
+  :mod:`hpa_kernel.classifier`: with ``ensemble_epochs``, those after the listed epochs (0-based),
+  otherwise ``n_checkpoints`` saved at the steps of :func:`~.config.snapshot_steps`;
+* ``g{group}_e{epoch:02d}.pth`` + ``.json`` (with ``ensemble_epochs``): a checkpoint after every
+  epoch, so the ensembled epochs can be chosen again afterwards;
 * ``weights_manifest.json``: created from :func:`hpa_kernel.manifest.default_manifest` if absent,
   then the hashes of the files present are pinned with :func:`hpa_kernel.manifest.update_hashes`;
 * ``runs/{name}/last.pt``: the resume state after each epoch (model, optimizer, scheduler, AMP
@@ -33,9 +37,9 @@ import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
 from hpa_kernel.io import atomic_write
-from hpa_kernel.training.config import TrainConfig, snapshot_steps
+from hpa_kernel.training.config import TrainConfig, epoch_cosine_lr, snapshot_steps
 
-__all__ = ["train_group", "predict", "evaluate", "checkpoint_name", "RUNS_DIR"]
+__all__ = ["train_group", "predict", "evaluate", "checkpoint_name", "epoch_checkpoint_name", "filter_cells_for", "RUNS_DIR"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +106,50 @@ class _WarmupCosine:
             return (step + 1) / self.warmup
         t = (step - self.warmup) / max(1, self.total - self.warmup)
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+class _EpochCosine:
+    """LR factor of a per-epoch cosine: epoch ``step // steps`` at :func:`~.config.epoch_cosine_lr`; picklable."""
+
+    def __init__(self, steps: int, t_max: int, floor: float):
+        self.steps, self.t_max, self.floor = int(steps), int(t_max), float(floor)
+
+    def __call__(self, step: int) -> float:
+        return epoch_cosine_lr(step // self.steps, 1.0, self.t_max, self.floor)
+
+
+class _Constant:
+    """LR factor 1; picklable."""
+
+    def __call__(self, step: int) -> float:
+        return 1.0
+
+
+def _optimizer_and_schedule(config: TrainConfig, model, steps: int):
+    """The optimiser and the per-step LambdaLR of a config (AdamW/Adam; warm-up cosine, epoch cosine or constant)."""
+    import torch
+
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total = config.epochs * steps
+    if config.schedule == "epoch_cosine":
+        factor = _EpochCosine(steps, config.t_max, config.eta_min / config.lr)
+    elif config.schedule == "constant":
+        factor = _Constant()
+    else:
+        factor = _WarmupCosine(total, int(config.warmup * total))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def epoch_checkpoint_name(name: str, epoch: int) -> str:
+    """The file of the checkpoint after epoch ``epoch`` (0-based).
+
+    >>> epoch_checkpoint_name("g2", 12)
+    'g2_e12.pth'
+    """
+    return f"{name}_e{epoch:02d}.pth"
 
 
 def _normalise(x, mean, std, channels_last: bool):
@@ -172,6 +220,53 @@ def _update_manifest(out_dir: Path, group: int) -> None:
     logger.info("pinned the sha256 of the group %d checkpoints in %s", group, path)
 
 
+def filter_cells_for(config: TrainConfig, cells_csv):
+    """The training rows of ``cells_csv``: the train filter of the recipe, or the ``valid`` cells."""
+    from hpa_kernel.classes import MITOTIC_SPINDLE
+    from hpa_kernel.training.dataset import filter_cells, read_cells_table
+
+    if config.train_filter:
+        return filter_cells(cells_csv, config.filter_column, MITOTIC_SPINDLE)
+    return read_cells_table(cells_csv)
+
+
+def _read_labels(config: TrainConfig, soft_labels, pseudo_labels):
+    """(soft labels, raw scores or None, pseudo labels) from the files given."""
+    from hpa_kernel.training.dataset import read_pseudo_labels, read_scores, read_soft_labels
+
+    soft = read_soft_labels(soft_labels) if soft_labels is not None else None
+    scores = read_scores(soft_labels) if soft_labels is not None and config.soft.default_map is not None else None
+    pseudo = read_pseudo_labels(pseudo_labels) if pseudo_labels is not None else None
+    return soft, scores, pseudo
+
+
+def _make_sampler(config: TrainConfig, ts, train_idx, dist):
+    """(sampler, optimizer steps per epoch, per-epoch reweighting callback or None) of the recipe."""
+    from hpa_kernel.classes import NEGATIVE
+    from hpa_kernel.training.sampler import QuotaSampler, SemiBalancedSampler, acceptance_of, quota_pools, sample_weights
+
+    s, batch = config.sampler, config.batch_size
+    if s.kind == "quota":
+        size = s.epoch_size or len(train_idx)
+        steps = config.steps_per_epoch or max(1, math.ceil(size / (batch * dist.world)))
+        pools = quota_pools(ts.labels[train_idx], ts.targets[train_idx], ts.manual[train_idx], s.quotas, NEGATIVE,
+                            s.duplicate_min, s.spindle_class, s.spindle_repeats, s.extra_passes)
+        sampler = QuotaSampler(pools, s.quotas, acceptance_of(ts.labels[train_idx], s.label_power), steps * batch, dist.world,
+                               dist.rank, config.seed, no_test=(s.spindle_class,))
+        logger.info("quota sampler: %s draws per epoch by class (-1 = Negative)", sampler.counts)
+        return sampler, steps, None
+    targets = ts.targets[train_idx, :config.num_classes]
+    steps = config.steps_per_epoch or max(1, len(train_idx) // (batch * dist.world))
+    weights = sample_weights(targets, s.alpha, s.label_power, 0.0, None, s.threshold)
+    sampler = SemiBalancedSampler(weights, steps * batch, dist.world, dist.rank, config.seed)
+
+    def reweight(recall):
+        if s.hardness and recall is not None:
+            sampler.set_weights(sample_weights(targets, s.alpha, s.label_power, s.hardness, recall, s.threshold))
+
+    return sampler, steps, reweight
+
+
 def train_group(
     config: TrainConfig,
     cells_csv: str | os.PathLike,
@@ -224,38 +319,30 @@ def train_group(
     list of Path
     """
     from hpa_kernel.training.augment import Augmenter
-    from hpa_kernel.training.dataset import CellDataset, build_targets, read_cells_table, read_pseudo_labels, read_soft_labels
-    from hpa_kernel.training.sampler import SemiBalancedSampler, sample_weights
+    from hpa_kernel.training.dataset import CellDataset, read_cells_table, recipe_targets
 
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
-    table = read_cells_table(cells_csv)
-    soft = read_soft_labels(soft_labels) if soft_labels is not None else None
-    pseudo = read_pseudo_labels(pseudo_labels) if pseudo_labels is not None else None
-    targets, source = build_targets(table, soft, pseudo)
+    table = filter_cells_for(config, cells_csv)
+    labels = _read_labels(config, soft_labels, pseudo_labels)
+    ts = recipe_targets(table, config, *labels)
+    k = config.num_classes
     cache = config.input_size <= 128 if cache is None else cache
     if val_cells is not None:
         train_idx = np.arange(len(table))
         vtable = read_cells_table(val_cells)
-        vtargets, _ = build_targets(vtable, soft, None)
+        vtargets = recipe_targets(vtable, config, labels[0], labels[1], None).targets[:, :k]
         val_ds = CellDataset(vtable["crop_path"], vtargets, config.input_size, None, cache)
     else:
         train_idx, val_idx = _split_by_image(table, config.val_fraction, config.seed)
-        val_ds = CellDataset(table["crop_path"].iloc[val_idx], targets[val_idx], config.input_size, None, cache) if len(val_idx) else None
-    train_ds = CellDataset(table["crop_path"].iloc[train_idx], targets[train_idx], config.input_size, Augmenter(config.augment), cache)
-    logger.info("group %d: %d training cells (%d manual, %d pseudo), %d validation cells", config.group, len(train_ds),
-                int((source[train_idx] == "manual").sum()), int((source[train_idx] == "pseudo").sum()), len(val_ds) if val_ds else 0)
+        val_ds = CellDataset(table["crop_path"].iloc[val_idx], ts.targets[val_idx, :k], config.input_size, None, cache) if len(val_idx) else None
+    train_ds = CellDataset(table["crop_path"].iloc[train_idx], ts.targets[train_idx, :k], config.input_size, Augmenter(config.augment), cache)
+    logger.info("group %d (%s): %d training cells (%d manual, %d pseudo), %d validation cells", config.group, config.recipe,
+                len(train_ds), int((ts.source[train_idx] == "manual").sum()), int((ts.source[train_idx] == "pseudo").sum()),
+                len(val_ds) if val_ds else 0)
 
     dist = _setup(device)
-    steps = config.steps_per_epoch or max(1, len(train_ds) // (config.batch_size * dist.world))
-    s = config.sampler
-    weights = sample_weights(train_ds.targets, s.alpha, s.label_power, 0.0, None, s.threshold)
-    sampler = SemiBalancedSampler(weights, steps * config.batch_size, dist.world, dist.rank, config.seed)
-
-    def reweight(recall):
-        if s.hardness and recall is not None:
-            sampler.set_weights(sample_weights(train_ds.targets, s.alpha, s.label_power, s.hardness, recall, s.threshold))
-
+    sampler, steps, reweight = _make_sampler(config, ts, train_idx, dist)
     try:
         return _fit(config, train_ds, val_ds, sampler, steps, Path(out_dir), name or f"g{config.group}", dist,
                     resume=resume, progress=progress, manifest=manifest and name is None, on_recall=reweight)
@@ -283,23 +370,25 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
     amp = config.amp and cuda
     channels_last = config.channels_last and cuda
     torch.manual_seed(config.seed)
-    model = create_classifier(config.arch, in_chans=4, num_classes=NUM_CLASSES, drop_rate=config.drop_rate)
+    pretrained = config.pretrained if init_state is None and not resume else None
+    model = create_classifier(config.arch, in_chans=4, num_classes=config.num_classes, drop_rate=config.drop_rate, pretrained=pretrained)
     if init_state is not None:
         model.load_state_dict(init_state)
     model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer, scheduler = _optimizer_and_schedule(config, model, steps)
     total = config.epochs * steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _WarmupCosine(total, int(config.warmup * total)))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loss_fn = create_loss(config.loss)
-    snaps = snapshot_steps(total, config.n_checkpoints, config.snapshot_fraction)
-    if len(snaps) < config.n_checkpoints:
+    by_epoch = bool(config.ensemble_epochs)
+    snaps = [] if by_epoch else snapshot_steps(total, config.n_checkpoints, config.snapshot_fraction)
+    n_snaps = len(config.ensemble_epochs) if by_epoch else len(snaps)
+    if not by_epoch and len(snaps) < config.n_checkpoints:
         logger.warning("only %d optimizer steps: %d snapshots instead of %d", total, len(snaps), config.n_checkpoints)
-    if file_names is not None and len(file_names) != len(snaps):
-        raise ValueError(f"file_names has {len(file_names)} entries for {len(snaps)} snapshots")
-    paths = [out_dir / f for f in file_names] if file_names else [out_dir / f"{name}_m{k}.pth" for k in range(len(snaps))]
+    if file_names is not None and len(file_names) != n_snaps:
+        raise ValueError(f"file_names has {len(file_names)} entries for {n_snaps} snapshots")
+    paths = [out_dir / f for f in file_names] if file_names else [out_dir / f"{name}_m{k}.pth" for k in range(n_snaps)]
     run_dir = out_dir / RUNS_DIR / name
     last_path = run_dir / "last.pt"
     log_path = run_dir / "log.jsonl"
@@ -341,16 +430,20 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
     loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                         pin_memory=cuda, drop_last=False, persistent_workers=False)
 
-    def save_snapshot(k: int, epoch: int) -> None:
+    def save_snapshot(k: int | None, epoch: int, path: Path | None = None) -> None:
         cfg = CheckpointConfig(
-            arch=config.arch, input_size=config.input_size, mean=config.mean, std=config.std, group=config.group,
-            augmentation=config.augment.to_dict(), loss=config.loss.to_dict(), epoch=epoch, step=step,
-            extra={"name": name, "snapshot": k, "snapshot_steps": snaps, "total_steps": total, "world_size": dist.world,
-                   "train_config": config.to_dict(), **(extra or {})},
+            arch=config.arch, num_classes=config.num_classes, input_size=config.input_size, mean=config.mean, std=config.std,
+            group=config.group, augmentation=config.augment.to_dict(), loss=config.loss.to_dict(), epoch=epoch, step=step,
+            recipe=config.recipe,
+            extra={"name": name, "snapshot": k, "snapshot_steps": snaps, "ensemble_epochs": list(config.ensemble_epochs),
+                   "epoch_index": epoch - 1, "total_steps": total, "world_size": dist.world, "train_config": config.to_dict(),
+                   **(extra or {})},
         )
-        save_checkpoint(model, cfg, paths[k])
-        logger.info("snapshot %d/%d at step %d: %s", k + 1, len(snaps), step, paths[k])
+        path = path or paths[k]
+        save_checkpoint(model, cfg, path)
+        logger.info("checkpoint after epoch %d (0-based %d), step %d: %s", epoch, epoch - 1, step, path)
 
+    ncls = config.num_classes
     for epoch in range(start_epoch, config.epochs):
         if on_recall is not None:
             on_recall(recall)
@@ -358,7 +451,7 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
         net.train()
         t0 = time.perf_counter()
         # loss sum, batches, true positives, positives: summed on the device, read once per epoch
-        stats = torch.zeros(2 + 2 * NUM_CLASSES, device=device)
+        stats = torch.zeros(2 + 2 * ncls, device=device)
         bar = tqdm(loader, total=len(loader), desc=f"{name} epoch {epoch + 1}/{config.epochs}", disable=not (progress and dist.main),
                    leave=False, dynamic_ncols=True)
         for x, y in bar:
@@ -377,8 +470,8 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
                 pos = (y >= config.sampler.threshold).float()
                 stats[0] += loss.detach()
                 stats[1] += 1
-                stats[2:2 + NUM_CLASSES] += ((logits.detach() > 0).float() * pos).sum(0)
-                stats[2 + NUM_CLASSES:] += pos.sum(0)
+                stats[2:2 + ncls] += ((logits.detach() > 0).float() * pos).sum(0)
+                stats[2 + ncls:] += pos.sum(0)
             if not bar.disable:  # reading the loss waits for the device
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if step in snaps and dist.main:
@@ -387,8 +480,12 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
         if dist.world > 1:
             tdist.all_reduce(stats)
         stats = stats.double().cpu()
-        tp, npos = stats[2:2 + NUM_CLASSES].numpy(), stats[2 + NUM_CLASSES:].numpy()
+        tp, npos = stats[2:2 + ncls].numpy(), stats[2 + ncls:].numpy()
         recall = np.where(npos > 0, tp / np.maximum(npos, 1), np.nan)
+        if dist.main and by_epoch:
+            save_snapshot(None, epoch + 1, out_dir / epoch_checkpoint_name(name, epoch))
+            if epoch in config.ensemble_epochs:
+                save_snapshot(config.ensemble_epochs.index(epoch), epoch + 1)
         if dist.main:
             record = {"name": name, "epoch": epoch + 1, "step": step, "train_loss": float(stats[0] / max(1.0, float(stats[1]))),
                       "lr": scheduler.get_last_lr()[0]}

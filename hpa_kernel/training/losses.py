@@ -6,6 +6,11 @@ With ``p = sigmoid(x)`` and a target ``t``, the focal loss of one (cell, class) 
 
 with ``a = alpha, b = 1 - alpha`` (or ``a = b = 1`` when ``alpha`` is None). ``gamma = 0`` and
 ``alpha = None`` give the binary cross-entropy. Both losses average over all elements.
+
+The team's form (:func:`focal_loss_pt`, ``LossConfig(form="pt")``) weights the whole binary
+cross-entropy of an element, ``BCE = -(t log p + (1 - t) log(1 - p))``, by ``alpha * (1 - pt)**gamma``
+with ``pt = exp(-BCE)``. For hard targets the two forms agree (``alpha`` None or 1); for soft
+targets they differ.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 
 from hpa_kernel.training.config import LossConfig
 
-__all__ = ["focal_loss", "bce_loss", "create_loss"]
+__all__ = ["focal_loss", "focal_loss_pt", "bce_loss", "create_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +50,21 @@ def focal_loss(logits, targets, gamma: float = 2.0, alpha: float | None = None):
     return -(pos + neg).mean()
 
 
+def focal_loss_pt(logits, targets, gamma: float = 2.0, alpha: float | None = 1.0):
+    """Mean of ``alpha * (1 - pt)**gamma * BCE`` with ``pt = exp(-BCE)`` per element; soft targets allowed.
+
+    >>> import torch
+    >>> round(focal_loss_pt(torch.zeros(1, 1), torch.ones(1, 1)).item(), 5)  # 0.5**2 * log(2)
+    0.17329
+    """
+    import torch.nn.functional as F
+
+    _check(logits, targets)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    pt = (-bce).exp()
+    return ((1.0 if alpha is None else alpha) * (1.0 - pt).pow(gamma) * bce).mean()
+
+
 def bce_loss(logits, targets):
     """Mean binary cross-entropy on logits; soft targets allowed.
 
@@ -65,8 +85,9 @@ def create_loss(config: LossConfig):
     if config.name == "bce":
         return bce_loss
     gamma, alpha = config.gamma, config.alpha
+    focal = focal_loss_pt if config.form == "pt" else focal_loss
 
     def loss(logits, targets):
-        return focal_loss(logits, targets, gamma=gamma, alpha=alpha)
+        return focal(logits, targets, gamma=gamma, alpha=alpha)
 
     return loss

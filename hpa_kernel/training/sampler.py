@@ -16,6 +16,19 @@ oversamples classes whose positives the model still misses (recall from the prev
 Sharding: every process draws the same ``num_samples * num_replicas`` indices from a generator
 seeded with ``seed + epoch`` (call :meth:`SemiBalancedSampler.set_epoch` each epoch), and rank ``r``
 takes ``indices[r::num_replicas]``, so the shards are disjoint slices of one draw.
+
+The quota sampler (milimed2021, :class:`QuotaSampler`) fills fixed per-class quotas each epoch.
+Each class ``c`` has a pool: the cells labelled ``c``, plus a second copy of those whose manual
+soft label of ``c`` is >= ``duplicate_min`` (0.9). The Negative pool (key ``-1``) holds the cells
+with none of the trained classes. A pool is walked in a fresh random order, again and again, and a
+cell is accepted with probability ``(1 / n_labels) ** label_power`` (0.5) until the class has its
+quota; a cell can come through several classes (class 12 is extended further, see
+``SamplerConfig.extra_passes``). The mitotic-spindle pool is special: its
+positives (target > 0) are repeated ``spindle_repeats`` (41) times, those manually scored >= 0.99
+three times as often, and every visited entry is accepted. The team's quotas are for about 316 666 draws an
+epoch (:data:`~hpa_kernel.training.config.MILIMED_QUOTAS`); here they are shares of
+``epoch_size``, rounded by largest remainder, and the share of a class without cells goes to
+the others.
 """
 
 from __future__ import annotations
@@ -25,7 +38,8 @@ import math
 
 import numpy as np
 
-__all__ = ["class_weights", "sample_weights", "SemiBalancedSampler", "ShuffledSampler"]
+__all__ = ["class_weights", "sample_weights", "SemiBalancedSampler", "ShuffledSampler", "quota_pools", "quota_counts",
+           "draw_quotas", "QuotaSampler", "acceptance_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,3 +168,152 @@ class ShuffledSampler:
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def quota_pools(labels: np.ndarray, targets: np.ndarray, manual: np.ndarray, quotas, trained: int,
+                duplicate_min: float = 0.9, spindle_class: int = 11, spindle_repeats: int = 41,
+                extra_passes=None) -> dict[int, np.ndarray]:
+    """The pool of cell indices of each quota key (class id, or -1 for Negative); empty pools left out.
+
+    Parameters
+    ----------
+    labels : bool array (N, 19)
+        The cell's labels (image labels, pseudo labels or manually scored classes).
+    targets : array (N, 19)
+        The training targets (for the duplicates and the spindle positives).
+    manual : bool array (N, 19)
+        Where a manual score set the target.
+    quotas : mapping
+        The quota keys to build.
+    trained : int
+        Number of trained classes; a cell with none of ``0 .. trained - 1`` is in the Negative pool.
+    extra_passes : mapping, optional
+        ``{class: thresholds}``: after the duplicates, the pool is extended by its own manually
+        scored entries >= each threshold in turn.
+
+    Examples
+    --------
+    >>> lab = np.zeros((3, 19), bool); lab[0, 1] = lab[1, 1] = lab[2, 18] = True
+    >>> t = lab.astype(float); man = np.zeros_like(lab); man[1, 1] = True
+    >>> {k: v.tolist() for k, v in quota_pools(lab, t, man, {1: 1, -1: 1}, 18).items()}
+    {1: [0, 1, 1], -1: [2]}
+    """
+    labels = np.asarray(labels, dtype=bool)
+    targets = np.asarray(targets, dtype=float)
+    manual = np.asarray(manual, dtype=bool)
+    if labels.ndim != 2 or targets.shape != labels.shape or manual.shape != labels.shape:
+        raise ValueError(f"labels, targets and manual must have one shape (N, C), got {labels.shape}, {targets.shape}, {manual.shape}")
+    pools = {}
+    for key in quotas:
+        if key == -1:
+            pool = np.flatnonzero(~labels[:, :trained].any(axis=1))
+        elif key == spindle_class:
+            members = np.flatnonzero(labels[:, key])
+            best = members[manual[members, key] & (targets[members, key] >= 0.99)]
+            base = np.concatenate([members, best, best])
+            pos = base[targets[base, key] > 0]
+            pool = np.concatenate([base] + [pos] * (spindle_repeats - 1))
+        else:
+            members = np.flatnonzero(labels[:, key])
+            dup = members[manual[members, key] & (targets[members, key] >= duplicate_min)]
+            pool = np.concatenate([members, dup])
+            for t in (extra_passes or {}).get(key, ()):
+                pool = np.concatenate([pool, pool[manual[pool, key] & (targets[pool, key] >= t)]])
+        if len(pool):
+            pools[int(key)] = pool.astype(np.int64)
+    return pools
+
+
+def quota_counts(quotas, present, epoch_size: int) -> dict[int, int]:
+    """Draws per quota key: the shares of the present keys scaled to ``epoch_size`` (largest remainder).
+
+    >>> quota_counts({0: 40_000, 1: 10_000, 2: 10_000, -1: 20_000}, [0, 1, -1], 14)
+    {0: 8, 1: 2, -1: 4}
+    """
+    keys = [k for k in quotas if k in set(present) and quotas[k] > 0]
+    if not keys:
+        raise ValueError("no quota class has any cell: nothing to draw")
+    share = np.array([quotas[k] for k in keys], dtype=float)
+    exact = share / share.sum() * epoch_size
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: epoch_size - counts.sum()]:
+        counts[i] += 1
+    return {k: int(n) for k, n in zip(keys, counts)}
+
+
+def draw_quotas(pools: dict[int, np.ndarray], counts: dict[int, int], acceptance: np.ndarray, rng: np.random.Generator,
+                no_test: tuple[int, ...] = ()) -> dict[int, np.ndarray]:
+    """Fill each key's count from its pool: shuffled passes, each entry accepted with ``acceptance[cell]``.
+
+    Keys in ``no_test`` accept every entry. Returns ``{key: drawn cell indices}``.
+    """
+    out = {}
+    for key, n in counts.items():
+        pool, got, need = pools[key], [], n
+        if need and key not in no_test and not (acceptance[pool] > 0).any():
+            raise ValueError(f"quota class {key}: no cell can be accepted")
+        while need > 0:
+            order = pool[rng.permutation(len(pool))]
+            if key not in no_test:
+                order = order[rng.random(len(order)) < acceptance[order]]
+            got.append(order[:need])
+            need -= len(got[-1])
+        out[key] = np.concatenate(got) if got else np.zeros(0, np.int64)
+    return out
+
+
+class QuotaSampler:
+    """The per-class quota sampler; each rank yields a disjoint slice of one shared, shuffled draw.
+
+    Parameters
+    ----------
+    pools : dict
+        From :func:`quota_pools`.
+    quotas : mapping
+        Relative draws per key.
+    acceptance : array (N,)
+        Acceptance probability of each cell, ``(1 / n_labels) ** label_power``.
+    num_samples : int
+        Indices per rank per epoch; the epoch draws ``num_samples * num_replicas``.
+    no_test : tuple of int
+        Keys drawn without the acceptance test (mitotic spindle).
+    """
+
+    def __init__(self, pools: dict[int, np.ndarray], quotas, acceptance: np.ndarray, num_samples: int, num_replicas: int = 1,
+                 rank: int = 0, seed: int = 0, no_test: tuple[int, ...] = ()):
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.pools, self.acceptance, self.no_test = pools, np.asarray(acceptance, dtype=float), tuple(no_test)
+        self.num_samples, self.num_replicas, self.rank, self.seed, self.epoch = int(num_samples), int(num_replicas), int(rank), int(seed), 0
+        self.counts = quota_counts(quotas, list(pools), self.num_samples * self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def draw(self) -> dict[int, np.ndarray]:
+        """The whole epoch's draw by quota key (the same on every rank)."""
+        return draw_quotas(self.pools, self.counts, self.acceptance, np.random.default_rng(self.seed + self.epoch), self.no_test)
+
+    def indices(self) -> np.ndarray:
+        """This rank's indices for the current epoch."""
+        drawn = np.concatenate(list(self.draw().values()))
+        drawn = drawn[np.random.default_rng(self.seed + self.epoch + 7919).permutation(len(drawn))]
+        return drawn[self.rank::self.num_replicas]
+
+    def __iter__(self):
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def acceptance_of(labels: np.ndarray, power: float = 0.5) -> np.ndarray:
+    """``(1 / max(1, n_labels)) ** power`` per cell.
+
+    >>> acceptance_of(np.array([[1, 0, 0, 0], [1, 1, 1, 1]], bool)).tolist()
+    [1.0, 0.5]
+    """
+    n = np.maximum(np.asarray(labels, dtype=bool).sum(axis=1), 1)
+    return (1.0 / n) ** power
