@@ -33,7 +33,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hpa_kernel.metric import evaluate
+    from hpa_kernel.metric import score_submission
 
     given = [args.truth_cells is not None or args.truth_masks is not None, args.truth_annotations is not None, args.data is not None]
     if sum(given) != 1:
@@ -42,12 +42,12 @@ def run(args: argparse.Namespace) -> int:
         from hpa_kernel.io import find_competition
 
         comp = find_competition(args.data)
-        result = evaluate(args.submission, comp.truth_cells("test"), comp.truth_masks("test"), iou=args.iou, threshold=args.threshold)
+        result = score_submission(args.submission, comp.truth_cells("test"), comp.truth_masks("test"), iou=args.iou, threshold=args.threshold)
     elif args.truth_annotations is not None:
-        result = evaluate(args.submission, truth_annotations=args.truth_annotations, iou=args.iou, threshold=args.threshold)
+        result = score_submission(args.submission, truth_annotations=args.truth_annotations, iou=args.iou, threshold=args.threshold)
     else:
         if args.truth_cells is None or args.truth_masks is None:
             raise ValueError("--truth-cells and --truth-masks must be given together")
-        result = evaluate(args.submission, args.truth_cells, args.truth_masks, iou=args.iou, threshold=args.threshold)
+        result = score_submission(args.submission, args.truth_cells, args.truth_masks, iou=args.iou, threshold=args.threshold)
     sys.stdout.write((result.to_json() if args.json else result.table()) + "\n")
     return 0
