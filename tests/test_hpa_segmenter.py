@@ -11,7 +11,7 @@ import torch
 from test_seg_weights import write_zoo_pickle
 
 from hpa_kernel.segmentation import create_segmenter
-from hpa_kernel.segmentation import preprocess as P
+from hpa_kernel.segmentation import preprocess
 from hpa_kernel.segmentation.base import SegmentationMaps
 from hpa_kernel.segmentation.hpa import (
     CELL_WEIGHTS,
@@ -85,12 +85,12 @@ def test_predict_shapes_order_and_direct_computation(segmenter, images, batched_
     # image 1 (128 x 256, alone in its size group) recomputed step by step
     image = images[1]
     with torch.no_grad():
-        x_n = torch.from_numpy(P.nuclei_input(image[..., 2])[None])
-        x_c = torch.from_numpy(P.cell_input(image[..., 0], image[..., 3], image[..., 2])[None])
+        x_n = torch.from_numpy(preprocess.nuclei_input(image[..., 2])[None])
+        x_c = torch.from_numpy(preprocess.cell_input(image[..., 0], image[..., 3], image[..., 2])[None])
         p_n = torch.softmax(segmenter.nuclei_net(x_n), dim=1)[0].numpy()
         p_c = torch.softmax(segmenter.cell_net(x_c), dim=1)[0].numpy()
-    np.testing.assert_array_equal(batched_maps[1].nuclei, P.restore_nuclei(p_n, image.shape[:2]))
-    np.testing.assert_array_equal(batched_maps[1].cell, P.restore_cell(p_c, image.shape[:2]))
+    np.testing.assert_array_equal(batched_maps[1].nuclei, preprocess.restore_nuclei(p_n, image.shape[:2]))
+    np.testing.assert_array_equal(batched_maps[1].cell, preprocess.restore_cell(p_c, image.shape[:2]))
     # the networks saw different inputs
     assert not np.array_equal(batched_maps[1].nuclei, batched_maps[1].cell)
 
