@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_seg_weights import write_zoo_pickle
 
+from hpa_kernel.manifest import sha256_of
 from hpa_kernel.segmentation import create_segmenter
 from hpa_kernel.segmentation import preprocess
 from hpa_kernel.segmentation.base import SegmentationMaps
@@ -20,7 +21,6 @@ from hpa_kernel.segmentation.hpa import (
     postprocess_maps,
     resolve_weight_file,
 )
-from hpa_kernel.segmentation.weights import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_factory_settings_and_weights(segmenter, weight_files):
     assert isinstance(segmenter, HPASegmenter)
     s = segmenter.settings()
     assert s["name"] == "hpa"
-    assert s["nuclei_sha256"] == file_sha256(weight_files / NUCLEI_WEIGHTS)
-    assert s["cell_sha256"] == file_sha256(weight_files / CELL_WEIGHTS)
+    assert s["nuclei_sha256"] == sha256_of(weight_files / NUCLEI_WEIGHTS)
+    assert s["cell_sha256"] == sha256_of(weight_files / CELL_WEIGHTS)
     assert s["nuclei_batchnorm_per_image"] == [] and len(s["cell_batchnorm_per_image"]) == 96
     assert (s["scale_factor"], s["padding"], s["resize_mode"], s["fp16"]) == (0.25, False, "skimage018", False)
     assert segmenter.nuclei_weights.was_dataparallel and not segmenter.cell_weights.was_dataparallel
