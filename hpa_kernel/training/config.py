@@ -280,7 +280,7 @@ def quick_config(group: int, **overrides) -> TrainConfig:
     """A small CPU preset for the demo and tests: 64 px input, batch 16, 2 epochs of 60 steps.
 
     It keeps the group's augmentations, loss and number of snapshots; only sizes and lengths shrink.
-    On one thread of the shared 2-core dev machine a step takes about 0.65 s (about 80 s a group).
+    Step times are in ``benchmarks/RESULTS.md`` (Training).
     """
     quick = dict(input_size=64, batch_size=16, epochs=2, steps_per_epoch=60, lr=3e-3, warmup=0.05,
                  snapshot_fraction=0.5, val_fraction=0.0, amp=False, channels_last=False, drop_rate=0.0)
