@@ -17,7 +17,7 @@ from hpa_kernel.training.losses import bce_loss, create_loss, focal_loss
 from hpa_kernel.training.metrics import classification_average_precision, mean_average_precision
 from hpa_kernel.training.pseudo import apply_pseudo_rules
 from hpa_kernel.training.sampler import SemiBalancedSampler, ShuffledSampler, class_weights, sample_weights
-from hpa_kernel.training.toy import make_toy_cells
+from toy_training import make_toy_cells
 
 
 @pytest.fixture(scope="module")
