@@ -1,9 +1,8 @@
 # hpa-kernel: `make demo` and `make test` set up everything on a fresh machine.
 #
-# Torch: the CPU-only torch 2.13.0 wheel on this machine cannot be paired with the registry's
-# torchvision (a CUDA build), and timm imports torchvision. We install the registry's matching pair
-# at the Kaggle image's version (torch 2.10 / torchvision 0.25). It is a CUDA build that runs on
-# the CPU here. A stamp file keeps it from being reinstalled on every run.
+# Torch: timm imports torchvision, so torch and torchvision are installed as a matching pair at the
+# Kaggle image's versions (torch 2.10 / torchvision 0.25). The registry's build is a CUDA build; it
+# also runs on a CPU. A stamp file keeps it from being reinstalled on every run.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

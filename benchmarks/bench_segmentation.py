@@ -78,11 +78,11 @@ def timed_predict(seg: HPASegmenter, images: list[np.ndarray], repeats: int) -> 
 
 def timed_network(seg: HPASegmenter, images: list[np.ndarray], repeats: int) -> float:
     """Best time of both networks alone on ready-made input tensors (no pre/post-processing)."""
-    from hpa_kernel.segmentation import preprocess as P
+    from hpa_kernel.segmentation import preprocess
 
     kw = {"scale_factor": seg.scale_factor, "padding": seg.padding, "resize_mode": seg.resize_mode}
-    nuc = np.stack([P.nuclei_input(im[..., 2], **kw) for im in images])
-    cel = np.stack([P.cell_input(im[..., 0], im[..., 3], im[..., 2], **kw) for im in images])
+    nuc = np.stack([preprocess.nuclei_input(im[..., 2], **kw) for im in images])
+    cel = np.stack([preprocess.cell_input(im[..., 0], im[..., 3], im[..., 2], **kw) for im in images])
     best = float("inf")
     for _ in range(repeats):
         if seg.device.type == "cuda":

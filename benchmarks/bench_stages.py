@@ -88,7 +88,7 @@ def measure(size: int, repeats: int, small: int, device: str) -> dict:
     from hpa_kernel.io import read_image, write_image
     from hpa_kernel.rle import encode_label_image
     from hpa_kernel.segmentation import label_cell
-    from hpa_kernel.segmentation import preprocess as P
+    from hpa_kernel.segmentation import preprocess
     from hpa_kernel.segmentation.dpn_unet import DPNUnet
     from hpa_kernel.submission import prediction_string_for_cells, write_submission
     from hpa_kernel.synthetic import synthesize_image
@@ -105,9 +105,12 @@ def measure(size: int, repeats: int, small: int, device: str) -> dict:
         cpu["read"] = _time(lambda: read_image(tmp, "img"), repeats)
 
     kw = {"scale_factor": 0.25, "padding": False, "resize_mode": "skimage018"}
-    cpu["seg_pre"] = _time(lambda: (P.nuclei_input(image[..., 2], **kw), P.cell_input(image[..., 0], image[..., 3], image[..., 2], **kw)), repeats)
-    nuc_in = torch.from_numpy(P.nuclei_input(image[..., 2], **kw))[None]
-    cell_in = torch.from_numpy(P.cell_input(image[..., 0], image[..., 3], image[..., 2], **kw))[None]
+    cpu["seg_pre"] = _time(
+        lambda: (preprocess.nuclei_input(image[..., 2], **kw), preprocess.cell_input(image[..., 0], image[..., 3], image[..., 2], **kw)),
+        repeats,
+    )
+    nuc_in = torch.from_numpy(preprocess.nuclei_input(image[..., 2], **kw))[None]
+    cell_in = torch.from_numpy(preprocess.cell_input(image[..., 0], image[..., 3], image[..., 2], **kw))[None]
     nets = [DPNUnet().eval(), DPNUnet().eval()]
 
     def seg_cpu():
@@ -116,7 +119,9 @@ def measure(size: int, repeats: int, small: int, device: str) -> dict:
 
     cpu["seg_net"] = _time(seg_cpu, max(1, repeats - 1))
     probs = [p[0].numpy() for p in seg_cpu()]
-    cpu["seg_restore"] = _time(lambda: (P.restore_nuclei(probs[0], (size, size)), P.restore_cell(probs[1], (size, size))), repeats)
+    cpu["seg_restore"] = _time(
+        lambda: (preprocess.restore_nuclei(probs[0], (size, size)), preprocess.restore_cell(probs[1], (size, size))), repeats
+    )
     seg_flops = _flops(nets[0], nuc_in) * 2
 
     nuclei_pred, cell_pred = _ideal_maps(nuclei_mask), _ideal_maps(cell_mask)

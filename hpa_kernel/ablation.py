@@ -5,7 +5,7 @@ TTA (and once more with it, for the TTA row), and keeps per image only the cells
 encoded masks and the probabilities. Each variant (:func:`ablation_variants`, a
 ``dataclasses.replace`` of the recipe) then only recomputes the confidence step
 (:func:`hpa_kernel.confidence.recipe_confidence`), writes its submission and is scored in both IoU
-modes (:func:`hpa_kernel.metric.evaluate`). :meth:`AblationResult.markdown` is a table like the
+modes (:func:`hpa_kernel.metric.score_submission`). :meth:`AblationResult.markdown` is a table like the
 team's ablation (their ``MILIMED ablation study.xlsx``), with the change against the full recipe.
 
 The table is the tool for a real labelled set. On synthetic data it measures the synthetic data:
@@ -61,7 +61,7 @@ class AblationConfig:
     recipe : str
         The recipe whose elements are switched off.
     truth_cells, truth_masks, truth_annotations : path, optional
-        The truth (see :func:`hpa_kernel.metric.evaluate`); default the synthetic competition's
+        The truth (see :func:`hpa_kernel.metric.score_submission`); default the synthetic competition's
         ``truth/test_cells.csv`` and ``truth/test_masks.npz``.
     segmenter : {"classic", "hpa"}
         ``"hpa"`` needs the manifest's segmentation weights.
@@ -135,7 +135,7 @@ class AblationResult:
 
 
 def _truth(config: AblationConfig, competition) -> dict:
-    """Keyword arguments of :func:`hpa_kernel.metric.evaluate` with the truth loaded once."""
+    """Keyword arguments of :func:`hpa_kernel.metric.score_submission` with the truth loaded once."""
     from hpa_kernel.metric import load_truth, load_truth_annotations
 
     if config.truth_annotations is not None:
@@ -189,7 +189,7 @@ def run_ablation(config: AblationConfig) -> AblationResult:
     from hpa_kernel.confidence import recipe_confidence
     from hpa_kernel.io import find_competition
     from hpa_kernel.manifest import load_manifest
-    from hpa_kernel.metric import evaluate
+    from hpa_kernel.metric import score_submission
     from hpa_kernel.submission import prediction_string_for_cells, read_sample, write_submission
 
     timings = {}
@@ -211,7 +211,7 @@ def run_ablation(config: AblationConfig) -> AblationResult:
             for image_id, (table, encoded, probs) in images.items()
         }
         path = write_submission(predictions, competition.sample_submission, config.out / f"variant{k}.csv")
-        scores = {mode: evaluate(path, iou=mode, **truth).map for mode in IOU_MODES}
+        scores = {mode: score_submission(path, iou=mode, **truth).map for mode in IOU_MODES}
         rows.append(AblationRow(name, recipe, scores, path))
         logger.info("%s: %s", name, ", ".join(f"mAP {m} {s:.4f}" for m, s in scores.items()))
     timings["variants"] = time.perf_counter() - t

@@ -175,10 +175,10 @@ def frequency_baseline(submission: str | os.PathLike, competition, out: str | os
 
 def score_submission(submission: str | os.PathLike, competition) -> dict:
     """``{"box": MetricResult, "mask": MetricResult}`` against the synthetic test truth."""
-    from hpa_kernel.metric import evaluate
+    from hpa_kernel.metric import score_submission
 
     return {
-        mode: evaluate(submission, competition.truth_cells("test"), competition.truth_masks("test"), iou=mode)
+        mode: score_submission(submission, competition.truth_cells("test"), competition.truth_masks("test"), iou=mode)
         for mode in ("box", "mask")
     }
 

@@ -46,8 +46,8 @@ __all__ = [
     "IOU_THRESHOLD",
     "MetricResult",
     "TruthImage",
-    "average_precision",
-    "evaluate",
+    "detection_average_precision",
+    "score_submission",
     "load_truth",
     "load_truth_annotations",
     "parse_prediction_string",
@@ -64,7 +64,7 @@ IOU_THRESHOLD = 0.6
 
 @dataclass
 class MetricResult:
-    """Result of :func:`evaluate`.
+    """Result of :func:`score_submission`.
 
     Attributes
     ----------
@@ -129,7 +129,7 @@ class MetricResult:
 MAX_SIZE_RATIO = 64
 
 
-def average_precision(tp: np.ndarray, num_gt: int) -> float | None:
+def detection_average_precision(tp: np.ndarray, num_gt: int) -> float | None:
     """VOC "all points" AP of detections already sorted by confidence (highest first).
 
     Parameters
@@ -146,9 +146,9 @@ def average_precision(tp: np.ndarray, num_gt: int) -> float | None:
 
     Examples
     --------
-    >>> average_precision(np.array([True, False, True]), 2)
+    >>> detection_average_precision(np.array([True, False, True]), 2)
     0.8333333333333333
-    >>> average_precision(np.array([], dtype=bool), 0) is None
+    >>> detection_average_precision(np.array([], dtype=bool), 0) is None
     True
     """
     if num_gt == 0:
@@ -437,10 +437,10 @@ def _match(iou: np.ndarray, threshold: float) -> np.ndarray:
     return tp
 
 
-# --------------------------------------------------------------------------- evaluate
+# --------------------------------------------------------------------------- scoring
 
 
-def evaluate(
+def score_submission(
     submission: CsvSource,
     truth_cells: CsvSource | None = None,
     truth_masks: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
@@ -487,7 +487,7 @@ def evaluate(
     >>> truth = {"a": TruthImage(label, np.array([1, 2]), [(0,), (0, 5)])}
     >>> row = f"0 0.9 {encode_mask(label == 1)} 5 0.8 {encode_mask(label == 1)}"
     >>> sub = pd.DataFrame({"ID": ["a"], "ImageWidth": [8], "ImageHeight": [8], "PredictionString": [row]})
-    >>> result = evaluate(sub, truth=truth)
+    >>> result = score_submission(sub, truth=truth)
     >>> result.per_class_ap[0], result.per_class_ap[5], result.per_class_ap[1] is None
     (0.5, 0.0, True)
     """
@@ -573,7 +573,7 @@ def evaluate(
         s = np.concatenate(scores[c]) if scores[c] else np.zeros(0)
         f = np.concatenate(flags[c]) if flags[c] else np.zeros(0, dtype=bool)
         order = np.argsort(-s, kind="stable")
-        per_class_ap[c] = average_precision(f[order], int(num_gt[c]))
+        per_class_ap[c] = detection_average_precision(f[order], int(num_gt[c]))
         num_det[c] = int(s.size)
         num_tp[c] = int(f.sum())
     in_mean = [c for c in range(NUM_CLASSES) if per_class_ap[c] is not None]

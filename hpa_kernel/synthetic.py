@@ -39,7 +39,6 @@ __all__ = [
     "synthesize_image",
     "make_competition",
     "render_composite",
-    "save_example",
     "write_npz",
 ]
 
@@ -1081,36 +1080,3 @@ def _draw_outlines(rgb: np.ndarray, mask: np.ndarray, colour) -> None:
     edge[:, :-1] |= dx
     edge[:, 1:] |= dx
     rgb[edge & (mask > 0)] = colour
-
-
-def save_example(
-    path: str | Path,
-    seed: int = 2021,
-    size: int = 2048,
-    *,
-    classes: Sequence[int] | None = (2, 13, 14),
-    max_side: int = 1024,
-) -> Path:
-    """Save the composite of one synthetic field, with truth outlines, as a PNG (the docs picture).
-
-    ``docs/synthetic_example.png`` is ``save_example("docs/synthetic_example.png")``.
-    """
-    import cv2
-
-    sample = synthesize_image(seed, size, size, classes=classes)
-    rgb = render_composite(sample, outlines=False)
-    scale = min(1.0, max_side / max(rgb.shape[:2]))
-    if scale < 1.0:
-        rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    # outlines after resizing, so that they stay one pixel wide
-    small = {}
-    for name, mask in (("cell", sample.cell_mask), ("nuclei", sample.nuclei_mask)):
-        small[name] = cv2.resize(mask, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
-    _draw_outlines(rgb, small["cell"], (255, 255, 255))
-    _draw_outlines(rgb, small["nuclei"], (120, 160, 255))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
-        raise ValueError(f"cannot write {path}")
-    logger.info("wrote %s (%d cells, labels %s)", path, len(sample.cell_labels), format_labels(sample.image_labels))
-    return path

@@ -6,10 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("torch")
-
-from hpa_kernel.ablation import AblationConfig, ablation_variants, run_ablation  # noqa: E402
-from hpa_kernel.metric import parse_prediction_string  # noqa: E402
+from hpa_kernel.ablation import AblationConfig, ablation_variants, run_ablation
+from hpa_kernel.metric import parse_prediction_string
 
 
 def test_variants_switch_off_one_element_each():

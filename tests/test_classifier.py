@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from hpa_kernel.classes import NUM_CLASSES  # noqa: E402
-from hpa_kernel.classifier import (  # noqa: E402
+from hpa_kernel.classes import NUM_CLASSES
+from hpa_kernel.classifier import (
     CheckpointConfig,
     config_path_for,
     create_classifier,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from hpa_kernel.classifier import CheckpointConfig, Ensemble, Member, create_classifier, save_checkpoint  # noqa: E402
-from hpa_kernel.manifest import default_manifest, load_manifest, write_manifest  # noqa: E402
+from hpa_kernel.classifier import CheckpointConfig, Ensemble, Member, create_classifier, save_checkpoint
+from hpa_kernel.manifest import default_manifest, load_manifest, write_manifest
 
 NUM_CLASSES = 18  # outputs under the default recipe (milimed2021)
 CFG = CheckpointConfig(arch="resnet18", input_size=32, num_classes=NUM_CLASSES)

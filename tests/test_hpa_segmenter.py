@@ -10,8 +10,9 @@ import pytest
 import torch
 from test_seg_weights import write_zoo_pickle
 
+from hpa_kernel.manifest import sha256_of
 from hpa_kernel.segmentation import create_segmenter
-from hpa_kernel.segmentation import preprocess as P
+from hpa_kernel.segmentation import preprocess
 from hpa_kernel.segmentation.base import SegmentationMaps
 from hpa_kernel.segmentation.hpa import (
     CELL_WEIGHTS,
@@ -20,7 +21,6 @@ from hpa_kernel.segmentation.hpa import (
     postprocess_maps,
     resolve_weight_file,
 )
-from hpa_kernel.segmentation.weights import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_factory_settings_and_weights(segmenter, weight_files):
     assert isinstance(segmenter, HPASegmenter)
     s = segmenter.settings()
     assert s["name"] == "hpa"
-    assert s["nuclei_sha256"] == file_sha256(weight_files / NUCLEI_WEIGHTS)
-    assert s["cell_sha256"] == file_sha256(weight_files / CELL_WEIGHTS)
+    assert s["nuclei_sha256"] == sha256_of(weight_files / NUCLEI_WEIGHTS)
+    assert s["cell_sha256"] == sha256_of(weight_files / CELL_WEIGHTS)
     assert s["nuclei_batchnorm_per_image"] == [] and len(s["cell_batchnorm_per_image"]) == 96
     assert (s["scale_factor"], s["padding"], s["resize_mode"], s["fp16"]) == (0.25, False, "skimage018", False)
     assert segmenter.nuclei_weights.was_dataparallel and not segmenter.cell_weights.was_dataparallel
@@ -85,12 +85,12 @@ def test_predict_shapes_order_and_direct_computation(segmenter, images, batched_
     # image 1 (128 x 256, alone in its size group) recomputed step by step
     image = images[1]
     with torch.no_grad():
-        x_n = torch.from_numpy(P.nuclei_input(image[..., 2])[None])
-        x_c = torch.from_numpy(P.cell_input(image[..., 0], image[..., 3], image[..., 2])[None])
+        x_n = torch.from_numpy(preprocess.nuclei_input(image[..., 2])[None])
+        x_c = torch.from_numpy(preprocess.cell_input(image[..., 0], image[..., 3], image[..., 2])[None])
         p_n = torch.softmax(segmenter.nuclei_net(x_n), dim=1)[0].numpy()
         p_c = torch.softmax(segmenter.cell_net(x_c), dim=1)[0].numpy()
-    np.testing.assert_array_equal(batched_maps[1].nuclei, P.restore_nuclei(p_n, image.shape[:2]))
-    np.testing.assert_array_equal(batched_maps[1].cell, P.restore_cell(p_c, image.shape[:2]))
+    np.testing.assert_array_equal(batched_maps[1].nuclei, preprocess.restore_nuclei(p_n, image.shape[:2]))
+    np.testing.assert_array_equal(batched_maps[1].cell, preprocess.restore_cell(p_c, image.shape[:2]))
     # the networks saw different inputs
     assert not np.array_equal(batched_maps[1].nuclei, batched_maps[1].cell)
 

@@ -12,8 +12,8 @@ from hpa_kernel.classes import CLASS_NAMES
 from hpa_kernel.metric import (
     MetricResult,
     TruthImage,
-    average_precision,
-    evaluate,
+    detection_average_precision,
+    score_submission,
     load_truth,
     parse_prediction_string,
 )
@@ -55,7 +55,7 @@ def test_all_pairs_are_listed(reference):
 def test_reference_pair_from_cells_and_masks(reference, pair, mode, key):
     folder = reference / "metric" / pair
     expected = json.loads((folder / "expected.json").read_text())[key]
-    result = evaluate(folder / "submission.csv", folder / "gt_cells.csv", folder / "gt_masks.npz", iou=mode)
+    result = score_submission(folder / "submission.csv", folder / "gt_cells.csv", folder / "gt_masks.npz", iou=mode)
     _assert_matches(result, expected)
 
 
@@ -64,7 +64,7 @@ def test_reference_pair_from_cells_and_masks(reference, pair, mode, key):
 def test_reference_pair_from_gt_annotations(reference, pair, mode, key):
     folder = reference / "metric" / pair
     expected = json.loads((folder / "expected.json").read_text())[key]
-    result = evaluate(folder / "submission.csv", truth_annotations=folder / "gt_annotations.csv", iou=mode)
+    result = score_submission(folder / "submission.csv", truth_annotations=folder / "gt_annotations.csv", iou=mode)
     _assert_matches(result, expected)
 
 
@@ -77,10 +77,10 @@ def _s05(reference):
 def test_swapped_width_and_height_changes_box_map_as_documented(reference):
     folder, sub = _s05(reference)
     swapped = sub.rename(columns={"ImageWidth": "ImageHeight", "ImageHeight": "ImageWidth"})
-    result = evaluate(swapped, folder / "gt_cells.csv", folder / "gt_masks.npz", iou="box")
+    result = score_submission(swapped, folder / "gt_cells.csv", folder / "gt_masks.npz", iou="box")
     assert result.map == pytest.approx(0.458485, abs=1e-6)  # README section 5
     with pytest.raises(ValueError, match="mask IoU needs equal sizes"):
-        evaluate(swapped, folder / "gt_cells.csv", folder / "gt_masks.npz", iou="mask")
+        score_submission(swapped, folder / "gt_cells.csv", folder / "gt_masks.npz", iou="mask")
 
 
 def test_dataframe_and_loaded_truth_inputs_agree(reference):
@@ -88,8 +88,8 @@ def test_dataframe_and_loaded_truth_inputs_agree(reference):
     cells = pd.read_csv(folder / "gt_cells.csv", dtype={"ImageID": str, "Labels": str})
     with np.load(folder / "gt_masks.npz") as npz:
         masks = {k: npz[k] for k in npz.files}
-    a = evaluate(sub, cells, masks, iou="mask")
-    b = evaluate(sub, truth=load_truth(cells, masks), iou="mask")
+    a = score_submission(sub, cells, masks, iou="mask")
+    b = score_submission(sub, truth=load_truth(cells, masks), iou="mask")
     assert a.map == b.map == pytest.approx(0.4682323232323233, abs=1e-12)
 
 
@@ -115,19 +115,19 @@ def _pred(*triples):
 
 def test_average_precision_by_hand():
     # TP, FP, TP with 2 GT: precision 1, 1/2, 2/3 -> envelope 1, 2/3, 2/3 -> AP = 0.5*1 + 0.5*2/3
-    assert average_precision(np.array([True, False, True]), 2) == pytest.approx(0.5 + 1 / 3)
-    assert average_precision(np.array([False, False]), 3) == 0.0
-    assert average_precision(np.array([], dtype=bool), 3) == 0.0
-    assert average_precision(np.array([True]), 4) == pytest.approx(0.25)
-    assert average_precision(np.array([True, True]), 0) is None
+    assert detection_average_precision(np.array([True, False, True]), 2) == pytest.approx(0.5 + 1 / 3)
+    assert detection_average_precision(np.array([False, False]), 3) == 0.0
+    assert detection_average_precision(np.array([], dtype=bool), 3) == 0.0
+    assert detection_average_precision(np.array([True]), 4) == pytest.approx(0.25)
+    assert detection_average_precision(np.array([True, True]), 0) is None
 
 
 def test_absent_class_detections_are_ignored_not_false_positives():
     label = _image((2, 2, 8, 8))
     truth = {"a": TruthImage(label, np.array([1]), [(3,)])}
     cell = label == 1
-    clean = evaluate(_sub({"a": _pred((3, 0.5, cell))}), truth=truth)
-    noisy = evaluate(_sub({"a": _pred((7, 0.9, cell), (3, 0.5, cell))}), truth=truth)
+    clean = score_submission(_sub({"a": _pred((3, 0.5, cell))}), truth=truth)
+    noisy = score_submission(_sub({"a": _pred((7, 0.9, cell), (3, 0.5, cell))}), truth=truth)
     assert clean.map == noisy.map == 1.0
     assert noisy.num_detections[7] == 0 and noisy.per_class_ap[7] is None
 
@@ -136,7 +136,7 @@ def test_empty_masks_are_dropped_before_matching():
     label = _image((2, 2, 8, 8))
     truth = {"a": TruthImage(label, np.array([1]), [(3,)])}
     empty = np.zeros_like(label, dtype=bool)
-    result = evaluate(_sub({"a": _pred((3, 0.9, empty), (3, 0.5, label == 1))}), truth=truth)
+    result = score_submission(_sub({"a": _pred((3, 0.9, empty), (3, 0.5, label == 1))}), truth=truth)
     assert result.map == 1.0 and result.num_detections[3] == 1
 
 
@@ -144,7 +144,7 @@ def test_duplicate_detection_is_a_false_positive_and_lower_score_loses():
     label = _image((2, 2, 8, 8), (10, 10, 16, 16))
     truth = {"a": TruthImage(label, np.array([1, 2]), [(0,), (0,)])}
     cell = label == 1
-    result = evaluate(_sub({"a": _pred((0, 0.4, cell), (0, 0.9, cell))}), truth=truth)
+    result = score_submission(_sub({"a": _pred((0, 0.4, cell), (0, 0.9, cell))}), truth=truth)
     # ranks: TP (0.9), FP (0.4); recall 1/2 at precision 1
     assert result.num_tp[0] == 1 and result.num_detections[0] == 2
     assert result.map == pytest.approx(0.5)
@@ -157,12 +157,12 @@ def test_threshold_is_inclusive_and_mask_mode_differs_from_box_mode():
     pred = np.zeros_like(label, dtype=bool)
     pred[0:6, 0:10] = True  # IoU exactly 0.6 in both modes
     for mode in ("box", "mask"):
-        assert evaluate(_sub({"a": _pred((2, 0.5, pred))}, size), truth=truth, iou=mode).map == 1.0
-        assert evaluate(_sub({"a": _pred((2, 0.5, pred))}, size), truth=truth, iou=mode, threshold=0.61).map == 0.0
+        assert score_submission(_sub({"a": _pred((2, 0.5, pred))}, size), truth=truth, iou=mode).map == 1.0
+        assert score_submission(_sub({"a": _pred((2, 0.5, pred))}, size), truth=truth, iou=mode, threshold=0.61).map == 0.0
     ring = label == 1
     ring[1:9, 1:9] = False  # same box as the cell, 36 % of its pixels
-    assert evaluate(_sub({"a": _pred((2, 0.5, ring))}, size), truth=truth, iou="box").map == 1.0
-    assert evaluate(_sub({"a": _pred((2, 0.5, ring))}, size), truth=truth, iou="mask").map == 0.0
+    assert score_submission(_sub({"a": _pred((2, 0.5, ring))}, size), truth=truth, iou="box").map == 1.0
+    assert score_submission(_sub({"a": _pred((2, 0.5, ring))}, size), truth=truth, iou="mask").map == 0.0
 
 
 def test_argmax_over_all_cells_in_box_mode():
@@ -178,8 +178,8 @@ def test_argmax_over_all_cells_in_box_mode():
     det2 = label == 2
     det2[9, 1] = True
     sub = _sub({"a": _pred((5, 0.9, det2), (5, 0.8, label == 1))}, size=(12, 12))
-    assert evaluate(sub, truth=truth, iou="box").num_tp[5] == 1
-    assert evaluate(sub, truth=truth, iou="mask").num_tp[5] == 2
+    assert score_submission(sub, truth=truth, iou="box").num_tp[5] == 1
+    assert score_submission(sub, truth=truth, iou="mask").num_tp[5] == 2
 
 
 def test_images_without_gt_are_ignored_and_missing_rows_are_misses():
@@ -191,7 +191,7 @@ def test_images_without_gt_are_ignored_and_missing_rows_are_misses():
     }
     cell = label == 1
     sub = _sub({"a": _pred((1, 0.9, cell)), "c": _pred((1, 0.99, cell)), "zz": _pred((1, 0.99, cell))})
-    result = evaluate(sub, truth=truth)
+    result = score_submission(sub, truth=truth)
     assert result.num_images == 2 and result.num_gt[1] == 2
     assert result.map == pytest.approx(0.5)
 
@@ -199,7 +199,7 @@ def test_images_without_gt_are_ignored_and_missing_rows_are_misses():
 def test_map_is_mean_over_classes_with_gt_and_table_lists_them():
     label = _image((2, 2, 8, 8), (10, 10, 16, 16))
     truth = {"a": TruthImage(label, np.array([1, 2]), [(0, 16), (18,)])}
-    result = evaluate(_sub({"a": _pred((0, 0.9, label == 1), (18, 0.9, label == 2))}), truth=truth)
+    result = score_submission(_sub({"a": _pred((0, 0.9, label == 1), (18, 0.9, label == 2))}), truth=truth)
     assert result.classes_in_mean == [0, 16, 18]
     assert result.map == pytest.approx(2 / 3)
     assert result.per_class_ap[5] is None and result.to_dict()["per_class_AP"]["5"] is None
@@ -228,19 +228,19 @@ def test_evaluate_rejects_bad_arguments_and_names_the_image():
     label = _image((2, 2, 8, 8))
     truth = {"img7": TruthImage(label, np.array([1]), [(1,)])}
     with pytest.raises(ValueError, match="iou must be"):
-        evaluate(_sub({}), truth=truth, iou="pixel")
+        score_submission(_sub({}), truth=truth, iou="pixel")
     with pytest.raises(ValueError, match="img7.*multiple of 3"):
-        evaluate(_sub({"img7": "1 0.5"}), truth=truth)
+        score_submission(_sub({"img7": "1 0.5"}), truth=truth)
     with pytest.raises(ValueError, match="img7.*base64"):
-        evaluate(_sub({"img7": "1 0.5 %%%"}), truth=truth)
+        score_submission(_sub({"img7": "1 0.5 %%%"}), truth=truth)
     with pytest.raises(ValueError, match="twice"):
-        evaluate(pd.concat([_sub({"img7": ""})] * 2), truth=truth)
+        score_submission(pd.concat([_sub({"img7": ""})] * 2), truth=truth)
     with pytest.raises(ValueError, match="no pixel"):
-        evaluate(_sub({}), truth={"x": TruthImage(label, np.array([2]), [(1,)])})
+        score_submission(_sub({}), truth={"x": TruthImage(label, np.array([2]), [(1,)])})
     with pytest.raises(ValueError, match="no annotated cell"):
-        evaluate(_sub({}), truth={"x": TruthImage(label, np.zeros(0, dtype=np.int64), [])})
+        score_submission(_sub({}), truth={"x": TruthImage(label, np.zeros(0, dtype=np.int64), [])})
     with pytest.raises(FileNotFoundError, match="submission"):
-        evaluate("/nonexistent/submission.csv", truth=truth)
+        score_submission("/nonexistent/submission.csv", truth=truth)
 
 
 def test_score_cli(reference, capsys):
@@ -265,7 +265,7 @@ def test_unreadable_image_size_names_the_row():
     sub = _sub({"a": "", "b": ""}).astype({"ImageWidth": object})
     sub.loc[1, "ImageWidth"] = "wide"
     with pytest.raises(ValueError, match=r"submission ID b: ImageWidth 'wide'.*must be integers"):
-        evaluate(sub, truth=truth)
+        score_submission(sub, truth=truth)
 
 
 def test_box_of_a_mask_string_with_a_zero_length_run_is_the_box_of_its_pixels():
@@ -280,4 +280,4 @@ def test_box_of_a_mask_string_with_a_zero_length_run_is_the_box_of_its_pixels():
     label[0:2, 2] = 1
     truth = {"a": TruthImage(label, np.array([1]), [(0,)])}
     for mode in ("box", "mask"):
-        assert evaluate(_sub({"a": f"0 0.9 {text}"}, size=(4, 4)), truth=truth, iou=mode).map == 1.0
+        assert score_submission(_sub({"a": f"0 0.9 {text}"}, size=(4, 4)), truth=truth, iou=mode).map == 1.0

@@ -13,9 +13,8 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("timm")
 efficientnet_pytorch = pytest.importorskip("efficientnet_pytorch")
 nn = torch.nn
 

@@ -252,7 +252,8 @@ def test_manifest_checkpoint_weights():
 
 
 def test_ensemble_weights_checkpoints_within_a_group():
-    torch = pytest.importorskip("torch")
+    import torch
+
     from hpa_kernel.classifier import CheckpointConfig, Ensemble, Member
 
     class Constant(torch.nn.Module):
@@ -277,7 +278,6 @@ def test_ensemble_weights_checkpoints_within_a_group():
 
 
 def test_ensemble_refuses_a_checkpoint_that_does_not_fit_the_recipe(tmp_path):
-    pytest.importorskip("torch")
     from hpa_kernel.classifier import CheckpointConfig, Ensemble
 
     path = tmp_path / "g1_m0.pth"

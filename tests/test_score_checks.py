@@ -118,7 +118,7 @@ def test_score_names_the_file_when_it_is_empty_or_not_utf8(synthetic_competition
 
 def test_a_row_claiming_a_huge_size_is_not_decoded(synthetic_competition, tmp_path):
     """The bound follows the row's size: a row claiming 100000 x 100000 must not raise it."""
-    from hpa_kernel.metric import evaluate
+    from hpa_kernel.metric import score_submission
 
     comp = synthetic_competition
     sample = comp.read_sample_submission()
@@ -131,7 +131,7 @@ def test_a_row_claiming_a_huge_size_is_not_decoded(synthetic_competition, tmp_pa
     try:
         report = check_submission(path, comp.sample_submission)
         with pytest.raises(ValueError, match="times the pixels of its GT"):
-            evaluate(path, comp.truth_cells("test"), comp.truth_masks("test"))
+            score_submission(path, comp.truth_cells("test"), comp.truth_masks("test"))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpa_kernel.metric import TruthImage, evaluate
+from hpa_kernel.metric import TruthImage, score_submission
 from hpa_kernel.rle import decode_mask, encode_label_image, encode_mask
 from hpa_kernel.submission import (
     FALLBACK_PREDICTION,
@@ -120,7 +120,7 @@ def test_write_read_decode_round_trip(good, sample, labels):
     assert validate_submission(good, sample) == []
     # Perfect masks with the true class ranked by the writer score as expected.
     truth = {i: TruthImage(labels[i], np.array(sorted(c for c in np.unique(labels[i]) if c)), [(5,)] * 4) for i in SIZES}
-    assert evaluate(good, truth=truth).num_tp[5] == 8
+    assert score_submission(good, truth=truth).num_tp[5] == 8
 
 
 def test_fallback_row_is_logged(tmp_path, sample, caplog):

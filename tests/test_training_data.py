@@ -14,10 +14,10 @@ from hpa_kernel.training.augment import Augmenter, random_pad, random_resize, ro
 from hpa_kernel.training.dataset import CellDataset, build_targets, read_cells_table, read_crop, read_pseudo_labels
 from hpa_kernel.training.finetune import finetune_indices
 from hpa_kernel.training.losses import bce_loss, create_loss, focal_loss
-from hpa_kernel.training.metrics import average_precision, mean_average_precision
+from hpa_kernel.training.metrics import classification_average_precision, mean_average_precision
 from hpa_kernel.training.pseudo import apply_pseudo_rules
 from hpa_kernel.training.sampler import SemiBalancedSampler, ShuffledSampler, class_weights, sample_weights
-from hpa_kernel.training.toy import make_toy_cells
+from toy_training import make_toy_cells
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +269,8 @@ def test_losses_soft_targets():
 # -- metric, pseudo rules, fine-tuning list ------------------------------------------------------
 
 def test_average_precision_by_hand():
-    assert average_precision(np.array([0, 1, 1]), np.array([0.9, 0.8, 0.7])) == pytest.approx((1 / 2 + 2 / 3) / 2)
-    assert math.isnan(average_precision(np.zeros(3), np.ones(3)))
+    assert classification_average_precision(np.array([0, 1, 1]), np.array([0.9, 0.8, 0.7])) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert math.isnan(classification_average_precision(np.zeros(3), np.ones(3)))
     m, per = mean_average_precision(np.eye(3), np.eye(3) * 0.9)
     assert m == 1.0 and per.tolist() == [1.0, 1.0, 1.0]
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from hpa_kernel.training.toy import make_toy_cells
+from toy_training import make_toy_cells
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 TINY = dict(input_size=32, batch_size=4, epochs=2, steps_per_epoch=1, device="cpu")

@@ -320,7 +320,7 @@ def test_pretrained_weights_come_from_the_local_file(imagenet_like_b0):
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from hpa_kernel.training.toy import make_toy_cells
+    from toy_training import make_toy_cells
 
     return make_toy_cells(tmp_path_factory.mktemp("toy"), n_images=5, cells_per_image=3, size=48, seed=7)
 

@@ -23,7 +23,7 @@ from hpa_kernel.training import (
     train_group,
     train_pseudo_labeller,
 )
-from hpa_kernel.training.toy import make_toy_cells
+from toy_training import make_toy_cells
 
 TINY = dict(input_size=32, batch_size=4, epochs=2, steps_per_epoch=1, workers=0)
 

@@ -35,7 +35,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hpa_kernel.metric import evaluate, load_truth, load_truth_annotations
+    from hpa_kernel.metric import load_truth, score_submission, load_truth_annotations
 
     given = [args.truth_cells is not None or args.truth_masks is not None, args.truth_annotations is not None, args.data is not None]
     if sum(given) != 1:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--truth-cells and --truth-masks must be given together")
         truth = load_truth(args.truth_cells, args.truth_masks)
     check_format(args.submission, truth if sample is None else sample, lenient=args.lenient)
-    result = evaluate(args.submission, truth=truth, iou=args.iou, threshold=args.threshold)
+    result = score_submission(args.submission, truth=truth, iou=args.iou, threshold=args.threshold)
     sys.stdout.write((result.to_json() if args.json else result.table()) + "\n")
     return 0
 

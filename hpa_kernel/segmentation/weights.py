@@ -38,14 +38,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hpa_kernel.manifest import sha256_of as file_sha256  # one file hasher for the kit
+from hpa_kernel.manifest import sha256_of
 
 __all__ = [
     "ALLOWED_NN_CLASSES",
     "UnsafeWeightsError",
     "WeightsHashError",
     "LoadedWeights",
-    "file_sha256",
     "load_weights",
     "load_dpn_unet",
 ]
@@ -381,7 +380,7 @@ def load_weights(path: str | Path, expected_sha256: str | None = None) -> Loaded
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weight file {path} does not exist")
-    sha = file_sha256(path)
+    sha = sha256_of(path)
     if expected_sha256 is not None and sha.lower() != expected_sha256.lower():
         raise WeightsHashError(f"weight file {path}: sha256 mismatch: expected {expected_sha256.lower()}, found {sha}")
     file_format = _check_container(path)

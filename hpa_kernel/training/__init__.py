@@ -12,7 +12,6 @@ Modules, in pipeline order::
     finetune  one epoch over the validation cells, manual labels repeated
     pseudo    the under-fit ResNet18 labeller and its negative / mitotic-spindle rules
     metrics   cell-level validation mAP
-    toy       a tiny learnable cells.csv for smoke tests
 
 Quick start::
 

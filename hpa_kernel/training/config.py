@@ -549,8 +549,8 @@ def quick_config(group: int, recipe: str = "kit2025", **overrides) -> TrainConfi
 
     It keeps the group's augmentations, loss and number of snapshots; only sizes and lengths shrink,
     and the network starts from random weights (nothing downloads). Under milimed2021 the ensembled
-    epochs become the last ones and the cosine reaches ``eta_min`` at the last epoch. On one thread of the shared 2-core dev machine a step takes about
-    0.65 s (about 80 s a group).
+    epochs become the last ones and the cosine reaches ``eta_min`` at the last epoch. Step times are
+    in ``benchmarks/RESULTS.md`` (Training).
     """
     quick = dict(input_size=64, batch_size=16, epochs=2, steps_per_epoch=60, lr=3e-3, warmup=0.05,
                  snapshot_fraction=0.5, val_fraction=0.0, amp=False, channels_last=False, drop_rate=0.0, pretrained=None)

@@ -39,7 +39,7 @@ from hpa_kernel.classes import NUM_CLASSES
 from hpa_kernel.io import atomic_write
 from hpa_kernel.training.config import TrainConfig, epoch_cosine_lr, snapshot_steps
 
-__all__ = ["train_group", "predict", "evaluate", "checkpoint_name", "epoch_checkpoint_name", "filter_cells_for", "RUNS_DIR"]
+__all__ = ["train_group", "predict", "validation_loss_and_map", "checkpoint_name", "epoch_checkpoint_name", "filter_cells_for", "RUNS_DIR"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def predict(model, dataset, mean, std, device="cpu", batch_size: int = 64, worke
     return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
 
 
-def evaluate(model, dataset, config: TrainConfig, device="cpu", loss_fn=None) -> dict:
+def validation_loss_and_map(model, dataset, config: TrainConfig, device="cpu", loss_fn=None) -> dict:
     """Validation loss and cell-level mAP (:func:`~.metrics.mean_average_precision`) of ``model``."""
     import torch
 
@@ -490,7 +490,7 @@ def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Pa
             record = {"name": name, "epoch": epoch + 1, "step": step, "train_loss": float(stats[0] / max(1.0, float(stats[1]))),
                       "lr": scheduler.get_last_lr()[0]}
             if val_ds is not None and len(val_ds):
-                record.update(evaluate(model, val_ds, config, device, loss_fn))
+                record.update(validation_loss_and_map(model, val_ds, config, device, loss_fn))
                 model.train()
             record["seconds"] = round(time.perf_counter() - t0, 3)
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["average_precision", "mean_average_precision"]
+__all__ = ["classification_average_precision", "mean_average_precision"]
 
 
-def average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
+def classification_average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
     """Average precision of one class: the mean of the precision at the rank of each positive.
 
     Ties are broken by the original order (stable sort). NaN when there is no positive.
 
-    >>> average_precision(np.array([1, 0, 1]), np.array([0.9, 0.8, 0.1]))
+    >>> classification_average_precision(np.array([1, 0, 1]), np.array([0.9, 0.8, 0.1]))
     0.8333333333333333
     """
     truth = np.asarray(truth).astype(bool)
@@ -34,7 +34,7 @@ def average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
 
 
 def mean_average_precision(targets: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> tuple[float, np.ndarray]:
-    """Mean over classes with a positive of :func:`average_precision`; also the per-class values (NaN if absent).
+    """Mean over classes with a positive of :func:`classification_average_precision`; also the per-class values (NaN if absent).
 
     >>> t = np.array([[1, 0], [0, 1], [0, 0]], float)
     >>> s = np.array([[0.9, 0.1], [0.2, 0.3], [0.1, 0.5]])
@@ -46,6 +46,6 @@ def mean_average_precision(targets: np.ndarray, scores: np.ndarray, threshold: f
     scores = np.asarray(scores)
     if targets.shape != scores.shape or targets.ndim != 2:
         raise ValueError(f"targets and scores must both be (N, C), got {targets.shape} and {scores.shape}")
-    per_class = np.array([average_precision(targets[:, c] >= threshold, scores[:, c]) for c in range(targets.shape[1])])
+    per_class = np.array([classification_average_precision(targets[:, c] >= threshold, scores[:, c]) for c in range(targets.shape[1])])
     valid = ~np.isnan(per_class)
     return (float(per_class[valid].mean()) if valid.any() else float("nan")), per_class

@@ -1,4 +1,4 @@
-"""A tiny, learnable training set in the ``cells.csv`` format, for smoke tests and notebooks.
+"""Test scaffolding: a tiny, learnable training set in the ``cells.csv`` format, for smoke tests.
 
 Each toy cell is a disk (red and yellow channels) with a nucleus (blue). Every class shown in a cell
 adds a bright green spot at its own angle around the nucleus, so a network can learn the labels.
@@ -6,7 +6,8 @@ Labels are weak, as in the competition: the ``labels`` column holds the image's 
 cell shows each of them with probability ``p_show``. One cell per image is marked invalid.
 
 Use the real pipeline (``hpa-kernel cells`` on a synthetic competition) for anything beyond a smoke
-test; this module only exists so that training can be tested without segmentation.
+test; this module only exists so that training can be tested without segmentation. It lives in
+``tests/`` (imported as ``toy_training``), not in the library.
 """
 
 from __future__ import annotations
