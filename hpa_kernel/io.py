@@ -72,7 +72,7 @@ def read_channel(path: str | Path) -> np.ndarray:
     ImageReadError
         If the file cannot be decoded (corrupt or not an image) or has an unsupported layout.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     path = Path(path)
     if not path.is_file():
@@ -141,7 +141,7 @@ def write_image(folder: str | Path, image_id: str, image: np.ndarray, ext: str =
 
     ``ext`` is one of :data:`EXTENSIONS`, so that :func:`read_image` finds the files.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     if ext not in EXTENSIONS:
         raise ValueError(f"ext must be one of {', '.join(EXTENSIONS)} (the files read_image finds), got {ext!r}")

@@ -396,7 +396,7 @@ def _assign_labels(rng, cells: list[_Cell], classes: Sequence[int], negative_fra
 
 
 def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     if sigma <= 0:
         return a
@@ -431,7 +431,7 @@ def _pick(rng, mask: np.ndarray, n: int, weights: np.ndarray | None = None):
 
 def _polylines(shape, curves, thickness: int) -> np.ndarray:
     """Draw polylines (lists of (y, x) float points) anti-aliased; returns float32 in [0, 1]."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     canvas = np.zeros(shape, dtype=np.uint8)
     pts = [np.round(np.asarray(c)[:, ::-1] * 16).astype(np.int32) for c in curves if len(c) > 1]  # (x, y) fixed point
@@ -475,7 +475,7 @@ class _Local:
 
 
 def _local(cell: _Cell, k: int, cell_mask, nuclei_mask, px: float) -> _Local:
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     y0, x0, y1, x1 = cell.bbox
     m = cell_mask[y0:y1, x0:x1] == k
@@ -755,7 +755,7 @@ def synthesize_image(
     debris_mask, debris_list = _add_debris(rng, cell_mask, cells, r_mean, debris, (red, green, blue, yellow))
 
     # uneven illumination: a smooth field within +-10 %, shared by the channels
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     coarse = rng.uniform(0.9, 1.1, (3, 3)).astype(np.float32)
     light = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -798,7 +798,7 @@ def _new_cell_mitotic(rng, cy, cx, r_mean) -> _Cell:
 
 def _add_debris(rng, cell_mask, cells, r_mean, n, channels):
     """Bright blobs in the background that a segmenter could take for a cell or nucleus."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     height, width = cell_mask.shape
     debris_mask = np.zeros((height, width), np.int32)
@@ -1095,7 +1095,7 @@ def save_example(
 
     ``docs/synthetic_example.png`` is ``save_example("docs/synthetic_example.png")``.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     sample = synthesize_image(seed, size, size, classes=classes)
     rgb = render_composite(sample, outlines=False)

@@ -126,7 +126,7 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # One OpenCV thread per worker: the parallelism is the pool's; N workers x all-core OpenCV
     # thread pools would oversubscribe the CPU.
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     cv2.setNumThreads(1)
 

@@ -71,7 +71,7 @@ def write_mask(path, label) -> None:
     label : (H, W) integer ndarray
         Labels in [0, 65535]; anything outside is a ValueError naming ``path``.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
     import numpy as np
 
     label = np.asarray(label)
