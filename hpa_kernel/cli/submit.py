@@ -39,6 +39,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     run_opts.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="allow flip TTA when time permits (default on)")
     run_opts.add_argument("--segmenter", choices=("hpa", "classic"), default=None,
                           help="hpa (default; needs the segmentation weights) or classic (weight-free, only when asked)")
+    run_opts.add_argument("--padding", action=argparse.BooleanOptionalAction, default=True,
+                          help="hpacellseg's padding=True for the HPA segmenter: every image size works (default on)")
     run_opts.add_argument("--crop-size", type=int, default=None, help="cell crop side (default: the checkpoints' input size)")
     run_opts.add_argument("--cell-weight", type=float, default=0.7,
                           help="final confidence = w x cell + (1 - w) x mean of the image's other valid cells (default 0.7)")
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         tta=args.tta,
         segmenter=args.segmenter,
+        padding=args.padding,
         crop_size=args.crop_size,
         checkpoint_every_s=args.checkpoint_minutes * 60.0,
         validate=args.validate,
