@@ -23,6 +23,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     io.add_argument("--weights", metavar="DIR", help="weights folder with weights_manifest.json (default $HPA_KERNEL_WEIGHTS, then the Kaggle input folders)")
     io.add_argument("--out", metavar="FILE", default="submission.csv", help="output CSV (default submission.csv)")
     io.add_argument("--cache", metavar="DIR", help="cells cache folder (resumable runs)")
+    io.add_argument("--report", metavar="FILE", default=None,
+                    help="also write the run's report as JSON: rows, predicted, the fallback images with their reasons, plans")
     budget = parser.add_argument_group("time budget")
     budget.add_argument("--budget-hours", type=float, default=8.5, metavar="H", help="hours until the final file (default 8.5)")
     budget.add_argument("--reserve-minutes", type=float, default=None, metavar="M",
@@ -48,6 +50,20 @@ def register(subparsers) -> argparse.ArgumentParser:
     run_opts.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
+
+
+def write_report(report, path) -> None:
+    """Write a :class:`~hpa_kernel.submit.SubmitReport` as JSON (ids of the fallback rows with their reasons)."""
+    import json
+    from pathlib import Path
+
+    data = {
+        "path": str(report.path), "n_images": report.n_images, "n_predicted": report.n_predicted,
+        "fallback": dict(report.fallback), "plans": dict(report.plans), "segmenter": report.segmenter,
+        "elapsed_s": round(report.elapsed_s, 3), "problems": None if report.problems is None else [str(p) for p in report.problems],
+    }
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    logger.info("report written to %s", path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,4 +94,6 @@ def run(args: argparse.Namespace) -> int:
     )
     report = run_submission(config)
     sys.stdout.write(report.summary() + "\n")
+    if args.report:
+        write_report(report, args.report)
     return 1 if report.problems else 0
