@@ -62,10 +62,13 @@ def _offline_env(**extra: str) -> dict:
 
 
 def _no_network() -> list[str]:
-    """``unshare -n`` (a network namespace with no interfaces) when it works here, else nothing."""
+    """A command prefix that runs in a network namespace with the loopback only (``unshare -n``, root),
+    when that works here; else nothing (``--no-index`` and the dead proxy still keep pip offline).
+    The notebook kernel talks to papermill over 127.0.0.1, so the loopback is brought up."""
     unshare = shutil.which("unshare")
-    if unshare and subprocess.run([unshare, "-n", "true"], capture_output=True).returncode == 0:
-        return [unshare, "-n"]
+    prefix = [unshare, "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"] if unshare else []
+    if prefix and subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
+        return prefix
     return []
 
 
@@ -189,3 +192,23 @@ def test_bundle_wheels_downloads_what_the_target_lacks_for_its_python_and_platfo
     # with the Kaggle image as it is, nothing is downloaded
     calls.clear()
     assert bundle.bundle_wheels(tmp_path / "wheels2", kit_wheel=kit).dependencies == [] and calls == []
+
+
+def test_missing_opencv_is_an_import_error_that_names_the_fix(monkeypatch):
+    from hpa_kernel import _cv2
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as if no OpenCV distribution were installed
+    with pytest.raises(ImportError, match=r"pip install opencv-python-headless \(or pip install \"hpa-kernel\[opencv\]\"\)"):
+        _cv2.require_cv2()
+    with pytest.raises(ImportError, match="hpa-kernel needs OpenCV"):
+        from hpa_kernel._cv2 import cv2  # noqa: F401
+    monkeypatch.undo()
+    assert _cv2.require_cv2() is sys.modules["cv2"]
+
+
+def test_every_cv2_import_of_the_kit_goes_through_the_helper():
+    package = Path(bundle.__file__).resolve().parent
+    direct = [f"{p.relative_to(package)}:{n}" for p in package.rglob("*.py") if p.name != "_cv2.py"
+              for n, line in enumerate(p.read_text().splitlines(), 1)
+              if re.match(r"\s*(import cv2\b|from cv2\b)", line)]
+    assert direct == [], f"import cv2 through hpa_kernel._cv2 (it names the fix when OpenCV is missing): {direct}"

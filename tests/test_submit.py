@@ -341,8 +341,11 @@ def test_cli_parses_every_option():
     assert (args.budget_hours, args.tta, args.segmenter, args.batch_size, args.workers) == (0.5, False, "classic", 8, 0)
     assert args.padding is True
     assert build_parser().parse_args(["submit", "--no-padding"]).padding is False
-    assert build_parser().parse_args(["segment", "--images", "i", "--out", "o"]).padding is True
-    assert build_parser().parse_args(["segment", "--images", "i", "--out", "o", "--no-padding"]).padding is False
+    from hpa_kernel.cli.segment import _segmenter_kwargs
+
+    segment = ["segment", "--images", "i", "--out", "o"]
+    assert _segmenter_kwargs(build_parser().parse_args(segment))["padding"] is True
+    assert _segmenter_kwargs(build_parser().parse_args([*segment, "--no-padding"]))["padding"] is False
     cells = build_parser().parse_args(["cells", "--out", "o"])
     assert (cells.segmenter, cells.padding) == ("hpa", True)  # the same default as submit
 
