@@ -229,12 +229,14 @@ OpenCV is not among the kit's requirements: the Kaggle image's `opencv-python` i
 
 
 def install_command(wheels_dir: str | os.PathLike) -> str:
-    """The pip command that installs the kit offline from a wheels folder, as it reads on Kaggle.
+    """The pip command that installs the kit offline from a wheels folder, as the notebook runs it on Kaggle.
+
+    ``--upgrade`` replaces an older kit; the kit's requirements are left as the image has them.
 
     >>> install_command("/kaggle/input/hpa-kernel-wheels")
-    'pip install --no-index --find-links /kaggle/input/hpa-kernel-wheels hpa_kernel'
+    'pip install --no-index --find-links /kaggle/input/hpa-kernel-wheels --upgrade hpa_kernel'
     """
-    return " ".join(["pip install --no-index --find-links", str(wheels_dir), "hpa_kernel"])
+    return " ".join(["pip install --no-index --find-links", str(wheels_dir), "--upgrade hpa_kernel"])
 
 
 def kaggle_wheels_dir(dataset_id: str) -> Path:

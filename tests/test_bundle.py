@@ -91,7 +91,7 @@ def test_kit_wheel_is_pure_python_and_carries_the_notebooks(tmp_path):
 
 def test_install_command_is_offline_and_names_only_the_kit():
     cmd = bundle.install_command("/kaggle/input/hpa-kernel-wheels")
-    assert cmd == "pip install --no-index --find-links /kaggle/input/hpa-kernel-wheels hpa_kernel"
+    assert cmd == "pip install --no-index --find-links /kaggle/input/hpa-kernel-wheels --upgrade hpa_kernel"
 
 
 def fake_kit_wheel(folder, requires=("numpy>=1.24",)):
@@ -109,7 +109,7 @@ def test_wheels_readme_installs_from_the_dataset_it_describes(tmp_path):
     result = bundle.bundle_wheels(tmp_path / "house", kit_wheel=kit, dataset_id="someone/my-wheels")
     readme = (result.folder / "README.md").read_text()
     install = next(line.strip() for line in readme.splitlines() if line.strip().startswith("pip install"))
-    assert install == "pip install --no-index --find-links /kaggle/input/my-wheels hpa_kernel"
+    assert install == "pip install --no-index --find-links /kaggle/input/my-wheels --upgrade hpa_kernel"
     assert [w.name for w in result.wheels] == [kit.name]
     assert kit.name in (result.folder / "wheels.lock").read_text()
 
