@@ -224,3 +224,23 @@ def test_run_submission_with_the_hpa_segmenter_predicts_every_image(fake_hpa, fo
         for k, encoded in enumerate(sorted(masks), start=1):
             label[decode_mask(encoded, *shape).astype(bool)] = k
         assert_cells_where_drawn(label)
+
+
+def test_cells_cli_defaults_to_the_hpa_segmenter_and_logs_its_settings(fake_hpa, folder, tmp_path, caplog):
+    import logging
+
+    import pandas as pd
+
+    from hpa_kernel.cli import main
+
+    fake_hpa()  # installs the fake weight loader; the CLI builds its own segmenter from the weight folder
+    weights = next(p.parent for p in tmp_path.iterdir() if p.name == NUCLEI_WEIGHTS)
+    out = tmp_path / "cells"
+    argv = ["cells", "--data", str(folder.parent), "--split", folder.name, "--out", str(out), "--nuclei", str(weights),
+            "--cell", str(weights), "--workers", "0", "--crop-size", "32", "--no-progress"]
+    with caplog.at_level(logging.INFO, logger="hpa_kernel.cli.cells"):
+        assert main(argv) == 0
+    settings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("segmenter hpa: ")]
+    assert len(settings) == 1 and "'padding': True" in settings[0] and "'nuclei_sha256': 'fake-nuclei'" in settings[0]
+    cells = pd.read_csv(out / "cells.csv", dtype={"image_id": str})
+    assert cells.groupby("image_id").size().to_dict() == {k: len(c) for k, (_, c) in LAYOUT.items()}
