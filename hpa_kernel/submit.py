@@ -447,7 +447,7 @@ def _choose_segmenter(config: SubmitConfig, manifest) -> str:
     )
 
 
-def runtime_report(config: SubmitConfig, segmenter_name: str | None = None) -> str:
+def runtime_report(config: SubmitConfig, segmenter_name: str | None = None, padding: bool | None = None) -> str:
     """One line saying what the run segments with: segmenter, padding, scikit-image, watershed.
 
     Logged (INFO) by :func:`run_submission` in the main process and printed by the notebook.
@@ -457,11 +457,13 @@ def runtime_report(config: SubmitConfig, segmenter_name: str | None = None) -> s
     config : SubmitConfig
     segmenter_name : str, optional
         The segmenter actually used; default ``config.segmenter``, else ``"hpa"``.
+    padding : bool, optional
+        The segmenter's own ``padding`` when it was built elsewhere; default ``config.padding``.
     """
     from hpa_kernel.segmentation.postprocess import skimage_version, watershed_is_faithful
 
     name = segmenter_name or config.segmenter or "hpa"
-    padding = config.padding if name == "hpa" else "n/a"
+    padding = (config.padding if padding is None else padding) if name == "hpa" else "n/a"
     if watershed_is_faithful():
         watershed = "faithful (the 2021 algorithm)"
     else:
@@ -469,11 +471,11 @@ def runtime_report(config: SubmitConfig, segmenter_name: str | None = None) -> s
     return f"runtime: segmenter {name}, padding {padding}, scikit-image {skimage_version()}, watershed {watershed}"
 
 
-def _log_runtime(config: SubmitConfig, segmenter_name: str) -> None:
+def _log_runtime(config: SubmitConfig, segmenter_name: str, padding: bool | None = None) -> None:
     """The runtime line, and the watershed fidelity warning once in the main process (not only in workers)."""
     from hpa_kernel.segmentation import postprocess
 
-    logger.info("%s", runtime_report(config, segmenter_name))
+    logger.info("%s", runtime_report(config, segmenter_name, padding))
     warn = getattr(postprocess, "warn_if_watershed_unfaithful", None)  # gone once the watershed is the kit's own
     if warn is not None:
         warn()
@@ -535,7 +537,10 @@ def run_submission(config: SubmitConfig, clock: Callable[[], float] = time.monot
     manifest = load_manifest(weights_dir=config.weights, verify=False)
     seg_name = "custom" if segmenter is not None else _choose_segmenter(config, manifest)
     report.segmenter = seg_name if segmenter is None else type(segmenter).__name__
-    _log_runtime(config, seg_name if segmenter is None else getattr(segmenter, "name", seg_name))
+    if segmenter is None:
+        _log_runtime(config, seg_name)
+    else:
+        _log_runtime(config, getattr(segmenter, "name", seg_name), getattr(segmenter, "padding", None))
     from hpa_kernel.classifier.ensemble import DEFAULT_TTA
 
     ladder = plan_ladder([len(g.checkpoints) for g in manifest.groups], manifest.weights, DEFAULT_TTA if config.tta else None)

@@ -273,6 +273,7 @@ def test_runtime_report_and_fidelity_warning_reach_the_main_log(synthetic_compet
         warned = [r for r in caplog.records if r.name == postprocess.__name__ and r.levelno == logging.WARNING]
         assert len(warned) == 1, "the fidelity warning must reach the main process log once"
     assert runtime_report(config, "hpa").startswith("runtime: segmenter hpa, padding False, ")
+    assert runtime_report(config, "hpa", padding=True).startswith("runtime: segmenter hpa, padding True, ")
     monkeypatch.setattr(postprocess, "watershed_is_faithful", lambda version=None: True)
     assert runtime_report(SubmitConfig(out="x.csv")).endswith("watershed faithful (the 2021 algorithm)")
     assert "padding True" in runtime_report(SubmitConfig(out="x.csv"))
