@@ -48,9 +48,9 @@ def run(work: Path, n_test: int = 8, device: str = "cpu", workers: int = 2, seed
     """Synthesize, submit through the CLI, and count per image size. Returns the counts and the run's facts."""
     import pandas as pd
 
-    python = [sys.executable, "-m", "hpa_kernel", "-q"]
+    python = [sys.executable, "-m", "hpa_kernel"]
     data, weights = work / "data", work / "weights"
-    subprocess.run([*python, "synth", "--out", data, "--n-train", "0", "--n-test", str(n_test), "--sizes", "competition",
+    subprocess.run([*python, "-q", "synth", "--out", data, "--n-train", "0", "--n-test", str(n_test), "--sizes", "competition",
                     "--seed", str(seed), "--overwrite"], check=True)
     if not (weights / "weights_manifest.json").is_file():
         make_weights(weights)
