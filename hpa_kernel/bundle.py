@@ -3,14 +3,20 @@
 Kaggle code submissions have no internet, so everything the kit needs beyond the Kaggle image
 travels as two datasets:
 
-* **wheels** (:func:`bundle_wheels`): the kit's own pure-Python wheel plus the dependency wheels
-  that the Kaggle image lacks or has in a version we cannot use (:data:`EXTRA_REQUIREMENTS`), a lock
+* **wheels** (:func:`bundle_wheels`): the kit's own pure-Python wheel plus a wheel for every base
+  requirement of the kit that the Kaggle image lacks or has in a version that does not satisfy it
+  (:func:`missing_requirements`, from :data:`KAGGLE_PREINSTALLED`; today there are none), a lock
   file of exact versions and sha256 hashes, ``dataset-metadata.json`` for the Kaggle CLI and a README
   for the dataset page.
 * **weights** (:func:`bundle_weights`): the ensemble checkpoints, the segmentation weights when
   present, and ``weights_manifest.json`` with verified hashes.
 
-Building the wheelhouse needs the package registry (``pip download``); installing from it does not.
+The install on Kaggle is then ``pip install --no-index --find-links /kaggle/input/<wheels> hpa_kernel``
+(:func:`install_command`): it adds the kit and nothing the image already has. OpenCV is not a base
+requirement (see :mod:`hpa_kernel._cv2`), so the image's ``opencv-python`` is used as it is.
+
+Building the wheelhouse needs the package registry (``pip download``) only when something is
+missing; installing from it never does.
 """
 
 from __future__ import annotations
@@ -35,13 +41,15 @@ __all__ = [
     "KAGGLE_PYTHON",
     "KAGGLE_PLATFORMS",
     "KAGGLE_PREINSTALLED",
-    "EXTRA_REQUIREMENTS",
     "WheelhouseResult",
     "find_project_root",
     "build_kit_wheel",
+    "kit_requirements",
+    "missing_requirements",
     "bundle_wheels",
     "bundle_weights",
     "install_command",
+    "kaggle_wheels_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,24 +63,28 @@ KAGGLE_PLATFORMS = (
     "manylinux2014_x86_64",
     "manylinux1_x86_64",
 )
-#: What the Kaggle image already has; the kit's wheel declares lower bounds that these satisfy.
-KAGGLE_PREINSTALLED = {
+#: What the Kaggle image has preinstalled (distribution -> version). The one list the wheelhouse is
+#: computed from: a base requirement of the kit that is absent here, or whose version this one
+#: does not satisfy, gets its wheel in the wheels dataset. OpenCV is ``opencv-python`` (not
+#: headless) there. scipy, tqdm and numba are on the image; their versions here are lower
+#: estimates, far above the kit's bounds.
+KAGGLE_PREINSTALLED: dict[str, str] = {
     "torch": "2.10",
     "timm": "1.0.26",
-    "scikit-image": "0.25.2",
     "numpy": "2.4",
     "pandas": "2.3",
-    "opencv-python-headless": "4.13",
+    "scikit-image": "0.25.2",
+    "opencv-python": "4.13",
     "pycocotools": "2.0.11",
+    "scipy": "1.15",
+    "tqdm": "4.67",
+    "numba": "0.61",
     "nbconvert": "6.4.5",
+    "papermill": "2.6",
 }
-#: Wheels the Kaggle image lacks or has in an unusable version, with the reason.
-EXTRA_REQUIREMENTS = {
-    "scikit-image==0.24.0": (
-        "the 2021 watershed: scikit-image >= 0.25 changed segmentation.watershed, so label_cell "
-        "would no longer equal the masks the test set was made with"
-    ),
-}
+#: Where the weights and wheels datasets' ids come from when none is given and none was written before.
+DEFAULT_WHEELS_ID = "your-kaggle-username/hpa-kernel-wheels"
+DEFAULT_WEIGHTS_ID = "your-kaggle-username/hpa-kernel-weights"
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -145,6 +157,49 @@ def _wheel_name_version(path: Path) -> tuple[str, str]:
     return name.replace("_", "-").lower(), version
 
 
+def _requires_dist(kit_wheel: Path) -> list[str]:
+    with zipfile.ZipFile(kit_wheel) as zf:
+        metadata = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+        if len(metadata) != 1:
+            raise ValueError(f"{kit_wheel.name}: expected one .dist-info/METADATA, found {metadata}")
+        text = zf.read(metadata[0]).decode("utf-8")
+    return [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Requires-Dist:")]
+
+
+def kit_requirements(kit_wheel: str | os.PathLike) -> list[str]:
+    """The base requirements (``Requires-Dist`` without an ``extra`` marker) of a built kit wheel."""
+    from packaging.requirements import Requirement
+
+    return [r for r in _requires_dist(Path(kit_wheel)) if "extra" not in str(Requirement(r).marker or "")]
+
+
+def missing_requirements(requirements: list[str], preinstalled: dict[str, str] = KAGGLE_PREINSTALLED,
+                         python: str = KAGGLE_PYTHON) -> list[str]:
+    """The requirements that ``preinstalled`` (distribution -> version) does not satisfy.
+
+    Requirements whose environment marker is false for Python ``python`` on Linux are skipped.
+
+    >>> missing_requirements(["numpy>=1.24", "numba>=0.58", "tqdm"], {"numpy": "2.4", "numba": "0.55"})
+    ['numba>=0.58', 'tqdm']
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    have = {canonicalize_name(name): version for name, version in preinstalled.items()}
+    env = {"python_version": python, "python_full_version": f"{python}.0", "sys_platform": "linux",
+           "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix", "extra": ""}
+    missing = []
+    for text in requirements:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate(env):
+            continue
+        version = have.get(canonicalize_name(req.name))
+        if version is None or not req.specifier.contains(version, prereleases=True):
+            req.marker = None
+            missing.append(str(req))
+    return missing
+
+
 @dataclass
 class WheelhouseResult:
     """What :func:`bundle_wheels` wrote."""
@@ -153,6 +208,7 @@ class WheelhouseResult:
     kit_wheel: Path
     wheels: list[Path] = field(default_factory=list)
     lock: Path | None = None
+    dependencies: list[str] = field(default_factory=list)
 
 
 _WHEELS_README = """# hpa-kernel wheels (offline)
@@ -161,24 +217,50 @@ Attach this dataset to a Kaggle notebook that has internet disabled, then instal
 
     {install}
 
-Contents: the kit's wheel `{kit}` and the dependency wheels the Kaggle image lacks
-or has in a version the kit cannot use:
+(the submission notebook's first cell does exactly this). Contents: the kit's wheel `{kit}` and a
+wheel for every base requirement of the kit that the Kaggle image lacks:
 
 {extras}
 
+OpenCV is not among the kit's requirements: the Kaggle image's `opencv-python` is used as it is.
 `wheels.lock` lists every wheel with its version and sha256. Target: Python {python},
 {platform}. Built by `hpa-kernel bundle wheels` ({version}).
 """
 
 
-def install_command(wheels_dir: str | os.PathLike, extra: dict[str, str] | None = None) -> str:
-    """The pip command that installs the kit offline from a wheels folder.
+def install_command(wheels_dir: str | os.PathLike) -> str:
+    """The pip command that installs the kit offline from a wheels folder, as the notebook runs it on Kaggle.
 
-    ``extra`` (requirement -> reason) names the pinned extras in the folder; :data:`EXTRA_REQUIREMENTS`
-    by default.
+    ``--upgrade`` replaces an older kit; the kit's requirements are left as the image has them.
+
+    >>> install_command("/kaggle/input/hpa-kernel-wheels")
+    'pip install --no-index --find-links /kaggle/input/hpa-kernel-wheels --upgrade hpa_kernel'
     """
-    extra = EXTRA_REQUIREMENTS if extra is None else extra
-    return " ".join(["pip install --no-index --find-links", str(wheels_dir), "hpa_kernel", *sorted(extra)])
+    return " ".join(["pip install --no-index --find-links", str(wheels_dir), "--upgrade hpa_kernel"])
+
+
+def kaggle_wheels_dir(dataset_id: str) -> Path:
+    """Where Kaggle mounts the wheels dataset ``owner/name``: ``/kaggle/input/name``."""
+    return KAGGLE_INPUT / dataset_id.rsplit("/", 1)[-1]
+
+
+def _dataset_id(out: Path, dataset_id: str | None, default: str) -> str:
+    """``dataset_id``, else the id already in ``out/dataset-metadata.json``, else ``default``."""
+    if dataset_id:
+        return dataset_id
+    previous = out / "dataset-metadata.json"
+    if previous.is_file():
+        from hpa_kernel.io import read_json_object
+
+        found = read_json_object(previous, "Kaggle dataset metadata").get("id")
+        if isinstance(found, str) and "/" in found:
+            return found
+    return default
+
+
+def _write_dataset_metadata(out: Path, title: str, dataset_id: str, license_name: str) -> None:
+    metadata = {"title": title, "id": dataset_id, "licenses": [{"name": license_name}]}
+    (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
 
 def bundle_wheels(
@@ -186,12 +268,12 @@ def bundle_wheels(
     *,
     python: str = KAGGLE_PYTHON,
     platforms: tuple[str, ...] = KAGGLE_PLATFORMS,
-    extra: dict[str, str] | None = None,
+    preinstalled: dict[str, str] = KAGGLE_PREINSTALLED,
     kit_wheel: str | os.PathLike | None = None,
     find_links: list[str] | None = None,
-    dataset_id: str = "your-kaggle-username/hpa-kernel-wheels",
+    dataset_id: str | None = None,
 ) -> WheelhouseResult:
-    """Fill ``out`` with the kit's wheel, the extra dependency wheels, a lock file and Kaggle metadata.
+    """Fill ``out`` with the kit's wheel, the wheels the target image lacks, a lock file and Kaggle metadata.
 
     Parameters
     ----------
@@ -199,21 +281,23 @@ def bundle_wheels(
         The wheelhouse folder (created). Old ``*.whl`` files in it are removed first.
     python, platforms
         Target interpreter version and platform tags for ``pip download`` (Kaggle by default).
-    extra : dict, optional
-        Requirement → reason; :data:`EXTRA_REQUIREMENTS` by default.
+    preinstalled : dict
+        Distribution -> version of what the target image has (:data:`KAGGLE_PREINSTALLED`). Every
+        base requirement of the kit it does not satisfy is downloaded (:func:`missing_requirements`).
     kit_wheel : path, optional
         Use this prebuilt kit wheel instead of building one from the checkout.
     find_links : list of str, optional
         Extra ``--find-links`` for ``pip download``.
-    dataset_id : str
-        Kaggle dataset id written to ``dataset-metadata.json``; Kaggle mounts the dataset under its
-        last part, which the README's install command names.
+    dataset_id : str, optional
+        Kaggle dataset id (``owner/name``) for ``dataset-metadata.json``; default: the id already in
+        ``out/dataset-metadata.json``, else a placeholder. Kaggle mounts the dataset under ``name``,
+        which the README's install command names.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    dataset_id = _dataset_id(out, dataset_id, DEFAULT_WHEELS_ID)
     for old in out.glob("*.whl"):
         old.unlink()
-    extra = EXTRA_REQUIREMENTS if extra is None else extra
     if kit_wheel is not None:
         kit_wheel = Path(kit_wheel)
         if not kit_wheel.is_file():
@@ -222,7 +306,9 @@ def bundle_wheels(
         shutil.copy2(kit_wheel, kit)
     else:
         kit = build_kit_wheel(out)
-    _download(sorted(extra), out, python, tuple(platforms), list(find_links or []))
+    missing = missing_requirements(kit_requirements(kit), preinstalled, python)
+    logger.info("base requirements missing from the target image: %s", ", ".join(missing) or "none")
+    _download(missing, out, python, tuple(platforms), list(find_links or []))
     wheels = sorted(out.glob("*.whl"))
     lock_lines = ["# name==version  sha256  file   (written by hpa-kernel bundle wheels)"]
     for wheel in wheels:
@@ -230,12 +316,11 @@ def bundle_wheels(
         lock_lines.append(f"{name}=={version}  sha256:{sha256_of(wheel)}  {wheel.name}")
     lock = out / "wheels.lock"
     lock.write_text("\n".join(lock_lines) + "\n")
-    metadata = {"title": "hpa-kernel wheels", "id": dataset_id, "licenses": [{"name": "MIT"}]}
-    (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    extras_md = "\n".join(f"* `{req}`: {why}" for req, why in sorted(extra.items())) or "* (none)"
+    _write_dataset_metadata(out, "hpa-kernel wheels", dataset_id, "MIT")
+    extras_md = "\n".join(f"* `{req}`" for req in missing) or "* none: the image has every base requirement"
     (out / "README.md").write_text(
         _WHEELS_README.format(
-            install=install_command(KAGGLE_INPUT / dataset_id.rsplit("/", 1)[-1], extra),
+            install=install_command(kaggle_wheels_dir(dataset_id)),
             kit=kit.name,
             extras=extras_md,
             python=python,
@@ -243,8 +328,8 @@ def bundle_wheels(
             version=__version__,
         )
     )
-    logger.info("wheelhouse %s: %d wheels, lock file %s", out, len(wheels), lock.name)
-    return WheelhouseResult(folder=out, kit_wheel=kit, wheels=wheels, lock=lock)
+    logger.info("wheelhouse %s (dataset %s): %d wheels, lock file %s", out, dataset_id, len(wheels), lock.name)
+    return WheelhouseResult(folder=out, kit_wheel=kit, wheels=wheels, lock=lock, dependencies=missing)
 
 
 def bundle_weights(
@@ -252,7 +337,7 @@ def bundle_weights(
     out: str | os.PathLike,
     *,
     manifest: str | os.PathLike | None = None,
-    dataset_id: str = "your-kaggle-username/hpa-kernel-weights",
+    dataset_id: str | None = None,
 ) -> Path:
     """Gather the weights dataset: checkpoints (``.pth`` + ``.json``), segmentation weights when
     present, and ``weights_manifest.json`` with every hash pinned and verified.
@@ -266,8 +351,9 @@ def bundle_weights(
     manifest : path, optional
         The manifest describing the ensemble; default ``weights_dir/weights_manifest.json``, else
         the kit's default layout (:func:`hpa_kernel.manifest.default_manifest`).
-    dataset_id : str
-        Kaggle dataset id written to ``dataset-metadata.json``.
+    dataset_id : str, optional
+        Kaggle dataset id for ``dataset-metadata.json``; default: the id already in
+        ``out/dataset-metadata.json``, else a placeholder.
 
     Returns
     -------
@@ -316,7 +402,6 @@ def bundle_weights(
     unpinned = [f.file for f in pinned.all_files(with_segmentation) if f.sha256 is None]
     if unpinned:
         raise RuntimeError(f"hashes could not be pinned for {unpinned}")
-    metadata = {"title": "hpa-kernel weights", "id": dataset_id, "licenses": [{"name": "other"}]}
-    (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    _write_dataset_metadata(out, "hpa-kernel weights", _dataset_id(out, dataset_id, DEFAULT_WEIGHTS_ID), "other")
     logger.info("weights dataset %s: %d files, segmentation %s", out, len(names), "included" if with_segmentation else "absent")
     return target

@@ -114,7 +114,7 @@ def read_channel(path: str | Path) -> np.ndarray:
     ImageReadError
         If the file cannot be decoded (corrupt or not an image) or has an unsupported layout.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     path = Path(path)
     if not path.is_file():
@@ -183,7 +183,7 @@ def write_image(folder: str | Path, image_id: str, image: np.ndarray, ext: str =
 
     ``ext`` is one of :data:`EXTENSIONS`, so that :func:`read_image` finds the files.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     check_image_id(image_id)
     if ext not in EXTENSIONS:

@@ -227,6 +227,7 @@ def write_submission(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; submission.csv is an ordinary file that others read
     n_fallback = 0
     try:
         with os.fdopen(fd, "w", encoding="ascii", newline="\n") as fh:

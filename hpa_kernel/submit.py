@@ -49,6 +49,7 @@ __all__ = [
     "SubmitReport",
     "run_submission",
     "process_start_monotonic",
+    "runtime_report",
     "predict_image",
 ]
 
@@ -283,6 +284,9 @@ class SubmitConfig:
         (off for milimed2021, on for kit2025).
     segmenter : {"hpa", "classic"} or None
         None: ``"hpa"``, which needs the manifest's segmentation weights.
+    padding : bool
+        The HPA segmenter's ``padding`` (hpacellseg's, default True as the team ran it): every
+        image size works. False needs sides whose quarter is a multiple of 32 (2048, 3072, not 1728).
     crop_size : int, optional
         Cell crop side; default the largest input size of the ensemble's checkpoints.
     checkpoint_every_s : float
@@ -314,6 +318,7 @@ class SubmitConfig:
     workers: int | None = None
     tta: bool | None = None
     segmenter: str | None = None
+    padding: bool = True
     crop_size: int | None = None
     checkpoint_every_s: float = 15 * 60.0
     validate: bool = True
@@ -340,6 +345,8 @@ class SubmitConfig:
             raise ValueError(f"batch_size and seg_batch_size must be >= 1, got {self.batch_size} and {self.seg_batch_size}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not isinstance(self.padding, bool):
+            raise ValueError(f"padding must be True or False, got {self.padding!r}")
         if self.segmenter not in (None, "hpa", "classic"):
             raise ValueError(f"segmenter must be 'hpa', 'classic' or None, got {self.segmenter!r}")
         if self.crop_size is not None and (not isinstance(self.crop_size, int) or self.crop_size < 8):
@@ -465,6 +472,40 @@ def _choose_segmenter(config: SubmitConfig, manifest) -> str:
         f"the HPA segmentation weights ({names}) are not in the weights folder {manifest.weights_dir}; "
         "attach them, or pass --segmenter classic explicitly to use the weight-free classic segmenter"
     )
+
+
+def runtime_report(config: SubmitConfig, segmenter_name: str | None = None, padding: bool | None = None) -> str:
+    """One line saying what the run segments with: segmenter, padding, scikit-image, watershed.
+
+    Logged (INFO) by :func:`run_submission` in the main process and printed by the notebook.
+
+    Parameters
+    ----------
+    config : SubmitConfig
+    segmenter_name : str, optional
+        The segmenter actually used; default ``config.segmenter``, else ``"hpa"``.
+    padding : bool, optional
+        The segmenter's own ``padding`` when it was built elsewhere; default ``config.padding``.
+    """
+    from hpa_kernel.segmentation.postprocess import skimage_version, watershed_is_faithful
+
+    name = segmenter_name or config.segmenter or "hpa"
+    padding = (config.padding if padding is None else padding) if name == "hpa" else "n/a"
+    if watershed_is_faithful():
+        watershed = "faithful (the 2021 algorithm)"
+    else:
+        watershed = "NOT faithful (scikit-image >= 0.25's algorithm; masks differ from the 2021 ones)"
+    return f"runtime: segmenter {name}, padding {padding}, scikit-image {skimage_version()}, watershed {watershed}"
+
+
+def _log_runtime(config: SubmitConfig, segmenter_name: str, padding: bool | None = None) -> None:
+    """The runtime line, and the watershed fidelity warning once in the main process (not only in workers)."""
+    from hpa_kernel.segmentation import postprocess
+
+    logger.info("%s", runtime_report(config, segmenter_name, padding))
+    warn = getattr(postprocess, "warn_if_watershed_unfaithful", None)  # gone once the watershed is the kit's own
+    if warn is not None:
+        warn()
 
 
 def _write(rows: dict[str, str], samples, out: Path) -> None:
@@ -607,6 +648,10 @@ def run_submission(
     manifest = load_manifest(weights_dir=config.weights, verify=False)
     seg_name = "custom" if segmenter is not None else _choose_segmenter(config, manifest)
     report.segmenter = seg_name if segmenter is None else type(segmenter).__name__
+    if segmenter is None:
+        _log_runtime(config, seg_name)
+    else:
+        _log_runtime(config, getattr(segmenter, "name", seg_name), getattr(segmenter, "padding", None))
     from hpa_kernel.classifier.ensemble import DEFAULT_TTA
 
     recipe = config.inference_recipe
@@ -672,7 +717,10 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, writer, tod
     if segmenter is None:
         if seg_name == "hpa":
             seg = manifest.segmentation
-            segmenter = create_segmenter("hpa", nuclei=manifest.path_of(seg.nuclei), cell=manifest.path_of(seg.cell), device=device)
+            segmenter = create_segmenter(
+                "hpa", nuclei=manifest.path_of(seg.nuclei), cell=manifest.path_of(seg.cell), device=device,
+                padding=config.padding,
+            )
         else:
             logger.warning("using the classic segmenter (asked for explicitly); its cells differ from HPA-Cell-Segmentation's")
             segmenter = create_segmenter("classic")

@@ -38,6 +38,9 @@ __all__ = [
     "SyntheticImage",
     "synthesize_image",
     "make_competition",
+    "COMPETITION_TEST_SIZES",
+    "COMPETITION_NON_SQUARE",
+    "competition_shapes",
     "render_composite",
     "write_npz",
 ]
@@ -395,7 +398,7 @@ def _assign_labels(rng, cells: list[_Cell], classes: Sequence[int], negative_fra
 
 
 def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     if sigma <= 0:
         return a
@@ -430,7 +433,7 @@ def _pick(rng, mask: np.ndarray, n: int, weights: np.ndarray | None = None):
 
 def _polylines(shape, curves, thickness: int) -> np.ndarray:
     """Draw polylines (lists of (y, x) float points) anti-aliased; returns float32 in [0, 1]."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     canvas = np.zeros(shape, dtype=np.uint8)
     pts = [np.round(np.asarray(c)[:, ::-1] * 16).astype(np.int32) for c in curves if len(c) > 1]  # (x, y) fixed point
@@ -474,7 +477,7 @@ class _Local:
 
 
 def _local(cell: _Cell, k: int, cell_mask, nuclei_mask, px: float) -> _Local:
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     y0, x0, y1, x1 = cell.bbox
     m = cell_mask[y0:y1, x0:x1] == k
@@ -754,7 +757,7 @@ def synthesize_image(
     debris_mask, debris_list = _add_debris(rng, cell_mask, cells, r_mean, debris, (red, green, blue, yellow))
 
     # uneven illumination: a smooth field within +-10 %, shared by the channels
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     coarse = rng.uniform(0.9, 1.1, (3, 3)).astype(np.float32)
     light = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -797,7 +800,7 @@ def _new_cell_mitotic(rng, cy, cx, r_mean) -> _Cell:
 
 def _add_debris(rng, cell_mask, cells, r_mean, n, channels):
     """Bright blobs in the background that a segmenter could take for a cell or nucleus."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     height, width = cell_mask.shape
     debris_mask = np.zeros((height, width), np.int32)
@@ -892,6 +895,40 @@ def _progress(total: int):
     return tqdm(total=total, desc="synthetic images", unit="img", disable=quiet)
 
 
+#: The real test set's image sides and counts (559 images): 462 x 2048², 68 x 1728², 29 x 3072².
+COMPETITION_TEST_SIZES: tuple[tuple[int, int], ...] = ((2048, 462), (1728, 68), (3072, 29))
+#: The one non-square (H, W) that ``sizes="competition"`` adds; the real set has none, the kit must cope anyway.
+COMPETITION_NON_SQUARE: tuple[int, int] = (1728, 2048)
+
+
+def competition_shapes(n: int) -> list[tuple[int, int]]:
+    """(H, W) of ``n`` test images: the real test set's size mix for ``n - 1``, then one non-square image.
+
+    The squares are shared out in the proportions 462 : 68 : 29 (largest remainder), with at least
+    one image of each size; they come grouped by size, in the order of :data:`COMPETITION_TEST_SIZES`.
+
+    >>> competition_shapes(6)
+    [(2048, 2048), (2048, 2048), (2048, 2048), (1728, 1728), (3072, 3072), (1728, 2048)]
+    >>> from collections import Counter; sorted(Counter(competition_shapes(560)).values())
+    [1, 29, 68, 462]
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < len(COMPETITION_TEST_SIZES) + 1:
+        raise ValueError(f"n_test must be an integer >= {len(COMPETITION_TEST_SIZES) + 1} for sizes='competition' "
+                         f"(one image of each size plus a non-square one), got {n!r}")
+    squares = int(n) - 1
+    total = sum(count for _, count in COMPETITION_TEST_SIZES)
+    quotas = [squares * count / total for _, count in COMPETITION_TEST_SIZES]
+    shares = [int(q) for q in quotas]
+    for k in sorted(range(len(quotas)), key=lambda k: shares[k] - quotas[k])[: squares - sum(shares)]:
+        shares[k] += 1
+    for k in range(len(shares)):
+        if shares[k] == 0:
+            shares[k] = 1
+            shares[shares.index(max(shares))] -= 1
+    shapes = [(side, side) for (side, _), share in zip(COMPETITION_TEST_SIZES, shares) for _ in range(share)]
+    return shapes + [COMPETITION_NON_SQUARE]
+
+
 def make_competition(
     out: str | Path,
     *,
@@ -902,6 +939,7 @@ def make_competition(
     bit_depth: int = 8,
     shape: tuple[int, int] | None = None,
     overwrite: bool = False,
+    sizes: str | None = None,
 ) -> Competition:
     """Write a synthetic competition folder in the Kaggle layout, with its truth.
 
@@ -924,6 +962,10 @@ def make_competition(
         ``out`` already holds images that this call would not write (another seed or count):
         delete their channel files if True, raise ``ValueError`` if False, so that a pipeline
         never sees stale images beside the new truth.
+    sizes : {None, "competition"}
+        ``"competition"``: the test images get the real test set's sizes, 2048², 1728² and 3072²
+        in the proportions 462 : 68 : 29, plus one non-square image (:func:`competition_shapes`;
+        needs ``n_test >= 4``). The train images keep ``size``/``shape``.
 
     Returns
     -------
@@ -947,6 +989,9 @@ def make_competition(
         height, width = _check_size("shape[0]", shape[0]), _check_size("shape[1]", shape[1])
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
+    if sizes not in (None, "competition"):
+        raise ValueError(f"sizes must be None or 'competition', got {sizes!r}")
+    test_shapes = competition_shapes(n_test) if sizes == "competition" else [(height, width)] * n_test
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise ValueError(f"out must be a folder, got the file {root}")
@@ -966,11 +1011,12 @@ def make_competition(
         for i in range(n):
             image_id = _image_id(seed, split_index, i)
             image_seed = _image_seed(seed, split_index, i)
-            sample = synthesize_image(image_seed, height, width, bit_depth=bit_depth)
+            h, w = test_shapes[i] if split == "test" else (height, width)
+            sample = synthesize_image(image_seed, h, w, bit_depth=bit_depth)
             write_image(folder, image_id, sample.image)
             images_meta.append({
                 "split": split, "id": image_id, "seed": image_seed, "n_cells": len(sample.cell_labels),
-                "image_classes": sample.params["image_classes"],
+                "height": h, "width": w, "image_classes": sample.params["image_classes"],
             })
             logger.debug("%s %s: %d cells, labels %s", split, image_id, len(sample.cell_labels),
                          format_labels(sample.image_labels))
@@ -993,7 +1039,7 @@ def make_competition(
             if split == "train":
                 train_rows.append((image_id, format_labels(sample.image_labels)))
             else:
-                sub_rows.append((image_id, width, height, ""))
+                sub_rows.append((image_id, w, h, ""))
         _write_csv(comp.truth_cells(split), ("ImageID", "CellID", "Labels"), cells_rows)
         _write_csv(comp.truth_dir / f"{split}_cell_info.csv",
                    ("ImageID", "CellID", "border_cut", "binucleate", "mitotic", "area", "nucleus_area"), info_rows)
@@ -1012,6 +1058,7 @@ def make_competition(
         "height": height,
         "width": width,
         "bit_depth": int(bit_depth),
+        "test_sizes": sizes or "uniform",
         "cell_radius_px": float(_CELL_RADIUS * _scale(height, width)),
         "images": images_meta,
     }

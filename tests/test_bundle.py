@@ -80,21 +80,50 @@ def test_kit_wheel_is_pure_python_and_carries_the_notebooks(tmp_path):
     assert "hpa_kernel/cli/__init__.py" in names
     assert not any("shared/reference" in n or n.startswith("tests/") for n in names)
     assert "hpa-kernel = hpa_kernel.cli:main" in entry_points
-    for dep in ("torch", "timm", "pycocotools", "opencv-python-headless", "scikit-image"):
+    for dep in ("torch", "timm", "pycocotools", "scikit-image", "numba"):
         assert f"Requires-Dist: {dep}" in metadata
+    base = bundle.kit_requirements(wheel)
+    # no OpenCV among the base requirements (an extra only), and nothing the Kaggle image lacks
+    assert not any(r.lower().startswith("opencv") for r in base), base
+    assert any(r.startswith("opencv-python-headless") and "extra" in r for r in bundle._requires_dist(wheel))
+    assert bundle.missing_requirements(base) == []
 
 
-def test_install_command_is_offline():
-    cmd = bundle.install_command("/data/wheels")
-    assert "--no-index" in cmd and "--find-links /data/wheels" in cmd and "scikit-image==0.24.0" in cmd
+def test_install_command_is_offline_and_names_only_the_kit():
+    cmd = bundle.install_command("/kaggle/input/hpa-kernel-wheels")
+    assert cmd == "pip install --no-index --find-links /kaggle/input/hpa-kernel-wheels --upgrade hpa_kernel"
+
+
+def fake_kit_wheel(folder, requires=("numpy>=1.24",)):
+    """A zip with the METADATA a kit wheel has (enough for bundle_wheels, not installable)."""
+    kit = folder / "hpa_kernel-0.1.0-py3-none-any.whl"
+    lines = ["Metadata-Version: 2.1", "Name: hpa-kernel", "Version: 0.1.0"]
+    lines += [f"Requires-Dist: {r}" for r in requires]
+    with zipfile.ZipFile(kit, "w") as zf:
+        zf.writestr("hpa_kernel-0.1.0.dist-info/METADATA", "\n".join(lines) + "\n")
+    return kit
 
 
 def test_wheels_readme_installs_from_the_dataset_it_describes(tmp_path):
-    kit = tmp_path / "hpa_kernel-0.1.0-py3-none-any.whl"
-    kit.write_bytes(b"not really a wheel")
-    result = bundle.bundle_wheels(tmp_path / "house", kit_wheel=kit, extra={}, dataset_id="someone/my-wheels")
+    kit = fake_kit_wheel(tmp_path)
+    result = bundle.bundle_wheels(tmp_path / "house", kit_wheel=kit, dataset_id="someone/my-wheels")
     readme = (result.folder / "README.md").read_text()
     install = next(line.strip() for line in readme.splitlines() if line.strip().startswith("pip install"))
-    assert install.endswith("/my-wheels hpa_kernel")  # the dataset's mount folder, and no extra it does not hold
+    assert install == "pip install --no-index --find-links /kaggle/input/my-wheels --upgrade hpa_kernel"
     assert [w.name for w in result.wheels] == [kit.name]
     assert kit.name in (result.folder / "wheels.lock").read_text()
+
+
+def test_wheels_dataset_id_is_kept_when_not_given(tmp_path):
+    kit = fake_kit_wheel(tmp_path)
+    bundle.bundle_wheels(tmp_path / "house", kit_wheel=kit, dataset_id="someone/my-wheels")
+    bundle.bundle_wheels(tmp_path / "house", kit_wheel=kit)  # `make wheels` again: the id stays
+    assert json.loads((tmp_path / "house" / "dataset-metadata.json").read_text())["id"] == "someone/my-wheels"
+    bundle.bundle_wheels(tmp_path / "fresh", kit_wheel=kit)
+    assert json.loads((tmp_path / "fresh" / "dataset-metadata.json").read_text())["id"] == bundle.DEFAULT_WHEELS_ID
+
+
+def test_missing_requirements_compares_versions_and_markers():
+    have = {"numpy": "2.4", "scikit-image": "0.25.2", "Numba": "0.57"}
+    reqs = ["numpy>=1.24", "scikit_image>=0.19", "numba>=0.58", "tqdm>=4.60", 'tomli>=2; python_version < "3.11"']
+    assert bundle.missing_requirements(reqs, have) == ["numba>=0.58", "tqdm>=4.60"]

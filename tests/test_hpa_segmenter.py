@@ -70,7 +70,7 @@ def test_factory_settings_and_weights(segmenter, weight_files):
     assert s["nuclei_sha256"] == sha256_of(weight_files / NUCLEI_WEIGHTS)
     assert s["cell_sha256"] == sha256_of(weight_files / CELL_WEIGHTS)
     assert s["nuclei_batchnorm_per_image"] == [] and len(s["cell_batchnorm_per_image"]) == 96
-    assert (s["scale_factor"], s["padding"], s["resize_mode"], s["fp16"]) == (0.25, False, "skimage018", False)
+    assert (s["scale_factor"], s["padding"], s["resize_mode"], s["fp16"]) == (0.25, True, "skimage018", False)
     assert segmenter.nuclei_weights.was_dataparallel and not segmenter.cell_weights.was_dataparallel
     assert not segmenter.nuclei_net.training and not segmenter.cell_net.training
 
@@ -85,12 +85,13 @@ def test_predict_shapes_order_and_direct_computation(segmenter, images, batched_
     # image 1 (128 x 256, alone in its size group) recomputed step by step
     image = images[1]
     with torch.no_grad():
-        x_n = torch.from_numpy(preprocess.nuclei_input(image[..., 2])[None])
-        x_c = torch.from_numpy(preprocess.cell_input(image[..., 0], image[..., 3], image[..., 2])[None])
+        x_n = torch.from_numpy(preprocess.nuclei_input(image[..., 2], padding=True)[None])
+        x_c = torch.from_numpy(preprocess.cell_input(image[..., 0], image[..., 3], image[..., 2], padding=True)[None])
         p_n = torch.softmax(segmenter.nuclei_net(x_n), dim=1)[0].numpy()
         p_c = torch.softmax(segmenter.cell_net(x_c), dim=1)[0].numpy()
-    np.testing.assert_array_equal(batched_maps[1].nuclei, preprocess.restore_nuclei(p_n, image.shape[:2]))
-    np.testing.assert_array_equal(batched_maps[1].cell, preprocess.restore_cell(p_c, image.shape[:2]))
+    assert x_n.shape[2:] == (32 + 32 + 32, 32 + 64 + 32)  # 128 x 256 scales to 32 x 64, padded by 32 + 32
+    np.testing.assert_array_equal(batched_maps[1].nuclei, preprocess.restore_nuclei(p_n, image.shape[:2], padding=True))
+    np.testing.assert_array_equal(batched_maps[1].cell, preprocess.restore_cell(p_c, image.shape[:2], padding=True))
     # the networks saw different inputs
     assert not np.array_equal(batched_maps[1].nuclei, batched_maps[1].cell)
 
@@ -124,14 +125,14 @@ def test_postprocess_is_picklable_label_cell(segmenter, batched_maps):
 
 def test_padding_for_sizes_that_are_not_multiples(segmenter, images, monkeypatch):
     image = images[1][:100, :168]  # scales to 25 x 42
-    with pytest.raises(ValueError, match="padding=True"):
-        segmenter.predict([image])
-    # the same networks with hpacellseg's padding=True (attributes patched to skip reloading)
-    monkeypatch.setattr(segmenter, "padding", True)
-    monkeypatch.setattr(segmenter, "resize_mode", "skimage")
-    (maps,) = segmenter.predict([image])
+    (maps,) = segmenter.predict([image])  # padding=True, the default
     assert maps.nuclei.shape == maps.cell.shape == (100, 168, 3)
     assert segmenter.settings()["padding"] is True
+    # the same networks without padding (attribute patched to skip reloading)
+    monkeypatch.setattr(segmenter, "padding", False)
+    with pytest.raises(ValueError, match="padding=True"):
+        segmenter.predict([image])
+    assert segmenter.settings()["padding"] is False
 
 
 def test_cpu_ignores_fp16_and_channels_last(weight_files, caplog):
@@ -147,13 +148,15 @@ def test_cuda_without_cuda_is_an_error(weight_files):
         HPASegmenter(nuclei=weight_files, cell=weight_files, device="cuda")
 
 
-def test_bad_images(segmenter):
+def test_bad_images(segmenter, monkeypatch):
     with pytest.raises(ValueError, match=r"images\[0\] must be an \(H, W, 4\)"):
         segmenter.predict([np.zeros((64, 64, 3), np.uint8)])
     with pytest.raises(ValueError, match="single array"):
         segmenter.predict(np.zeros((64, 64, 4), np.uint8))
+    monkeypatch.setattr(segmenter, "padding", False)
     with pytest.raises(ValueError, match="not a multiple of 32"):
         segmenter.predict([np.zeros((200, 256, 4), np.uint8)])
+    monkeypatch.undo()
     with pytest.raises(ValueError, match=r"images\[1\] is empty"):
         segmenter.predict([np.zeros((128, 128, 4), np.uint8), np.zeros((0, 128, 4), np.uint8)])
 

@@ -132,6 +132,7 @@ def test_fallback_row_is_logged(tmp_path, sample, caplog):
     frame = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert frame["PredictionString"].tolist() == ["", "", ""]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample_submission.csv", "sub.csv"]  # no temp file left
+    assert out.stat().st_mode & 0o777 == 0o644  # an ordinary file (mkstemp alone would leave 0600)
 
 
 def test_writer_rejects_unknown_ids_and_malformed_rows(tmp_path, sample):

@@ -259,6 +259,31 @@ def test_any_prediction_error_is_per_image(synthetic_competition, weights_dir, t
     assert any(first in r.getMessage() and "KeyError" in r.getMessage() for r in caplog.records)
 
 
+def test_runtime_report_and_fidelity_warning_reach_the_main_log(synthetic_competition, weights_dir, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from hpa_kernel.segmentation import postprocess
+    from hpa_kernel.submit import runtime_report
+
+    monkeypatch.setattr(postprocess, "watershed_is_faithful", lambda version=None: False)
+    if hasattr(postprocess, "_warned_unfaithful"):
+        monkeypatch.setattr(postprocess, "_warned_unfaithful", False)
+    config = _config(synthetic_competition, weights_dir, tmp_path / "sub.csv", budget_s=3600, padding=False)
+    with caplog.at_level(logging.INFO):
+        run_submission(config, segmenter=BlobSegmenter())
+    line = f"runtime: segmenter blobs, padding n/a, scikit-image {postprocess.skimage_version()}, watershed NOT faithful"
+    reports = [r for r in caplog.records if r.name == "hpa_kernel.submit" and r.getMessage().startswith("runtime:")]
+    assert len(reports) == 1 and reports[0].levelno == logging.INFO and reports[0].getMessage().startswith(line)
+    if hasattr(postprocess, "warn_if_watershed_unfaithful"):  # until the watershed is the kit's own
+        warned = [r for r in caplog.records if r.name == postprocess.__name__ and r.levelno == logging.WARNING]
+        assert len(warned) == 1, "the fidelity warning must reach the main process log once"
+    assert runtime_report(config, "hpa").startswith("runtime: segmenter hpa, padding False, ")
+    assert runtime_report(config, "hpa", padding=True).startswith("runtime: segmenter hpa, padding True, ")
+    monkeypatch.setattr(postprocess, "watershed_is_faithful", lambda version=None: True)
+    assert runtime_report(SubmitConfig(out="x.csv")).endswith("watershed faithful (the 2021 algorithm)")
+    assert "padding True" in runtime_report(SubmitConfig(out="x.csv"))
+
+
 def test_hpa_segmenter_needs_its_weights_or_an_explicit_classic(synthetic_competition, weights_dir, tmp_path):
     comp = synthetic_competition
     with pytest.raises(FileNotFoundError, match="pass --segmenter classic explicitly"):
@@ -293,7 +318,11 @@ def test_hpa_is_chosen_when_its_weights_are_present(synthetic_competition, weigh
         (folder / entry.file).write_bytes(b"not a real pickle")
     with pytest.raises(Stop):
         run_submission(_config(synthetic_competition, folder, tmp_path / "s.csv", segmenter=None))
-    assert calls == [("hpa", {"nuclei": folder / seg.nuclei.file, "cell": folder / seg.cell.file, "device": "cpu"})]
+    want = {"nuclei": folder / seg.nuclei.file, "cell": folder / seg.cell.file, "device": "cpu", "padding": True}
+    assert calls == [("hpa", want)]  # padding=True by default, as the team ran hpacellseg
+    with pytest.raises(Stop):
+        run_submission(_config(synthetic_competition, folder, tmp_path / "s.csv", segmenter=None, padding=False))
+    assert calls[-1] == ("hpa", {**want, "padding": False})
     assert check_submission(tmp_path / "s.csv", synthetic_competition.sample_submission).ok
 
 
@@ -316,6 +345,15 @@ def test_cli_parses_every_option():
         "--batch-size", "8", "--workers", "0", "--no-tta", "--segmenter", "classic",
     ])
     assert (args.budget_hours, args.tta, args.segmenter, args.batch_size, args.workers) == (0.5, False, "classic", 8, 0)
+    assert args.padding is True
+    assert build_parser().parse_args(["submit", "--no-padding"]).padding is False
+    from hpa_kernel.cli.segment import _segmenter_kwargs
+
+    segment = ["segment", "--images", "i", "--out", "o"]
+    assert _segmenter_kwargs(build_parser().parse_args(segment))["padding"] is True
+    assert _segmenter_kwargs(build_parser().parse_args([*segment, "--no-padding"]))["padding"] is False
+    cells = build_parser().parse_args(["cells", "--out", "o"])
+    assert (cells.segmenter, cells.padding) == ("hpa", True)  # the same default as submit
 
 
 # --------------------------------------------------------------------------- the demo's steps, tiny

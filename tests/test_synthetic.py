@@ -291,3 +291,31 @@ def test_cli_writes_folder(tmp_path):
     sub = pd.read_csv(out / "sample_submission.csv")
     assert sub["ImageWidth"].tolist() == [192] and sub["ImageHeight"].tolist() == [128]
     assert (out / "train.csv").is_file() and (out / "synthetic.json").is_file()
+
+
+def test_competition_sizes_mix_and_non_square(tmp_path, monkeypatch):
+    """sizes="competition": the test split gets the real test set's sizes plus one non-square image."""
+    from collections import Counter
+
+    from hpa_kernel import synthetic
+    from hpa_kernel.cli import main
+
+    assert Counter(synthetic.competition_shapes(560)) == {(2048, 2048): 462, (1728, 1728): 68, (3072, 3072): 29,
+                                                          (1728, 2048): 1}
+    assert Counter(synthetic.competition_shapes(4)) == {(2048, 2048): 1, (1728, 1728): 1, (3072, 3072): 1, (1728, 2048): 1}
+    with pytest.raises(ValueError, match="n_test must be an integer >= 4"):
+        synthetic.competition_shapes(3)
+    asked = []
+    real = synthetic.synthesize_image
+
+    def small(seed, height, width, **kw):  # record the size, draw a small image (the sizes are what is tested)
+        asked.append((height, width))
+        return real(seed, 64, 64, **kw)
+
+    monkeypatch.setattr(synthetic, "synthesize_image", small)
+    assert main(["-q", "synth", "--out", str(tmp_path / "c"), "--n-train", "1", "--n-test", "6", "--size", "128",
+                 "--sizes", "competition"]) == 0
+    sample = pd.read_csv(tmp_path / "c" / "sample_submission.csv")
+    shapes = list(zip(sample["ImageHeight"], sample["ImageWidth"]))
+    assert shapes == synthetic.competition_shapes(6) == asked[1:]
+    assert asked[0] == (128, 128)  # the train image keeps --size

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 def draw_toy_cell(classes, size: int, rng: np.random.Generator) -> np.ndarray:
     """One (size, size, 4) uint8 R, G, B, Y toy crop showing ``classes`` as green spots."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     crop = np.zeros((size, size, 4), np.uint8)
     c = size / 2 + rng.uniform(-0.05, 0.05, 2) * size
@@ -65,7 +65,7 @@ def make_toy_cells(out: str | os.PathLike, n_images: int = 6, cells_per_image: i
     seed : int
         Seed; the output is deterministic.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
     import pandas as pd
 
     if n_images < 1 or cells_per_image < 1 or size < 8:

@@ -114,7 +114,7 @@ def shard_ids(ids, index: int, count: int) -> list[str]:
 
 def write_crop(path: str | Path, crop: np.ndarray) -> None:
     """Write an (S, S, 4) uint8 crop as a 4-plane PNG, atomically (tmp file + ``os.replace``)."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     crop = np.asarray(crop)
     if crop.ndim != 3 or crop.shape[2] != 4 or crop.dtype != np.uint8:
@@ -136,7 +136,7 @@ def read_crop(path: str | Path) -> np.ndarray:
     ValueError
         If it is not a 4-plane 8-bit image.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     path = Path(path)
     if not path.is_file():

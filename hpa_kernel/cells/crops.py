@@ -76,7 +76,7 @@ def crop_cell(
     margin: int = 0,
 ) -> np.ndarray:
     """The (size, size, C) uint8 crop of one cell; see the module docstring. Inputs are trusted."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     top, left, side = square_window(box, margin)
     height, width = cell_label.shape

@@ -223,7 +223,7 @@ def nucleus_cut_fraction(nucleus: np.ndarray, offset: tuple[int, int], shape: tu
 
 def _part_cut_fraction(nucleus: np.ndarray, offset: tuple[int, int], shape: tuple[int, int]) -> float:
     """The estimate of :func:`nucleus_cut_fraction` for one connected nucleus."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     nucleus = np.asarray(nucleus, dtype=bool)
     height, width = shape

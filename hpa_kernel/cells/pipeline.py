@@ -129,7 +129,7 @@ def _worker_init() -> None:
     exit_with_parent()  # a kill -9 of the main process must not leave orphaned workers
     # One OpenCV thread per worker: the parallelism is the pool's; N workers x all-core OpenCV
     # thread pools would oversubscribe the CPU.
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     cv2.setNumThreads(1)
 

@@ -15,7 +15,8 @@ def register(sub) -> None:
     wheels = what.add_parser("wheels", help="the kit's wheel + dependency wheels + lock file + Kaggle metadata")
     g = wheels.add_argument_group("output")
     g.add_argument("--out", default="wheels", help="wheelhouse folder (default: wheels/)")
-    g.add_argument("--dataset-id", default="your-kaggle-username/hpa-kernel-wheels", help="Kaggle dataset id")
+    g.add_argument("--dataset-id", default=None, metavar="OWNER/NAME",
+                   help="Kaggle dataset id (default: the one already in OUT/dataset-metadata.json, else a placeholder)")
     g = wheels.add_argument_group("target")
     g.add_argument("--python", default=None, help="target Python version for dependency wheels (default: Kaggle's 3.12)")
     g.add_argument("--platform", action="append", default=None, help="platform tag, repeatable (default: manylinux x86_64)")
@@ -34,7 +35,8 @@ def register(sub) -> None:
                          help="with --from-milimed: folder with dpn_unet_nuclei_v1.pth and dpn_unet_cell_3ch_v1.pth (default: DIR)")
     weights.add_argument("--out", required=True, help="dataset folder to write")
     weights.add_argument("--manifest", default=None, help="manifest to start from (default: the one in --weights, else the repo's)")
-    weights.add_argument("--dataset-id", default="your-kaggle-username/hpa-kernel-weights", help="Kaggle dataset id")
+    weights.add_argument("--dataset-id", default=None, metavar="OWNER/NAME",
+                         help="Kaggle dataset id (default: the one already in OUT/dataset-metadata.json, else a placeholder)")
     weights.set_defaults(func=run)
 
 
@@ -52,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
         )
         for wheel in result.wheels:
             logger.info("  %s", wheel.name)
-        logger.info("install on Kaggle with: %s", bundle.install_command(result.folder))
+        from hpa_kernel.io import read_json_object
+
+        dataset_id = read_json_object(result.folder / "dataset-metadata.json", "Kaggle dataset metadata")["id"]
+        logger.info("upload: kaggle datasets create -p %s (or version); dataset id %s", result.folder, dataset_id)
+        logger.info("install on Kaggle with: %s", bundle.install_command(bundle.kaggle_wheels_dir(dataset_id)))
         return 0
     if not args.from_milimed and (args.segmentation or args.ignore_extra):
         raise ValueError("--segmentation and --ignore-extra apply only with --from-milimed")

@@ -24,13 +24,16 @@ def register(subparsers) -> argparse.ArgumentParser:
     io.add_argument("--split", default="train", help="sub-folder of --data to read (default train)")
     io.add_argument("--cache", metavar="DIR", default=None, help="cache folder (default OUT/cache)")
     seg = parser.add_argument_group("segmentation")
-    seg.add_argument("--segmenter", choices=("classic", "hpa"), default="classic", help="default classic")
+    seg.add_argument("--segmenter", choices=("hpa", "classic"), default="hpa",
+                     help="hpa (default, as submit; needs the two segmentation weight files) or classic (weight-free)")
     seg.add_argument("--nuclei", metavar="PATH",
                      help="HPA nuclei model weights (--segmenter hpa; default: found by the segmenter from "
                      "$HPA_KERNEL_WEIGHTS or the Kaggle inputs)")
     seg.add_argument("--cell", metavar="PATH", help="HPA cell model weights (--segmenter hpa; default: as --nuclei)")
     seg.add_argument("--device", default=None, help="torch device of the HPA models, e.g. cuda (default: the segmenter's)")
     seg.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per predict call (default 1)")
+    seg.add_argument("--padding", action=argparse.BooleanOptionalAction, default=True,
+                     help="hpacellseg's padding=True for --segmenter hpa: any image size works (default on)")
     cells = parser.add_argument_group("cells")
     cells.add_argument("--crop-size", type=int, default=512, metavar="S", help="crop side (default 512)")
     cells.add_argument("--margin", type=int, default=0, metavar="PX", help="pixels around each cell box (default 0)")
@@ -73,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.segmenter == "hpa":
         kwargs = {k: v for k, v in (("nuclei", args.nuclei), ("cell", args.cell), ("device", args.device)) if v}
+        kwargs["padding"] = args.padding
     elif args.nuclei or args.cell or args.device:
         raise ValueError("--nuclei, --cell and --device apply to --segmenter hpa only")
     segmenter = create_segmenter(args.segmenter, **kwargs)
+    logger.info("segmenter %s: %s", args.segmenter, segmenter.settings())
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with logging_redirect_tqdm():

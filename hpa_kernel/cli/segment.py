@@ -28,7 +28,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     seg.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per network call (default 4)")
     seg.add_argument("--fp16", action="store_true", help="float16 autocast (CUDA only)")
     seg.add_argument("--channels-last", action="store_true", help="NHWC memory format (CUDA only)")
-    seg.add_argument("--padding", action="store_true", help="hpacellseg's padding=True (any image size)")
+    seg.add_argument("--padding", action=argparse.BooleanOptionalAction, default=None,
+                     help="hpacellseg's padding=True: any image size works (default on, as the team ran it)")
     seg.add_argument(
         "--resize-mode",
         choices=("skimage018", "skimage"),
@@ -42,7 +43,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def _segmenter_kwargs(args: argparse.Namespace) -> dict:
     if args.segmenter != "hpa":
         hpa_only = (("--nuclei", args.nuclei), ("--cell", args.cell), ("--fp16", args.fp16),
-                    ("--channels-last", args.channels_last), ("--padding", args.padding))  # fmt: skip
+                    ("--channels-last", args.channels_last), ("--padding", args.padding is not None))  # fmt: skip
         ignored = [flag for flag, value in hpa_only if value]
         if ignored:
             logger.warning(
@@ -56,7 +57,7 @@ def _segmenter_kwargs(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "fp16": args.fp16,
         "channels_last": args.channels_last,
-        "padding": args.padding,
+        "padding": True if args.padding is None else args.padding,
         "resize_mode": args.resize_mode,
     }
 
@@ -71,7 +72,7 @@ def write_mask(path, label) -> None:
     label : (H, W) integer ndarray
         Labels in [0, 65535]; anything outside is a ValueError naming ``path``.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
     import numpy as np
 
     label = np.asarray(label)

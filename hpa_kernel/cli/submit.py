@@ -23,6 +23,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     io.add_argument("--weights", metavar="DIR", help="weights folder with weights_manifest.json (default $HPA_KERNEL_WEIGHTS, then the Kaggle input folders)")
     io.add_argument("--out", metavar="FILE", default="submission.csv", help="output CSV (default submission.csv)")
     io.add_argument("--cache", metavar="DIR", help="cells cache folder (resumable runs)")
+    io.add_argument("--report", metavar="FILE", default=None,
+                    help="also write the run's report as JSON: rows, predicted, the fallback images with their reasons, plans")
     budget = parser.add_argument_group("time budget")
     budget.add_argument("--budget-hours", type=float, default=8.5, metavar="H", help="hours until the final file (default 8.5)")
     budget.add_argument("--reserve-minutes", type=float, default=None, metavar="M",
@@ -44,6 +46,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="allow flip TTA when time permits (default: the recipe's choice, off for milimed2021)")
     run_opts.add_argument("--segmenter", choices=("hpa", "classic"), default=None,
                           help="hpa (default; needs the segmentation weights) or classic (weight-free, only when asked)")
+    run_opts.add_argument("--padding", action=argparse.BooleanOptionalAction, default=True,
+                          help="hpacellseg's padding=True for the HPA segmenter: every image size works (default on)")
     run_opts.add_argument("--crop-size", type=int, default=None, help="cell crop side (default: the checkpoints' input size)")
     recipe.add_argument("--cell-weight", type=float, default=None,
                         help="blend weight w of the cell's own prediction, 1 - w for its image's (default: the recipe's 0.7)")
@@ -51,6 +55,20 @@ def register(subparsers) -> argparse.ArgumentParser:
     run_opts.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
+
+
+def write_report(report, path) -> None:
+    """Write a :class:`~hpa_kernel.submit.SubmitReport` as JSON (ids of the fallback rows with their reasons)."""
+    import json
+    from pathlib import Path
+
+    data = {
+        "path": str(report.path), "n_images": report.n_images, "n_predicted": report.n_predicted,
+        "fallback": dict(report.fallback), "plans": dict(report.plans), "segmenter": report.segmenter,
+        "elapsed_s": round(report.elapsed_s, 3), "problems": None if report.problems is None else [str(p) for p in report.problems],
+    }
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    logger.info("report written to %s", path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         tta=args.tta,
         segmenter=args.segmenter,
+        padding=args.padding,
         crop_size=args.crop_size,
         checkpoint_every_s=args.checkpoint_minutes * 60.0,
         validate=args.validate,
@@ -83,4 +102,6 @@ def run(args: argparse.Namespace) -> int:
     started = process_start_monotonic() if getattr(args, "from_command_line", False) else getattr(args, "invoked_at", None)
     report = run_submission(config, started=started)
     sys.stdout.write(report.summary() + "\n")
+    if args.report:
+        write_report(report, args.report)
     return 1 if report.problems else 0

@@ -25,6 +25,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     img.add_argument("--height", type=int, default=None, metavar="H", help="rows, for non-square images (with --width)")
     img.add_argument("--width", type=int, default=None, metavar="W",
                      help="columns, for non-square images (with --height)")
+    img.add_argument("--sizes", choices=("uniform", "competition"), default="uniform",
+                     help="competition: test images of 2048², 1728² and 3072² in the real test set's proportions "
+                     "(462:68:29) plus one non-square image (needs --n-test >= 4); default: every image --size")
     img.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="8-bit (Kaggle) or 16-bit PNGs")
     img.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.set_defaults(func=run)
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         bit_depth=args.bit_depth,
         shape=shape,
         overwrite=args.overwrite,
+        sizes=None if args.sizes == "uniform" else args.sizes,
     )
     logger.debug("competition folder %s", comp.root)
     return 0

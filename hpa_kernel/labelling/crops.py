@@ -181,7 +181,7 @@ def render_crop(crop: np.ndarray, view: str = "composite", size: int = 448, gain
     bytes
         A PNG file.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     from hpa_kernel.io import to_float
 

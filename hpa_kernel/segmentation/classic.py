@@ -153,7 +153,7 @@ def _working_size(height: int, width: int, work_side: int) -> tuple[int, int]:
 
 
 def _smooth(plane: np.ndarray, sigma: float) -> np.ndarray:
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     if sigma <= 0:
         return plane
@@ -162,7 +162,7 @@ def _smooth(plane: np.ndarray, sigma: float) -> np.ndarray:
 
 def predict_classic(image: np.ndarray, params: ClassicParams, index: int = 0) -> ClassicMaps:
     """The prediction stage for one (H, W, 4) image (see the module docstring)."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     unit = _to_unit(image, index)
     height, width = unit.shape[:2]
@@ -330,7 +330,7 @@ def postprocess_classic(maps: ClassicMaps, params: ClassicParams | None = None) 
     Picklable (a module-level function; bind ``params`` with :func:`functools.partial`) and free
     of torch, so it can run in worker processes.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     params = ClassicParams() if params is None else params
     if not isinstance(maps, SegmentationMaps):

@@ -139,8 +139,10 @@ class HPASegmenter(BaseSegmenter):
     scale_factor : float
         Downscaling before the networks (hpacellseg: 0.25).
     padding : bool
-        hpacellseg's ``padding``: pad the network input to a multiple of 32. Without it, the
-        scaled image sides must already be multiples of 32 (2048 -> 512).
+        hpacellseg's ``padding`` (default True, as the 4th-place team ran it): pad the network
+        input by 32 on the top/left and up to the next multiple of 32 on the bottom/right, so that
+        any H x W works (1728 -> 432 is not a multiple of 32). Without it, the scaled image sides
+        must already be multiples of 32 (2048 -> 512), and the output differs near the borders.
     resize_mode : {"skimage018", "skimage"}
         Anti-aliasing of the downscale; see :mod:`.preprocess`. ``"skimage018"`` is the 2021
         behaviour.
@@ -163,7 +165,7 @@ class HPASegmenter(BaseSegmenter):
         fp16: bool = False,
         channels_last: bool = False,
         scale_factor: float = 0.25,
-        padding: bool = False,
+        padding: bool = True,
         resize_mode: str = "skimage018",
         batchnorm: str = "pickled",
         nuclei_sha256: str | None = None,

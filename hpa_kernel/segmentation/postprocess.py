@@ -169,7 +169,7 @@ def _above(plane: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 def _components(mask: np.ndarray, connectivity: int) -> tuple[int, np.ndarray, np.ndarray]:
     """Connected components of a bool/uint8 mask: (count including background, labels int32, areas)."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         np.ascontiguousarray(mask).view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S
@@ -200,7 +200,7 @@ def _fill_small_holes(mask: np.ndarray, area: int) -> np.ndarray:
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_fill_holes(mask)``: background not 4-connected to the image edge is filled."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         np.ascontiguousarray(~mask).view(np.uint8), connectivity=4, ltype=cv2.CV_32S
@@ -228,7 +228,7 @@ def _label_boundaries(label: np.ndarray) -> np.ndarray:
     mode amounts to for a cross. Integer labels are taken to a dtype OpenCV can filter with
     their values unchanged.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     top = int(label.max()) if label.size else 0
     if label.dtype != np.uint8:
@@ -331,7 +331,7 @@ def label_nuclei(nuclei_pred: np.ndarray) -> np.ndarray:
         :func:`label_cell`. As in the original the uint8 values are compared with 0.15, 0.4 and
         0.05 without scaling, so every threshold means "> 0".
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     _check_pred("nuclei_pred", nuclei_pred)
     warn_if_watershed_unfaithful()
@@ -389,7 +389,7 @@ def label_cell(nuclei_pred: np.ndarray, cell_pred: np.ndarray) -> tuple[np.ndarr
     to the 2021 masks only with scikit-image < 0.25 (:func:`watershed_is_faithful`). A WARNING is
     logged once per process otherwise.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     _check_pred("nuclei_pred", nuclei_pred)
     _check_pred("cell_pred", cell_pred)

@@ -231,7 +231,7 @@ def _crop_hwc(hwc: np.ndarray, shape: tuple[int, int], scale_factor: float, padd
 
 
 def _resize_area(hwc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     # cv2 takes dsize as (width, height); hpacellseg passed (height, width). See the module docstring.
     return cv2.resize(np.ascontiguousarray(hwc), (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_AREA)

@@ -60,7 +60,7 @@ def rotate(crop: np.ndarray, angle: float, nearest: bool = False) -> np.ndarray:
     >>> bool((rotate(c, 90) == np.rot90(c)).all())
     True
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     h, w = crop.shape[:2]
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), float(angle), 1.0)
@@ -70,7 +70,7 @@ def rotate(crop: np.ndarray, angle: float, nearest: bool = False) -> np.ndarray:
 
 def random_resize(crop: np.ndarray, rng: np.random.Generator, size_range: tuple[float, float] = (0.5, 0.75)) -> np.ndarray:
     """RandomResizer: shrink to a random side in ``size_range`` x S and resize back to S."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     s = crop.shape[0]
     r = int(round(rng.uniform(*size_range) * s))
@@ -81,7 +81,7 @@ def random_resize(crop: np.ndarray, rng: np.random.Generator, size_range: tuple[
 
 def random_pad(crop: np.ndarray, rng: np.random.Generator, pad_max: float = 200.0 / 512.0) -> np.ndarray:
     """RandomPad: pad each side by a random 0 .. pad_max x S pixels (zeros), then resize back to S."""
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     s = crop.shape[0]
     top, bottom, left, right = (int(v) for v in rng.integers(0, int(round(pad_max * s)) + 1, size=4))
@@ -162,7 +162,7 @@ def augmentation_grid(crops: list[np.ndarray], configs: dict[str, AugmentConfig]
 
     Returns an RGB uint8 image; write it with ``cv2.imwrite(path, grid[..., ::-1])``.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     if not crops:
         raise ValueError("crops is empty: need at least one (S, S, 4) crop")
@@ -194,7 +194,7 @@ def write_augmentation_figure(cells_csv, path, n_crops: int = 2, size: int = 192
     Rows: for each of ``n_crops`` crops (the largest valid cells), one row per group (1, 2, 3); the
     first tile is the crop, the others ``n`` random draws. ``docs/augmentations.png`` is made by this.
     """
-    import cv2
+    from hpa_kernel._cv2 import cv2
 
     from hpa_kernel.training.config import group_config
     from hpa_kernel.training.dataset import CellDataset, read_cells_table

@@ -353,7 +353,7 @@ class CellDataset:
 
     def load(self, index: int) -> np.ndarray:
         """The resized, un-augmented crop (input_size, input_size, 4) uint8."""
-        import cv2
+        from hpa_kernel._cv2 import cv2
 
         if self._cache is not None and index in self._cache:
             return self._cache[index]
