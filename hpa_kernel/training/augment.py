@@ -121,7 +121,7 @@ class Augmenter:
 
     def _team_order(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Resize (no way back), pad, flips, rotation on that canvas, then one resize to S."""
-        import cv2
+        from hpa_kernel._cv2 import cv2
 
         c, s = self.config, crop.shape[0]
         if c.resize_p and rng.random() < c.resize_p:
