@@ -41,13 +41,13 @@ _INDEX_MASK = (1 << 32) - 1
 
 @njit(cache=True)
 def _grow(array, size):
-    bigger = np.empty(size, dtype=array.dtype)
-    bigger[: array.size] = array
+    bigger = np.empty((size, 2), dtype=array.dtype)
+    bigger[: array.shape[0]] = array
     return bigger
 
 
 @njit(cache=True, inline="always")
-def _push(keys, payloads, items, key, payload):
+def _push(heap, items, key, payload):
     """heappush: the new item goes last, then changes place with its parent while strictly smaller.
 
     The parents are moved down into the hole and the item is written once at the end; that is the
@@ -57,16 +57,16 @@ def _push(keys, payloads, items, key, payload):
     child = items
     while child > 0:
         parent = (child - 1) >> 1
-        if key >= keys[parent]:
+        if key >= heap[parent, 0]:
             break
-        keys[child], payloads[child] = keys[parent], payloads[parent]
+        heap[child, 0], heap[child, 1] = heap[parent, 0], heap[parent, 1]
         child = parent
-    keys[child], payloads[child] = key, payload
+    heap[child, 0], heap[child, 1] = key, payload
     return items + 1
 
 
 @njit(cache=True, inline="always")
-def _pop(keys, payloads, items):
+def _pop(heap, items):
     """heappop without returning the root: the last item goes to the root and sifts down; returns the count.
 
     At each level the smaller child (the left one on a tie) moves up when it is strictly smaller
@@ -75,22 +75,22 @@ def _pop(keys, payloads, items):
     items -= 1
     if items == 0:
         return items
-    key, payload = keys[items], payloads[items]
+    key, payload = heap[items, 0], heap[items, 1]
     i = 0
     while True:
         left = 2 * i + 1
         if left >= items:
             break
-        smallest = left if keys[left] < key else i
+        smallest = left if heap[left, 0] < key else i
         right = left + 1
         if right < items:
-            if keys[right] < (key if smallest == i else keys[left]):
+            if heap[right, 0] < (key if smallest == i else heap[left, 0]):
                 smallest = right
         if smallest == i:
             break
-        keys[i], payloads[i] = keys[smallest], payloads[smallest]
+        heap[i, 0], heap[i, 1] = heap[smallest, 0], heap[smallest, 1]
         i = smallest
-    keys[i], payloads[i] = key, payload
+    heap[i, 0], heap[i, 1] = key, payload
     return items
 
 
@@ -131,29 +131,29 @@ def _flood(levels, output, inside, width, wsl):
 
     ``levels`` are integers in the order of the image values (equal where they are equal). A heap
     item's key is ``level << 32 | age``, so comparing keys is the original's ``smaller`` (value,
-    then age); its payload is ``source << 32 | index``. Neighbours are taken in the order up,
+    then age); its payload is ``source << 32 | index``; row i of ``heap`` holds (key, payload), so that
+    a node is one cache line. Neighbours are taken in the order up,
     left, right, down; a neighbour outside the image is skipped like the original's zero padding.
     """
     n = levels.size
     height = n // width
     capacity = 4096
-    keys = np.empty(capacity, dtype=np.int64)
-    payloads = np.empty(capacity, dtype=np.int64)
+    heap = np.empty((capacity, 2), dtype=np.int64)
     items = 0
     for index in range(n):  # the markers, in raveled order, with age 0
         if output[index]:
             if items == capacity:
                 capacity *= 2
-                keys, payloads = _grow(keys, capacity), _grow(payloads, capacity)
+                heap = _grow(heap, capacity)
             key = np.int64(levels[index]) << _AGE_BITS
-            items = _push(keys, payloads, items, key, (np.int64(index) << 32) | index)
+            items = _push(heap, items, key, (np.int64(index) << 32) | index)
     age = np.int64(1)
     while items > 0:
         if items + 4 > capacity:  # room for the pushes of this pop
             capacity *= 2
-            keys, payloads = _grow(keys, capacity), _grow(payloads, capacity)
-        payload = payloads[0]
-        items = _pop(keys, payloads, items)
+            heap = _grow(heap, capacity)
+        payload = heap[0, 1]
+        items = _pop(heap, items)
         index = payload & _INDEX_MASK
         source = payload >> 32
         row = index // width
@@ -187,7 +187,7 @@ def _flood(levels, output, inside, width, wsl):
             if not wsl:
                 output[neighbor] = output[index]
             key = (np.int64(levels[neighbor]) << _AGE_BITS) | (age & _INDEX_MASK)
-            items = _push(keys, payloads, items, key, (source << 32) | neighbor)
+            items = _push(heap, items, key, (source << 32) | neighbor)
     return output
 
 
