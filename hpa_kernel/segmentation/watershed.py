@@ -131,9 +131,9 @@ def _flood(levels, output, inside, width, wsl):
 
     ``levels`` are integers in the order of the image values (equal where they are equal). A heap
     item's key is ``level << 32 | age``, so comparing keys is the original's ``smaller`` (value,
-    then age); its payload is ``source << 32 | index``; row i of ``heap`` holds (key, payload), so that
-    a node is one cache line. Neighbours are taken in the order up,
-    left, right, down; a neighbour outside the image is skipped like the original's zero padding.
+    then age); its payload is ``source << 32 | index``; row i of ``heap`` holds (key, payload), so
+    that a node is one cache line. Neighbours are taken in the order up, left, right, down; a
+    neighbour outside the image is skipped like the original's zero padding.
     """
     n = levels.size
     height = n // width
