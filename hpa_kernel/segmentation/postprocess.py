@@ -24,20 +24,21 @@ Where the time goes and what this module does instead (each step gives identical
   scikit-image's ``reflect`` mode);
 * hole filling labels the background once and keeps the components that touch the image edge;
 * relabelling in raster order is done only where the numbering matters;
-* each watershed runs on the bounding box of its mask. scikit-image's watershed only ever visits
-  pixels inside the mask and pushes the markers in raster order, and a bounding-box crop keeps the
-  raster order of every pixel and the neighbour order, so the priority queue sees exactly the
-  same sequence of operations.
+* each watershed runs on the bounding box of its mask. The watershed only ever visits pixels
+  inside the mask and pushes the markers in raster order, and a bounding-box crop keeps the raster
+  order of every pixel and the neighbour order, so the priority queue sees exactly the same
+  sequence of operations;
+* the cell watershed floods ``255 - interior`` as uint8 instead of ``-interior`` as float64 (the
+  same order and the same ties).
 
-The watershed itself stays scikit-image's, and it is now about three quarters of the run time.
-It cannot be cut down further without changing results: its priority queue is a binary heap
-ordered by (value, age), and all markers enter it with age 0, so markers of equal value leave it
-in an order that depends on every other item in the heap. Running it per connected component, or
-without the markers that have no unlabelled neighbour, changes that order, and with it which of
-two touching cells wins a contested pixel.
-
-The watershed's algorithm changed in scikit-image 0.25; the label images equal the 2021
-(hpacellseg era) ones only with scikit-image < 0.25, see :func:`watershed_is_faithful`.
+The watershed is the kit's own copy of the 2021 algorithm (scikit-image 0.18 to 0.24, see
+:mod:`hpa_kernel.segmentation.watershed`), so the label images equal the 2021 (hpacellseg era)
+ones whatever scikit-image is installed; scikit-image 0.25 changed its watershed. It is still most
+of the run time, and it cannot be cut down further without changing results: its priority queue
+is a binary heap ordered by (value, age), and all markers enter it with age 0, so markers of
+equal value leave it in an order that depends on every other item in the heap. Running it per
+connected component, or without the markers that have no unlabelled neighbour, changes that
+order, and with it which of two touching cells wins a contested pixel.
 """
 
 from __future__ import annotations
