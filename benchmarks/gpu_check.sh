@@ -4,7 +4,7 @@
 #   2. the classifier at 512, fp16 autocast + channels_last, in cells/s;
 #   3. one competition-shaped `submit` end to end (2048x2048 synthetic test images), in s/image;
 #   4. `pytest -m gpu`.
-# Results go to $OUT (or ./gpu_check_out) as gpu_check.md plus each step's log.
+# Results go to $OUT (or /tmp/gpu_check_out) as gpu_check.md, with each step's stdout (.out) and stderr (.log).
 #
 # Usage: bash benchmarks/gpu_check.sh [--dry-run]
 #   --dry-run: CPU only, toy sizes, 1 test image: checks that the script runs, measures nothing.
@@ -14,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-RESULTS=${OUT:-$PWD/gpu_check_out}
+RESULTS=${OUT:-/tmp/gpu_check_out}
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
 mkdir -p "$RESULTS"
 REPORT="$RESULTS/gpu_check.md"
@@ -28,11 +28,11 @@ if [[ "${1:-}" == "--dry-run" ]]; then
 fi
 
 status=0
-step() {  # step NAME TIMEOUT_S COMMAND...: run, log, record the outcome; never stop the script
+step() {  # step NAME TIMEOUT_S COMMAND...: stdout to NAME.out, stderr to NAME.log; never stops the script
   local name=$1 limit=$2; shift 2
   local start=$SECONDS
   echo "== $name" >&2
-  if timeout "$limit" "$@" >"$RESULTS/$name.log" 2>&1; then
+  if timeout "$limit" "$@" >"$RESULTS/$name.out" 2>"$RESULTS/$name.log"; then
     echo "- $name: ok ($((SECONDS - start)) s)" >>"$REPORT.status"
   else
     local rc=$?
@@ -72,7 +72,7 @@ fi
 
 {
   for name in segmentation classifier; do
-    [[ -f "$RESULTS/$name.log" ]] && grep -E '^(#|\||$)' "$RESULTS/$name.log"
+    [[ -f "$RESULTS/$name.out" ]] && cat "$RESULTS/$name.out"
   done
   echo "### Submit, $N_TEST synthetic ${SIZE}x${SIZE} test images, --segmenter hpa, device $DEVICE"
   echo
@@ -81,7 +81,7 @@ fi
   if [[ -f "$RESULTS/pytest_gpu.log" ]]; then
     echo "### pytest -m gpu"
     echo
-    tail -n 3 "$RESULTS/pytest_gpu.log"
+    tail -n 3 "$RESULTS/pytest_gpu.out"
     echo
   fi
   echo "### Steps"
