@@ -34,7 +34,7 @@ def _skimage_2021():
 def _cases(draw):
     height, width = draw(st.integers(1, 17)), draw(st.integers(1, 17))
     levels = draw(st.integers(1, 6))  # few levels: plateaus and ties everywhere
-    dtype = draw(st.sampled_from([np.uint8, np.int16, np.int32, np.float64, np.int64, np.float32]))
+    dtype = draw(st.sampled_from([np.uint8, np.int8, np.int16, np.int32, np.float64, np.int64, np.float32]))
     image = draw(hnp.arrays(np.int64, (height, width), elements=st.integers(0, levels - 1)))
     if draw(st.booleans()):
         image = -image  # negative values, as label_cell's -distance
