@@ -8,6 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.10.0 torchvision==0.25.0 timm==1.0.26
 # OpenCV is an extra (see README, "Use it on Kaggle"); the dev setup takes the headless build.
+# dev pins scikit-image < 0.25: the 2021 watershed that the kit's own copy is tested against.
 EXTRAS := dev,notebooks,opencv
 PYTEST_ARGS ?=
 

@@ -487,25 +487,17 @@ def runtime_report(config: SubmitConfig, segmenter_name: str | None = None, padd
     padding : bool, optional
         The segmenter's own ``padding`` when it was built elsewhere; default ``config.padding``.
     """
-    from hpa_kernel.segmentation.postprocess import skimage_version, watershed_is_faithful
+    from hpa_kernel.segmentation import watershed
+    from hpa_kernel.segmentation.postprocess import skimage_version
 
     name = segmenter_name or config.segmenter or "hpa"
     padding = (config.padding if padding is None else padding) if name == "hpa" else "n/a"
-    if watershed_is_faithful():
-        watershed = "faithful (the 2021 algorithm)"
-    else:
-        watershed = "NOT faithful (scikit-image >= 0.25's algorithm; masks differ from the 2021 ones)"
-    return f"runtime: segmenter {name}, padding {padding}, scikit-image {skimage_version()}, watershed {watershed}"
+    return f"runtime: segmenter {name}, padding {padding}, scikit-image {skimage_version()}, watershed {watershed.DESCRIPTION}"
 
 
 def _log_runtime(config: SubmitConfig, segmenter_name: str, padding: bool | None = None) -> None:
-    """The runtime line, and the watershed fidelity warning once in the main process (not only in workers)."""
-    from hpa_kernel.segmentation import postprocess
-
+    """Log the runtime line once, in the main process."""
     logger.info("%s", runtime_report(config, segmenter_name, padding))
-    warn = getattr(postprocess, "warn_if_watershed_unfaithful", None)  # gone once the watershed is the kit's own
-    if warn is not None:
-        warn()
 
 
 def _write(rows: dict[str, str], samples, out: Path) -> None:

@@ -5,15 +5,23 @@ This is the correctness oracle for the fast implementation in
 original (same thresholds, same connectivities, same dtypes, the same uint8 overflow and label
 wrap), using scikit-image and SciPy for each step, with no attempt at speed. Small-object and
 small-hole removal are written out here with the exclusive ``size < N`` rule of scikit-image
-<= 0.25 so that the oracle behaves the same on every scikit-image version; the watershed is
-scikit-image's, so its result depends on the installed version exactly as the original does.
+<= 0.25 so that the oracle behaves the same on every scikit-image version. The watershed is
+scikit-image's where that is the 2021 algorithm (scikit-image < 0.25, as hpacellseg ran it);
+with a newer scikit-image it is the kit's copy of the 2021 algorithm, which is itself checked
+against scikit-image 0.24 in ``tests/test_watershed.py``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage import filters, measure, morphology, segmentation
+import skimage
+from skimage import filters, measure, morphology
+
+if tuple(int(part) for part in skimage.__version__.split(".")[:2]) < (0, 25):
+    from skimage.segmentation import watershed as _watershed
+else:  # the 2021 algorithm is gone from scikit-image
+    from hpa_kernel.segmentation.watershed import watershed as _watershed
 
 __all__ = ["oracle_label_nuclei", "oracle_label_cell"]
 
@@ -72,7 +80,7 @@ def oracle_label_nuclei(nuclei_pred: np.ndarray) -> np.ndarray:
     mask[mask <= 0.4] = 0
     mask[mask > 0.4] = 1
     mask = _fill_small_holes(mask.astype(bool), 1000).astype(np.uint8)
-    nuclei = segmentation.watershed(mask, markers, mask=mask, watershed_line=True)
+    nuclei = _watershed(mask, markers, mask=mask, watershed_line=True)
     nuclei = _drop_small(nuclei, 2500)
     return measure.label(nuclei)
 
@@ -91,7 +99,7 @@ def _seeded_split(prob, threshold, border_ok, seed_prob, adjustment, seed_min_si
     mask = _fill_small_holes(prob.astype(bool), 1000)
     mask = _drop_small(mask, 8).astype(np.uint8)
     markers = ndi.label(seeds, output=np.uint32)[0]
-    return segmentation.watershed(mask, markers, mask=mask, watershed_line=True)
+    return _watershed(mask, markers, mask=mask, watershed_line=True)
 
 
 def oracle_label_cell(nuclei_pred: np.ndarray, cell_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +123,7 @@ def oracle_label_cell(nuclei_pred: np.ndarray, cell_pred: np.ndarray) -> tuple[n
     )
     region = np.asarray(region, dtype=np.int8)
     distance = np.clip(cell_pred[..., 2], 255 * threshold, cell_pred[..., 2])
-    cells = segmentation.watershed(-distance, nuclei, mask=region)
+    cells = _watershed(-distance, nuclei, mask=region)
     cells = _drop_small(cells, 5500).astype(np.uint8)  # labels wrap at 256 (quirk d)
     cells = _grey_morphology(cells, morphology.disk(6), "dilation")
     cells = _grey_morphology(cells, morphology.disk(6), "erosion")
@@ -125,7 +133,7 @@ def oracle_label_cell(nuclei_pred: np.ndarray, cell_pred: np.ndarray) -> tuple[n
         np.add(np.asarray(cells > 0, dtype=np.int8), np.asarray(cell_pred[..., 1] / 255 > 0.05, dtype=np.int8)) > 0,
         dtype=np.int8,
     )
-    cells = segmentation.watershed(-distance, cells, mask=grow)
+    cells = _watershed(-distance, cells, mask=grow)
     cells = _fill_label_holes(cells)
     cells = measure.label(np.asarray(cells > 0, dtype=np.uint8))
     cells = _drop_small(cells, 5500)

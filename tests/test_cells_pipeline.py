@@ -303,3 +303,33 @@ def test_giving_up_on_an_image_is_logged_with_its_id(images, caplog):
         results = list(NeverDone(TruthSegmenter(samples), CONFIG, workers=0).run(folder, ids[:1], progress=False))
     assert isinstance(results[0], ImageFailure) and "gave up" in results[0].reason
     assert any(ids[0] in r.getMessage() and "gave up" in r.getMessage() for r in caplog.records)
+
+
+def test_large_arrays_travel_through_shared_memory():
+    from multiprocessing.shared_memory import SharedMemory
+
+    from hpa_kernel.cells import pipeline
+
+    maps = SegmentationMaps(nuclei=np.arange(300 * 300, dtype=np.int32).reshape(300, 300), cell=np.zeros((2, 2), np.uint8))
+    blocks: list = []
+    parked = pipeline._park_tree((maps, [np.ones((200, 200, 4), np.uint8)], "x"), blocks)
+    assert isinstance(parked[0].nuclei, pipeline._SharedArray) and isinstance(parked[1][0], pipeline._SharedArray)
+    assert isinstance(parked[0].cell, np.ndarray), "small arrays are pickled as usual"
+    assert len(blocks) == 2
+    back = pipeline._unpark_tree(parked, unlink=False)
+    np.testing.assert_array_equal(back[0].nuclei, maps.nuclei)
+    assert back[1][0].shape == (200, 200, 4) and back[1][0].sum() == 200 * 200 * 4 and back[2] == "x"
+    names = [b.name for b in blocks]
+    pipeline._release(blocks)
+    for name in names:
+        with pytest.raises(FileNotFoundError):
+            SharedMemory(name=name)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm to list shared-memory blocks")
+def test_two_workers_leave_no_shared_memory(images):
+    folder, ids, samples = images
+    before = set(os.listdir("/dev/shm"))
+    results = list(CellPipeline(TruthSegmenter(samples), CONFIG, workers=2).run(folder, ids[:3], progress=False))
+    assert all(r.ok for r in results) and all(r.crops.nbytes >= 64 * 64 * 4 for r in results)
+    assert set(os.listdir("/dev/shm")) - before == set()

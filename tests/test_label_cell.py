@@ -1,23 +1,21 @@
 """label_cell / label_nuclei: equal to hpacellseg 0.1.8 on the shared reference cases and to the oracle port.
 
-With scikit-image < 0.25 the outputs must equal the ``*_ws_pre025`` arrays (the 2021 watershed);
-with a newer scikit-image they must equal the plain arrays, which were made with scikit-image 0.26.
+The outputs must equal the ``*_ws_pre025`` arrays (the 2021 watershed) whatever scikit-image is
+installed; ``test_watershed.py`` runs them under scikit-image 0.25+ too (slow).
 """
 
 from __future__ import annotations
-
-import logging
 
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
 from hpa_kernel.segmentation import postprocess
-from hpa_kernel.segmentation.postprocess import label_cell, label_nuclei, watershed_is_faithful, warn_if_watershed_unfaithful
+from hpa_kernel.segmentation.postprocess import label_cell, label_nuclei
 from oracle_label_cell import oracle_label_cell, oracle_label_nuclei
 
 CASES = ["01", "02", "03", "04", "05", "06"]
-SUFFIX = "_ws_pre025" if watershed_is_faithful() else ""
+SUFFIX = "_ws_pre025"  # the 2021 watershed's arrays; the plain ones were made with scikit-image 0.26
 
 
 def _case(reference, case):
@@ -171,7 +169,7 @@ def test_mask_helpers_match_skimage():
         assert np.array_equal(postprocess._fill_holes(mask), ndi.binary_fill_holes(mask))
         # the 2021 rule: holes of fewer than 20 pixels are filled (scikit-image 0.26 changed the
         # positional call to "at most 20"; the keyword max_size=19 spells the old rule there)
-        if postprocess.watershed_is_faithful() or postprocess.skimage_version().startswith("0.25"):
+        if tuple(int(p) for p in postprocess.skimage_version().split(".")[:2]) < (0, 26):
             expected = morphology.remove_small_holes(mask, 20)
         else:
             expected = morphology.remove_small_holes(mask, max_size=19)
@@ -201,21 +199,21 @@ def test_label_helpers_match_skimage():
 
 
 def test_watershed_crop_is_exact():
-    # the bounding-box crop must not change scikit-image's tie-breaking
-    from skimage import segmentation
+    # the bounding-box crop must not change the watershed's tie-breaking
+    from hpa_kernel.segmentation.watershed import watershed
 
     rng = np.random.default_rng(3)
-    image = np.rint(ndi.gaussian_filter(rng.random((120, 140)), 2) * 20)  # many ties
+    image = np.rint(ndi.gaussian_filter(rng.random((120, 140)), 2) * 20).astype(np.uint8)  # many ties
     mask = np.zeros(image.shape, dtype=bool)
     mask[17:101, 23:131] = ndi.gaussian_filter(rng.random((84, 108)), 3) > 0.47
     markers = ndi.label(image * mask >= 12)[0]
     for line in (False, True):
-        expected = segmentation.watershed(image, markers, mask=mask, watershed_line=line)
+        expected = watershed(image, markers, mask=mask, watershed_line=line)
         found = postprocess._watershed_in_box(lambda box: image[box], markers, mask, line, expected.dtype)
         assert np.array_equal(found, expected)
 
 
-# --- input checks and the version check ----------------------------------------------------------
+# --- input checks ----------------------------------------------------------------------------------
 
 
 def test_rejects_bad_inputs():
@@ -228,36 +226,3 @@ def test_rejects_bad_inputs():
         label_cell(good, good[:32])
     with pytest.raises(ValueError, match="nuclei_pred.*numpy array"):
         label_nuclei(good.tolist())
-
-
-@pytest.mark.parametrize(
-    "version,faithful",
-    [("0.18.1", True), ("0.24.0", True), ("0.24.1rc1", True), ("0.25.0", False), ("0.25.2", False), ("0.26.0", False), ("1.0", False)],
-)
-def test_watershed_version_check(version, faithful):
-    assert watershed_is_faithful(version) is faithful
-
-
-def test_version_check_rejects_garbage():
-    with pytest.raises(ValueError, match="version"):
-        watershed_is_faithful("unknown")
-
-
-def test_warning_logged_once_for_new_skimage(monkeypatch, caplog):
-    monkeypatch.setattr(postprocess, "_warned_unfaithful", False)
-    monkeypatch.setattr(postprocess, "skimage_version", lambda: "0.25.2")
-    with caplog.at_level(logging.WARNING, logger=postprocess.__name__):
-        assert warn_if_watershed_unfaithful() is False
-        assert warn_if_watershed_unfaithful() is False
-        label_nuclei(np.zeros((16, 16, 3), dtype=np.uint8))
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "0.25.2" in warnings[0].getMessage() and "scikit-image<0.25" in warnings[0].getMessage()
-
-
-def test_no_warning_for_old_skimage(monkeypatch, caplog):
-    monkeypatch.setattr(postprocess, "_warned_unfaithful", False)
-    monkeypatch.setattr(postprocess, "skimage_version", lambda: "0.24.0")
-    with caplog.at_level(logging.WARNING, logger=postprocess.__name__):
-        assert warn_if_watershed_unfaithful() is True
-    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

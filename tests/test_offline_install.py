@@ -162,8 +162,8 @@ def test_notebook_install_cell_then_submission_over_the_kaggle_image(kaggle_imag
     log = json.dumps(json.loads(executed.read_text())["cells"])
     assert "3 predicted, 0 fallback" in log
     assert "runtime: segmenter hpa, padding True, scikit-image 0.25" in log
-    # Passes once the kit's own watershed (issue 14) replaces scikit-image's: the masks then no
-    # longer depend on the installed scikit-image.
+    # The kit's own watershed runs under the image's scikit-image 0.25 (the masks do not depend on
+    # it: tests/test_watershed.py checks the 2021 references under scikit-image 0.25+).
     assert "watershed faithful" in log, "the run's log does not say that the watershed is faithful"
 
 

@@ -259,28 +259,20 @@ def test_any_prediction_error_is_per_image(synthetic_competition, weights_dir, t
     assert any(first in r.getMessage() and "KeyError" in r.getMessage() for r in caplog.records)
 
 
-def test_runtime_report_and_fidelity_warning_reach_the_main_log(synthetic_competition, weights_dir, tmp_path, monkeypatch, caplog):
+def test_runtime_report_reaches_the_main_log(synthetic_competition, weights_dir, tmp_path, caplog):
     import logging
 
     from hpa_kernel.segmentation import postprocess
     from hpa_kernel.submit import runtime_report
 
-    monkeypatch.setattr(postprocess, "watershed_is_faithful", lambda version=None: False)
-    if hasattr(postprocess, "_warned_unfaithful"):
-        monkeypatch.setattr(postprocess, "_warned_unfaithful", False)
     config = _config(synthetic_competition, weights_dir, tmp_path / "sub.csv", budget_s=3600, padding=False)
     with caplog.at_level(logging.INFO):
         run_submission(config, segmenter=BlobSegmenter())
-    line = f"runtime: segmenter blobs, padding n/a, scikit-image {postprocess.skimage_version()}, watershed NOT faithful"
+    line = f"runtime: segmenter blobs, padding n/a, scikit-image {postprocess.skimage_version()}, watershed faithful"
     reports = [r for r in caplog.records if r.name == "hpa_kernel.submit" and r.getMessage().startswith("runtime:")]
     assert len(reports) == 1 and reports[0].levelno == logging.INFO and reports[0].getMessage().startswith(line)
-    if hasattr(postprocess, "warn_if_watershed_unfaithful"):  # until the watershed is the kit's own
-        warned = [r for r in caplog.records if r.name == postprocess.__name__ and r.levelno == logging.WARNING]
-        assert len(warned) == 1, "the fidelity warning must reach the main process log once"
     assert runtime_report(config, "hpa").startswith("runtime: segmenter hpa, padding False, ")
     assert runtime_report(config, "hpa", padding=True).startswith("runtime: segmenter hpa, padding True, ")
-    monkeypatch.setattr(postprocess, "watershed_is_faithful", lambda version=None: True)
-    assert runtime_report(SubmitConfig(out="x.csv")).endswith("watershed faithful (the 2021 algorithm)")
     assert "padding True" in runtime_report(SubmitConfig(out="x.csv"))
 
 

@@ -85,19 +85,20 @@ def crop_cell(
     iy1, ix1 = min(top + side, height), min(left + side, width)
     channels = image.shape[2]
     canvas = np.zeros((side, side, channels), np.uint8)
-    mask = np.zeros((side, side), np.float32)
     inside = cell_label[iy0:iy1, ix0:ix1] == cell_id
-    region = canvas[iy0 - top : iy1 - top, ix0 - left : ix1 - left]
-    region[inside] = to_uint8(image[iy0:iy1, ix0:ix1][inside])
-    mask[iy0 - top : iy1 - top, ix0 - left : ix1 - left][inside] = 1.0
+    rows, cols = slice(iy0 - top, iy1 - top), slice(ix0 - left, ix1 - left)
+    # pixels of the cell, zero elsewhere: a product with the mask (no gather/scatter by index)
+    np.multiply(to_uint8(image[iy0:iy1, ix0:ix1]), inside[:, :, None], out=canvas[rows, cols])
     if side == size:
         return canvas
+    mask = np.zeros((side, side), np.float32)
+    mask[rows, cols] = inside
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     crop = cv2.resize(canvas, (size, size), interpolation=interpolation)
     if crop.ndim == 2:  # cv2 drops a single channel axis
         crop = crop[:, :, None]
     support = cv2.resize(mask, (size, size), interpolation=interpolation) > 0.5
-    crop[~support] = 0
+    np.multiply(crop, support[:, :, None], out=crop)
     return crop
 
 

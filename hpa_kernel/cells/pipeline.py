@@ -17,6 +17,11 @@ Design points:
   process dies (killed, segfault), the pool is recreated and every image that was in flight is
   retried alone in the new pool, so that only the image that kills its worker again is recorded as
   failed.
+* Large arrays do not travel through the pool's pipe: the image and its maps go to the worker, and
+  the crops (and label images) come back, through named shared-memory blocks
+  (:class:`_SharedArray`); only the small rest is pickled. The main process copies a result out
+  of its block and unlinks it, so that it spends its time reading images and running ``predict``,
+  not unpickling some 30 MB of crops per 2048x2048 image.
 * Ctrl-C (or closing the generator) terminates the workers at once and re-raises.
 * With ``cache_dir``, cached images skip segmentation and heuristics; see :mod:`hpa_kernel.cells.cache`.
 * ``workers=0`` runs everything in the calling process (the sequential baseline, and debugging).
@@ -24,12 +29,13 @@ Design points:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +125,123 @@ class _Task:
 
 class _CacheUnreadable(RuntimeError):
     """Raised by a worker when a cache entry it was sent to cannot be read."""
+
+
+# ----------------------------------------------------------------------------------------------
+# arrays through shared memory
+
+#: Arrays smaller than this are pickled as usual.
+_SHARE_MIN_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class _SharedArray:
+    """A handle to an ndarray parked in a named shared-memory block; it is pickled instead of the bytes."""
+
+    name: str
+    shape: tuple
+    dtype: str
+
+
+def _park(array: np.ndarray) -> tuple[_SharedArray, Any]:
+    """Copy ``array`` into a new shared-memory block; returns its handle and the block (to close/unlink)."""
+    from multiprocessing.shared_memory import SharedMemory
+
+    block = SharedMemory(create=True, size=max(array.nbytes, 1))
+    np.ndarray(array.shape, dtype=array.dtype, buffer=block.buf)[...] = array
+    return _SharedArray(block.name, tuple(array.shape), array.dtype.str), block
+
+
+def _unpark(handle: _SharedArray, unlink: bool) -> np.ndarray:
+    """A private copy of a parked array; the block is closed, and unlinked when ``unlink``."""
+    from multiprocessing.shared_memory import SharedMemory
+
+    block = SharedMemory(name=handle.name)
+    try:
+        view = np.ndarray(handle.shape, dtype=np.dtype(handle.dtype), buffer=block.buf)
+        array = view.copy()
+        del view
+    finally:
+        block.close()
+        if unlink:
+            block.unlink()
+    return array
+
+
+def _park_tree(value: Any, blocks: list) -> Any:
+    """``value`` with every large ndarray parked; the blocks go to ``blocks``.
+
+    Arrays are looked for in tuples, lists and dataclass fields (e.g. ``SegmentationMaps``).
+    """
+    if isinstance(value, np.ndarray) and value.nbytes >= _SHARE_MIN_BYTES and value.dtype != object:
+        handle, block = _park(value)
+        blocks.append(block)
+        return handle
+    if isinstance(value, (tuple, list)):
+        return type(value)(_park_tree(v, blocks) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _park_tree(getattr(value, f.name), blocks) for f in _init_fields(value)})
+    return value
+
+
+def _unpark_tree(value: Any, unlink: bool) -> Any:
+    """The inverse of :func:`_park_tree`."""
+    if isinstance(value, _SharedArray):
+        return _unpark(value, unlink)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_unpark_tree(v, unlink) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and not isinstance(value, _SharedArray):
+        return dataclasses.replace(value, **{f.name: _unpark_tree(getattr(value, f.name), unlink) for f in _init_fields(value)})
+    return value
+
+
+def _init_fields(value) -> list:
+    return [f for f in dataclasses.fields(value) if f.init]
+
+
+def _release(blocks: list) -> None:
+    """Close and unlink the blocks this process created for a task."""
+    for block in blocks:
+        block.close()
+        try:
+            block.unlink()
+        except FileNotFoundError:
+            logger.debug("shared-memory block %s was already unlinked", block.name)
+    blocks.clear()
+
+
+def _run_parked_task(task: _Task) -> ImageCells:
+    """The pool's entry point: :func:`_run_task` with the large arrays in and out through shared memory.
+
+    The input blocks belong to the main process (it unlinks them once the image is done, so that a
+    retry after a worker death can still read them); the result's blocks are unlinked by the main
+    process when it takes the result (:func:`_take_result`).
+    """
+    task = replace(task, image=_unpark_tree(task.image, unlink=False), maps=_unpark_tree(task.maps, unlink=False))
+    result = _run_task(task)
+    blocks: list = []
+    try:
+        result.crops = _park_tree(result.crops, blocks)
+        result.nuclei_label = _park_tree(result.nuclei_label, blocks)
+        result.cell_label = _park_tree(result.cell_label, blocks)
+    except BaseException:
+        _release(blocks)
+        raise
+    for block in blocks:
+        block.close()  # the main process unlinks them
+    return result
+
+
+def _take_result(result: ImageCells) -> ImageCells:
+    """The main-process side of :func:`_run_parked_task`: copy the parked arrays out and unlink them."""
+    result.crops = _unpark_tree(result.crops, unlink=True)
+    result.nuclei_label = _unpark_tree(result.nuclei_label, unlink=True)
+    result.cell_label = _unpark_tree(result.cell_label, unlink=True)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# the worker side
 
 
 def _worker_init() -> None:
@@ -250,6 +373,7 @@ class _Entry:
     future: Any = None
     result: ImageCells | ImageFailure | None = None
     needs_predict: bool = False
+    blocks: list = field(default_factory=list)  # shared-memory blocks of the task in flight
 
 
 def _reason(exc: BaseException) -> str:
@@ -435,7 +559,15 @@ class CellPipeline:
             except Exception as exc:  # noqa: BLE001 - recorded per image
                 entry.result = self._failure(entry.image_id, exc, "cells")
             return
-        entry.future = self._executor.submit(_run_task, entry.task)
+        entry.future = self._submit_parked(entry)
+
+    def _submit_parked(self, entry: _Entry):
+        """Send ``entry.task`` to the pool with its image and maps in shared memory; returns the future."""
+        _release(entry.blocks)
+        task = replace(
+            entry.task, image=_park_tree(entry.task.image, entry.blocks), maps=_park_tree(entry.task.maps, entry.blocks)
+        )
+        return self._executor.submit(_run_parked_task, task)
 
     def _flush(self, batch: list[_Entry]) -> None:
         """Predict the waiting batch and send its images to the workers."""
@@ -473,13 +605,19 @@ class CellPipeline:
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            entry.result = future.result()
+            result = future.result()
         except BrokenProcessPool:
+            _release(entry.blocks)
             return False
         except _CacheUnreadable as exc:
+            _release(entry.blocks)
             self._rerun_fresh(entry, folder, str(exc))
         except Exception as exc:  # noqa: BLE001 - recorded per image
+            _release(entry.blocks)
             entry.result = self._failure(entry.image_id, exc, "cells")
+        else:
+            _release(entry.blocks)
+            entry.result = _take_result(result)
         return True
 
     def _wait(self, entry: _Entry, pending: deque, folder: Path) -> ImageCells | ImageFailure:
@@ -505,7 +643,7 @@ class CellPipeline:
             old, e.future = e.future, None
             if self._collect(e, old, folder):  # it may have finished before the break
                 continue
-            if not self._collect(e, self._executor.submit(_run_task, e.task), folder):
+            if not self._collect(e, self._submit_parked(e), folder):
                 e.result = self._failure(
                     e.image_id, RuntimeError("a worker process died while processing this image, twice"), "cells"
                 )
@@ -581,6 +719,8 @@ class CellPipeline:
                     self._executor = None
             else:  # Ctrl-C, an error, or the consumer stopped early: do not wait for the workers
                 self._terminate_pool()
+                for e in pending:
+                    _release(e.blocks)
         if n_failed:
             logger.warning("%d of %d images failed", n_failed, len(ids))
 

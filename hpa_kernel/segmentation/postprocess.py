@@ -24,42 +24,33 @@ Where the time goes and what this module does instead (each step gives identical
   scikit-image's ``reflect`` mode);
 * hole filling labels the background once and keeps the components that touch the image edge;
 * relabelling in raster order is done only where the numbering matters;
-* each watershed runs on the bounding box of its mask. scikit-image's watershed only ever visits
-  pixels inside the mask and pushes the markers in raster order, and a bounding-box crop keeps the
-  raster order of every pixel and the neighbour order, so the priority queue sees exactly the
-  same sequence of operations.
+* each watershed runs on the bounding box of its mask. The watershed only ever visits pixels
+  inside the mask and pushes the markers in raster order, and a bounding-box crop keeps the raster
+  order of every pixel and the neighbour order, so the priority queue sees exactly the same
+  sequence of operations;
+* the cell watershed floods ``255 - interior`` as uint8 instead of ``-interior`` as float64 (the
+  same order and the same ties).
 
-The watershed itself stays scikit-image's, and it is now about three quarters of the run time.
-It cannot be cut down further without changing results: its priority queue is a binary heap
-ordered by (value, age), and all markers enter it with age 0, so markers of equal value leave it
-in an order that depends on every other item in the heap. Running it per connected component, or
-without the markers that have no unlabelled neighbour, changes that order, and with it which of
-two touching cells wins a contested pixel.
-
-The watershed's algorithm changed in scikit-image 0.25; the label images equal the 2021
-(hpacellseg era) ones only with scikit-image < 0.25, see :func:`watershed_is_faithful`.
+The watershed is the kit's own copy of the 2021 algorithm (scikit-image 0.18 to 0.24, see
+:mod:`hpa_kernel.segmentation.watershed`), so the label images equal the 2021 (hpacellseg era)
+ones whatever scikit-image is installed; scikit-image 0.25 changed its watershed. It is still most
+of the run time, and it cannot be cut down further without changing results: its priority queue
+is a binary heap ordered by (value, age), and all markers enter it with age 0, so markers of
+equal value leave it in an order that depends on every other item in the heap. Running it per
+connected component, or without the markers that have no unlabelled neighbour, changes that
+order, and with it which of two touching cells wins a contested pixel.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-
 import numpy as np
 
-__all__ = [
-    "FAITHFUL_SKIMAGE_BELOW",
-    "label_cell",
-    "label_nuclei",
-    "skimage_version",
-    "watershed_is_faithful",
-    "warn_if_watershed_unfaithful",
-]
+from hpa_kernel.segmentation.watershed import watershed
+
+__all__ = ["label_cell", "label_nuclei", "skimage_version"]
 
 logger = logging.getLogger(__name__)
-
-#: scikit-image versions below this one have the watershed that produced the 2021 masks.
-FAITHFUL_SKIMAGE_BELOW: tuple[int, int] = (0, 25)
 
 # hpacellseg's constants
 _NUCLEUS_THRESHOLD = 0.4
@@ -73,65 +64,16 @@ _NUCLEUS_MIN_SIZE = 2500
 _CELL_MIN_SIZE = 5500
 _CLOSING_RADIUS = 6
 
-_warned_unfaithful = False
-
 
 # ----------------------------------------------------------------------------------------------
 # scikit-image version
 
 
 def skimage_version() -> str:
-    """The installed scikit-image version string."""
+    """The installed scikit-image version string (recorded with results; the masks do not depend on it)."""
     import skimage
 
     return skimage.__version__
-
-
-def watershed_is_faithful(version: str | None = None) -> bool:
-    """Whether scikit-image's watershed is the 2021 algorithm (scikit-image 0.18 to 0.24).
-
-    Parameters
-    ----------
-    version : str, optional
-        A scikit-image version string; the installed version when omitted.
-
-    Returns
-    -------
-    bool
-        True for versions below :data:`FAITHFUL_SKIMAGE_BELOW` (0.25).
-
-    Examples
-    --------
-    >>> watershed_is_faithful("0.24.0"), watershed_is_faithful("0.25.2")
-    (True, False)
-    """
-    if version is None:
-        version = skimage_version()
-    match = re.match(r"\s*(\d+)\.(\d+)", str(version))
-    if match is None:
-        raise ValueError(f"version: cannot read a scikit-image version from {version!r}, expected e.g. '0.24.0'")
-    return (int(match.group(1)), int(match.group(2))) < FAITHFUL_SKIMAGE_BELOW
-
-
-def warn_if_watershed_unfaithful(version: str | None = None) -> bool:
-    """Log a WARNING (once per process) when the installed watershed differs from the 2021 one.
-
-    Returns :func:`watershed_is_faithful` of ``version`` (the installed version when omitted).
-    """
-    global _warned_unfaithful
-    faithful = watershed_is_faithful(version)
-    if not faithful and not _warned_unfaithful:
-        _warned_unfaithful = True
-        found = version if version is not None else skimage_version()
-        logger.warning(
-            "scikit-image %s is installed: its watershed (changed in 0.25) gives cell and nuclei masks "
-            "that DIFFER from the 2021 HPA-Cell-Segmentation masks the competition was built with "
-            "(from a few hundred pixels to whole cells per 2048x2048 image). To reproduce them, install "
-            "scikit-image<0.25, e.g. `pip install --no-index --find-links <wheelhouse> 'scikit-image==0.24.0'` "
-            "from the offline wheelhouse, or `pip install 'hpa-kernel[faithful]'`.",
-            found,
-        )
-    return faithful
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,18 +197,16 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
 
 
 def _watershed_in_box(image, markers: np.ndarray, mask: np.ndarray, watershed_line: bool, out_dtype) -> np.ndarray:
-    """``skimage.segmentation.watershed(image, markers, mask=mask)`` computed on the mask's bounding box.
+    """The 2021 ``watershed(image, markers, mask=mask)`` computed on the mask's bounding box.
 
     ``image`` is a callable giving the image for a (rows, cols) box, so that only the box is built.
     """
-    from skimage import segmentation
-
     out = np.zeros(mask.shape, dtype=out_dtype)
     box = _bounding_box(mask)
     if box is None:
         return out
     seeds = markers[box].astype(out_dtype, copy=False)  # the output takes the markers' dtype
-    out[box] = segmentation.watershed(image(box), seeds, mask=mask[box], watershed_line=watershed_line)
+    out[box] = watershed(image(box), seeds, mask=mask[box], watershed_line=watershed_line)
     return out
 
 
@@ -334,7 +274,6 @@ def label_nuclei(nuclei_pred: np.ndarray) -> np.ndarray:
     from hpa_kernel._cv2 import cv2
 
     _check_pred("nuclei_pred", nuclei_pred)
-    warn_if_watershed_unfaithful()
     border, interior = nuclei_pred[..., 1], nuclei_pred[..., 2]
 
     # seeds: interior > 0.15 where border <= 0.05 (raw uint8 values), eroded with a cross
@@ -385,9 +324,9 @@ def label_cell(nuclei_pred: np.ndarray, cell_pred: np.ndarray) -> tuple[np.ndarr
 
     Notes
     -----
-    Equal to hpacellseg 0.1.8 (numbering and dtype included) for the installed scikit-image; equal
-    to the 2021 masks only with scikit-image < 0.25 (:func:`watershed_is_faithful`). A WARNING is
-    logged once per process otherwise.
+    Equal to hpacellseg 0.1.8 with scikit-image 0.18 to 0.24 (the 2021 masks), numbering and dtype
+    included, whatever scikit-image is installed: the watershed is the kit's own
+    (:mod:`hpa_kernel.segmentation.watershed`).
     """
     from hpa_kernel._cv2 import cv2
 
@@ -395,7 +334,6 @@ def label_cell(nuclei_pred: np.ndarray, cell_pred: np.ndarray) -> tuple[np.ndarr
     _check_pred("cell_pred", cell_pred)
     if nuclei_pred.shape != cell_pred.shape:
         raise ValueError(f"cell_pred: expected the shape of nuclei_pred {nuclei_pred.shape}, got {cell_pred.shape}")
-    warn_if_watershed_unfaithful()
 
     nuclei = _nuclei_for_cells(nuclei_pred, cell_pred)
 
@@ -403,8 +341,8 @@ def label_cell(nuclei_pred: np.ndarray, cell_pred: np.ndarray) -> tuple[np.ndarr
     threshold = max(_MIN_CELL_THRESHOLD, _otsu_of_uint8(cell_interior) * 0.5)
     region = _above(cell_interior, _VALUES / 255 > threshold)  # the border term masks nothing (quirk b)
 
-    def distance(box):  # -clip(cell, 255 t, cell) == -cell (quirk g); only the order matters
-        return -cell_interior[box].astype(np.float64)
+    def distance(box):  # -clip(cell, 255 t, cell) == -cell (quirk g); 255 - cell has its order and ties
+        return 255 - cell_interior[box]
 
     cells = _watershed_in_box(distance, nuclei, region, False, np.int32)
     cells = _drop_small_labels(cells, _CELL_MIN_SIZE).astype(np.uint8)  # labels wrap at 256 (quirk d)
