@@ -44,7 +44,7 @@ def test_kill_9_of_cells_leaves_no_worker(tmp_path):
     comp = make_competition(tmp_path / "comp", n_train=24, n_test=0, size=512, seed=7)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "hpa_kernel", "cells", "--data", str(comp.root), "--out", str(tmp_path / "out"),
-           "--workers", "2", "--crop-size", "64"]  # fmt: skip
+           "--workers", "2", "--crop-size", "64", "--segmenter", "classic"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
