@@ -321,14 +321,13 @@ class Competition:
         return df
 
     def read_sample_submission(self):
-        """``sample_submission.csv`` as a DataFrame (ID, ImageWidth, ImageHeight, PredictionString)."""
-        import pandas as pd
+        """``sample_submission.csv`` as a DataFrame (ID, ImageWidth, ImageHeight, PredictionString).
 
-        df = pd.read_csv(self.sample_submission, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
-        expected = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
-        if list(df.columns) != expected:
-            raise ValueError(f"{self.sample_submission}: expected columns {','.join(expected)}, got {','.join(df.columns)}")
-        return df
+        Read and checked by :func:`hpa_kernel.submission.read_sample_submission`.
+        """
+        from hpa_kernel.submission import read_sample_submission
+
+        return read_sample_submission(self.sample_submission)
 
 
 def _is_competition(path: Path) -> bool:

@@ -34,7 +34,7 @@ import numpy as np
 
 from hpa_kernel.classes import CLASS_NAMES, NUM_CLASSES, parse_labels
 from hpa_kernel.rle import decode_mask, decode_runs
-from hpa_kernel.submission import SUBMISSION_HEADER
+from hpa_kernel.submission import read_sample_submission
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -317,23 +317,14 @@ def parse_prediction_string(text: str) -> list[tuple[int, float, str]]:
 
 
 def _read_submission(submission) -> dict[str, tuple[int, int, str]]:
-    frame = _read_csv(submission, "submission", {"ID": str, "PredictionString": str})
-    missing = [c for c in SUBMISSION_HEADER if c not in frame.columns]
-    if missing:
-        raise ValueError(f"submission needs columns {','.join(SUBMISSION_HEADER)}; missing {missing}")
-    rows: dict[str, tuple[int, int, str]] = {}
-    for image_id, width, height, text in zip(frame["ID"], frame["ImageWidth"], frame["ImageHeight"], frame["PredictionString"]):
-        image_id = str(image_id)
-        if image_id in rows:
-            raise ValueError(f"submission has ID {image_id} twice")
-        text = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
-        try:
-            rows[image_id] = (int(width), int(height), text)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"submission ID {image_id}: ImageWidth {width!r} and ImageHeight {height!r} must be integers"
-            ) from None
-    return rows
+    """ID -> (ImageWidth, ImageHeight, PredictionString), read by the one reader of the format."""
+    frame = read_sample_submission(submission, "submission", require_predictions=True)
+    return {
+        image_id: (width, height, text)
+        for image_id, width, height, text in zip(
+            frame["ID"], frame["ImageWidth"].tolist(), frame["ImageHeight"].tolist(), frame["PredictionString"]
+        )
+    }
 
 
 # --------------------------------------------------------------------------- matching

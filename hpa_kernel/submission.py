@@ -49,6 +49,7 @@ __all__ = [
     "format_prediction_string",
     "prediction_string_for_cells",
     "read_sample",
+    "read_sample_submission",
     "write_submission",
     "check_submission",
     "validate_submission",
@@ -139,34 +140,110 @@ def prediction_string_for_cells(encoded_masks: list[str], probs: np.ndarray) -> 
     )
 
 
-def read_sample(sample: SampleSource) -> list[tuple[str, int, int]]:
-    """``sample_submission.csv`` (path or DataFrame) as ``[(ID, ImageWidth, ImageHeight), ...]`` in file order."""
+def _sample_frame(sample: SampleSource, what: str, require_predictions: bool):
+    """The sample as a DataFrame and the name its errors use; the columns checked."""
     import pandas as pd
 
     if isinstance(sample, pd.DataFrame):
-        frame = sample
-        name = "sample"
-    else:
-        path = Path(sample)
-        if not path.is_file():
-            raise FileNotFoundError(f"sample submission {path} does not exist")
+        name = f"{what} (DataFrame)"
+        need = SUBMISSION_HEADER if require_predictions else SUBMISSION_HEADER[:3]
+        wrong = [c for c in need if c not in sample.columns] + [c for c in sample.columns if c not in SUBMISSION_HEADER]
+        if wrong:
+            raise ValueError(f"{name}: expected columns {','.join(need)}, got {','.join(map(str, sample.columns))}")
+        return sample, name
+    path = Path(sample)
+    name = f"{what} {path}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
         frame = pd.read_csv(path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
-        name = str(path)
-    missing = [c for c in SUBMISSION_HEADER[:3] if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{name}: expected columns {','.join(SUBMISSION_HEADER)}, missing {missing}")
-    out = []
-    for image_id, width, height in zip(frame["ID"], frame["ImageWidth"], frame["ImageHeight"]):
+    except (ValueError, pd.errors.ParserError) as exc:  # empty, not UTF-8 (UnicodeDecodeError), malformed
+        raise ValueError(f"{name} cannot be read as CSV: {type(exc).__name__}: {exc}") from None
+    if list(frame.columns) != list(SUBMISSION_HEADER):
+        raise ValueError(f"{name}: expected columns {','.join(SUBMISSION_HEADER)}, got {','.join(map(str, frame.columns))}")
+    return frame, name
+
+
+def _positive_int(value) -> int:
+    """``value`` as an int > 0 (an int, an integral float or a decimal string); ValueError otherwise."""
+    if isinstance(value, str):
+        if not (value.strip().isascii() and value.strip().isdigit()):
+            raise ValueError(value)
+        number = int(value)
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        number = int(value)
+    elif isinstance(value, (float, np.floating)) and float(value).is_integer():
+        number = int(value)
+    else:
+        raise ValueError(value)
+    if number <= 0:
+        raise ValueError(value)
+    return number
+
+
+def read_sample_submission(sample: SampleSource, what: str = "sample submission", *, require_predictions: bool = False):
+    """Read ``sample_submission.csv`` (or a submission in its format): the one reader of that format.
+
+    Parameters
+    ----------
+    sample : path or DataFrame
+        A file must have exactly the header ``ID,ImageWidth,ImageHeight,PredictionString``. A
+        DataFrame (an in-memory sample) needs ``ID``, ``ImageWidth`` and ``ImageHeight`` and
+        ``PredictionString`` when ``require_predictions``, and no other column.
+    what : str
+        What the file is, for the error messages (``"sample submission"``, ``"submission"``).
+    require_predictions : bool
+        Refuse a DataFrame without a ``PredictionString`` column (a file always needs one).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``ID`` (str), ``ImageWidth`` and ``ImageHeight`` (int > 0) and ``PredictionString`` (str;
+        empty where missing), in the sample's order, with a fresh index.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        Naming the file (or ``what``) and the ID: unreadable CSV, wrong columns, an image size
+        that is not an integer > 0, or an ID listed more than once.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> frame = read_sample_submission(pd.DataFrame({"ID": ["a"], "ImageWidth": [8], "ImageHeight": ["6"]}))
+    >>> frame.to_dict("records")
+    [{'ID': 'a', 'ImageWidth': 8, 'ImageHeight': 6, 'PredictionString': ''}]
+    """
+    import pandas as pd
+
+    frame, name = _sample_frame(sample, what, require_predictions)
+    ids = [str(i) for i in frame["ID"]]
+    sizes = []
+    for image_id, width, height in zip(ids, frame["ImageWidth"], frame["ImageHeight"]):
         try:
-            out.append((str(image_id), int(width), int(height)))
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: ID {image_id}: ImageWidth {width!r} and ImageHeight {height!r} must be integers") from None
+            sizes.append((_positive_int(width), _positive_int(height)))
+        except ValueError:
+            raise ValueError(f"{name}: ID {image_id}: ImageWidth {width!r} and ImageHeight {height!r} must be integers > 0") from None
     seen: set[str] = set()
-    twice = sorted({r[0] for r in out if r[0] in seen or seen.add(r[0])})
+    twice = sorted({i for i in ids if i in seen or seen.add(i)})
     if twice:
         shown = ", ".join(twice[:5]) + (f" and {len(twice) - 5} more" if len(twice) > 5 else "")
-        raise ValueError(f"{name}: the sample lists ID(s) more than once: {shown}")
-    return out
+        raise ValueError(f"{name}: lists ID(s) more than once: {shown}")
+    texts = frame["PredictionString"] if "PredictionString" in frame.columns else [""] * len(ids)
+    texts = ["" if t is None or (isinstance(t, float) and math.isnan(t)) else str(t) for t in texts]
+    return pd.DataFrame({"ID": ids, "ImageWidth": [w for w, _ in sizes], "ImageHeight": [h for _, h in sizes],
+                         "PredictionString": texts}, columns=list(SUBMISSION_HEADER))
+
+
+def read_sample(sample: SampleSource) -> list[tuple[str, int, int]]:
+    """``sample_submission.csv`` (path or DataFrame) as ``[(ID, ImageWidth, ImageHeight), ...]`` in file order.
+
+    A view of :func:`read_sample_submission`, which checks the file.
+    """
+    frame = read_sample_submission(sample)
+    return list(zip(frame["ID"], frame["ImageWidth"].tolist(), frame["ImageHeight"].tolist()))
 
 
 def _check_prediction_text(image_id: str, text: str) -> None:
