@@ -34,7 +34,7 @@ import numpy as np
 
 from hpa_kernel.classes import CLASS_NAMES, NUM_CLASSES, parse_labels
 from hpa_kernel.rle import decode_mask, decode_runs
-from hpa_kernel.submission import read_sample_submission
+from hpa_kernel.submission import parse_confidence, parse_label, read_sample_submission, split_prediction_string
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -280,40 +280,32 @@ def load_truth_annotations(path: CsvSource) -> dict[str, TruthImage]:
 
 
 def parse_prediction_string(text: str) -> list[tuple[int, float, str]]:
-    """Split a PredictionString into ``(label, confidence, EncodedMask)`` triples.
+    """Split a PredictionString into ``(label, confidence, EncodedMask)`` triples, or raise.
 
-    Tokens are separated by single spaces, as the evaluator's ``split(" ")``; an empty string has
-    no triples.
+    Tokenised by :func:`hpa_kernel.submission.split_prediction_string` (the validator's tokeniser):
+    tokens are separated by single spaces, as the evaluator's ``split(" ")``; an empty string has
+    no triples. Labels and confidences are read by ``parse_label`` and ``parse_confidence``.
 
     >>> parse_prediction_string("3 0.5 eNoLCAgIMAEABJkBdQ== 18 1 eNoLCAgIMAEABJkBdQ==")
     [(3, 0.5, 'eNoLCAgIMAEABJkBdQ=='), (18, 1.0, 'eNoLCAgIMAEABJkBdQ==')]
+
+    Raises
+    ------
+    ValueError
+        The first format problem of the string, or ``triple k: ...`` for a bad label or confidence.
     """
     if text is None or text == "" or (isinstance(text, float) and np.isnan(text)):
         return []
-    tokens = str(text).split(" ")
-    if "" in tokens:
-        raise ValueError("PredictionString has a leading, trailing or double space (tokens are split on single spaces)")
-    if len(tokens) % 3:
-        raise ValueError(f"PredictionString has {len(tokens)} tokens, not a multiple of 3 (label confidence EncodedMask)")
-    triples = []
-    for k in range(0, len(tokens), 3):
-        label_text, conf_text, mask = tokens[k : k + 3]
+    triples, problems = split_prediction_string(str(text))
+    if problems:
+        raise ValueError(problems[0])
+    parsed = []
+    for k, (label_text, conf_text, mask) in enumerate(triples):
         try:
-            label = int(label_text)
-        except ValueError:
-            raise ValueError(f"triple {k // 3}: label {label_text!r} is not an integer") from None
-        if not 0 <= label < NUM_CLASSES:
-            raise ValueError(f"triple {k // 3}: label {label} is outside 0..{NUM_CLASSES - 1}")
-        try:
-            confidence = float(conf_text)
-        except ValueError:
-            raise ValueError(f"triple {k // 3}: confidence {conf_text!r} is not a number") from None
-        if not np.isfinite(confidence):
-            raise ValueError(f"triple {k // 3}: confidence {conf_text!r} is not finite")
-        if not 0.0 <= confidence <= 1.0:
-            raise ValueError(f"triple {k // 3}: confidence {conf_text} is outside [0, 1]")
-        triples.append((label, confidence, mask))
-    return triples
+            parsed.append((parse_label(label_text), parse_confidence(conf_text), mask))
+        except ValueError as exc:
+            raise ValueError(f"triple {k}: {exc}") from None
+    return parsed
 
 
 def _read_submission(submission) -> dict[str, tuple[int, int, str]]:

@@ -50,6 +50,9 @@ __all__ = [
     "prediction_string_for_cells",
     "read_sample",
     "read_sample_submission",
+    "split_prediction_string",
+    "parse_label",
+    "parse_confidence",
     "write_submission",
     "check_submission",
     "validate_submission",
@@ -246,16 +249,94 @@ def read_sample(sample: SampleSource) -> list[tuple[str, int, int]]:
     return list(zip(frame["ID"], frame["ImageWidth"].tolist(), frame["ImageHeight"].tolist()))
 
 
+_SPACING_PROBLEMS = (
+    (lambda t: t != t.strip(" "), "PredictionString has a leading or trailing space; the evaluator splits on single spaces and would lose or shift a triple"),
+    (lambda t: "  " in t, "PredictionString has a double space; the evaluator splits on single spaces, which shifts the triples"),
+    (lambda t: any(ch in t for ch in "\t\r\n\v\f"), "PredictionString contains a tab or another non-space whitespace character"),
+)
+
+
+def split_prediction_string(text: str) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Tokenise a PredictionString: the ``(label, confidence, EncodedMask)`` token triples and its format problems.
+
+    The one tokeniser of the format, shared by the writer, the validator and the metric. The
+    evaluator splits on single spaces, so a leading, trailing or double space, or other whitespace,
+    is a problem; the triples are then still read from the whitespace-separated tokens, so that a
+    validator can go on checking them. A token count that is not a multiple of 3 gives no triples.
+
+    Parameters
+    ----------
+    text : str
+        The PredictionString; empty means no detections.
+
+    Returns
+    -------
+    triples : list of (str, str, str)
+        The token triples, unparsed (see :func:`parse_label` and :func:`parse_confidence`).
+    problems : list of str
+        Format problems, empty for a well-formed string.
+
+    Examples
+    --------
+    >>> split_prediction_string("3 0.5 eNoLCAgIMAEABJkBdQ== 18 1 eNoLCAgIMAEABJkBdQ==")
+    ([('3', '0.5', 'eNoLCAgIMAEABJkBdQ=='), ('18', '1', 'eNoLCAgIMAEABJkBdQ==')], [])
+    >>> split_prediction_string("3 0.5")
+    ([], ['PredictionString has 2 tokens, not a multiple of 3 (label confidence EncodedMask); the triples cannot be read'])
+    """
+    problems = [message for broken, message in _SPACING_PROBLEMS if broken(text)]
+    tokens = text.split()
+    if len(tokens) % 3:
+        problems.append(f"PredictionString has {len(tokens)} tokens, not a multiple of 3 (label confidence EncodedMask); the triples cannot be read")
+        return [], problems
+    return [tuple(tokens[k : k + 3]) for k in range(0, len(tokens), 3)], problems
+
+
+def parse_label(text: str) -> int:
+    """A label token as a class id: ASCII digits naming 0..18.
+
+    >>> parse_label("18")
+    18
+
+    Raises
+    ------
+    ValueError
+        ``label '<text>' is not an integer 0..18`` (``+3``, ``3.0`` and ``19`` included).
+    """
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) < NUM_CLASSES:
+        raise ValueError(f"label {text[:30]!r} is not an integer 0..{NUM_CLASSES - 1}")
+    return int(text)
+
+
+def parse_confidence(text: str) -> float:
+    """A confidence token as a float in [0, 1].
+
+    >>> parse_confidence("0.25")
+    0.25
+
+    Raises
+    ------
+    ValueError
+        If it is not a number, not finite or outside [0, 1].
+    """
+    try:
+        confidence = float(text)
+    except ValueError:
+        raise ValueError(f"confidence {text[:30]!r} is not a number") from None
+    if not math.isfinite(confidence):
+        raise ValueError(f"confidence {text!r} is not finite")
+    if not 0.0 <= confidence <= 1.0:
+        raise ValueError(f"confidence {text} is outside [0, 1]")
+    return confidence
+
+
 def _check_prediction_text(image_id: str, text: str) -> None:
     if not isinstance(text, str):
         raise ValueError(f"prediction of image {image_id} must be a str, got {type(text).__name__}")
     if any(ch in text for ch in ",\n\r\"\t"):
         raise ValueError(f"prediction of image {image_id} contains a comma, quote, tab or line break")
-    if text and ("" in text.split(" ") or len(text.split(" ")) % 3):
-        raise ValueError(
-            f"prediction of image {image_id} is not single-space separated triples "
-            "(leading/trailing/double space or a token count that is not a multiple of 3)"
-        )
+    problems = split_prediction_string(text)[1]
+    if problems:
+        raise ValueError(f"prediction of image {image_id} is not single-space separated triples: {problems[0]}")
 
 
 def write_submission(
@@ -390,32 +471,16 @@ def _check_prediction(line: int, image_id: str, width: int, height: int, text: s
     if text == "":
         report.num_empty_rows += 1
         return
-    if text != text.strip(" "):
-        problems.append(Problem(line, image_id, "PredictionString has a leading or trailing space; the evaluator splits on single spaces and would lose or shift a triple"))
-    if "  " in text:
-        problems.append(Problem(line, image_id, "PredictionString has a double space; the evaluator splits on single spaces, which shifts the triples"))
-    if any(ch in text for ch in "\t\r\n\v\f"):
-        problems.append(Problem(line, image_id, "PredictionString contains a tab or another non-space whitespace character"))
-    tokens = [t for t in text.split() if t]
-    if len(tokens) % 3:
-        problems.append(Problem(line, image_id, f"PredictionString has {len(tokens)} tokens, not a multiple of 3 (label confidence EncodedMask); the triples cannot be read"))
-        return
+    triples, found = split_prediction_string(text)
+    problems.extend(Problem(line, image_id, message) for message in found)
     masks: dict[str, str | None] = {}
-    for k in range(0, len(tokens), 3):
-        label_text, conf_text, mask = tokens[k : k + 3]
-        n = k // 3
+    for n, (label_text, conf_text, mask) in enumerate(triples):
         report.num_triples += 1
-        if not (label_text.isascii() and label_text.isdigit()) or not 0 <= int(label_text) < NUM_CLASSES:
-            problems.append(Problem(line, image_id, f"triple {n}: label {label_text[:30]!r} is not an integer 0..{NUM_CLASSES - 1}"))
-        try:
-            confidence = float(conf_text)
-        except ValueError:
-            problems.append(Problem(line, image_id, f"triple {n}: confidence {conf_text[:30]!r} is not a number"))
-        else:
-            if not math.isfinite(confidence):
-                problems.append(Problem(line, image_id, f"triple {n}: confidence {conf_text!r} is not finite"))
-            elif not 0.0 <= confidence <= 1.0:
-                problems.append(Problem(line, image_id, f"triple {n}: confidence {conf_text} is outside [0, 1]"))
+        for parse, token in ((parse_label, label_text), (parse_confidence, conf_text)):
+            try:
+                parse(token)
+            except ValueError as exc:
+                problems.append(Problem(line, image_id, f"triple {n}: {exc}"))
         if mask not in masks:
             try:
                 starts, ends = decode_runs(mask, height, width)

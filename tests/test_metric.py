@@ -216,7 +216,9 @@ def test_parse_prediction_string_errors():
         ("1  0.5 abc", "space"),
         ("1 0.5", "multiple of 3"),
         ("x 0.5 abc", "not an integer"),
-        ("19 0.5 abc", "outside"),
+        ("19 0.5 abc", "triple 0: label '19' is not an integer 0..18"),
+        ("+3 0.5 abc", "not an integer 0..18"),
+        ("1 0.5 abc 2\t0.5 abc", "tab"),
         ("1 high abc", "not a number"),
         ("1 nan abc", "not finite"),
     ]:

@@ -323,3 +323,26 @@ def test_sample_reader_frames(tmp_path):
         read_sample_submission(frame, "submission", require_predictions=True)
     with pytest.raises(FileNotFoundError, match="sample submission .*absent.csv does not exist"):
         read_sample_submission(tmp_path / "absent.csv")
+
+
+def test_validator_and_metric_agree_on_every_prediction_string(tmp_path):
+    # One tokeniser (split_prediction_string, parse_label, parse_confidence): the validator finds a
+    # problem exactly when the metric's parser refuses the string.
+    from hpa_kernel.metric import parse_prediction_string
+    from hpa_kernel.submission import check_submission
+
+    mask = encode_mask(np.ones((4, 4), bool))
+    sample = pd.DataFrame({"ID": ["a"], "ImageWidth": [4], "ImageHeight": [4]})
+    cases = ["", f"1 0.5 {mask}", f"1 0.5 {mask} 18 1 {mask}", f" 1 0.5 {mask}", f"1 0.5 {mask} ", f"1  0.5 {mask}",
+             f"1\t0.5 {mask}", "1 0.5", f"+1 0.5 {mask}", f"1.0 0.5 {mask}", f"19 0.5 {mask}", f"1 nan {mask}",
+             f"1 1.5 {mask}", f"1 -0 {mask}", f"1 1e-3 {mask}", f"01 0.5 {mask}"]
+    for text in cases:
+        path = tmp_path / "sub.csv"
+        path.write_text(f"ID,ImageWidth,ImageHeight,PredictionString\na,4,4,{text}\n")
+        try:
+            parse_prediction_string(text)
+        except ValueError:
+            metric_ok = False
+        else:
+            metric_ok = True
+        assert check_submission(path, sample).ok == metric_ok, text
