@@ -8,8 +8,8 @@ file's dtype preserved.
 A file with several colour planes where one channel is expected is reduced to one plane:
 if the colour planes are identical (a grey image saved as RGB) that plane is used, otherwise the
 per-pixel maximum over the colour planes (R, G, B) is used, which recovers the signal of the
-colour-coded HPA downloads (red in R, green in G, blue in B, yellow in R and G). An alpha plane is
-ignored.
+colour-coded HPA downloads (red in R, green in G, blue in B, yellow in R and G) and is logged as a
+WARNING naming the file, since it changes the data. An alpha plane is ignored.
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ def read_channel(path: str | Path) -> np.ndarray:
         if planes.shape[2] == 1 or all(np.array_equal(planes[..., 0], planes[..., k]) for k in range(1, planes.shape[2])):
             image = planes[..., 0]
         else:
-            logger.debug("%s has %d colour planes; using their maximum", path, planes.shape[2])
+            logger.warning("%s has %d different colour planes where one channel is expected; using their per-pixel "
+                           "maximum", path, planes.shape[2])
             image = planes.max(axis=2)
     if image.ndim != 2:
         raise ImageReadError(f"{path}: expected a single-channel image, got shape {image.shape}")
@@ -321,14 +322,13 @@ class Competition:
         return df
 
     def read_sample_submission(self):
-        """``sample_submission.csv`` as a DataFrame (ID, ImageWidth, ImageHeight, PredictionString)."""
-        import pandas as pd
+        """``sample_submission.csv`` as a DataFrame (ID, ImageWidth, ImageHeight, PredictionString).
 
-        df = pd.read_csv(self.sample_submission, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
-        expected = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
-        if list(df.columns) != expected:
-            raise ValueError(f"{self.sample_submission}: expected columns {','.join(expected)}, got {','.join(df.columns)}")
-        return df
+        Read and checked by :func:`hpa_kernel.submission.read_sample_submission`.
+        """
+        from hpa_kernel.submission import read_sample_submission
+
+        return read_sample_submission(self.sample_submission)
 
 
 def _is_competition(path: Path) -> bool:

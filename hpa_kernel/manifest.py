@@ -23,9 +23,10 @@ config ``X.json`` beside it (:mod:`hpa_kernel.classifier.checkpoint`); the manif
 ``.pth``. A ``null`` hash means "not pinned": the file is used with one warning per load. A
 mismatching hash is an error naming the file, the expected and the found hash.
 
-:func:`load_manifest` is the one way in. The weights folder is resolved from the argument, then
-``$HPA_KERNEL_WEIGHTS``, then the Kaggle input folders (:func:`hpa_kernel.paths.resolve_dir`), and,
-when a manifest file was given explicitly, lastly the folder that holds it.
+:func:`load_manifest` is the one way in. The weights folder is the ``weights_dir`` argument when
+given; else, when a manifest file was given explicitly, the folder that holds it (a different
+``$HPA_KERNEL_WEIGHTS`` is then ignored with a WARNING naming both); else ``$HPA_KERNEL_WEIGHTS``,
+then the Kaggle input folders (:func:`hpa_kernel.paths.resolve_dir`).
 """
 
 from __future__ import annotations
@@ -328,6 +329,19 @@ def _has_manifest(path: Path) -> bool:
     return (path / MANIFEST_NAME).is_file()
 
 
+def _manifest_folder(path: Path) -> Path:
+    """The weights folder of an explicit manifest file: its own folder; a different ``$HPA_KERNEL_WEIGHTS`` is warned about."""
+    folder = path.parent
+    env = os.environ.get(paths.WEIGHTS_ENV)
+    if env and Path(env).resolve() != folder.resolve():
+        logger.warning(
+            "weights manifest %s given: its folder %s is the weights folder; $%s=%s is ignored "
+            "(pass weights_dir / --weights to use another folder)",
+            path, folder, paths.WEIGHTS_ENV, env,
+        )
+    return folder
+
+
 def find_weights_dir(weights_dir: str | os.PathLike | None = None, kaggle_root: Path | None = None) -> Path:
     """The weights folder: ``weights_dir``, then ``$HPA_KERNEL_WEIGHTS``, then a Kaggle input folder
     holding ``weights_manifest.json``.
@@ -354,8 +368,10 @@ def load_manifest(
     path : path, optional
         The manifest file. Default: ``weights_manifest.json`` in the weights folder.
     weights_dir : path, optional
-        The weights folder. Default: ``$HPA_KERNEL_WEIGHTS``, then the Kaggle input folders, then
-        (only when ``path`` is given) the folder that holds ``path``.
+        The weights folder. Default: when ``path`` is given, the folder that holds ``path`` (a
+        ``$HPA_KERNEL_WEIGHTS`` naming another folder is ignored with a WARNING naming both, and
+        the Kaggle input folders are not searched); otherwise ``$HPA_KERNEL_WEIGHTS``, then the
+        Kaggle input folders.
     verify : bool
         Check that every listed file exists and that pinned hashes match. The group weights are
         always checked (they must sum to 1 within 1e-6).
@@ -381,12 +397,7 @@ def load_manifest(
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"weights manifest {path} not found")
-        try:
-            folder = find_weights_dir(weights_dir, kaggle_root)
-        except FileNotFoundError:
-            if weights_dir is not None:
-                raise
-            folder = path.parent
+        folder = find_weights_dir(weights_dir) if weights_dir is not None else _manifest_folder(path)
     else:
         folder = find_weights_dir(weights_dir, kaggle_root)
         path = folder / MANIFEST_NAME

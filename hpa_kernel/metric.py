@@ -34,7 +34,7 @@ import numpy as np
 
 from hpa_kernel.classes import CLASS_NAMES, NUM_CLASSES, parse_labels
 from hpa_kernel.rle import decode_mask, decode_runs
-from hpa_kernel.submission import SUBMISSION_HEADER
+from hpa_kernel.submission import parse_confidence, parse_label, read_sample_submission, split_prediction_string
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -280,60 +280,43 @@ def load_truth_annotations(path: CsvSource) -> dict[str, TruthImage]:
 
 
 def parse_prediction_string(text: str) -> list[tuple[int, float, str]]:
-    """Split a PredictionString into ``(label, confidence, EncodedMask)`` triples.
+    """Split a PredictionString into ``(label, confidence, EncodedMask)`` triples, or raise.
 
-    Tokens are separated by single spaces, as the evaluator's ``split(" ")``; an empty string has
-    no triples.
+    Tokenised by :func:`hpa_kernel.submission.split_prediction_string` (the validator's tokeniser):
+    tokens are separated by single spaces, as the evaluator's ``split(" ")``; an empty string has
+    no triples. Labels and confidences are read by ``parse_label`` and ``parse_confidence``.
 
     >>> parse_prediction_string("3 0.5 eNoLCAgIMAEABJkBdQ== 18 1 eNoLCAgIMAEABJkBdQ==")
     [(3, 0.5, 'eNoLCAgIMAEABJkBdQ=='), (18, 1.0, 'eNoLCAgIMAEABJkBdQ==')]
+
+    Raises
+    ------
+    ValueError
+        The first format problem of the string, or ``triple k: ...`` for a bad label or confidence.
     """
     if text is None or text == "" or (isinstance(text, float) and np.isnan(text)):
         return []
-    tokens = str(text).split(" ")
-    if "" in tokens:
-        raise ValueError("PredictionString has a leading, trailing or double space (tokens are split on single spaces)")
-    if len(tokens) % 3:
-        raise ValueError(f"PredictionString has {len(tokens)} tokens, not a multiple of 3 (label confidence EncodedMask)")
-    triples = []
-    for k in range(0, len(tokens), 3):
-        label_text, conf_text, mask = tokens[k : k + 3]
+    triples, problems = split_prediction_string(str(text))
+    if problems:
+        raise ValueError(problems[0])
+    parsed = []
+    for k, (label_text, conf_text, mask) in enumerate(triples):
         try:
-            label = int(label_text)
-        except ValueError:
-            raise ValueError(f"triple {k // 3}: label {label_text!r} is not an integer") from None
-        if not 0 <= label < NUM_CLASSES:
-            raise ValueError(f"triple {k // 3}: label {label} is outside 0..{NUM_CLASSES - 1}")
-        try:
-            confidence = float(conf_text)
-        except ValueError:
-            raise ValueError(f"triple {k // 3}: confidence {conf_text!r} is not a number") from None
-        if not np.isfinite(confidence):
-            raise ValueError(f"triple {k // 3}: confidence {conf_text!r} is not finite")
-        if not 0.0 <= confidence <= 1.0:
-            raise ValueError(f"triple {k // 3}: confidence {conf_text} is outside [0, 1]")
-        triples.append((label, confidence, mask))
-    return triples
+            parsed.append((parse_label(label_text), parse_confidence(conf_text), mask))
+        except ValueError as exc:
+            raise ValueError(f"triple {k}: {exc}") from None
+    return parsed
 
 
 def _read_submission(submission) -> dict[str, tuple[int, int, str]]:
-    frame = _read_csv(submission, "submission", {"ID": str, "PredictionString": str})
-    missing = [c for c in SUBMISSION_HEADER if c not in frame.columns]
-    if missing:
-        raise ValueError(f"submission needs columns {','.join(SUBMISSION_HEADER)}; missing {missing}")
-    rows: dict[str, tuple[int, int, str]] = {}
-    for image_id, width, height, text in zip(frame["ID"], frame["ImageWidth"], frame["ImageHeight"], frame["PredictionString"]):
-        image_id = str(image_id)
-        if image_id in rows:
-            raise ValueError(f"submission has ID {image_id} twice")
-        text = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
-        try:
-            rows[image_id] = (int(width), int(height), text)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"submission ID {image_id}: ImageWidth {width!r} and ImageHeight {height!r} must be integers"
-            ) from None
-    return rows
+    """ID -> (ImageWidth, ImageHeight, PredictionString), read by the one reader of the format."""
+    frame = read_sample_submission(submission, "submission", require_predictions=True)
+    return {
+        image_id: (width, height, text)
+        for image_id, width, height, text in zip(
+            frame["ID"], frame["ImageWidth"].tolist(), frame["ImageHeight"].tolist(), frame["PredictionString"]
+        )
+    }
 
 
 # --------------------------------------------------------------------------- matching
@@ -495,83 +478,105 @@ def score_submission(
         raise ValueError(f"iou must be one of {IOU_MODES}, got {iou!r}")
     if not 0.0 < float(threshold) <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    truth = _resolve_truth(truth_cells, truth_masks, truth, truth_annotations)
+    rows = _read_submission(submission)
+    images = [_score_image(image_id, gt, rows.get(image_id), iou, threshold)
+              for image_id, gt in truth.items() if gt.cell_ids.size]
+    return _result(images, iou, float(threshold))
+
+
+def _resolve_truth(truth_cells, truth_masks, truth, truth_annotations) -> Mapping[str, TruthImage]:
+    """The GT from exactly one of its three forms (see :func:`score_submission`)."""
     sources = sum(x is not None for x in (truth, truth_annotations)) + (truth_cells is not None or truth_masks is not None)
     if sources != 1:
         raise ValueError("give the GT exactly one way: truth_cells and truth_masks, truth=, or truth_annotations=")
-    if truth is None:
-        if truth_annotations is not None:
-            truth = load_truth_annotations(truth_annotations)
+    if truth is not None:
+        return truth
+    if truth_annotations is not None:
+        return load_truth_annotations(truth_annotations)
+    if truth_cells is None or truth_masks is None:
+        raise ValueError("truth_cells and truth_masks must be given together")
+    return load_truth(truth_cells, truth_masks)
+
+
+@dataclass
+class _ImageScore:
+    """One evaluated image: GT cells per class, and per class the detections' scores and TP flags."""
+
+    num_gt: np.ndarray  # (NUM_CLASSES,) int
+    detections: dict[int, tuple[np.ndarray, np.ndarray]]  # class -> (scores, tp flags), by confidence
+
+
+def _check_row_size(image_id: str, width: int, height: int, gt: TruthImage, iou: str) -> None:
+    """Refuse (mask IoU, or an outsized row) or warn about a row whose size differs from its GT."""
+    gt_height, gt_width = gt.shape
+    if (height, width) == (gt_height, gt_width):
+        return
+    if iou == "mask":
+        raise ValueError(
+            f"submission image {image_id} is {width}x{height} (WxH) but its GT mask is {gt_width}x{gt_height}; "
+            "mask IoU needs equal sizes"
+        )
+    if width * height > MAX_SIZE_RATIO * gt_width * gt_height:
+        # masks are decoded at the row's size: an outsized claim would let them inflate far
+        raise ValueError(
+            f"submission image {image_id} is {width}x{height} (WxH), more than {MAX_SIZE_RATIO} times the "
+            f"pixels of its GT ({gt_width}x{gt_height}); not decoded"
+        )
+    logger.warning("submission image %s is %dx%d (WxH) but its GT is %dx%d; boxes are compared normalised",
+                   image_id, width, height, gt_width, gt_height)
+
+
+def _score_image(image_id: str, gt: TruthImage, row: tuple[int, int, str] | None, iou: str, threshold: float) -> _ImageScore:
+    """Match one image's detections to its GT cells, class by class (steps 2-5 of the module docstring)."""
+    cell_classes = np.zeros((gt.cell_ids.size, NUM_CLASSES), dtype=bool)
+    for k, labels in enumerate(gt.cell_labels):
+        cell_classes[k, list(labels)] = True
+    score = _ImageScore(cell_classes.sum(axis=0).astype(np.int64), {})
+    classes = set(np.flatnonzero(cell_classes.any(axis=0)).tolist())
+    gt_boxes, gt_slices = _truth_boxes(image_id, gt)
+    if row is None or row[2] == "":
+        return score
+    width, height, text = row
+    _check_row_size(image_id, width, height, gt, iou)
+    try:
+        triples = parse_prediction_string(text)
+    except ValueError as exc:
+        raise ValueError(f"submission image {image_id}: {exc}") from None
+    gt_areas = None
+    if iou == "mask":
+        gt_areas = np.array([np.count_nonzero(gt.label[sl] == cell) for sl, cell in zip(gt_slices, gt.cell_ids)])
+    det = _image_detections(image_id, triples, height, width, classes, gt, iou)
+    for c in sorted(classes):
+        picked = np.flatnonzero(det.labels == c)
+        if not picked.size:
+            continue
+        picked = picked[np.argsort(-det.scores[picked], kind="stable")]
+        cells = np.flatnonzero(cell_classes[:, c])
+        if iou == "box":
+            overlap = _box_iou(det.boxes[picked], gt_boxes[cells])
         else:
-            if truth_cells is None or truth_masks is None:
-                raise ValueError("truth_cells and truth_masks must be given together")
-            truth = load_truth(truth_cells, truth_masks)
-    rows = _read_submission(submission)
+            inter = det.inter[np.ix_(picked, gt.cell_ids[cells])].astype(np.float64)
+            union = det.areas[picked][:, None] + gt_areas[cells][None, :] - inter
+            overlap = inter / union
+        score.detections[c] = (det.scores[picked], _match(overlap, threshold))
+    return score
 
+
+def _result(images: list[_ImageScore], iou: str, threshold: float) -> MetricResult:
+    """Per-class AP over all images (step 6), and the mean over the classes with GT."""
     num_gt = np.zeros(NUM_CLASSES, dtype=np.int64)
-    scores: list[list[np.ndarray]] = [[] for _ in range(NUM_CLASSES)]
-    flags: list[list[np.ndarray]] = [[] for _ in range(NUM_CLASSES)]
-    num_images = 0
-    for image_id, gt in truth.items():
-        if not gt.cell_ids.size:
-            continue
-        num_images += 1
-        gt_height, gt_width = gt.shape
-        cell_classes = np.zeros((gt.cell_ids.size, NUM_CLASSES), dtype=bool)
-        for k, labels in enumerate(gt.cell_labels):
-            cell_classes[k, list(labels)] = True
-        num_gt += cell_classes.sum(axis=0)
-        classes = set(np.flatnonzero(cell_classes.any(axis=0)).tolist())
-
-        gt_boxes, gt_slices = _truth_boxes(image_id, gt)
-        row = rows.get(image_id)
-        if row is None or row[2] == "":
-            continue
-        width, height, text = row
-        if (height, width) != (gt_height, gt_width):
-            if iou == "mask":
-                raise ValueError(
-                    f"submission image {image_id} is {width}x{height} (WxH) but its GT mask is {gt_width}x{gt_height}; "
-                    "mask IoU needs equal sizes"
-                )
-            if width * height > MAX_SIZE_RATIO * gt_width * gt_height:
-                # masks are decoded at the row's size: an outsized claim would let them inflate far
-                raise ValueError(
-                    f"submission image {image_id} is {width}x{height} (WxH), more than {MAX_SIZE_RATIO} times the "
-                    f"pixels of its GT ({gt_width}x{gt_height}); not decoded"
-                )
-            logger.warning("submission image %s is %dx%d (WxH) but its GT is %dx%d; boxes are compared normalised",
-                           image_id, width, height, gt_width, gt_height)
-        try:
-            triples = parse_prediction_string(text)
-        except ValueError as exc:
-            raise ValueError(f"submission image {image_id}: {exc}") from None
-        gt_areas = None
-        if iou == "mask":
-            gt_areas = np.array([np.count_nonzero(gt.label[sl] == cell) for sl, cell in zip(gt_slices, gt.cell_ids)])
-        det = _image_detections(image_id, triples, height, width, classes, gt, iou)
-        for c in sorted(classes):
-            picked = np.flatnonzero(det.labels == c)
-            if not picked.size:
-                continue
-            picked = picked[np.argsort(-det.scores[picked], kind="stable")]
-            cells = np.flatnonzero(cell_classes[:, c])
-            if iou == "box":
-                overlap = _box_iou(det.boxes[picked], gt_boxes[cells])
-            else:
-                inter = det.inter[np.ix_(picked, gt.cell_ids[cells])].astype(np.float64)
-                union = det.areas[picked][:, None] + gt_areas[cells][None, :] - inter
-                overlap = inter / union
-            scores[c].append(det.scores[picked])
-            flags[c].append(_match(overlap, threshold))
+    for image in images:
+        num_gt += image.num_gt
     if num_gt.sum() == 0:
         raise ValueError("the GT has no annotated cell: nothing to evaluate")
-
     per_class_ap: dict[int, float | None] = {}
     num_det: dict[int, int] = {}
     num_tp: dict[int, int] = {}
     for c in range(NUM_CLASSES):
-        s = np.concatenate(scores[c]) if scores[c] else np.zeros(0)
-        f = np.concatenate(flags[c]) if flags[c] else np.zeros(0, dtype=bool)
+        found = [image.detections[c] for image in images if c in image.detections]
+        s = np.concatenate([d[0] for d in found]) if found else np.zeros(0)
+        f = np.concatenate([d[1] for d in found]) if found else np.zeros(0, dtype=bool)
         order = np.argsort(-s, kind="stable")
         per_class_ap[c] = detection_average_precision(f[order], int(num_gt[c]))
         num_det[c] = int(s.size)
@@ -584,8 +589,8 @@ def score_submission(
         num_detections=num_det,
         num_tp=num_tp,
         iou=iou,
-        threshold=float(threshold),
-        num_images=num_images,
+        threshold=threshold,
+        num_images=len(images),
         classes_in_mean=in_mean,
     )
 

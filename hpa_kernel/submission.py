@@ -49,6 +49,10 @@ __all__ = [
     "format_prediction_string",
     "prediction_string_for_cells",
     "read_sample",
+    "read_sample_submission",
+    "split_prediction_string",
+    "parse_label",
+    "parse_confidence",
     "write_submission",
     "check_submission",
     "validate_submission",
@@ -139,34 +143,190 @@ def prediction_string_for_cells(encoded_masks: list[str], probs: np.ndarray) -> 
     )
 
 
-def read_sample(sample: SampleSource) -> list[tuple[str, int, int]]:
-    """``sample_submission.csv`` (path or DataFrame) as ``[(ID, ImageWidth, ImageHeight), ...]`` in file order."""
+def _sample_frame(sample: SampleSource, what: str, require_predictions: bool):
+    """The sample as a DataFrame and the name its errors use; the columns checked."""
     import pandas as pd
 
     if isinstance(sample, pd.DataFrame):
-        frame = sample
-        name = "sample"
-    else:
-        path = Path(sample)
-        if not path.is_file():
-            raise FileNotFoundError(f"sample submission {path} does not exist")
+        name = f"{what} (DataFrame)"
+        need = SUBMISSION_HEADER if require_predictions else SUBMISSION_HEADER[:3]
+        wrong = [c for c in need if c not in sample.columns] + [c for c in sample.columns if c not in SUBMISSION_HEADER]
+        if wrong:
+            raise ValueError(f"{name}: expected columns {','.join(need)}, got {','.join(map(str, sample.columns))}")
+        return sample, name
+    path = Path(sample)
+    name = f"{what} {path}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
         frame = pd.read_csv(path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
-        name = str(path)
-    missing = [c for c in SUBMISSION_HEADER[:3] if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{name}: expected columns {','.join(SUBMISSION_HEADER)}, missing {missing}")
-    out = []
-    for image_id, width, height in zip(frame["ID"], frame["ImageWidth"], frame["ImageHeight"]):
+    except (ValueError, pd.errors.ParserError) as exc:  # empty, not UTF-8 (UnicodeDecodeError), malformed
+        raise ValueError(f"{name} cannot be read as CSV: {type(exc).__name__}: {exc}") from None
+    if list(frame.columns) != list(SUBMISSION_HEADER):
+        raise ValueError(f"{name}: expected columns {','.join(SUBMISSION_HEADER)}, got {','.join(map(str, frame.columns))}")
+    return frame, name
+
+
+def _positive_int(value) -> int:
+    """``value`` as an int > 0 (an int, an integral float or a decimal string); ValueError otherwise."""
+    if isinstance(value, str):
+        if not (value.strip().isascii() and value.strip().isdigit()):
+            raise ValueError(value)
+        number = int(value)
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        number = int(value)
+    elif isinstance(value, (float, np.floating)) and float(value).is_integer():
+        number = int(value)
+    else:
+        raise ValueError(value)
+    if number <= 0:
+        raise ValueError(value)
+    return number
+
+
+def read_sample_submission(sample: SampleSource, what: str = "sample submission", *, require_predictions: bool = False):
+    """Read ``sample_submission.csv`` (or a submission in its format): the one reader of that format.
+
+    Parameters
+    ----------
+    sample : path or DataFrame
+        A file must have exactly the header ``ID,ImageWidth,ImageHeight,PredictionString``. A
+        DataFrame (an in-memory sample) needs ``ID``, ``ImageWidth`` and ``ImageHeight`` and
+        ``PredictionString`` when ``require_predictions``, and no other column.
+    what : str
+        What the file is, for the error messages (``"sample submission"``, ``"submission"``).
+    require_predictions : bool
+        Refuse a DataFrame without a ``PredictionString`` column (a file always needs one).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``ID`` (str), ``ImageWidth`` and ``ImageHeight`` (int > 0) and ``PredictionString`` (str;
+        empty where missing), in the sample's order, with a fresh index.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        Naming the file (or ``what``) and the ID: unreadable CSV, wrong columns, an image size
+        that is not an integer > 0, or an ID listed more than once.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> frame = read_sample_submission(pd.DataFrame({"ID": ["a"], "ImageWidth": [8], "ImageHeight": ["6"]}))
+    >>> frame.to_dict("records")
+    [{'ID': 'a', 'ImageWidth': 8, 'ImageHeight': 6, 'PredictionString': ''}]
+    """
+    import pandas as pd
+
+    frame, name = _sample_frame(sample, what, require_predictions)
+    ids = [str(i) for i in frame["ID"]]
+    sizes = []
+    for image_id, width, height in zip(ids, frame["ImageWidth"], frame["ImageHeight"]):
         try:
-            out.append((str(image_id), int(width), int(height)))
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: ID {image_id}: ImageWidth {width!r} and ImageHeight {height!r} must be integers") from None
+            sizes.append((_positive_int(width), _positive_int(height)))
+        except ValueError:
+            raise ValueError(f"{name}: ID {image_id}: ImageWidth {width!r} and ImageHeight {height!r} must be integers > 0") from None
     seen: set[str] = set()
-    twice = sorted({r[0] for r in out if r[0] in seen or seen.add(r[0])})
+    twice = sorted({i for i in ids if i in seen or seen.add(i)})
     if twice:
         shown = ", ".join(twice[:5]) + (f" and {len(twice) - 5} more" if len(twice) > 5 else "")
-        raise ValueError(f"{name}: the sample lists ID(s) more than once: {shown}")
-    return out
+        raise ValueError(f"{name}: lists ID(s) more than once: {shown}")
+    texts = frame["PredictionString"] if "PredictionString" in frame.columns else [""] * len(ids)
+    texts = ["" if t is None or (isinstance(t, float) and math.isnan(t)) else str(t) for t in texts]
+    return pd.DataFrame({"ID": ids, "ImageWidth": [w for w, _ in sizes], "ImageHeight": [h for _, h in sizes],
+                         "PredictionString": texts}, columns=list(SUBMISSION_HEADER))
+
+
+def read_sample(sample: SampleSource) -> list[tuple[str, int, int]]:
+    """``sample_submission.csv`` (path or DataFrame) as ``[(ID, ImageWidth, ImageHeight), ...]`` in file order.
+
+    A view of :func:`read_sample_submission`, which checks the file.
+    """
+    frame = read_sample_submission(sample)
+    return list(zip(frame["ID"], frame["ImageWidth"].tolist(), frame["ImageHeight"].tolist()))
+
+
+_SPACING_PROBLEMS = (
+    (lambda t: t != t.strip(" "), "PredictionString has a leading or trailing space; the evaluator splits on single spaces and would lose or shift a triple"),
+    (lambda t: "  " in t, "PredictionString has a double space; the evaluator splits on single spaces, which shifts the triples"),
+    (lambda t: any(ch in t for ch in "\t\r\n\v\f"), "PredictionString contains a tab or another non-space whitespace character"),
+)
+
+
+def split_prediction_string(text: str) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Tokenise a PredictionString: the ``(label, confidence, EncodedMask)`` token triples and its format problems.
+
+    The one tokeniser of the format, shared by the writer, the validator and the metric. The
+    evaluator splits on single spaces, so a leading, trailing or double space, or other whitespace,
+    is a problem; the triples are then still read from the whitespace-separated tokens, so that a
+    validator can go on checking them. A token count that is not a multiple of 3 gives no triples.
+
+    Parameters
+    ----------
+    text : str
+        The PredictionString; empty means no detections.
+
+    Returns
+    -------
+    triples : list of (str, str, str)
+        The token triples, unparsed (see :func:`parse_label` and :func:`parse_confidence`).
+    problems : list of str
+        Format problems, empty for a well-formed string.
+
+    Examples
+    --------
+    >>> split_prediction_string("3 0.5 eNoLCAgIMAEABJkBdQ== 18 1 eNoLCAgIMAEABJkBdQ==")
+    ([('3', '0.5', 'eNoLCAgIMAEABJkBdQ=='), ('18', '1', 'eNoLCAgIMAEABJkBdQ==')], [])
+    >>> split_prediction_string("3 0.5")
+    ([], ['PredictionString has 2 tokens, not a multiple of 3 (label confidence EncodedMask); the triples cannot be read'])
+    """
+    problems = [message for broken, message in _SPACING_PROBLEMS if broken(text)]
+    tokens = text.split()
+    if len(tokens) % 3:
+        problems.append(f"PredictionString has {len(tokens)} tokens, not a multiple of 3 (label confidence EncodedMask); the triples cannot be read")
+        return [], problems
+    return [tuple(tokens[k : k + 3]) for k in range(0, len(tokens), 3)], problems
+
+
+def parse_label(text: str) -> int:
+    """A label token as a class id: ASCII digits naming 0..18.
+
+    >>> parse_label("18")
+    18
+
+    Raises
+    ------
+    ValueError
+        ``label '<text>' is not an integer 0..18`` (``+3``, ``3.0`` and ``19`` included).
+    """
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) < NUM_CLASSES:
+        raise ValueError(f"label {text[:30]!r} is not an integer 0..{NUM_CLASSES - 1}")
+    return int(text)
+
+
+def parse_confidence(text: str) -> float:
+    """A confidence token as a float in [0, 1].
+
+    >>> parse_confidence("0.25")
+    0.25
+
+    Raises
+    ------
+    ValueError
+        If it is not a number, not finite or outside [0, 1].
+    """
+    try:
+        confidence = float(text)
+    except ValueError:
+        raise ValueError(f"confidence {text[:30]!r} is not a number") from None
+    if not math.isfinite(confidence):
+        raise ValueError(f"confidence {text!r} is not finite")
+    if not 0.0 <= confidence <= 1.0:
+        raise ValueError(f"confidence {text} is outside [0, 1]")
+    return confidence
 
 
 def _check_prediction_text(image_id: str, text: str) -> None:
@@ -174,11 +334,9 @@ def _check_prediction_text(image_id: str, text: str) -> None:
         raise ValueError(f"prediction of image {image_id} must be a str, got {type(text).__name__}")
     if any(ch in text for ch in ",\n\r\"\t"):
         raise ValueError(f"prediction of image {image_id} contains a comma, quote, tab or line break")
-    if text and ("" in text.split(" ") or len(text.split(" ")) % 3):
-        raise ValueError(
-            f"prediction of image {image_id} is not single-space separated triples "
-            "(leading/trailing/double space or a token count that is not a multiple of 3)"
-        )
+    problems = split_prediction_string(text)[1]
+    if problems:
+        raise ValueError(f"prediction of image {image_id} is not single-space separated triples: {problems[0]}")
 
 
 def write_submission(
@@ -314,32 +472,16 @@ def _check_prediction(line: int, image_id: str, width: int, height: int, text: s
     if text == "":
         report.num_empty_rows += 1
         return
-    if text != text.strip(" "):
-        problems.append(Problem(line, image_id, "PredictionString has a leading or trailing space; the evaluator splits on single spaces and would lose or shift a triple"))
-    if "  " in text:
-        problems.append(Problem(line, image_id, "PredictionString has a double space; the evaluator splits on single spaces, which shifts the triples"))
-    if any(ch in text for ch in "\t\r\n\v\f"):
-        problems.append(Problem(line, image_id, "PredictionString contains a tab or another non-space whitespace character"))
-    tokens = [t for t in text.split() if t]
-    if len(tokens) % 3:
-        problems.append(Problem(line, image_id, f"PredictionString has {len(tokens)} tokens, not a multiple of 3 (label confidence EncodedMask); the triples cannot be read"))
-        return
+    triples, found = split_prediction_string(text)
+    problems.extend(Problem(line, image_id, message) for message in found)
     masks: dict[str, str | None] = {}
-    for k in range(0, len(tokens), 3):
-        label_text, conf_text, mask = tokens[k : k + 3]
-        n = k // 3
+    for n, (label_text, conf_text, mask) in enumerate(triples):
         report.num_triples += 1
-        if not (label_text.isascii() and label_text.isdigit()) or not 0 <= int(label_text) < NUM_CLASSES:
-            problems.append(Problem(line, image_id, f"triple {n}: label {label_text[:30]!r} is not an integer 0..{NUM_CLASSES - 1}"))
-        try:
-            confidence = float(conf_text)
-        except ValueError:
-            problems.append(Problem(line, image_id, f"triple {n}: confidence {conf_text[:30]!r} is not a number"))
-        else:
-            if not math.isfinite(confidence):
-                problems.append(Problem(line, image_id, f"triple {n}: confidence {conf_text!r} is not finite"))
-            elif not 0.0 <= confidence <= 1.0:
-                problems.append(Problem(line, image_id, f"triple {n}: confidence {conf_text} is outside [0, 1]"))
+        for parse, token in ((parse_label, label_text), (parse_confidence, conf_text)):
+            try:
+                parse(token)
+            except ValueError as exc:
+                problems.append(Problem(line, image_id, f"triple {n}: {exc}"))
         if mask not in masks:
             try:
                 starts, ends = decode_runs(mask, height, width)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import cv2
 import numpy as np
 import pytest
@@ -85,17 +87,23 @@ def test_corrupt_file_is_named(tmp_path, content):
         io.read_image(tmp_path, "c")
 
 
-def test_multichannel_file_is_reduced(tmp_path):
+def test_multichannel_file_is_reduced(tmp_path, caplog):
     planes = _planes()
     _write_channels(tmp_path, "m", planes)
     grey = planes[1]
-    # A grey image saved as 3 identical planes gives that plane back.
+    # A grey image saved as 3 identical planes gives that plane back, silently.
     cv2.imwrite(str(tmp_path / "m_green.png"), np.dstack([grey, grey, grey]))
-    np.testing.assert_array_equal(io.read_image(tmp_path, "m")[..., 1], grey)
-    # A colour-coded yellow channel (signal in R and G, BGR order on disk) gives the signal back.
+    with caplog.at_level(logging.DEBUG, logger="hpa_kernel.io"):
+        np.testing.assert_array_equal(io.read_image(tmp_path, "m")[..., 1], grey)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # A colour-coded yellow channel (signal in R and G, BGR order on disk) gives the signal back,
+    # and the reduction by maximum is a WARNING naming the file.
     sig = planes[3]
     cv2.imwrite(str(tmp_path / "m_yellow.png"), np.dstack([np.zeros_like(sig), sig, sig]))
-    np.testing.assert_array_equal(io.read_image(tmp_path, "m")[..., 3], sig)
+    with caplog.at_level(logging.DEBUG, logger="hpa_kernel.io"):
+        np.testing.assert_array_equal(io.read_image(tmp_path, "m")[..., 3], sig)
+    reduced = [r for r in caplog.records if "maximum" in r.getMessage()]
+    assert len(reduced) == 1 and reduced[0].levelno == logging.WARNING and "m_yellow.png" in reduced[0].getMessage()
     # RGBA with alpha: the alpha plane is ignored.
     cv2.imwrite(str(tmp_path / "m_red.png"), np.dstack([planes[0]] * 3 + [np.full_like(sig, 255)]))
     np.testing.assert_array_equal(io.read_image(tmp_path, "m")[..., 0], planes[0])

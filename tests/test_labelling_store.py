@@ -253,11 +253,13 @@ def test_cell_table_selects_valid_cells_of_a_class_in_order(tmp_path):
     assert table.get("img_a", 1).crop == "img_a_1.png"
 
 
-def test_cell_table_without_valid_column_keeps_every_cell(tmp_path):
+def test_cell_table_refuses_a_table_without_the_valid_column(tmp_path):
+    # One reader of cells.csv (cells.table.read_cells_table): the labelling tool is as strict as training.
     cells = write_cells(tmp_path)
     lines = [",".join(row[:3] + [row[-1]]) for row in csv.reader(open(cells))]
     cells.write_text("\n".join(lines) + "\n")
-    assert len(CellTable(cells).for_class(11)) == 6
+    with pytest.raises(ValueError, match=r"cells\.csv: missing columns .*'valid'"):
+        CellTable(cells)
 
 
 def test_cell_table_accepts_invalid_cells_without_a_crop(tmp_path):

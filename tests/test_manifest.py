@@ -77,6 +77,28 @@ def test_explicit_manifest_file_falls_back_to_its_own_folder(tmp_path):
     assert load_manifest(path, kaggle_root=tmp_path / "none").weights_dir == tmp_path / "w"
 
 
+def test_explicit_manifest_file_uses_its_own_folder_over_env_and_kaggle(tmp_path, monkeypatch, caplog):
+    path = _fill(tmp_path / "w")
+    env_dir, kaggle = tmp_path / "env", tmp_path / "kaggle_input"
+    _fill(env_dir)
+    _fill(kaggle / "dataset")
+    monkeypatch.setenv("HPA_KERNEL_WEIGHTS", str(env_dir))
+    with caplog.at_level(logging.WARNING, logger="hpa_kernel.manifest"):
+        assert load_manifest(path, kaggle_root=kaggle).weights_dir == tmp_path / "w"
+    ignored = [r for r in caplog.records if "is ignored" in r.getMessage()]
+    assert len(ignored) == 1 and ignored[0].levelno == logging.WARNING
+    assert str(tmp_path / "w") in ignored[0].getMessage() and f"HPA_KERNEL_WEIGHTS={env_dir}" in ignored[0].getMessage()
+    # The same folder in the environment is no conflict; an explicit weights_dir still wins.
+    caplog.clear()
+    monkeypatch.setenv("HPA_KERNEL_WEIGHTS", str(tmp_path / "w"))
+    with caplog.at_level(logging.WARNING, logger="hpa_kernel.manifest"):
+        assert load_manifest(path).weights_dir == tmp_path / "w"
+    assert not [r for r in caplog.records if "is ignored" in r.getMessage()]
+    assert load_manifest(path, env_dir).weights_dir == env_dir
+    monkeypatch.delenv("HPA_KERNEL_WEIGHTS")
+    assert load_manifest(path, kaggle_root=kaggle).weights_dir == tmp_path / "w"
+
+
 def test_weights_must_sum_to_one(tmp_path):
     path = _fill(tmp_path)
     data = json.loads(path.read_text())

@@ -216,7 +216,9 @@ def test_parse_prediction_string_errors():
         ("1  0.5 abc", "space"),
         ("1 0.5", "multiple of 3"),
         ("x 0.5 abc", "not an integer"),
-        ("19 0.5 abc", "outside"),
+        ("19 0.5 abc", "triple 0: label '19' is not an integer 0..18"),
+        ("+3 0.5 abc", "not an integer 0..18"),
+        ("1 0.5 abc 2\t0.5 abc", "tab"),
         ("1 high abc", "not a number"),
         ("1 nan abc", "not finite"),
     ]:
@@ -233,7 +235,7 @@ def test_evaluate_rejects_bad_arguments_and_names_the_image():
         score_submission(_sub({"img7": "1 0.5"}), truth=truth)
     with pytest.raises(ValueError, match="img7.*base64"):
         score_submission(_sub({"img7": "1 0.5 %%%"}), truth=truth)
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(ValueError, match="more than once: img7"):
         score_submission(pd.concat([_sub({"img7": ""})] * 2), truth=truth)
     with pytest.raises(ValueError, match="no pixel"):
         score_submission(_sub({}), truth={"x": TruthImage(label, np.array([2]), [(1,)])})
@@ -264,7 +266,7 @@ def test_unreadable_image_size_names_the_row():
     truth = {"a": TruthImage(_image((2, 2, 8, 8)), np.array([1]), [(3,)])}
     sub = _sub({"a": "", "b": ""}).astype({"ImageWidth": object})
     sub.loc[1, "ImageWidth"] = "wide"
-    with pytest.raises(ValueError, match=r"submission ID b: ImageWidth 'wide'.*must be integers"):
+    with pytest.raises(ValueError, match=r"submission \(DataFrame\): ID b: ImageWidth 'wide'.*must be integers"):
         score_submission(sub, truth=truth)
 
 

@@ -276,3 +276,74 @@ def test_perfect_synthetic_submission_validates_and_scores_one(synthetic_competi
     for mode in ("box", "mask"):
         assert main(["score", "--submission", str(out), "--data", str(comp.root), "--iou", mode, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["mAP"] == 1.0
+
+
+# -- the one reader of the sample submission format --------------------------------------------------
+
+
+def test_one_sample_reader_for_the_competition_the_writer_and_the_metric(tmp_path):
+    from hpa_kernel.io import Competition
+    from hpa_kernel.metric import _read_submission
+    from hpa_kernel.submission import read_sample, read_sample_submission
+
+    path = tmp_path / "sample_submission.csv"
+    path.write_text("ID,ImageWidth,ImageHeight,PredictionString\nb,32,24,\na,16,8,1 0.5 x\n")
+    frame = read_sample_submission(path)
+    assert frame.to_dict("records") == [
+        {"ID": "b", "ImageWidth": 32, "ImageHeight": 24, "PredictionString": ""},
+        {"ID": "a", "ImageWidth": 16, "ImageHeight": 8, "PredictionString": "1 0.5 x"},
+    ]
+    assert Competition(tmp_path).read_sample_submission().equals(frame)
+    assert read_sample(path) == [("b", 32, 24), ("a", 16, 8)]
+    assert _read_submission(path) == {"b": (32, 24, ""), "a": (16, 8, "1 0.5 x")}
+
+
+@pytest.mark.parametrize("text, match", [
+    ("ID,ImageHeight,ImageWidth,PredictionString\na,8,8,\n", "expected columns ID,ImageWidth,ImageHeight,PredictionString"),
+    ("ID,ImageWidth,ImageHeight,PredictionString,Extra\na,8,8,,\n", "expected columns"),
+    ("ID,ImageWidth,ImageHeight,PredictionString\na,8.5,8,\n", "ID a: ImageWidth 8.5 .*integers > 0"),
+    ("ID,ImageWidth,ImageHeight,PredictionString\na,0,8,\n", "ID a: ImageWidth 0 .*integers > 0"),
+    ("ID,ImageWidth,ImageHeight,PredictionString\na,8,8,\nb,8,8,\na,8,8,\n", "more than once: a$"),
+    ("", "cannot be read as CSV"),
+])
+def test_sample_reader_errors_name_the_file(tmp_path, text, match):
+    from hpa_kernel.submission import read_sample_submission
+
+    path = tmp_path / "the_sample.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"sample submission .*the_sample\.csv.*{match}"):
+        read_sample_submission(path)
+
+
+def test_sample_reader_frames(tmp_path):
+    from hpa_kernel.submission import read_sample_submission
+
+    frame = pd.DataFrame({"ID": ["a"], "ImageWidth": [8], "ImageHeight": [8]})
+    assert read_sample_submission(frame)["PredictionString"].tolist() == [""]
+    with pytest.raises(ValueError, match=r"submission \(DataFrame\): expected columns .*PredictionString"):
+        read_sample_submission(frame, "submission", require_predictions=True)
+    with pytest.raises(FileNotFoundError, match="sample submission .*absent.csv does not exist"):
+        read_sample_submission(tmp_path / "absent.csv")
+
+
+def test_validator_and_metric_agree_on_every_prediction_string(tmp_path):
+    # One tokeniser (split_prediction_string, parse_label, parse_confidence): the validator finds a
+    # problem exactly when the metric's parser refuses the string.
+    from hpa_kernel.metric import parse_prediction_string
+    from hpa_kernel.submission import check_submission
+
+    mask = encode_mask(np.ones((4, 4), bool))
+    sample = pd.DataFrame({"ID": ["a"], "ImageWidth": [4], "ImageHeight": [4]})
+    cases = ["", f"1 0.5 {mask}", f"1 0.5 {mask} 18 1 {mask}", f" 1 0.5 {mask}", f"1 0.5 {mask} ", f"1  0.5 {mask}",
+             f"1\t0.5 {mask}", "1 0.5", f"+1 0.5 {mask}", f"1.0 0.5 {mask}", f"19 0.5 {mask}", f"1 nan {mask}",
+             f"1 1.5 {mask}", f"1 -0 {mask}", f"1 1e-3 {mask}", f"01 0.5 {mask}"]
+    for text in cases:
+        path = tmp_path / "sub.csv"
+        path.write_text(f"ID,ImageWidth,ImageHeight,PredictionString\na,4,4,{text}\n")
+        try:
+            parse_prediction_string(text)
+        except ValueError:
+            metric_ok = False
+        else:
+            metric_ok = True
+        assert check_submission(path, sample).ok == metric_ok, text

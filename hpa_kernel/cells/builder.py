@@ -318,8 +318,9 @@ def merge_shards(out: str | os.PathLike, config: CellConfig | None = None) -> Pa
     missing = [i for i in range(n) if (i, n) not in found]
     if missing:
         raise FileNotFoundError(f"{out}: shard(s) {', '.join(f'{i}/{n}' for i in missing)} not built yet")
-    dtypes = {"image_id": str, "crop": str, "labels": str}
-    parts = [pd.read_csv(found[(i, n)], dtype=dtypes, keep_default_na=False) for i in range(n)]
+    from hpa_kernel.cells.table import read_cells_table
+
+    parts = [read_cells_table(found[(i, n)], valid_only=False, allow_empty=True) for i in range(n)]
     parts = [p for p in parts if len(p)]
     columns = list(CSV_COLUMNS) + list(EXTRA_COLUMNS)
     cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)

@@ -3,8 +3,10 @@
 ``cells.csv`` is the training set written by ``hpa-kernel cells`` (docs/DESIGN.md): columns
 ``image_id, cell_id, crop, ..., valid, labels`` where ``crop`` is a path relative to the csv's
 folder of a 4-channel PNG whose planes are R, G, B, Y as stored, and ``labels`` the image-level
-labels (``0|5|16``). The cells shown for a class are the rows whose image labels contain the class
-and, when the column exists, whose ``valid`` is true, ordered by ``(image_id, cell_id)``.
+labels (``0|5|16``). The table is read by :func:`hpa_kernel.cells.table.read_cells_table`, so it
+must have every column the cells stage writes (``valid`` included). The cells shown for a class are
+the rows whose image labels contain the class and whose ``valid`` is true, ordered by
+``(image_id, cell_id)``.
 A cell that the cells stage flagged invalid has no crop file (``crop`` empty); it is kept in the
 table but never shown.
 
@@ -15,21 +17,19 @@ can never reach a file elsewhere (see :meth:`CellTable.resolve`).
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from hpa_kernel.cells.builder import parse_flag, read_crop  # read_crop is re-exported for the server
-from hpa_kernel.classes import class_id, parse_labels
+from hpa_kernel.cells.builder import read_crop  # read_crop is re-exported for the server
+from hpa_kernel.classes import class_id
 
 __all__ = ["LabelCell", "CellTable", "read_crop", "render_crop", "VIEWS"]
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = ("image_id", "cell_id", "crop", "labels")
 VIEWS = ("composite", "green")
 
 
@@ -64,8 +64,10 @@ class CellTable:
     FileNotFoundError
         If ``cells_csv`` or ``crops_dir`` does not exist.
     ValueError
-        If a required column is missing, a field cannot be parsed, a crop lies outside
-        ``crops_dir``, a valid cell has no crop or two rows share an ``(image_id, cell_id)``.
+        If the table is not a well-formed ``cells.csv`` (see
+        :func:`~hpa_kernel.cells.table.read_cells_table`: a column missing, a field that cannot be
+        parsed, a valid cell without a crop, two rows sharing an ``(image_id, cell_id)``, no
+        cell at all) or a crop lies outside ``crops_dir``.
     """
 
     def __init__(self, cells_csv: str | Path, crops_dir: str | Path | None = None):
@@ -83,42 +85,26 @@ class CellTable:
         self._read(cells_csv)
 
     def _read(self, cells_csv: Path) -> None:
-        base = cells_csv.parent
-        with open(cells_csv, newline="") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-            if missing:
-                raise ValueError(
-                    f"{cells_csv}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}, "
-                    f"expected at least {', '.join(REQUIRED_COLUMNS)}"
-                )
-            has_valid = "valid" in columns
-            for line, row in enumerate(reader, start=2):
-                where = f"{cells_csv}:{line}"
-                try:
-                    cell_id = int(row["cell_id"])
-                except ValueError:
-                    raise ValueError(f"{where}: cell_id {row['cell_id']!r} is not an integer") from None
-                valid = parse_flag(row["valid"], f"{where}: column valid") if has_valid else True
-                crop = self._relative_crop(base, row["crop"], valid, where)
-                cell = LabelCell(image_id=row["image_id"], cell_id=cell_id, crop=crop, labels=parse_labels(row["labels"]),
-                                 valid=valid)
-                if cell.key in self._by_key:
-                    raise ValueError(f"{where}: duplicate cell {cell.image_id} {cell.cell_id}")
-                self._by_key[cell.key] = cell
-                if crop:
-                    self._by_crop[crop] = cell
-                self.cells.append(cell)
+        from hpa_kernel.cells.table import read_cells_table
+
+        table = read_cells_table(cells_csv, valid_only=False)
+        for row, (image_id, cell_id, crop, labels, valid) in enumerate(
+            zip(table["image_id"], table["cell_id"], table["crop"], table["label_ids"], table["valid"])
+        ):
+            where = f"{cells_csv}: line {row + 2}"
+            cell = LabelCell(image_id=image_id, cell_id=int(cell_id), crop=self._relative_crop(cells_csv.parent, crop, where),
+                             labels=labels, valid=bool(valid))
+            self._by_key[cell.key] = cell
+            if cell.crop:
+                self._by_crop[cell.crop] = cell
+            self.cells.append(cell)
         self.cells.sort(key=lambda c: c.key)
         logger.info("%s: %d cells, crops in %s", cells_csv, len(self.cells), self.crops_dir)
 
-    def _relative_crop(self, base: Path, crop: str, valid: bool, where: str) -> str:
+    def _relative_crop(self, base: Path, crop: str, where: str) -> str:
         """The crop's path relative to the crops folder; ``""`` for an invalid cell without a crop file."""
         if not crop.strip():
-            if valid:
-                raise ValueError(f"{where}: a valid cell has no crop file (column crop is empty)")
-            return ""  # the cells stage writes no crop for a cell it flags invalid
+            return ""  # the cells stage writes no crop for a cell it flags invalid (read_cells_table checks)
         path = (base / crop).resolve()
         if not path.is_relative_to(self.crops_dir):
             raise ValueError(

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hpa_kernel.cells.builder import CSV_COLUMNS, parse_flag, read_crop
+from hpa_kernel.cells.builder import CSV_COLUMNS, read_crop
+from hpa_kernel.cells.table import read_cells_table  # the one reader of cells.csv, re-exported
 from hpa_kernel.classes import NUM_CLASSES, labels_to_multihot, parse_labels
 from hpa_kernel.labelling.export import read_soft_labels
 
@@ -53,51 +54,6 @@ logger = logging.getLogger(__name__)
 
 #: The columns of ``cells.csv`` (docs/DESIGN.md), as the cells stage writes them.
 CELLS_COLUMNS: tuple[str, ...] = CSV_COLUMNS
-
-
-def read_cells_table(path: str | os.PathLike, valid_only: bool = True):
-    """Read ``cells.csv`` into a DataFrame with ``crop_path`` (absolute) and parsed ``label_ids``.
-
-    Parameters
-    ----------
-    path : path
-        The ``cells.csv`` written by ``hpa-kernel cells``.
-    valid_only : bool
-        Keep only the rows whose ``valid`` column is true.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the csv does not exist.
-    ValueError
-        If columns are missing or the table (after filtering) is empty.
-    """
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"cells table {path} not found (write it with `hpa-kernel cells`)")
-    try:
-        df = pd.read_csv(path, dtype={"image_id": str, "labels": str, "crop": str}, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path} is empty; expected a header {', '.join(CELLS_COLUMNS)} and one row per cell") from None
-    missing = [c for c in CELLS_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}; expected {', '.join(CELLS_COLUMNS)}")
-    df["cell_id"] = df["cell_id"].astype(int)
-    df["valid"] = [parse_flag(v, f"{path}: column valid") for v in df["valid"]]
-    if valid_only:
-        df = df[df["valid"]]
-    if df.empty:
-        raise ValueError(f"{path}: no {'valid ' if valid_only else ''}cells in the table")
-    df = df.reset_index(drop=True)
-    no_crop = df["valid"] & (df["crop"].str.strip() == "")
-    if no_crop.any():
-        first = df[no_crop].iloc[0]
-        raise ValueError(f"{path}: {int(no_crop.sum())} valid cells have no crop file (first: {first.image_id}/{first.cell_id})")
-    df["crop_path"] = [str((path.parent / c).resolve()) for c in df["crop"]]
-    df["label_ids"] = df["labels"].map(parse_labels)
-    return df
 
 
 def _key(image_id, cell_id) -> tuple[str, int]:
