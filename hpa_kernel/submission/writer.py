@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
-from hpa_kernel.rle import decode_runs
+from hpa_kernel.submission.rle import decode_runs
 
 if TYPE_CHECKING:
     import pandas as pd
