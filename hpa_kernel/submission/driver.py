@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from hpa_kernel.classifier import Ensemble
 
 __all__ = [
+    "HOUR",
     "SubmitConfig",
     "ImageOutcome",
     "SubmitReport",
