@@ -86,7 +86,7 @@ def measure(size: int, repeats: int, small: int, device: str) -> dict:
     from hpa_kernel.cells import CellConfig, process_image
     from hpa_kernel.classifier import create_classifier
     from hpa_kernel.io import read_image, write_image
-    from hpa_kernel.rle import encode_label_image
+    from hpa_kernel.submission.rle import encode_label_image
     from hpa_kernel.segmentation import label_cell
     from hpa_kernel.segmentation import preprocess
     from hpa_kernel.segmentation.dpn_unet import DPNUnet

@@ -7,7 +7,7 @@
 3. :func:`train_demo_ensemble`: the three groups (1, 2 and 4 snapshots) with
    :func:`hpa_kernel.training.train_group` on a small CPU preset; the manifest is written with
    pinned hashes. :func:`random_ensemble` writes an untrained ensemble instead (tests, notebooks).
-4. :func:`hpa_kernel.submit.run_submission` with the classic segmenter (the demo has no HPA
+4. :func:`hpa_kernel.submission.run_submission` with the classic segmenter (the demo has no HPA
    segmentation weights), then the file is validated.
 5. :func:`score_submission` in both IoU modes, and :func:`frequency_baseline`: the same cells with
    every class predicted at its training frequency, for comparison.
@@ -235,7 +235,7 @@ def run_demo(
     ``torch_threads`` sets ``torch.set_num_threads`` for the whole process (default 1: on a small,
     shared machine more threads than free cores slow training down many times over).
     """
-    from hpa_kernel.submit import SubmitConfig, run_submission
+    from hpa_kernel.submission import SubmitConfig, run_submission
 
     if torch_threads is not None:
         import torch

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hpa_kernel.classes import CLASS_NAMES, NUM_CLASSES, parse_labels
-from hpa_kernel.rle import decode_mask, decode_runs
 from hpa_kernel.submission import parse_confidence, parse_label, read_sample_submission, split_prediction_string
+from hpa_kernel.submission.rle import decode_mask, decode_runs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -465,7 +465,7 @@ def score_submission(
     Examples
     --------
     >>> import pandas as pd
-    >>> from hpa_kernel.rle import encode_mask
+    >>> from hpa_kernel.submission.rle import encode_mask
     >>> label = np.zeros((8, 8), dtype=np.int32); label[1:4, 1:4] = 1; label[5:8, 4:8] = 2
     >>> truth = {"a": TruthImage(label, np.array([1, 2]), [(0,), (0, 5)])}
     >>> row = f"0 0.9 {encode_mask(label == 1)} 5 0.8 {encode_mask(label == 1)}"

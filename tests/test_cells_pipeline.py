@@ -142,7 +142,7 @@ def test_sequential_run_matches_truth(images):
         assert (r.height, r.width) == (SIZE, SIZE)
         areas = {k: int((s.cell_mask == k).sum()) for k in truth_ids}
         assert r.table.set_index("cell_id")["area"].to_dict() == areas
-        from hpa_kernel.rle import decode_mask
+        from hpa_kernel.submission.rle import decode_mask
 
         for k, code in zip(truth_ids, r.encoded):
             np.testing.assert_array_equal(decode_mask(code, SIZE, SIZE), s.cell_mask == k)

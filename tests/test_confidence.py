@@ -90,7 +90,7 @@ def test_matches_a_direct_loop(p, data):
 
 
 def test_submit_config_carries_the_blend_weights():
-    from hpa_kernel.submit import SubmitConfig
+    from hpa_kernel.submission import SubmitConfig
 
     config = SubmitConfig(out="s.csv", cell_weight=0.6, image_weight=0.4)
     assert (config.cell_weight, config.image_weight) == (0.6, 0.4)

@@ -198,9 +198,9 @@ def test_run_submission_with_the_hpa_segmenter_predicts_every_image(fake_hpa, fo
     import pandas as pd
 
     from hpa_kernel.demo import random_ensemble
-    from hpa_kernel.rle import decode_mask
+    from hpa_kernel.submission.rle import decode_mask
     from hpa_kernel.submission import check_submission
-    from hpa_kernel.submit import SubmitConfig, run_submission
+    from hpa_kernel.submission import SubmitConfig, run_submission
 
     comp = folder.parent
     sample = pd.DataFrame({"ID": list(LAYOUT), "ImageWidth": [s[1] for s, _ in LAYOUT.values()],

@@ -17,7 +17,7 @@ from hpa_kernel.metric import (
     load_truth,
     parse_prediction_string,
 )
-from hpa_kernel.rle import encode_mask
+from hpa_kernel.submission.rle import encode_mask
 
 PAIRS = [
     "s01_A_perfect",
@@ -274,7 +274,7 @@ def test_box_of_a_mask_string_with_a_zero_length_run_is_the_box_of_its_pixels():
     import base64
     import zlib
 
-    from hpa_kernel.rle import runs_to_counts_string
+    from hpa_kernel.submission.rle import runs_to_counts_string
 
     # runs bg 4, fg 0, bg 4, fg 2, bg 6 decode to pixels (0, 2) and (1, 2) only
     text = base64.b64encode(zlib.compress(runs_to_counts_string(np.array([4, 0, 4, 2, 6])), 9)).decode()

@@ -301,7 +301,7 @@ def test_checkpoint_config_records_the_recipe():
 
 
 def test_submit_config_recipe_and_overrides():
-    from hpa_kernel.submit import SubmitConfig
+    from hpa_kernel.submission import SubmitConfig
 
     config = SubmitConfig(out="s.csv")
     assert config.recipe == "milimed2021" and config.inference_recipe.tta is False

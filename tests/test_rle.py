@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpa_kernel.rle import (
+from hpa_kernel.submission.rle import (
     EMPTY_MASK_2048,
     counts_string_to_runs,
     decode_mask,

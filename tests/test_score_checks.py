@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from hpa_kernel.rle import decode_mask, encode_mask
+from hpa_kernel.submission.rle import decode_mask, encode_mask
 from hpa_kernel.submission import check_submission
 
 
@@ -32,7 +32,7 @@ def test_zlib_bomb_is_refused_without_inflating_it():
 
 
 def test_the_bound_holds_for_the_worst_masks():
-    from hpa_kernel.rle import max_counts_length
+    from hpa_kernel.submission.rle import max_counts_length
 
     for shape in [(1, 1), (3, 5), (64, 64), (31, 17)]:
         checker = (np.indices(shape).sum(0) % 2).astype(bool)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from hpa_kernel.metric import TruthImage, score_submission
-from hpa_kernel.rle import decode_mask, encode_label_image, encode_mask
+from hpa_kernel.submission.rle import decode_mask, encode_label_image, encode_mask
 from hpa_kernel.submission import (
     FALLBACK_PREDICTION,
     SUBMISSION_HEADER,

@@ -8,7 +8,7 @@ import pytest
 
 from hpa_kernel.segmentation.base import BaseSegmenter, SegmentationMaps
 from hpa_kernel.submission import check_submission
-from hpa_kernel.submit import (
+from hpa_kernel.submission import (
     FALLBACK_PLAN,
     BudgetPlanner,
     CostEstimates,
@@ -225,7 +225,7 @@ def test_one_bad_image_gets_the_fallback_and_a_log_line(synthetic_competition, w
 
 
 def test_every_image_failing_still_writes_a_valid_file(synthetic_competition, weights_dir, tmp_path, monkeypatch):
-    import hpa_kernel.submit as submit
+    import hpa_kernel.submission.driver as submit
 
     comp = synthetic_competition
 
@@ -240,7 +240,7 @@ def test_every_image_failing_still_writes_a_valid_file(synthetic_competition, we
 
 
 def test_any_prediction_error_is_per_image(synthetic_competition, weights_dir, tmp_path, monkeypatch, caplog):
-    import hpa_kernel.submit as submit
+    import hpa_kernel.submission.driver as submit
 
     comp = synthetic_competition
     first = comp.read_sample_submission()["ID"].iloc[0]
@@ -252,7 +252,7 @@ def test_any_prediction_error_is_per_image(synthetic_competition, weights_dir, t
         return real(result, *args, **kwargs)
 
     monkeypatch.setattr(submit, "predict_image", key_error_on_first)
-    with caplog.at_level("ERROR", logger="hpa_kernel.submit"):
+    with caplog.at_level("ERROR", logger="hpa_kernel.submission.driver"):
         report = run_submission(_config(comp, weights_dir, tmp_path / "s.csv", tta=False), segmenter=BlobSegmenter())
     assert report.n_predicted == 2 and list(report.fallback) == [first]
     assert report.fallback[first].startswith("failed: KeyError")
@@ -263,13 +263,13 @@ def test_runtime_report_reaches_the_main_log(synthetic_competition, weights_dir,
     import logging
 
     from hpa_kernel.segmentation import postprocess
-    from hpa_kernel.submit import runtime_report
+    from hpa_kernel.submission import runtime_report
 
     config = _config(synthetic_competition, weights_dir, tmp_path / "sub.csv", budget_s=3600, padding=False)
     with caplog.at_level(logging.INFO):
         run_submission(config, segmenter=BlobSegmenter())
     line = f"runtime: segmenter blobs, padding n/a, scikit-image {postprocess.skimage_version()}, watershed faithful"
-    reports = [r for r in caplog.records if r.name == "hpa_kernel.submit" and r.getMessage().startswith("runtime:")]
+    reports = [r for r in caplog.records if r.name == "hpa_kernel.submission.driver" and r.getMessage().startswith("runtime:")]
     assert len(reports) == 1 and reports[0].levelno == logging.INFO and reports[0].getMessage().startswith(line)
     assert runtime_report(config, "hpa").startswith("runtime: segmenter hpa, padding False, ")
     assert runtime_report(config, "hpa", padding=True).startswith("runtime: segmenter hpa, padding True, ")

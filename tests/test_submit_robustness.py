@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from test_submit import BlobSegmenter, _config, _rows, weights_dir  # noqa: F401 - fixture
 
-import hpa_kernel.submit as submit
+import hpa_kernel.submission.driver as submit
 from hpa_kernel.submission import check_submission, read_sample
-from hpa_kernel.submit import SubmitConfig, run_submission
+from hpa_kernel.submission import SubmitConfig, run_submission
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_fallback_count_in_the_log_is_true(small_competition, weights_dir, tmp_p
     with caplog.at_level(logging.INFO, logger="hpa_kernel.submission"):
         report = run_submission(_config(small_competition, weights_dir, tmp_path / "s.csv", budget_s=0), segmenter=BlobSegmenter())
     assert report.n_fallback == 2
-    written = [r.getMessage() for r in caplog.records if r.name == "hpa_kernel.submission" and "with the fallback" in r.getMessage()]
+    written = [r.getMessage() for r in caplog.records if r.name == "hpa_kernel.submission.writer" and "with the fallback" in r.getMessage()]
     assert written and all("2 rows, 2 with the fallback" in m for m in written)
 
 

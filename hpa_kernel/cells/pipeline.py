@@ -350,7 +350,7 @@ def process_image(
     crops = crop_cells(image, cell_label, ids, size=config.crop_size, margin=config.margin, boxes=boxes)
     encoded = None
     if encode:
-        from hpa_kernel.rle import encode_label_image
+        from hpa_kernel.submission.rle import encode_label_image
 
         masks = encode_label_image(cell_label, [int(i) for i in ids]) if len(ids) else {}
         encoded = [masks[int(i)] for i in ids]
@@ -396,7 +396,7 @@ class CellPipeline:
     batch_size : int
         Images per ``segmenter.predict`` call.
     encode_masks : bool
-        Encode each cell's mask (EncodedMask, :func:`hpa_kernel.rle.encode_label_image`).
+        Encode each cell's mask (EncodedMask, :func:`hpa_kernel.submission.rle.encode_label_image`).
     reference : OutlierReference, optional
         Dataset-level outlier statistics; None compares each cell with its own image's cells.
     keep_labels : bool

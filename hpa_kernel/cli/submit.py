@@ -58,7 +58,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def write_report(report, path) -> None:
-    """Write a :class:`~hpa_kernel.submit.SubmitReport` as JSON (ids of the fallback rows with their reasons)."""
+    """Write a :class:`~hpa_kernel.submission.SubmitReport` as JSON (ids of the fallback rows with their reasons)."""
     import json
     from pathlib import Path
 
@@ -72,7 +72,7 @@ def write_report(report, path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hpa_kernel.submit import HOUR, SubmitConfig, process_start_monotonic, run_submission
+    from hpa_kernel.submission import HOUR, SubmitConfig, process_start_monotonic, run_submission
 
     config = SubmitConfig(
         out=args.out,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
-from hpa_kernel.rle import decode_runs
+from hpa_kernel.submission.rle import decode_runs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -496,6 +496,60 @@ def _check_prediction(line: int, image_id: str, width: int, height: int, text: s
             problems.append(Problem(line, image_id, f"triple {n}: mask does not decode at ImageHeight x ImageWidth = {height} x {width}: {masks[mask]}"))
 
 
+def _check_header(text: str, problems: list[Problem]) -> None:
+    """Check the header line (a byte-order mark, then the exact four names)."""
+    if text.startswith("\ufeff"):
+        problems.append(Problem(1, None, "the file starts with a byte-order mark (BOM)"))
+        text = text[1:]
+    if text != ",".join(SUBMISSION_HEADER):
+        problems.append(Problem(1, None, f"header is {text[:100]!r}; expected exactly {','.join(SUBMISSION_HEADER)!r}"))
+
+
+def _check_row(number: int, text: str, expected: dict[str, tuple[int, int]], seen: dict[str, int], report: ValidationReport) -> None:
+    """Check data line ``number``: its fields, its ID (``seen`` records it), its size and its masks."""
+    problems = report.problems
+    if text == "":
+        problems.append(Problem(number, None, "empty line"))
+        return
+    try:
+        fields = _split_fields(text)
+    except (csv.Error, StopIteration) as exc:
+        problems.append(Problem(number, None, f"cannot parse the CSV row ({exc})"))
+        return
+    if '"' in text:
+        problems.append(Problem(number, fields[0] if fields else None, "the row uses quotes; the format has no quoting"))
+    if len(fields) != 4:
+        problems.append(Problem(number, fields[0] if fields else None, f"row has {len(fields)} fields; expected 4 (ID,ImageWidth,ImageHeight,PredictionString)"))
+        return
+    image_id, width_text, height_text, prediction = fields
+    report.num_rows += 1
+    if image_id in seen:
+        problems.append(Problem(number, image_id, f"duplicate ID (first on line {seen[image_id]})"))
+        return
+    seen[image_id] = number
+    if image_id not in expected:
+        problems.append(Problem(number, image_id, "ID is not in the sample submission"))
+        return
+    want_width, want_height = expected[image_id]
+    sizes = {}
+    for name, value, want in (("ImageWidth", width_text, want_width), ("ImageHeight", height_text, want_height)):
+        if not (value.isascii() and value.isdigit() and int(value) > 0):
+            problems.append(Problem(number, image_id, f"{name} {value!r} is not a positive integer (sample: {want})"))
+        else:
+            sizes[name] = int(value)
+            if int(value) != want:
+                problems.append(Problem(number, image_id, f"{name} is {value}; the sample has {want}"))
+    if len(sizes) == 2 and (sizes["ImageWidth"], sizes["ImageHeight"]) != (want_width, want_height):
+        # reported above; not decoded at a size the sample does not vouch for (bounds the inflation)
+        if prediction:
+            problems.append(Problem(number, image_id, "masks not checked: the row's image size differs from the sample's"))
+    elif len(sizes) == 2:
+        # The evaluator decodes at the row's own size, which here is the sample's.
+        _check_prediction(number, image_id, sizes["ImageWidth"], sizes["ImageHeight"], prediction, report)
+    elif prediction:
+        problems.append(Problem(number, image_id, "masks not checked: the row's image size is unreadable"))
+
+
 def check_submission(path: str | os.PathLike, sample: SampleSource) -> ValidationReport:
     """Check a submission file against the sample submission, streaming it row by row.
 
@@ -531,52 +585,9 @@ def check_submission(path: str | os.PathLike, sample: SampleSource) -> Validatio
             crlf_lines += crlf
             if number == 1:
                 header_seen = True
-                if text.startswith("\ufeff"):
-                    problems.append(Problem(1, None, "the file starts with a byte-order mark (BOM)"))
-                    text = text[1:]
-                if text != ",".join(SUBMISSION_HEADER):
-                    problems.append(Problem(1, None, f"header is {text[:100]!r}; expected exactly {','.join(SUBMISSION_HEADER)!r}"))
-                continue
-            if text == "":
-                problems.append(Problem(number, None, "empty line"))
-                continue
-            try:
-                fields = _split_fields(text)
-            except (csv.Error, StopIteration) as exc:
-                problems.append(Problem(number, None, f"cannot parse the CSV row ({exc})"))
-                continue
-            if '"' in text:
-                problems.append(Problem(number, fields[0] if fields else None, "the row uses quotes; the format has no quoting"))
-            if len(fields) != 4:
-                problems.append(Problem(number, fields[0] if fields else None, f"row has {len(fields)} fields; expected 4 (ID,ImageWidth,ImageHeight,PredictionString)"))
-                continue
-            image_id, width_text, height_text, prediction = fields
-            report.num_rows += 1
-            if image_id in seen:
-                problems.append(Problem(number, image_id, f"duplicate ID (first on line {seen[image_id]})"))
-                continue
-            seen[image_id] = number
-            if image_id not in expected:
-                problems.append(Problem(number, image_id, "ID is not in the sample submission"))
-                continue
-            want_width, want_height = expected[image_id]
-            sizes = {}
-            for name, value, want in (("ImageWidth", width_text, want_width), ("ImageHeight", height_text, want_height)):
-                if not (value.isascii() and value.isdigit() and int(value) > 0):
-                    problems.append(Problem(number, image_id, f"{name} {value!r} is not a positive integer (sample: {want})"))
-                else:
-                    sizes[name] = int(value)
-                    if int(value) != want:
-                        problems.append(Problem(number, image_id, f"{name} is {value}; the sample has {want}"))
-            if len(sizes) == 2 and (sizes["ImageWidth"], sizes["ImageHeight"]) != (want_width, want_height):
-                # reported above; not decoded at a size the sample does not vouch for (bounds the inflation)
-                if prediction:
-                    problems.append(Problem(number, image_id, "masks not checked: the row's image size differs from the sample's"))
-            elif len(sizes) == 2:
-                # The evaluator decodes at the row's own size, which here is the sample's.
-                _check_prediction(number, image_id, sizes["ImageWidth"], sizes["ImageHeight"], prediction, report)
-            elif prediction:
-                problems.append(Problem(number, image_id, "masks not checked: the row's image size is unreadable"))
+                _check_header(text, problems)
+            else:
+                _check_row(number, text, expected, seen, report)
     except UnicodeDecodeError as exc:
         problems.append(Problem(None, None, f"the file is not UTF-8 text ({exc}); stopped reading"))
     if not header_seen:

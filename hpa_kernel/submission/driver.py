@@ -1,8 +1,11 @@
 """The budgeted submission driver: test images → cells → ensemble → ``submission.csv``, on time.
 
-:func:`run_submission` processes the test images in the order of ``sample_submission.csv``. Before
-each image it asks a :class:`BudgetPlanner` for the richest :class:`Plan` that still fits the time
-left, using per-image costs measured so far (:class:`CostTracker`: the wall time spent waiting for
+:func:`run_submission` resolves and verifies the weights once
+(:func:`~hpa_kernel.submission.weights.resolve_weights`), then processes the test images in the order
+of ``sample_submission.csv``. Before each image it asks a
+:class:`~hpa_kernel.submission.budget.BudgetPlanner` for the richest
+:class:`~hpa_kernel.submission.budget.Plan` that still fits the time left, using per-image costs
+measured so far (:class:`~hpa_kernel.submission.budget.CostTracker`: the wall time spent waiting for
 the cells pipeline, and the classifier time per cell and forward pass):
 
 1. TTA and every checkpoint of the manifest;
@@ -16,7 +19,7 @@ is loaded), is rewritten every ``checkpoint_every_s`` seconds, and is written a 
 ``reserve_s`` margin before the budget ends: a timer writes it then even if the run is still busy
 loading models or with one slow image, and nothing is written after it. Run as a program,
 ``hpa-kernel submit`` counts the budget from the process start (imports and start-up included). A fallback row is an empty PredictionString ("no
-detections", :data:`hpa_kernel.submission.FALLBACK_PREDICTION`), given to images that failed (logged
+detections", :data:`hpa_kernel.submission.writer.FALLBACK_PREDICTION`), given to images that failed (logged
 with the reason) and to those that the budget did not reach.
 
 The segmenter is ``"hpa"`` when the manifest's segmentation weights are in the weights folder; if
@@ -31,21 +34,23 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
+from typing import TYPE_CHECKING, Any
 
 from hpa_kernel.recipe import DEFAULT_RECIPE, InferenceRecipe, get_recipe
+from hpa_kernel.submission.budget import BudgetPlanner, CostEstimates, CostTracker, Plan, plan_ladder
+from hpa_kernel.submission.weights import ResolvedWeights, resolve_weights
+
+if TYPE_CHECKING:
+    from hpa_kernel.cells import CellPipeline
+    from hpa_kernel.classifier import Ensemble
 
 __all__ = [
-    "Plan",
-    "FALLBACK_PLAN",
-    "plan_ladder",
-    "CostEstimates",
-    "CostTracker",
-    "BudgetPlanner",
+    "HOUR",
     "SubmitConfig",
+    "ImageOutcome",
     "SubmitReport",
     "run_submission",
     "process_start_monotonic",
@@ -56,197 +61,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 HOUR = 3600.0
-
-
-# --------------------------------------------------------------------------- plans
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to run for an image: the TTA views and how many checkpoints of each group.
-
-    ``fallback=True`` means: do not process, write the fallback row.
-    """
-
-    checkpoints_per_group: tuple[int, ...] = ()
-    tta: tuple[str, ...] = ("identity",)
-    fallback: bool = False
-
-    @property
-    def passes(self) -> int:
-        """Forward passes per cell."""
-        return 0 if self.fallback else sum(self.checkpoints_per_group) * len(self.tta)
-
-    def describe(self) -> str:
-        if self.fallback:
-            return "fallback"
-        views = "+".join(self.tta) if len(self.tta) > 1 else "no TTA"
-        return f"checkpoints {'/'.join(map(str, self.checkpoints_per_group))}, {views}"
-
-
-FALLBACK_PLAN = Plan(fallback=True)
-
-
-def plan_ladder(sizes: Sequence[int], weights: Sequence[float], tta: Sequence[str] | None = None) -> list[Plan]:
-    """The plans from richest to cheapest, for groups of ``sizes`` checkpoints with ``weights``.
-
-    With ``tta`` views (more than the identity), the first plan uses them with every checkpoint.
-    Then every checkpoint without TTA; then one checkpoint less at a time from the group with the
-    most (ties: the later group), down to one per group; then whole groups are dropped, lightest
-    weight first (ties: the earlier group), down to one checkpoint.
-
-    >>> [p.checkpoints_per_group for p in plan_ladder((1, 2, 4), (0.2, 0.4, 0.4))]
-    [(1, 2, 4), (1, 2, 3), (1, 2, 2), (1, 2, 1), (1, 1, 1), (0, 1, 1), (0, 0, 1)]
-    >>> plan_ladder((1, 2), (0.5, 0.5), tta=("identity", "hflip"))[0].passes
-    6
-    """
-    sizes = tuple(int(s) for s in sizes)
-    if not sizes or min(sizes) < 1 or len(weights) != len(sizes):
-        raise ValueError(f"sizes must be positive checkpoint counts, one per weight; got {sizes} and {tuple(weights)}")
-    ladder = []
-    if tta is not None and tuple(tta) != ("identity",):
-        ladder.append(Plan(sizes, tuple(tta)))
-    current = list(sizes)
-    ladder.append(Plan(tuple(current)))
-    while max(current) > 1:
-        top = max(current)
-        k = max(i for i, n in enumerate(current) if n == top)
-        current[k] -= 1
-        ladder.append(Plan(tuple(current)))
-    order = sorted(range(len(sizes)), key=lambda i: (weights[i], i))
-    for i in order[:-1]:
-        current[i] = 0
-        ladder.append(Plan(tuple(current)))
-    return ladder
-
-
-# --------------------------------------------------------------------------- costs
-
-
-@dataclass(frozen=True)
-class CostEstimates:
-    """Measured costs: seconds per image outside the classifier, seconds per cell and forward
-    pass, and cells per image. ``None`` while unmeasured."""
-
-    base_s: float | None = None
-    pass_s: float | None = None
-    cells_per_image: float | None = None
-
-    @property
-    def known(self) -> bool:
-        return self.base_s is not None and self.pass_s is not None and self.cells_per_image is not None
-
-    def per_image(self, plan: Plan) -> float:
-        """Estimated seconds for one image under ``plan`` (0 for the fallback)."""
-        if plan.fallback:
-            return 0.0
-        if not self.known:
-            raise ValueError("costs are not measured yet")
-        return self.base_s + self.cells_per_image * self.pass_s * plan.passes
-
-
-class CostTracker:
-    """Accumulates what each processed image cost; :meth:`estimates` gives running means."""
-
-    def __init__(self):
-        self.images = 0
-        self.base_total = 0.0
-        self.cells_total = 0
-        self.classify_total = 0.0
-        self.cell_passes = 0
-
-    def add(self, base_s: float, n_cells: int, classify_s: float, passes: int) -> None:
-        """Record one image: ``base_s`` outside the classifier, ``classify_s`` for ``n_cells`` x ``passes``."""
-        self.images += 1
-        self.base_total += max(0.0, base_s)
-        self.cells_total += int(n_cells)
-        if n_cells and passes:
-            self.classify_total += max(0.0, classify_s)
-            self.cell_passes += int(n_cells) * int(passes)
-
-    def estimates(self) -> CostEstimates:
-        if not self.images:
-            return CostEstimates()
-        pass_s = self.classify_total / self.cell_passes if self.cell_passes else (0.0 if self.cells_total == 0 else None)
-        return CostEstimates(self.base_total / self.images, pass_s, self.cells_total / self.images)
-
-
-class BudgetPlanner:
-    """Chooses the richest plan whose projected time for the remaining images fits the budget.
-
-    Parameters
-    ----------
-    budget_s : float
-        The whole budget, counted from the start of the run (clock time 0).
-    n_images : int
-        Images to process.
-    reserve_s : float
-        Kept free at the end for writing (and checking) the submission.
-    ladder : list of Plan
-        From :func:`plan_ladder`, richest first.
-    safety : float
-        Projected costs are multiplied by this factor (>= 1).
-
-    Notes
-    -----
-    ``choose(elapsed, done, costs)``: with ``left = budget_s - reserve_s - elapsed`` and ``n`` images
-    to go, the first plan of the ladder with ``n * cost(plan) * safety <= left`` is chosen. If none
-    fits every remaining image, the cheapest plan is used while one more image fits; after that,
-    and whenever ``left <= 0``, the fallback. Before anything is measured, the richest plan is
-    chosen (the first image measures the costs).
-
-    Examples
-    --------
-    >>> ladder = plan_ladder((1, 2), (0.5, 0.5), tta=("identity", "hflip"))
-    >>> planner = BudgetPlanner(100.0, n_images=10, reserve_s=10.0, ladder=ladder, safety=1.0)
-    >>> costs = CostEstimates(base_s=1.0, pass_s=0.1, cells_per_image=10)  # 1 s + 1 s per pass
-    >>> planner.choose(0.0, 0, costs).describe()   # 10 x 7 s = 70 s <= 90 s
-    'checkpoints 1/2, identity+hflip'
-    >>> planner.choose(40.0, 5, costs).describe()  # 5 x 7 s = 35 s <= 50 s
-    'checkpoints 1/2, identity+hflip'
-    >>> planner.choose(60.0, 5, costs).describe()  # 30 s left: 35 s does not fit, 5 x 4 s = 20 s does
-    'checkpoints 1/2, no TTA'
-    >>> planner.choose(88.0, 5, costs).describe()  # 2 s left: only one more image, at the cheapest plan
-    'checkpoints 0/1, no TTA'
-    >>> planner.choose(89.5, 5, costs).describe()
-    'fallback'
-    """
-
-    def __init__(self, budget_s: float, n_images: int, reserve_s: float, ladder: Sequence[Plan], safety: float = 1.15):
-        if not math.isfinite(budget_s) or budget_s < 0:
-            raise ValueError(f"budget_s must be a finite number >= 0, got {budget_s}")
-        if n_images < 0:
-            raise ValueError(f"n_images must be >= 0, got {n_images}")
-        if reserve_s < 0:
-            raise ValueError(f"reserve_s must be >= 0, got {reserve_s}")
-        if not ladder or any(p.fallback for p in ladder):
-            raise ValueError("ladder must be a non-empty list of non-fallback plans")
-        if safety < 1:
-            raise ValueError(f"safety must be >= 1, got {safety}")
-        self.budget_s = float(budget_s)
-        self.n_images = int(n_images)
-        self.reserve_s = float(reserve_s)
-        self.ladder = list(ladder)
-        self.safety = float(safety)
-
-    def time_left(self, elapsed: float) -> float:
-        return self.budget_s - self.reserve_s - elapsed
-
-    def choose(self, elapsed: float, done: int, costs: CostEstimates) -> Plan:
-        """The plan for the next image; see the class notes."""
-        left = self.time_left(elapsed)
-        remaining = self.n_images - done
-        if left <= 0 or remaining <= 0:
-            return FALLBACK_PLAN
-        if not costs.known:
-            return self.ladder[0]
-        for plan in self.ladder:
-            if remaining * costs.per_image(plan) * self.safety <= left:
-                return plan
-        cheapest = self.ladder[-1]
-        if costs.per_image(cheapest) * self.safety <= left:
-            return cheapest
-        return FALLBACK_PLAN
 
 
 # --------------------------------------------------------------------------- the driver
@@ -292,7 +106,7 @@ class SubmitConfig:
     checkpoint_every_s : float
         Rewrite ``submission.csv`` with the images done so far at this interval.
     validate : bool
-        Check the final file with :func:`hpa_kernel.submission.check_submission` when time is left.
+        Check the final file with :func:`hpa_kernel.submission.writer.check_submission` when time is left.
     limit : int, optional
         Process only the first ``limit`` images of the sample (the rest get the fallback); for trials.
     cache_dir : path, optional
@@ -444,7 +258,7 @@ def predict_image(result, ensemble, plan: Plan, batch_size: int = 32, recipe: In
         If the cells have no encoded masks.
     """
     from hpa_kernel.confidence import recipe_confidence
-    from hpa_kernel.submission import prediction_string_for_cells
+    from hpa_kernel.submission.writer import prediction_string_for_cells
 
     table = result.table
     if len(table) == 0:
@@ -460,18 +274,6 @@ def _default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _choose_segmenter(config: SubmitConfig, manifest) -> str:
-    if config.segmenter == "classic":
-        return "classic"
-    if manifest.segmentation_present():
-        return "hpa"
-    names = ", ".join(f.file for f in manifest.segmentation.files())
-    raise FileNotFoundError(
-        f"the HPA segmentation weights ({names}) are not in the weights folder {manifest.weights_dir}; "
-        "attach them, or pass --segmenter classic explicitly to use the weight-free classic segmenter"
-    )
 
 
 def runtime_report(config: SubmitConfig, segmenter_name: str | None = None, padding: bool | None = None) -> str:
@@ -502,17 +304,18 @@ def _log_runtime(config: SubmitConfig, segmenter_name: str, padding: bool | None
 
 def _write(rows: dict[str, str], samples, out: Path) -> None:
     """Write every sample row: the prediction where there is one, else the fallback (logged by the caller)."""
-    from hpa_kernel.submission import FALLBACK_PREDICTION, write_submission
+    from hpa_kernel.submission.writer import FALLBACK_PREDICTION, write_submission
 
     write_submission(rows, _samples_frame(samples), out, FALLBACK_PREDICTION, log_each_fallback=False)
 
 
 class _SubmissionWriter:
-    """Writes ``submission.csv`` from the rows so far, until the deadline closes it.
+    """Owns the rows predicted so far and writes ``submission.csv`` from them, until the deadline closes it.
 
-    :meth:`close_at` starts a timer thread that, at the deadline (real seconds), writes the rows
-    predicted so far a last time and closes the writer; later writes (from a run still busy
-    loading models or predicting an image) are skipped, so the last write is never late.
+    :meth:`add` records one image's PredictionString. :meth:`close_at` starts a timer thread that,
+    at the deadline (real seconds), writes the rows predicted so far a last time and closes the
+    writer; later rows and writes (from a run still busy loading models or predicting an image) are
+    refused, so the last write is never late.
     """
 
     def __init__(self, samples, out: Path):
@@ -520,26 +323,35 @@ class _SubmissionWriter:
         self.out = out
         self.lock = threading.Lock()
         self.closed = False
+        self.rows: dict[str, str] = {}
         self.final_rows: dict[str, str] | None = None
         self._timer: threading.Timer | None = None
 
-    def write(self, rows: dict[str, str], final: bool = False) -> bool:
-        """Write ``rows`` (the other sample rows get the fallback); False if the writer is closed."""
+    def add(self, image_id: str, row: str) -> bool:
+        """Record the PredictionString of ``image_id``; False (not recorded) if the writer is closed."""
         with self.lock:
             if self.closed:
                 return False
-            snapshot = dict(rows)
+            self.rows[image_id] = row
+            return True
+
+    def write(self, final: bool = False) -> bool:
+        """Write the rows so far (the other sample rows get the fallback); False if the writer is closed."""
+        with self.lock:
+            if self.closed:
+                return False
+            snapshot = dict(self.rows)
             _write(snapshot, self.samples, self.out)
             if final:
                 self.closed = True
                 self.final_rows = snapshot
             return True
 
-    def close_at(self, seconds: float, rows: dict[str, str]) -> None:
-        """Write ``rows`` a last time after ``seconds`` real seconds, unless :meth:`cancel` comes first."""
+    def close_at(self, seconds: float) -> None:
+        """Write the rows a last time after ``seconds`` real seconds, unless :meth:`cancel` comes first."""
 
         def fire():
-            if self.write(rows, final=True):
+            if self.write(final=True):
                 logger.warning("deadline: wrote %s with the %d images predicted so far; later results are dropped", self.out, len(self.final_rows))
 
         self._timer = threading.Timer(max(0.0, seconds), fire)
@@ -589,6 +401,39 @@ def _refused_ids(ids: Sequence[str]) -> dict[str, str]:
     return refused
 
 
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What became of one image: its PredictionString, or the reason it gets the fallback row.
+
+    ``plan`` is the plan it was processed under; ``row`` is None exactly when ``reason`` is given.
+    """
+
+    image_id: str
+    plan: Plan
+    row: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The fixed facts of one run, read by its steps: the config, the competition folder, the
+    images to predict (in order) with their sample sizes, and the budget clock."""
+
+    config: SubmitConfig
+    competition: Any
+    todo: tuple[str, ...]
+    sizes: dict[str, tuple[int, int]]
+    elapsed: Callable[[], float]
+
+
+@dataclass(frozen=True)
+class _Models:
+    """The loaded models: the ensemble and the cells pipeline around the segmenter."""
+
+    ensemble: Ensemble
+    pipeline: CellPipeline
+
+
 def run_submission(
     config: SubmitConfig, clock: Callable[[], float] = time.monotonic, segmenter=None, started: float | None = None
 ) -> SubmitReport:
@@ -612,91 +457,96 @@ def run_submission(
     SubmitReport
     """
     from hpa_kernel.io import find_competition
-    from hpa_kernel.submission import read_sample
+    from hpa_kernel.submission.writer import read_sample
 
-    t0 = clock() if started is None else float(started)
+    budget_start = clock() if started is None else float(started)
 
     def elapsed() -> float:
-        return clock() - t0
+        return clock() - budget_start
 
     competition = find_competition(config.data)
     samples = read_sample(competition.sample_submission)
     ids = [s[0] for s in samples]
     limited = ids if config.limit is None else ids[: config.limit]
-    out = config.out
-    rows: dict[str, str] = {}
-    fallback: dict[str, str] = _refused_ids(limited)
-    todo = [image_id for image_id in limited if image_id not in fallback]
-    report = SubmitReport(out, len(ids), 0)
-    writer = _SubmissionWriter(samples, out)
-    writer.write(rows)  # a valid file from the start
+    refused = _refused_ids(limited)
+    todo = tuple(image_id for image_id in limited if image_id not in refused)
+    writer = _SubmissionWriter(samples, config.out)
+    writer.write()  # a valid file from the start
     if clock is time.monotonic:
-        writer.close_at(config.budget_s - config.reserve - elapsed(), rows)
-    logger.info("wrote the initial all-fallback %s (%d rows); budget %.0f s, reserve %.0f s", out, len(ids), config.budget_s, config.reserve)
-
-    # Cheap checks first, so that a zero budget still validates its inputs.
-    from hpa_kernel.manifest import load_manifest
-
-    manifest = load_manifest(weights_dir=config.weights, verify=False)
-    seg_name = "custom" if segmenter is not None else _choose_segmenter(config, manifest)
-    report.segmenter = seg_name if segmenter is None else type(segmenter).__name__
-    if segmenter is None:
-        _log_runtime(config, seg_name)
-    else:
-        _log_runtime(config, getattr(segmenter, "name", seg_name), getattr(segmenter, "padding", None))
-    from hpa_kernel.classifier.ensemble import DEFAULT_TTA
-
-    recipe = config.inference_recipe
-    logger.info("%s", recipe.describe())
-    ladder = plan_ladder([len(g.checkpoints) for g in manifest.groups], manifest.weights, DEFAULT_TTA if recipe.tta else None)
-    planner = BudgetPlanner(config.budget_s, len(todo), config.reserve, ladder)
-    tracker = CostTracker()
-
-    if not planner.choose(elapsed(), 0, tracker.estimates()).fallback and todo:
-        try:
-            _predict_all(config, manifest, seg_name, segmenter, competition, writer, todo, planner, tracker, rows, fallback, report, elapsed)
-        except BaseException:
-            # keep what was predicted before the error (or Ctrl-C); the other rows get the fallback
-            writer.cancel()
-            writer.write(rows, final=True)
-            logger.error("the run stopped early; %s holds the %d images predicted so far", out, len(rows))
-            raise
-    for image_id in ids[len(limited):]:
-        fallback[image_id] = "limit: beyond --limit"
+        writer.close_at(config.budget_s - config.reserve - elapsed())
+    logger.info(
+        "wrote the initial all-fallback %s (%d rows); budget %.0f s, reserve %.0f s", config.out, len(ids), config.budget_s, config.reserve
+    )
+    run = _Run(config, competition, todo, {image_id: (width, height) for image_id, width, height in samples}, elapsed)
+    try:
+        segmenter_name, outcomes = _predict(run, writer, segmenter)
+    except BaseException:
+        # keep what was predicted before the error (or Ctrl-C); the other rows get the fallback
+        writer.cancel()
+        writer.write(final=True)
+        logger.error("the run stopped early; %s holds the %d images predicted so far", config.out, len(writer.final_rows))
+        raise
     writer.cancel()
-    if not writer.write(rows, final=True):
-        # the deadline timer wrote the file: report what it holds
-        late = [i for i in rows if i not in writer.final_rows]
-        for image_id in late:
-            del rows[image_id]
-            fallback[image_id] = "budget: finished after the deadline"
-    for image_id in todo:
-        if image_id not in rows and image_id not in fallback:
-            fallback[image_id] = "budget: not reached before the deadline"
-    report.fallback = fallback
-    report.n_predicted = len(rows)
+    writer.write(final=True)  # False when the deadline timer wrote it: its rows are the final ones
+    fallback = _fallback_reasons(refused, outcomes, todo, ids[len(limited):])
     if fallback:
         shown = ", ".join(f"{i} ({r})" for i, r in list(fallback.items())[:5])
         logger.warning("%d of %d images got the fallback row (empty PredictionString), e.g. %s", len(fallback), len(ids), shown)
-    if config.validate:
-        if elapsed() < config.budget_s:
-            from hpa_kernel.submission import check_submission
-
-            report.problems = check_submission(out, competition.sample_submission).problems
-            for problem in report.problems[:20]:
-                logger.error("submission problem: %s", problem)
-        else:
-            logger.warning("no time left to validate %s", out)
-    report.elapsed_s = elapsed()
+    problems = _validate(run)
+    plans = Counter(o.plan.describe() for o in outcomes if o.row is not None)
+    report = SubmitReport(config.out, len(ids), len(writer.final_rows), fallback, plans, elapsed(), segmenter_name, problems)
     logger.info("%s", report.summary())
     return report
 
 
-def _predict_all(config, manifest, seg_name, segmenter, competition, writer, todo, planner, tracker, rows, fallback, report, elapsed) -> None:
-    """Load the models, then predict ``todo`` in order into ``rows`` (or ``fallback``) while the planner allows."""
+def _predict(run: _Run, writer: _SubmissionWriter, segmenter=None) -> tuple[str, list[ImageOutcome]]:
+    """Resolve the weights, plan the budget, load the models when there is work, and predict.
+
+    Returns the segmenter's name for the report and the outcome of every image processed; each
+    predicted row goes to ``writer`` as it comes (an image finished after the deadline is refused
+    by the writer and becomes a fallback outcome).
+    """
+    config = run.config
+    weights = resolve_weights(config.weights, config.segmenter, custom_segmenter=segmenter is not None)
+    if segmenter is None:
+        _log_runtime(config, weights.segmenter)
+    else:
+        _log_runtime(config, getattr(segmenter, "name", weights.segmenter), getattr(segmenter, "padding", None))
+    segmenter_name = weights.segmenter if segmenter is None else type(segmenter).__name__
+    from hpa_kernel.classifier.ensemble import DEFAULT_TTA
+
+    recipe = config.inference_recipe
+    logger.info("%s", recipe.describe())
+    ladder = plan_ladder(weights.group_sizes, weights.group_weights, DEFAULT_TTA if recipe.tta else None)
+    planner = BudgetPlanner(config.budget_s, len(run.todo), config.reserve, ladder)
+    if not run.todo or planner.choose(run.elapsed(), 0, CostEstimates()).fallback:
+        return segmenter_name, []
+    models = _load_models(config, weights, segmenter)
+    return segmenter_name, _record(run, writer, _predict_images(run, models, planner, lambda: writer.closed))
+
+
+def _record(run: _Run, writer: _SubmissionWriter, outcomes: Iterable[ImageOutcome]) -> list[ImageOutcome]:
+    """Hand each predicted row to ``writer``, rewriting the file every ``checkpoint_every_s``; stop
+    once the writer is closed. Returns the outcomes as recorded."""
+    recorded = []
+    last_checkpoint = run.elapsed()
+    for outcome in outcomes:
+        if outcome.row is not None and not writer.add(outcome.image_id, outcome.row):
+            outcome = ImageOutcome(outcome.image_id, outcome.plan, reason="budget: finished after the deadline")
+        recorded.append(outcome)
+        if writer.closed:
+            break
+        if run.elapsed() - last_checkpoint >= run.config.checkpoint_every_s:
+            writer.write()
+            last_checkpoint = run.elapsed()
+            logger.info("checkpoint: %s with %d predicted images", run.config.out, len(writer.rows))
+    return recorded
+
+
+def _load_models(config: SubmitConfig, weights: ResolvedWeights, segmenter=None) -> _Models:
+    """The ensemble and the cells pipeline, from the resolved weights (``segmenter``: a ready one)."""
     from hpa_kernel.cells import CellConfig, CellPipeline
     from hpa_kernel.classifier import Ensemble
-    from hpa_kernel.manifest import verify_files
     from hpa_kernel.segmentation import create_segmenter
 
     device = config.device or _default_device()
@@ -704,15 +554,10 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, writer, tod
         import torch
 
         torch.set_num_threads(config.torch_threads)
-    verify_files(manifest, segmentation=seg_name == "hpa")
-    ensemble = Ensemble.from_manifest(manifest, device, config.inference_recipe)
+    ensemble = Ensemble.from_manifest(weights.manifest, device, config.inference_recipe)
     if segmenter is None:
-        if seg_name == "hpa":
-            seg = manifest.segmentation
-            segmenter = create_segmenter(
-                "hpa", nuclei=manifest.path_of(seg.nuclei), cell=manifest.path_of(seg.cell), device=device,
-                padding=config.padding,
-            )
+        if weights.segmenter == "hpa":
+            segmenter = create_segmenter("hpa", **weights.segmenter_kwargs(), device=device, padding=config.padding)
         else:
             logger.warning("using the classic segmenter (asked for explicitly); its cells differ from HPA-Cell-Segmentation's")
             segmenter = create_segmenter("classic")
@@ -721,46 +566,79 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, writer, tod
         segmenter, CellConfig(crop_size=crop_size), config.workers, config.cache_dir,
         batch_size=config.seg_batch_size, encode_masks=True,
     )
-    last_checkpoint = elapsed()
-    results = pipeline.run(competition.test_dir, todo, progress=config.progress)
+    return _Models(ensemble, pipeline)
+
+
+def _predict_images(run: _Run, models: _Models, planner: BudgetPlanner, stop: Callable[[], bool]) -> Iterator[ImageOutcome]:
+    """Yield the outcome of each image of ``run.todo`` in order, under the plan the planner
+    chooses from the costs measured so far; end when the planner gives the fallback or ``stop()``."""
+    tracker = CostTracker()
     current = None
-    sizes = {image_id: (width, height) for image_id, width, height in writer.samples}
+    results = models.pipeline.run(run.competition.test_dir, list(run.todo), progress=run.config.progress)
     try:
-        for done, image_id in enumerate(todo):
-            plan = planner.choose(elapsed(), done, tracker.estimates())
+        for done, image_id in enumerate(run.todo):
+            plan = planner.choose(run.elapsed(), done, tracker.estimates())
             if plan != current:
-                logger.info("image %d/%d: plan %s (%.0f s left)", done + 1, len(todo), plan.describe(), planner.time_left(elapsed()))
+                logger.info("image %d/%d: plan %s (%.0f s left)", done + 1, len(run.todo), plan.describe(), planner.time_left(run.elapsed()))
                 current = plan
-            if plan.fallback or writer.closed:
-                break
-            t_a = elapsed()
+            if plan.fallback or stop():
+                return
+            wait_start = run.elapsed()
             result = next(results)
-            t_b = elapsed()
-            n_cells = 0
-            if result.image_id != image_id:
-                raise RuntimeError(f"the cells pipeline returned {result.image_id} where {image_id} was expected")
-            if not result.ok:
-                fallback[image_id] = f"failed: {result.reason}"
-            elif (result.width, result.height) != sizes[image_id]:
-                width, height = sizes[image_id]
-                logger.error(
-                    "image %s: the sample says ImageWidth x ImageHeight = %d x %d but the files are %d x %d; "
-                    "it gets the fallback row", image_id, width, height, result.width, result.height,
-                )
-                fallback[image_id] = f"size: sample {width}x{height}, files {result.width}x{result.height}"
-            else:
-                try:
-                    rows[image_id] = predict_image(result, ensemble, plan, config.batch_size)
-                    n_cells = len(result.table)
-                    report.plans[plan.describe()] += 1
-                except Exception as exc:  # noqa: BLE001 - one image's error must not sink the submission
-                    logger.error("image %s: prediction failed (%s: %s); it gets the fallback row", image_id, type(exc).__name__, exc)
-                    fallback[image_id] = f"failed: {type(exc).__name__}: {exc}"
-            t_c = elapsed()
-            tracker.add(base_s=t_b - t_a, n_cells=n_cells, classify_s=t_c - t_b, passes=plan.passes)
-            if t_c - last_checkpoint >= config.checkpoint_every_s:
-                writer.write(rows)
-                last_checkpoint = elapsed()
-                logger.info("checkpoint: %s with %d predicted images", config.out, len(rows))
+            cells_ready = run.elapsed()
+            outcome = _image_outcome(run, models, result, image_id, plan)
+            classified = run.elapsed()
+            n_cells = len(result.table) if outcome.row is not None else 0
+            tracker.add(base_s=cells_ready - wait_start, n_cells=n_cells, classify_s=classified - cells_ready, passes=plan.passes)
+            yield outcome
     finally:
         results.close()
+
+
+def _image_outcome(run: _Run, models: _Models, result, image_id: str, plan: Plan) -> ImageOutcome:
+    """The row of one image from its cells ``result``, or the reason it gets the fallback (logged)."""
+    if result.image_id != image_id:
+        raise RuntimeError(f"the cells pipeline returned {result.image_id} where {image_id} was expected")
+    if not result.ok:
+        return ImageOutcome(image_id, plan, reason=f"failed: {result.reason}")
+    width, height = run.sizes[image_id]
+    if (result.width, result.height) != (width, height):
+        logger.error(
+            "image %s: the sample says ImageWidth x ImageHeight = %d x %d but the files are %d x %d; "
+            "it gets the fallback row", image_id, width, height, result.width, result.height,
+        )
+        return ImageOutcome(image_id, plan, reason=f"size: sample {width}x{height}, files {result.width}x{result.height}")
+    try:
+        return ImageOutcome(image_id, plan, row=predict_image(result, models.ensemble, plan, run.config.batch_size))
+    except Exception as exc:  # noqa: BLE001 - one image's error must not sink the submission
+        logger.error("image %s: prediction failed (%s: %s); it gets the fallback row", image_id, type(exc).__name__, exc)
+        return ImageOutcome(image_id, plan, reason=f"failed: {type(exc).__name__}: {exc}")
+
+
+def _fallback_reasons(
+    refused: dict[str, str], outcomes: Sequence[ImageOutcome], todo: Sequence[str], beyond_limit: Sequence[str]
+) -> dict[str, str]:
+    """``{ID: reason}`` of every row that got the fallback: refused IDs, failed images, those beyond
+    ``--limit``, and those the budget did not reach."""
+    fallback = dict(refused)
+    fallback.update((o.image_id, o.reason) for o in outcomes if o.reason is not None)
+    fallback.update((image_id, "limit: beyond --limit") for image_id in beyond_limit)
+    processed = {o.image_id for o in outcomes}
+    fallback.update((image_id, "budget: not reached before the deadline") for image_id in todo if image_id not in processed)
+    return fallback
+
+
+def _validate(run: _Run) -> list | None:
+    """The problems of the written file (:func:`~hpa_kernel.submission.writer.check_submission`), or
+    None when validation is off or no time is left for it."""
+    if not run.config.validate:
+        return None
+    if run.elapsed() >= run.config.budget_s:
+        logger.warning("no time left to validate %s", run.config.out)
+        return None
+    from hpa_kernel.submission.writer import check_submission
+
+    problems = check_submission(run.config.out, run.competition.sample_submission).problems
+    for problem in problems[:20]:
+        logger.error("submission problem: %s", problem)
+    return problems
