@@ -697,9 +697,11 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, writer, tod
     from hpa_kernel.cells import CellConfig, CellPipeline
     from hpa_kernel.classifier import Ensemble
     from hpa_kernel.manifest import verify_files
+    from hpa_kernel.paths import resolve_device
     from hpa_kernel.segmentation import create_segmenter
+    from hpa_kernel.segmentation.hpa import HPAParams
 
-    device = config.device or _default_device()
+    device = resolve_device(config.device)
     if config.torch_threads is not None:
         import torch
 
@@ -710,8 +712,8 @@ def _predict_all(config, manifest, seg_name, segmenter, competition, writer, tod
         if seg_name == "hpa":
             seg = manifest.segmentation
             segmenter = create_segmenter(
-                "hpa", nuclei=manifest.path_of(seg.nuclei), cell=manifest.path_of(seg.cell), device=device,
-                padding=config.padding,
+                "hpa", nuclei=manifest.path_of(seg.nuclei), cell=manifest.path_of(seg.cell),
+                params=HPAParams(device=device, padding=config.padding),
             )
         else:
             logger.warning("using the classic segmenter (asked for explicitly); its cells differ from HPA-Cell-Segmentation's")
