@@ -456,12 +456,6 @@ def predict_image(result, ensemble, plan: Plan, batch_size: int = 32, recipe: In
     return prediction_string_for_cells(result.encoded, final)
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _choose_segmenter(config: SubmitConfig, manifest) -> str:
     if config.segmenter == "classic":
         return "classic"

@@ -343,8 +343,8 @@ def test_cli_parses_every_option():
     from hpa_kernel.cli.segment import _segmenter_kwargs
 
     segment = ["segment", "--images", "i", "--out", "o"]
-    assert _segmenter_kwargs(build_parser().parse_args(segment))["padding"] is True
-    assert _segmenter_kwargs(build_parser().parse_args([*segment, "--no-padding"]))["padding"] is False
+    assert _segmenter_kwargs(build_parser().parse_args(segment))["params"].padding is True
+    assert _segmenter_kwargs(build_parser().parse_args([*segment, "--no-padding"]))["params"].padding is False
     cells = build_parser().parse_args(["cells", "--out", "o"])
     assert (cells.segmenter, cells.padding) == ("hpa", True)  # the same default as submit
 
