@@ -2,7 +2,7 @@
 
 For each seed a field is drawn with :func:`hpa_kernel.synthetic.synthesize_image`, segmented with
 ``create_segmenter("classic")`` and matched one-to-one against the truth cell mask
-(:func:`hpa_kernel.segmentation.classic.match_cells`). Prints a markdown section: per image size
+(:func:`hpa_kernel.metric.match_cells`). Prints a markdown section: per image size
 and bit depth, the number of truth cells, mean IoU over truth cells (unmatched = 0), mean IoU of
 the pairs found, recall and precision at IoU >= 0.6, and the time per image.
 
@@ -22,7 +22,7 @@ import numpy as np
 def evaluate(size: int, bit_depth: int, seeds, params=None) -> dict:
     """Score the classic segmenter on synthetic fields of one size; pooled over ``seeds``."""
     from hpa_kernel.segmentation import create_segmenter
-    from hpa_kernel.segmentation.classic import match_cells
+    from hpa_kernel.metric import match_cells
     from hpa_kernel.synthetic import synthesize_image
 
     segmenter = create_segmenter("classic", **(params or {}))

@@ -80,9 +80,9 @@ def timed_network(seg: HPASegmenter, images: list[np.ndarray], repeats: int) -> 
     """Best time of both networks alone on ready-made input tensors (no pre/post-processing)."""
     from hpa_kernel.segmentation import preprocess
 
-    kw = {"scale_factor": seg.scale_factor, "padding": seg.padding, "resize_mode": seg.resize_mode}
-    nuc = np.stack([preprocess.nuclei_input(im[..., 2], **kw) for im in images])
-    cel = np.stack([preprocess.cell_input(im[..., 0], im[..., 3], im[..., 2], **kw) for im in images])
+    resize = {"scale_factor": seg.scale_factor, "padding": seg.padding, "resize_mode": seg.resize_mode}
+    nuc = np.stack([preprocess.nuclei_input(im[..., 2], **resize) for im in images])
+    cel = np.stack([preprocess.cell_input(im[..., 0], im[..., 3], im[..., 2], **resize) for im in images])
     best = float("inf")
     for _ in range(repeats):
         if seg.device.type == "cuda":
@@ -146,8 +146,8 @@ def variants_section(nuclei: Path, cell: Path, size: int, batches: list[int], re
     reference_maps = None
     agreement = {}
     images_all = make_images(max(batches), size)
-    for name, kw in variants:
-        seg = HPASegmenter(nuclei=nuclei, cell=cell, device=device, batch_size=max(batches), **kw)
+    for name, flags in variants:
+        seg = HPASegmenter(nuclei=nuclei, cell=cell, device=device, batch_size=max(batches), **flags)
         timed_predict(seg, images_all[:1], 1)  # warm-up (cudnn autotune, allocator)
         for b in batches:
             seg.batch_size = b

@@ -104,13 +104,13 @@ def measure(size: int, repeats: int, small: int, device: str) -> dict:
         write_image(tmp, "img", image)
         cpu["read"] = _time(lambda: read_image(tmp, "img"), repeats)
 
-    kw = {"scale_factor": 0.25, "padding": False, "resize_mode": "skimage018"}
+    resize = {"scale_factor": 0.25, "padding": False, "resize_mode": "skimage018"}
     cpu["seg_pre"] = _time(
-        lambda: (preprocess.nuclei_input(image[..., 2], **kw), preprocess.cell_input(image[..., 0], image[..., 3], image[..., 2], **kw)),
+        lambda: (preprocess.nuclei_input(image[..., 2], **resize), preprocess.cell_input(image[..., 0], image[..., 3], image[..., 2], **resize)),
         repeats,
     )
-    nuc_in = torch.from_numpy(preprocess.nuclei_input(image[..., 2], **kw))[None]
-    cell_in = torch.from_numpy(preprocess.cell_input(image[..., 0], image[..., 3], image[..., 2], **kw))[None]
+    nuc_in = torch.from_numpy(preprocess.nuclei_input(image[..., 2], **resize))[None]
+    cell_in = torch.from_numpy(preprocess.cell_input(image[..., 0], image[..., 3], image[..., 2], **resize))[None]
     nets = [DPNUnet().eval(), DPNUnet().eval()]
 
     def seg_cpu():

@@ -65,7 +65,9 @@ class AblationConfig:
         ``truth/test_cells.csv`` and ``truth/test_masks.npz``.
     segmenter : {"classic", "hpa"}
         ``"hpa"`` needs the manifest's segmentation weights.
-    device : str
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None: CUDA when available, else the CPU
+        (:func:`hpa_kernel.paths.resolve_device`).
     workers : int
         Post-processing processes (0 = in process).
     batch_size : int
@@ -80,7 +82,7 @@ class AblationConfig:
     truth_masks: Path | None = None
     truth_annotations: Path | None = None
     segmenter: str = "classic"
-    device: str = "cpu"
+    device: str | None = None
     workers: int = 0
     batch_size: int = 32
 
@@ -159,7 +161,12 @@ def _cells_and_probs(config: AblationConfig, competition, ensemble, image_ids, t
 
         manifest = load_manifest(weights_dir=config.weights, verify=False)
         seg = manifest.segmentation
-        segmenter = create_segmenter("hpa", nuclei=manifest.path_of(seg.nuclei), cell=manifest.path_of(seg.cell), device=config.device)
+        from hpa_kernel.segmentation.hpa import HPAParams
+
+        segmenter = create_segmenter(
+            "hpa", nuclei=manifest.path_of(seg.nuclei), cell=manifest.path_of(seg.cell),
+            params=HPAParams(device=config.device),
+        )
     else:
         segmenter = create_segmenter("classic")
     crop_size = max(m.config.input_size for m in ensemble.members)
@@ -190,8 +197,10 @@ def run_ablation(config: AblationConfig) -> AblationResult:
     from hpa_kernel.io import find_competition
     from hpa_kernel.manifest import load_manifest
     from hpa_kernel.metric import score_submission
+    from hpa_kernel.paths import resolve_device
     from hpa_kernel.submission import prediction_string_for_cells, read_sample, write_submission
 
+    config = dataclasses.replace(config, device=resolve_device(config.device))  # resolved once, for both stages
     timings = {}
     t = time.perf_counter()
     variants = ablation_variants(config.recipe)

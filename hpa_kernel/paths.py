@@ -1,17 +1,21 @@
-"""Where data and weights are found. This is the one place that knows the Kaggle folders.
+"""Where data and weights are found, and which device runs the networks.
 
-Resolution order, everywhere in the kit: an explicit argument, then an environment variable,
-then the Kaggle input folders. A missing folder raises ``FileNotFoundError`` naming every place
-that was looked at.
+This is the one place that knows the Kaggle folders. Resolution order, everywhere in the kit: an
+explicit argument, then an environment variable, then the Kaggle input folders. A missing folder
+or file raises ``FileNotFoundError`` naming every place that was looked at.
+
+:func:`resolve_device` is the one device rule of the kit (submit, training, segment, cells): the
+device asked for, else CUDA when it is available, else the CPU.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["KAGGLE_INPUT", "DATA_ENV", "WEIGHTS_ENV", "kaggle_input_dirs", "resolve_dir"]
+__all__ = ["KAGGLE_INPUT", "DATA_ENV", "WEIGHTS_ENV", "kaggle_input_dirs", "resolve_dir", "resolve_file", "resolve_device"]
 
 KAGGLE_INPUT = Path("/kaggle/input")
 DATA_ENV = "HPA_KERNEL_DATA"
@@ -83,3 +87,115 @@ def resolve_dir(
     root = KAGGLE_INPUT if kaggle_root is None else kaggle_root
     tried.append(f"{root}/* ({len(candidates)} folders, none matched)")
     raise FileNotFoundError(f"{what} not found; looked at: " + "; ".join(tried) + ". Pass the folder explicitly.")
+
+
+def resolve_file(
+    explicit: str | os.PathLike | None,
+    env_var: str,
+    filename: str,
+    what: str,
+    kaggle_root: Path | None = None,
+    hint: str = "Pass the file explicitly.",
+) -> Path:
+    """Resolve a file: ``explicit`` (the file, or a folder holding ``filename``), then ``$env_var``, then Kaggle inputs.
+
+    The file counterpart of :func:`resolve_dir`, with the same order: when ``explicit`` is given it
+    must hold the file and nothing else is tried; otherwise the folder named by ``$env_var``, then
+    each Kaggle input folder that holds ``filename``.
+
+    Parameters
+    ----------
+    explicit : path or None
+        A file, or a folder holding ``filename``.
+    env_var : str
+        Name of the environment variable (a folder) consulted next.
+    filename : str
+        The file name looked for in folders.
+    what : str
+        What is being looked for, for the error message.
+    kaggle_root : path, optional
+        Override of ``/kaggle/input`` (tests).
+    hint : str
+        The last sentence of the not-found error: how to fix it.
+
+    Returns
+    -------
+    Path
+        The file.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the file and every place that was tried.
+    """
+    if explicit is not None:
+        path = Path(explicit)
+        candidate = path / filename if path.is_dir() else path
+        if candidate.is_file():
+            return candidate
+        raise FileNotFoundError(f"{what}: {candidate} does not exist")
+    tried: list[str] = []
+    env = os.environ.get(env_var)
+    if env:
+        candidate = Path(env) / filename
+        if candidate.is_file():
+            return candidate
+        tried.append(str(candidate))
+    else:
+        tried.append(f"${env_var} (not set)")
+    candidates = kaggle_input_dirs(kaggle_root)
+    for folder in candidates:
+        if (folder / filename).is_file():
+            return folder / filename
+    root = KAGGLE_INPUT if kaggle_root is None else kaggle_root
+    tried.append(f"{root}/*/{filename} ({len(candidates)} folders)")
+    raise FileNotFoundError(f"{what} {filename} not found; looked at: " + "; ".join(tried) + f". {hint}")
+
+
+_DEVICE_NAME = re.compile(r"(cpu|cuda)(:\d+)?")
+
+
+def resolve_device(device=None) -> str:
+    """The torch device to run on: ``device`` when given (checked), else ``"cuda"`` when available, else ``"cpu"``.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None picks CUDA when torch sees a GPU, the CPU
+        otherwise.
+
+    Returns
+    -------
+    str
+        The device name, e.g. ``"cuda"`` or ``"cpu"``.
+
+    Raises
+    ------
+    ValueError
+        For a name other than cpu/cuda/cuda:N, for a CUDA device when CUDA is not available, and
+        for ``cuda:N`` beyond the visible GPUs.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    'cpu'
+    >>> resolve_device("tpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: device: expected 'cpu', 'cuda' or 'cuda:N', got 'tpu'
+    """
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    name = str(device)
+    match = _DEVICE_NAME.fullmatch(name)
+    if match is None:
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    if match.group(1) == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} requested but CUDA is not available; use device='cpu' (or leave it unset)")
+        index = int(match.group(2)[1:]) if match.group(2) else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return name

@@ -7,8 +7,9 @@ import pickle
 import numpy as np
 import pytest
 
+from hpa_kernel.metric import match_cells
 from hpa_kernel.segmentation import SegmentationMaps, create_segmenter
-from hpa_kernel.segmentation.classic import ClassicMaps, ClassicParams, ClassicSegmenter, match_cells, postprocess_classic
+from hpa_kernel.segmentation.classic import ClassicMaps, ClassicParams, ClassicSegmenter, postprocess_classic
 
 
 def blob_image(size=(300, 360), dtype=np.uint8, seed=0):

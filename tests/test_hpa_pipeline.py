@@ -18,7 +18,7 @@ import pytest
 from test_cells_pipeline import NoTorch
 
 from hpa_kernel.cells import CellConfig, CellPipeline
-from hpa_kernel.segmentation import preprocess as P
+from hpa_kernel.segmentation import preprocess
 from hpa_kernel.segmentation.hpa import CELL_WEIGHTS, NUCLEI_WEIGHTS, postprocess_maps
 
 CELL_RADIUS, NUCLEUS_RADIUS = 72, 44  # full resolution; label_cell drops cells < 5500 px, nuclei < 2500 px
@@ -32,7 +32,7 @@ LAYOUT = {
 
 def _class_map(shape, centres, radius):
     """(h, w) classes at network resolution: 0 background, 1 border ring, 2 interior."""
-    h, w = P.scaled_shape(shape, 0.25)
+    h, w = preprocess.scaled_shape(shape, 0.25)
     yy, xx = np.mgrid[0:h, 0:w]
     classes = np.zeros((h, w), np.int64)
     for cy, cx in centres:
@@ -46,9 +46,9 @@ def known_logits(shape, centres, what, padding=True):
     """(3, h, w) float32 logits of the fake network for an image of ``shape`` (padded frame when ``padding``)."""
     classes = _class_map(shape, centres, NUCLEUS_RADIUS if what == "nuclei" else CELL_RADIUS)
     if padding:
-        h, w = P.network_shape(shape, 0.25, True)
+        h, w = preprocess.network_shape(shape, 0.25, True)
         frame = np.zeros((h, w), np.int64)
-        frame[P.PAD : P.PAD + classes.shape[0], P.PAD : P.PAD + classes.shape[1]] = classes
+        frame[preprocess.PAD : preprocess.PAD + classes.shape[0], preprocess.PAD : preprocess.PAD + classes.shape[1]] = classes
         classes = frame
     return (10.0 * np.eye(3, dtype=np.float32)[classes]).transpose(2, 0, 1).copy()
 
@@ -64,7 +64,7 @@ def make_fake_net(what, layout=LAYOUT, fixed=None):
             self.seen: list[np.ndarray] = []
             self.by_shape = {}
             for shape, centres in layout.values():
-                self.by_shape[P.network_shape(shape, 0.25, True)] = known_logits(shape, centres, what)
+                self.by_shape[preprocess.network_shape(shape, 0.25, True)] = known_logits(shape, centres, what)
 
         def batchnorm_stats(self):
             return {}
@@ -155,7 +155,7 @@ def test_any_size_restores_to_its_own_shape(fake_hpa, shape):
     seg.nuclei_net, seg.cell_net = make_fake_net("nuclei", layout), make_fake_net("cell", layout)
     (maps,) = seg.predict([np.zeros((*shape, 4), np.uint8)])
     assert maps.nuclei.shape == maps.cell.shape == (*shape, 3)
-    h, w = P.scaled_shape(shape, 0.25)
+    h, w = preprocess.scaled_shape(shape, 0.25)
     assert seg.cell_net.seen[0].shape[2:] == (h + 32 + 32 - h % 32, w + 32 + 32 - w % 32)
     # the known map comes back at full size: interior at the centre, background in the corners
     assert maps.cell[shape[0] // 2, shape[1] // 2, 2] == 255 and maps.cell[0, 0, 2] == 0
@@ -189,8 +189,8 @@ def SegmentationMapsFor(image_id):
 
     shape, centres = LAYOUT[image_id]
     return SegmentationMaps(
-        nuclei=P.restore_nuclei(softmax(known_logits(shape, centres, "nuclei")), shape, padding=True),
-        cell=P.restore_cell(softmax(known_logits(shape, centres, "cell")), shape, padding=True),
+        nuclei=preprocess.restore_nuclei(softmax(known_logits(shape, centres, "nuclei")), shape, padding=True),
+        cell=preprocess.restore_cell(softmax(known_logits(shape, centres, "cell")), shape, padding=True),
     )
 
 

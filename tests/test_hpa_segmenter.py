@@ -17,6 +17,7 @@ from hpa_kernel.segmentation.base import SegmentationMaps
 from hpa_kernel.segmentation.hpa import (
     CELL_WEIGHTS,
     NUCLEI_WEIGHTS,
+    HPAParams,
     HPASegmenter,
     postprocess_maps,
     resolve_weight_file,
@@ -137,7 +138,7 @@ def test_padding_for_sizes_that_are_not_multiples(segmenter, images, monkeypatch
 
 def test_cpu_ignores_fp16_and_channels_last(weight_files, caplog):
     with caplog.at_level(logging.WARNING, logger="hpa_kernel.segmentation.hpa"):
-        seg = HPASegmenter(nuclei=weight_files, cell=weight_files, fp16=True, channels_last=True)
+        seg = HPASegmenter(nuclei=weight_files, cell=weight_files, device="cpu", fp16=True, channels_last=True)
     assert not seg.fp16 and not seg.channels_last
     assert "fp16=True only applies on CUDA" in caplog.text and "channels_last=True" in caplog.text
 
@@ -208,3 +209,83 @@ def test_cli_writes_16bit_masks(weight_files, images, batched_maps, tmp_path):
     assert main(argv) == 1
     assert not (tmp_path / "x").exists()  # the weights are resolved before the output folder is made
 
+
+
+# --- HPAParams -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"scale_factor": 0.0}, "scale_factor"),
+        ({"resize_mode": "bilinear"}, "resize_mode"),
+        ({"batchnorm": "frozen"}, "batchnorm"),
+        ({"fp16": "yes"}, "fp16"),
+        ({"padding": None}, "padding"),
+        ({"cell_sha256": 123}, "cell_sha256"),
+    ],
+)
+def test_hpa_params_check_themselves(bad, match):
+    with pytest.raises(ValueError, match=match):
+        HPAParams(**bad)
+
+
+def test_hpa_params_and_overrides_build_the_same_segmenter(weight_files):
+    params = HPAParams(device="cpu", batch_size=3, padding=False, resize_mode="skimage")
+    seg = HPASegmenter(nuclei=weight_files, cell=weight_files, params=params)
+    assert seg.params == params and seg.batch_size == 3 and seg.padding is False and seg.device.type == "cpu"
+    loose = create_segmenter("hpa", nuclei=weight_files, cell=weight_files, device="cpu", batch_size=3, padding=False,
+                             resize_mode="skimage")
+    assert loose.params == params and loose.settings() == seg.settings()
+    # overrides apply on top of params
+    assert HPASegmenter(nuclei=weight_files, cell=weight_files, params=params, padding=True).padding is True
+    with pytest.raises(ValueError, match="unknown hpa segmenter setting"):
+        HPASegmenter(nuclei=weight_files, cell=weight_files, no_such_thing=1)
+    with pytest.raises(ValueError, match="params: expected HPAParams"):
+        HPASegmenter(nuclei=weight_files, cell=weight_files, params={"batch_size": 2})
+
+
+def test_settings_keys_are_the_cache_keys(segmenter):
+    assert set(segmenter.settings()) == {
+        "name", "nuclei_sha256", "cell_sha256", "nuclei_batchnorm_per_image", "cell_batchnorm_per_image",
+        "scale_factor", "padding", "resize_mode", "device", "fp16", "channels_last", "postprocess", "skimage",
+    }
+
+
+def test_segment_cli_builds_hpa_params_with_the_default_device(monkeypatch):
+    from hpa_kernel.cli import build_parser
+    from hpa_kernel.cli.segment import _segmenter_kwargs
+
+    parser = build_parser()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = parser.parse_args(["segment", "--images", "x", "--out", "y", "--batch-size", "2", "--no-padding"])
+    kwargs = _segmenter_kwargs(args)
+    assert kwargs["params"] == HPAParams(device="cuda", batch_size=2, padding=False)  # CUDA when available
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _segmenter_kwargs(args)["params"].device == "cpu"
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        _segmenter_kwargs(parser.parse_args(["segment", "--images", "x", "--out", "y", "--device", "cuda"]))
+
+
+def test_cells_cli_builds_hpa_params_with_the_default_device(monkeypatch, tmp_path):
+    from hpa_kernel import segmentation
+    from hpa_kernel.cli import build_parser
+    from hpa_kernel.cli.cells import run
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_create(name, **kwargs):
+        calls.append((name, kwargs))
+        raise Stop
+
+    monkeypatch.setattr(segmentation, "create_segmenter", fake_create)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = build_parser().parse_args(["cells", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--nuclei", "n.pth"])
+    with pytest.raises(Stop):
+        run(args)
+    assert calls == [("hpa", {"nuclei": "n.pth", "cell": None, "params": HPAParams(device="cuda", padding=True)})]

@@ -283,7 +283,7 @@ def test_perfect_synthetic_submission_validates_and_scores_one(synthetic_competi
 
 def test_one_sample_reader_for_the_competition_the_writer_and_the_metric(tmp_path):
     from hpa_kernel.io import Competition
-    from hpa_kernel.metric import _read_submission
+    from hpa_kernel.metric.score import _read_submission
     from hpa_kernel.submission import read_sample, read_sample_submission
 
     path = tmp_path / "sample_submission.csv"

@@ -291,6 +291,7 @@ def test_hpa_is_chosen_when_its_weights_are_present(synthetic_competition, weigh
 
     from hpa_kernel import segmentation
     from hpa_kernel.manifest import load_manifest
+    from hpa_kernel.segmentation.hpa import HPAParams
 
     calls = []
 
@@ -310,11 +311,11 @@ def test_hpa_is_chosen_when_its_weights_are_present(synthetic_competition, weigh
         (folder / entry.file).write_bytes(b"not a real pickle")
     with pytest.raises(Stop):
         run_submission(_config(synthetic_competition, folder, tmp_path / "s.csv", segmenter=None))
-    want = {"nuclei": folder / seg.nuclei.file, "cell": folder / seg.cell.file, "device": "cpu", "padding": True}
+    want = {"nuclei": folder / seg.nuclei.file, "cell": folder / seg.cell.file, "params": HPAParams(device="cpu", padding=True)}
     assert calls == [("hpa", want)]  # padding=True by default, as the team ran hpacellseg
     with pytest.raises(Stop):
         run_submission(_config(synthetic_competition, folder, tmp_path / "s.csv", segmenter=None, padding=False))
-    assert calls[-1] == ("hpa", {**want, "padding": False})
+    assert calls[-1] == ("hpa", {**want, "params": HPAParams(device="cpu", padding=False)})
     assert check_submission(tmp_path / "s.csv", synthetic_competition.sample_submission).ok
 
 
@@ -342,8 +343,8 @@ def test_cli_parses_every_option():
     from hpa_kernel.cli.segment import _segmenter_kwargs
 
     segment = ["segment", "--images", "i", "--out", "o"]
-    assert _segmenter_kwargs(build_parser().parse_args(segment))["padding"] is True
-    assert _segmenter_kwargs(build_parser().parse_args([*segment, "--no-padding"]))["padding"] is False
+    assert _segmenter_kwargs(build_parser().parse_args(segment))["params"].padding is True
+    assert _segmenter_kwargs(build_parser().parse_args([*segment, "--no-padding"]))["params"].padding is False
     cells = build_parser().parse_args(["cells", "--out", "o"])
     assert (cells.segmenter, cells.padding) == ("hpa", True)  # the same default as submit
 

@@ -305,7 +305,6 @@ def process_image(
     encode: bool = False,
     keep_labels: bool = False,
     from_cache: bool = False,
-    boxes: dict | None = None,
 ) -> ImageCells:
     """Cells of one already segmented image: the table (unless given), crops and encodings.
 
@@ -331,8 +330,6 @@ def process_image(
         Keep the label images in the result.
     from_cache : bool
         Recorded in the result.
-    boxes : dict, optional
-        ``{cell id: (y0, x0, y1, x1)}``; default the table's boxes.
 
     Returns
     -------
@@ -345,8 +342,8 @@ def process_image(
     if table is None:
         table = score_cells(image, nuclei_label, cell_label, config, reference)
     ids = table["cell_id"].to_numpy()
-    if boxes is None:  # the table's boxes are the cells' bounding boxes
-        boxes = {int(r[0]): tuple(int(v) for v in r[1:]) for r in table[["cell_id", "y0", "x0", "y1", "x1"]].to_numpy()}
+    # the table's boxes are the cells' bounding boxes
+    boxes = {int(r[0]): tuple(int(v) for v in r[1:]) for r in table[["cell_id", "y0", "x0", "y1", "x1"]].to_numpy()}
     crops = crop_cells(image, cell_label, ids, size=config.crop_size, margin=config.margin, boxes=boxes)
     encoded = None
     if encode:

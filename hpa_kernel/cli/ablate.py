@@ -31,7 +31,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     run_opts.add_argument("--recipe", default="milimed2021", metavar="NAME", help="the recipe to ablate (default milimed2021)")
     run_opts.add_argument("--segmenter", choices=("classic", "hpa"), default="classic",
                           help="classic (default, weight-free) or hpa (needs the segmentation weights)")
-    run_opts.add_argument("--device", default="cpu", help="cpu, cuda... (default cpu)")
+    run_opts.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     run_opts.add_argument("--workers", type=int, default=0, help="post-processing processes (default 0: in process)")
     run_opts.add_argument("--batch-size", type=int, default=32, help="cells per classifier batch (default 32)")
     parser.set_defaults(func=run)

@@ -30,7 +30,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                      help="HPA nuclei model weights (--segmenter hpa; default: found by the segmenter from "
                      "$HPA_KERNEL_WEIGHTS or the Kaggle inputs)")
     seg.add_argument("--cell", metavar="PATH", help="HPA cell model weights (--segmenter hpa; default: as --nuclei)")
-    seg.add_argument("--device", default=None, help="torch device of the HPA models, e.g. cuda (default: the segmenter's)")
+    seg.add_argument("--device", default=None,
+                     help="cpu, cuda or cuda:N for the HPA models (default: cuda when available, else cpu)")
     seg.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per predict call (default 1)")
     seg.add_argument("--padding", action=argparse.BooleanOptionalAction, default=True,
                      help="hpacellseg's padding=True for --segmenter hpa: any image size works (default on)")
@@ -75,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
 
     kwargs = {}
     if args.segmenter == "hpa":
-        kwargs = {k: v for k, v in (("nuclei", args.nuclei), ("cell", args.cell), ("device", args.device)) if v}
-        kwargs["padding"] = args.padding
+        from hpa_kernel.paths import resolve_device
+        from hpa_kernel.segmentation.hpa import HPAParams
+
+        params = HPAParams(device=resolve_device(args.device), padding=args.padding)
+        kwargs = {"nuclei": args.nuclei, "cell": args.cell, "params": params}
     elif args.nuclei or args.cell or args.device:
         raise ValueError("--nuclei, --cell and --device apply to --segmenter hpa only")
     segmenter = create_segmenter(args.segmenter, **kwargs)

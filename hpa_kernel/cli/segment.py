@@ -24,7 +24,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     seg.add_argument("--segmenter", choices=("hpa", "classic"), default="hpa", help="default: hpa")
     seg.add_argument("--nuclei", metavar="PTH", default=None, help="dpn_unet_nuclei_v1.pth (or its folder)")
     seg.add_argument("--cell", metavar="PTH", default=None, help="dpn_unet_cell_3ch_v1.pth (or its folder)")
-    seg.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    seg.add_argument("--device", default=None,
+                     help="cpu, cuda or cuda:N for the HPA networks (default: cuda when available, else cpu)")
     seg.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per network call (default 4)")
     seg.add_argument("--fp16", action="store_true", help="float16 autocast (CUDA only)")
     seg.add_argument("--channels-last", action="store_true", help="NHWC memory format (CUDA only)")
@@ -41,25 +42,30 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _segmenter_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments of ``create_segmenter(args.segmenter, ...)``: the weights and an HPAParams for hpa."""
     if args.segmenter != "hpa":
         hpa_only = (("--nuclei", args.nuclei), ("--cell", args.cell), ("--fp16", args.fp16),
                     ("--channels-last", args.channels_last), ("--padding", args.padding is not None))  # fmt: skip
         ignored = [flag for flag, value in hpa_only if value]
+        if args.device is not None:
+            ignored.append("--device")
         if ignored:
             logger.warning(
                 "%s only apply to --segmenter hpa; ignored with --segmenter %s", ", ".join(ignored), args.segmenter
             )
         return {}
-    return {
-        "nuclei": args.nuclei,
-        "cell": args.cell,
-        "device": args.device,
-        "batch_size": args.batch_size,
-        "fp16": args.fp16,
-        "channels_last": args.channels_last,
-        "padding": True if args.padding is None else args.padding,
-        "resize_mode": args.resize_mode,
-    }
+    from hpa_kernel.paths import resolve_device
+    from hpa_kernel.segmentation.hpa import HPAParams
+
+    params = HPAParams(
+        device=resolve_device(args.device),
+        batch_size=args.batch_size,
+        fp16=args.fp16,
+        channels_last=args.channels_last,
+        padding=True if args.padding is None else args.padding,
+        resize_mode=args.resize_mode,
+    )
+    return {"nuclei": args.nuclei, "cell": args.cell, "params": params}
 
 
 def write_mask(path, label) -> None:

@@ -14,7 +14,8 @@ of hpacellseg 0.1.8 followed by ``label_cell``, without hpacellseg or pytorch_zo
 
 Create it through the factory::
 
-    seg = create_segmenter("hpa", nuclei="dpn_unet_nuclei_v1.pth", cell="dpn_unet_cell_3ch_v1.pth")
+    seg = create_segmenter("hpa", nuclei="dpn_unet_nuclei_v1.pth", cell="dpn_unet_cell_3ch_v1.pth",
+                           params=HPAParams(device="cuda", batch_size=8))
     maps = seg.predict(images)                    # network stage, main process
     labels = [seg.postprocess_fn(m) for m in maps]  # CPU stage, picklable for worker processes
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,7 @@ from hpa_kernel import paths
 from hpa_kernel.manifest import SegmentationWeights
 from hpa_kernel.segmentation.base import BaseSegmenter, SegmentationMaps
 
-__all__ = ["HPASegmenter", "NUCLEI_WEIGHTS", "CELL_WEIGHTS", "postprocess_maps", "resolve_weight_file"]
+__all__ = ["HPASegmenter", "HPAParams", "NUCLEI_WEIGHTS", "CELL_WEIGHTS", "postprocess_maps", "resolve_weight_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ def resolve_weight_file(
 ) -> Path:
     """Find a weight file: ``path`` (a file, or a folder with ``filename``), ``$HPA_KERNEL_WEIGHTS``, Kaggle inputs.
 
+    :func:`hpa_kernel.paths.resolve_file` with ``$HPA_KERNEL_WEIGHTS``.
+
     Parameters
     ----------
     path : path or None
@@ -81,30 +85,85 @@ def resolve_weight_file(
     FileNotFoundError
         Naming the file and every place that was looked at.
     """
-    tried: list[str] = []
-    if path is not None:
-        p = Path(path)
-        candidate = p / filename if p.is_dir() else p
-        if candidate.is_file():
-            return candidate
-        raise FileNotFoundError(f"{what} weights: {candidate} does not exist")
-    env = os.environ.get(paths.WEIGHTS_ENV)
-    if env:
-        candidate = Path(env) / filename
-        if candidate.is_file():
-            return candidate
-        tried.append(str(candidate))
-    else:
-        tried.append(f"${paths.WEIGHTS_ENV} (not set)")
-    dirs = paths.kaggle_input_dirs(kaggle_root)
-    for d in dirs:
-        if (d / filename).is_file():
-            return d / filename
-    root = paths.KAGGLE_INPUT if kaggle_root is None else kaggle_root
-    tried.append(f"{root}/*/{filename} ({len(dirs)} folders)")
-    raise FileNotFoundError(
-        f"{what} weights {filename} not found; looked at: " + "; ".join(tried) + f". Pass {what}=PATH explicitly."
+    return paths.resolve_file(
+        path, paths.WEIGHTS_ENV, filename, f"{what} weights", kaggle_root, hint=f"Pass {what}=PATH explicitly."
     )
+
+
+BATCHNORM_MODES: tuple[str, ...] = ("pickled", "running", "per_image")
+
+
+@dataclass(frozen=True)
+class HPAParams:
+    """Settings of the HPA segmenter (everything but the weight files), checked on creation.
+
+    Parameters
+    ----------
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None: CUDA when available, else the CPU
+        (:func:`hpa_kernel.paths.resolve_device`, resolved when the segmenter is built).
+    batch_size : int
+        Images per network call (images of equal size only).
+    fp16 : bool
+        float16 autocast for the networks (CUDA only; ignored with a warning on CPU). Changes the
+        output slightly.
+    channels_last : bool
+        NHWC memory format (CUDA only; ignored with a warning on CPU).
+    scale_factor : float
+        Downscaling before the networks, in (0, 1] (hpacellseg: 0.25).
+    padding : bool
+        hpacellseg's ``padding`` (default True, as the 4th-place team ran it): pad the network
+        input by 32 on the top/left and up to the next multiple of 32 on the bottom/right, so that
+        any H x W works (1728 -> 432 is not a multiple of 32). Without it, the scaled image sides
+        must already be multiples of 32 (2048 -> 512), and the output differs near the borders.
+    resize_mode : {"skimage018", "skimage"}
+        Anti-aliasing of the downscale; see :mod:`.preprocess`. ``"skimage018"`` is the 2021
+        behaviour.
+    batchnorm : {"pickled", "running", "per_image"}
+        BatchNorm statistics: as pickled in the weight files (what hpacellseg does), running
+        statistics, or per-image statistics.
+    nuclei_sha256, cell_sha256 : str, optional
+        Expected hashes of the weight files.
+
+    Examples
+    --------
+    >>> HPAParams(batch_size=8, padding=False).batch_size
+    8
+    >>> HPAParams(scale_factor=2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: scale_factor must be in (0, 1], got 2.0
+    """
+
+    device: str | None = None
+    batch_size: int = 4
+    fp16: bool = False
+    channels_last: bool = False
+    scale_factor: float = 0.25
+    padding: bool = True
+    resize_mode: str = "skimage018"
+    batchnorm: str = "pickled"
+    nuclei_sha256: str | None = None
+    cell_sha256: str | None = None
+
+    def __post_init__(self):
+        from hpa_kernel.segmentation.preprocess import _check_mode, _check_scale
+
+        if self.device is not None and not isinstance(self.device, str):
+            object.__setattr__(self, "device", str(self.device))  # a torch.device
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        _check_scale(self.scale_factor)
+        _check_mode(self.resize_mode)
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {self.batchnorm!r}")
+        for name in ("fp16", "channels_last", "padding"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("nuclei_sha256", "cell_sha256"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a hex string or None, got {value!r}")
 
 
 def _check_images(images: Sequence[np.ndarray]) -> None:
@@ -128,29 +187,19 @@ class HPASegmenter(BaseSegmenter):
     nuclei, cell : path, optional
         The weight files (``dpn_unet_nuclei_v1.pth``, ``dpn_unet_cell_3ch_v1.pth``) or folders
         holding them. When omitted: ``$HPA_KERNEL_WEIGHTS``, then the Kaggle input folders.
-    device : {"cpu", "cuda"} or torch.device
-    batch_size : int
-        Images per network call (images of equal size only).
-    fp16 : bool
-        float16 autocast for the networks (CUDA only; ignored with a warning on CPU). Changes the
-        output slightly.
-    channels_last : bool
-        NHWC memory format (CUDA only; ignored with a warning on CPU).
-    scale_factor : float
-        Downscaling before the networks (hpacellseg: 0.25).
-    padding : bool
-        hpacellseg's ``padding`` (default True, as the 4th-place team ran it): pad the network
-        input by 32 on the top/left and up to the next multiple of 32 on the bottom/right, so that
-        any H x W works (1728 -> 432 is not a multiple of 32). Without it, the scaled image sides
-        must already be multiples of 32 (2048 -> 512), and the output differs near the borders.
-    resize_mode : {"skimage018", "skimage"}
-        Anti-aliasing of the downscale; see :mod:`.preprocess`. ``"skimage018"`` is the 2021
-        behaviour.
-    batchnorm : {"pickled", "running", "per_image"}
-        BatchNorm statistics: as pickled in the weight files (what hpacellseg does), running
-        statistics, or per-image statistics.
-    nuclei_sha256, cell_sha256 : str, optional
-        Expected hashes of the weight files.
+    params : HPAParams, optional
+        All other settings; defaults when omitted.
+    **overrides
+        Individual :class:`HPAParams` fields, applied on top of ``params``.
+
+    Attributes
+    ----------
+    params : HPAParams
+        The settings as given.
+    device : torch.device
+        The resolved device; ``fp16``, ``channels_last``, ``batch_size``, ``scale_factor``,
+        ``padding`` and ``resize_mode`` hold the settings in effect (fp16 and channels_last are
+        off on the CPU).
     """
 
     name = "hpa"
@@ -160,46 +209,39 @@ class HPASegmenter(BaseSegmenter):
         self,
         nuclei: str | os.PathLike | None = None,
         cell: str | os.PathLike | None = None,
-        device: str = "cpu",
-        batch_size: int = 4,
-        fp16: bool = False,
-        channels_last: bool = False,
-        scale_factor: float = 0.25,
-        padding: bool = True,
-        resize_mode: str = "skimage018",
-        batchnorm: str = "pickled",
-        nuclei_sha256: str | None = None,
-        cell_sha256: str | None = None,
+        params: HPAParams | None = None,
+        **overrides,
     ):
+        import dataclasses
+
         import torch
 
-        from hpa_kernel.segmentation.preprocess import _check_mode, _check_scale
         from hpa_kernel.segmentation.weights import load_dpn_unet
 
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        _check_scale(scale_factor)  # checked before the weights are loaded
-        _check_mode(resize_mode)
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} requested but CUDA is not available; use device='cpu'")
-        if self.device.type != "cuda":
-            for flag, value in (("fp16", fp16), ("channels_last", channels_last)):
-                if value:
+        if params is not None and not isinstance(params, HPAParams):
+            raise ValueError(f"params: expected HPAParams, got {type(params).__name__}")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(HPAParams)}
+        if unknown:
+            raise ValueError(f"unknown hpa segmenter setting(s) {sorted(unknown)}: expected fields of HPAParams")
+        self.params = params = dataclasses.replace(params or HPAParams(), **overrides)  # checked before any loading
+        self.device = torch.device(paths.resolve_device(params.device))
+        on_cuda = self.device.type == "cuda"
+        if not on_cuda:
+            for flag in ("fp16", "channels_last"):
+                if getattr(params, flag):
                     logger.warning("%s=True only applies on CUDA; ignored on %s", flag, self.device)
-            fp16 = channels_last = False
-        self.batch_size = int(batch_size)
-        self.fp16 = bool(fp16)
-        self.channels_last = bool(channels_last)
-        self.scale_factor = float(scale_factor)
-        self.padding = bool(padding)
-        self.resize_mode = resize_mode
+        self.batch_size = int(params.batch_size)
+        self.fp16 = bool(params.fp16) and on_cuda
+        self.channels_last = bool(params.channels_last) and on_cuda
+        self.scale_factor = float(params.scale_factor)
+        self.padding = bool(params.padding)
+        self.resize_mode = params.resize_mode
+        self.batchnorm = params.batchnorm
 
         self.nuclei_path = resolve_weight_file(nuclei, NUCLEI_WEIGHTS, "nuclei")
         self.cell_path = resolve_weight_file(cell, CELL_WEIGHTS, "cell")
-        self.nuclei_net, self.nuclei_weights = load_dpn_unet(self.nuclei_path, nuclei_sha256, self.device, batchnorm)
-        self.cell_net, self.cell_weights = load_dpn_unet(self.cell_path, cell_sha256, self.device, batchnorm)
-        self.batchnorm = batchnorm
+        self.nuclei_net, self.nuclei_weights = load_dpn_unet(self.nuclei_path, params.nuclei_sha256, self.device, params.batchnorm)
+        self.cell_net, self.cell_weights = load_dpn_unet(self.cell_path, params.cell_sha256, self.device, params.batchnorm)
         for net in (self.nuclei_net, self.cell_net):
             net.requires_grad_(False)
             if self.channels_last:
@@ -255,18 +297,19 @@ class HPASegmenter(BaseSegmenter):
         return prob.cpu().numpy()
 
     def _predict_group(self, images: list[np.ndarray]) -> list[SegmentationMaps]:
-        from hpa_kernel.segmentation import preprocess as P
+        from hpa_kernel.segmentation import preprocess
 
-        kw = {"scale_factor": self.scale_factor, "padding": self.padding, "resize_mode": self.resize_mode}
+        geometry = {"scale_factor": self.scale_factor, "padding": self.padding}  # shared by input and restore
+        resize = {**geometry, "resize_mode": self.resize_mode}
         shape = images[0].shape[:2]
-        nuclei_in = np.stack([P.nuclei_input(im[..., 2], **kw) for im in images])
-        cell_in = np.stack([P.cell_input(im[..., 0], im[..., 3], im[..., 2], **kw) for im in images])
+        nuclei_in = np.stack([preprocess.nuclei_input(im[..., 2], **resize) for im in images])
+        cell_in = np.stack([preprocess.cell_input(im[..., 0], im[..., 3], im[..., 2], **resize) for im in images])
         nuclei_prob = self._run(self.nuclei_net, nuclei_in)
         cell_prob = self._run(self.cell_net, cell_in)
-        rkw = {"scale_factor": self.scale_factor, "padding": self.padding}
         return [
             SegmentationMaps(
-                nuclei=P.restore_nuclei(nuclei_prob[i], shape, **rkw), cell=P.restore_cell(cell_prob[i], shape, **rkw)
+                nuclei=preprocess.restore_nuclei(nuclei_prob[i], shape, **geometry),
+                cell=preprocess.restore_cell(cell_prob[i], shape, **geometry),
             )
             for i in range(len(images))
         ]

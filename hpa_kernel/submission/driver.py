@@ -270,12 +270,6 @@ def predict_image(result, ensemble, plan: Plan, batch_size: int = 32, recipe: In
     return prediction_string_for_cells(result.encoded, final)
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def runtime_report(config: SubmitConfig, segmenter_name: str | None = None, padding: bool | None = None) -> str:
     """One line saying what the run segments with: segmenter, padding, scikit-image, watershed.
 
@@ -547,9 +541,11 @@ def _load_models(config: SubmitConfig, weights: ResolvedWeights, segmenter=None)
     """The ensemble and the cells pipeline, from the resolved weights (``segmenter``: a ready one)."""
     from hpa_kernel.cells import CellConfig, CellPipeline
     from hpa_kernel.classifier import Ensemble
+    from hpa_kernel.paths import resolve_device
     from hpa_kernel.segmentation import create_segmenter
+    from hpa_kernel.segmentation.hpa import HPAParams
 
-    device = config.device or _default_device()
+    device = resolve_device(config.device)
     if config.torch_threads is not None:
         import torch
 
@@ -557,7 +553,7 @@ def _load_models(config: SubmitConfig, weights: ResolvedWeights, segmenter=None)
     ensemble = Ensemble.from_manifest(weights.manifest, device, config.inference_recipe)
     if segmenter is None:
         if weights.segmenter == "hpa":
-            segmenter = create_segmenter("hpa", **weights.segmenter_kwargs(), device=device, padding=config.padding)
+            segmenter = create_segmenter("hpa", **weights.segmenter_kwargs(), params=HPAParams(device=device, padding=config.padding))
         else:
             logger.warning("using the classic segmenter (asked for explicitly); its cells differ from HPA-Cell-Segmentation's")
             segmenter = create_segmenter("classic")

@@ -69,10 +69,12 @@ class _Dist:
 
 
 def _device(device):
-    """``torch.device(device)``; None means CUDA when available, else the CPU."""
+    """``torch.device`` of :func:`hpa_kernel.paths.resolve_device`: None means CUDA when available, else the CPU."""
     import torch
 
-    return torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    from hpa_kernel.paths import resolve_device
+
+    return torch.device(resolve_device(device))
 
 
 def _setup(device) -> _Dist:
