@@ -54,6 +54,8 @@ __all__ = [
     "frequency_baseline",
     "score_submission",
     "per_class_table",
+    "plot_per_class_ap",
+    "plot_cells_top3",
     "write_report",
     "run_demo",
 ]
@@ -409,7 +411,13 @@ class DemoResult:
         return "\n".join(lines)
 
 
-def _plot_per_class(result: DemoResult, path: Path, mode: str = "box") -> Path:
+def plot_per_class_ap(scores: dict, baseline_scores: dict, path: str | os.PathLike, mode: str = "box",
+                      ceiling: float | None = None) -> Path:
+    """Bar chart (PNG) of the per-class AP of a submission beside the label-frequency baseline.
+
+    ``scores`` and ``baseline_scores`` as :func:`score_submission` returns them; ``ceiling``, a mAP
+    drawn as a dashed line (e.g. the :func:`oracle_submission` score). Needs matplotlib.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -419,12 +427,11 @@ def _plot_per_class(result: DemoResult, path: Path, mode: str = "box") -> Path:
 
     x = np.arange(len(CLASS_NAMES))
     fig, ax = plt.subplots(figsize=(12, 4.5))
-    for k, (name, scores) in enumerate((("ensemble", result.scores), ("label-frequency baseline", result.baseline_scores))):
-        r = scores[mode]
-        ap = [np.nan if r.per_class_ap[c] is None else r.per_class_ap[c] for c in x]
-        ax.bar(x + (k - 0.5) * 0.4, ap, width=0.4, label=f"{name} (mAP {r.map:.3f})")
-    if mode in result.oracle_scores:
-        ax.axhline(result.oracle_scores[mode].map, color="k", ls="--", lw=1, label=f"ceiling (mAP {result.oracle_scores[mode].map:.3f})")
+    for k, (name, result) in enumerate((("ensemble", scores[mode]), ("label-frequency baseline", baseline_scores[mode]))):
+        ap = [np.nan if result.per_class_ap[c] is None else result.per_class_ap[c] for c in x]
+        ax.bar(x + (k - 0.5) * 0.4, ap, width=0.4, label=f"{name} (mAP {result.map:.3f})")
+    if ceiling is not None:
+        ax.axhline(ceiling, color="k", ls="--", lw=1, label=f"ceiling (mAP {ceiling:.3f})")
     ax.set_xticks(x, [f"{c} {n[:16]}" for c, n in enumerate(CLASS_NAMES)], rotation=70, fontsize=8)
     ax.set_ylabel(f"AP at IoU 0.6 ({mode})")
     ax.set_ylim(0, 1.05)
@@ -432,11 +439,14 @@ def _plot_per_class(result: DemoResult, path: Path, mode: str = "box") -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
-def _plot_cells(result: DemoResult, competition, path: Path, n: int = 8, seed: int = 0) -> Path:
-    """``n`` test cells (composite crop) titled with their top-3 predictions and their truth."""
+def plot_cells_top3(submission: str | os.PathLike, competition, path: str | os.PathLike, n: int = 8, seed: int = 0) -> Path:
+    """PNG of ``n`` random test cells of ``submission``, each titled with its truth and top-3 predictions.
+
+    The truth is that of the best-matching truth cell (:func:`cell_predictions`). Needs matplotlib.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -446,7 +456,7 @@ def _plot_cells(result: DemoResult, competition, path: Path, n: int = 8, seed: i
     from hpa_kernel.io import read_image
     from hpa_kernel.synthetic import render_composite
 
-    cells = [c for c in cell_predictions(result.submission, competition) if c["truth_id"]]
+    cells = [c for c in cell_predictions(submission, competition) if c["truth_id"]]
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(cells), size=min(n, len(cells)), replace=False).tolist()) if cells else []
     fig, axes = plt.subplots(2, max(1, (len(pick) + 1) // 2), figsize=(3.2 * max(1, (len(pick) + 1) // 2), 7.4), squeeze=False)
@@ -468,7 +478,7 @@ def _plot_cells(result: DemoResult, competition, path: Path, n: int = 8, seed: i
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def write_report(result: DemoResult, competition, out: str | os.PathLike | None = None) -> list[Path]:
@@ -482,7 +492,9 @@ def write_report(result: DemoResult, competition, out: str | os.PathLike | None 
         raise ValueError("the demo report needs matplotlib: pip install 'hpa-kernel[notebooks]'")
     out = Path(out) if out is not None else result.out
     out.mkdir(parents=True, exist_ok=True)
-    return [_plot_per_class(result, out / "per_class_ap.png"), _plot_cells(result, competition, out / "cells_top3.png")]
+    ceiling = result.oracle_scores["box"].map if "box" in result.oracle_scores else None
+    return [plot_per_class_ap(result.scores, result.baseline_scores, out / "per_class_ap.png", ceiling=ceiling),
+            plot_cells_top3(result.submission, competition, out / "cells_top3.png")]
 
 
 @dataclass(frozen=True)
