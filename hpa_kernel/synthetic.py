@@ -23,7 +23,7 @@ import json
 import logging
 import uuid
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ __all__ = [
     "NUCLEAR_CLASSES",
     "SyntheticImage",
     "synthesize_image",
+    "image_label",
     "make_competition",
     "COMPETITION_TEST_SIZES",
     "COMPETITION_NON_SQUARE",
@@ -108,7 +109,8 @@ class SyntheticImage:
     debris : list of dict
         One entry per debris object: ``id``, ``y``, ``x`` (centre), ``radius``, ``channels``.
     image_labels : tuple of int
-        The weak image label: the union of the cells' labels.
+        The weak image label (:func:`image_label`): the union of the cells' protein classes, or
+        ``(18,)`` when no cell shows protein.
     seed : int
     """
 
@@ -358,16 +360,39 @@ def _rasterise(cells: list[_Cell], height: int, width: int):
 # labels
 
 
-def _sample_image_classes(rng) -> tuple[int, ...]:
+def _sample_image_classes(rng, include: int | None = None) -> tuple[int, ...]:
+    """1 to 3 image classes drawn by :data:`CLASS_FREQUENCIES`, or ``(NEGATIVE,)``.
+
+    ``include`` forces one class in (``NEGATIVE`` gives a negative image); the others are drawn as usual.
+    """
     p = np.asarray(CLASS_FREQUENCIES, dtype=float)
     p = p / p.sum()
-    if rng.random() < p[NEGATIVE]:
+    if include == NEGATIVE or (include is None and rng.random() < p[NEGATIVE]):
         return (NEGATIVE,)
     q = p.copy()
     q[NEGATIVE] = 0.0
-    q /= q.sum()
     n = int(rng.choice([1, 2, 3], p=[0.45, 0.38, 0.17]))
-    return tuple(sorted(int(c) for c in rng.choice(NUM_CLASSES, size=n, replace=False, p=q)))
+    if include is not None:
+        q[include] = 0.0
+        n -= 1
+    q /= q.sum()
+    drawn = [int(c) for c in rng.choice(NUM_CLASSES, size=n, replace=False, p=q)]
+    return tuple(sorted(drawn + ([] if include is None else [int(include)])))
+
+
+def image_label(cell_labels: Mapping[int, Sequence[int]]) -> tuple[int, ...]:
+    """The weak image label of a field: the union of its cells' protein classes.
+
+    As in the competition, Negative (18) marks an image whose cells show no protein at all: it is
+    the image label only when every cell is Negative (or there are no cells), never beside a class.
+
+    >>> image_label({1: (0, 16), 2: (18,), 3: (16,)})
+    (0, 16)
+    >>> image_label({1: (18,), 2: (18,)})
+    (18,)
+    """
+    union = {int(c) for labels in cell_labels.values() for c in labels} - {NEGATIVE}
+    return tuple(sorted(union)) if union else (NEGATIVE,)
 
 
 def _assign_labels(rng, cells: list[_Cell], classes: Sequence[int], negative_fraction: float) -> None:
@@ -641,6 +666,7 @@ def synthesize_image(
     classes: Sequence[int] | None = None,
     negative_fraction: float = 0.1,
     debris: int | None = None,
+    include_class: int | None = None,
 ) -> SyntheticImage:
     """Draw one synthetic HPA field of view with its truth.
 
@@ -662,6 +688,9 @@ def synthesize_image(
         Probability that a cell of a positive image is Negative.
     debris : int, optional
         Number of debris objects; by default 0 to 3, more in larger fields.
+    include_class : int, optional
+        With ``classes`` None: this class is one of the drawn image classes (18 makes a Negative
+        image); used to make a training split that covers every class.
 
     Returns
     -------
@@ -686,13 +715,15 @@ def synthesize_image(
             raise ValueError(f"classes must be a non-empty set of class ids 0..{NUM_CLASSES - 1}, got {classes!r}")
         if NEGATIVE in classes and len(classes) > 1:
             raise ValueError(f"classes: Negative ({NEGATIVE}) cannot be combined with other classes, got {classes!r}")
+    if include_class is not None and not 0 <= int(include_class) < NUM_CLASSES:
+        raise ValueError(f"include_class must be a class id 0..{NUM_CLASSES - 1} or None, got {include_class!r}")
     rng = np.random.default_rng(seed)
     scale = _scale(height, width)
     r_mean = _CELL_RADIUS * scale
     if n_cells is None:
         expected = _COVERAGE * height * width / (np.pi * r_mean**2)
         n_cells = max(2, int(round(expected * rng.uniform(0.75, 1.3))))
-    image_classes = _sample_image_classes(rng) if classes is None else classes
+    image_classes = _sample_image_classes(rng, include_class) if classes is None else classes
 
     cells = _place_cells(rng, height, width, int(n_cells), r_mean)
     if MITOTIC_SPINDLE in image_classes and not any(c.kind == "mitotic" for c in cells) and cells:
@@ -774,7 +805,6 @@ def synthesize_image(
         out[..., c] = np.rint(ch, out=ch)
 
     labels = {k: cell.labels for k, cell in enumerate(cells, start=1)}
-    union = sorted({c for lab in labels.values() for c in lab})
     return SyntheticImage(
         image=out,
         cell_mask=cell_mask,
@@ -785,7 +815,7 @@ def synthesize_image(
         mitotic={k for k, cell in enumerate(cells, start=1) if cell.kind == "mitotic"},
         debris_mask=debris_mask,
         debris=debris_list,
-        image_labels=tuple(union),
+        image_labels=image_label(labels),
         seed=int(seed),
         params={"image_classes": list(image_classes), "n_cells_tried": int(n_cells), "cell_radius": float(r_mean)},
     )
@@ -940,6 +970,7 @@ def make_competition(
     shape: tuple[int, int] | None = None,
     overwrite: bool = False,
     sizes: str | None = None,
+    cover_classes: bool = False,
 ) -> Competition:
     """Write a synthetic competition folder in the Kaggle layout, with its truth.
 
@@ -966,6 +997,10 @@ def make_competition(
         ``"competition"``: the test images get the real test set's sizes, 2048², 1728² and 3072²
         in the proportions 462 : 68 : 29, plus one non-square image (:func:`competition_shapes`;
         needs ``n_test >= 4``). The train images keep ``size``/``shape``.
+    cover_classes : bool
+        Train image ``i < 19`` has class ``i`` among its image classes (image 18 is Negative), so
+        that a train split of at least 19 images covers every class; the other images are drawn
+        by :data:`CLASS_FREQUENCIES` as usual.
 
     Returns
     -------
@@ -1012,7 +1047,8 @@ def make_competition(
             image_id = _image_id(seed, split_index, i)
             image_seed = _image_seed(seed, split_index, i)
             h, w = test_shapes[i] if split == "test" else (height, width)
-            sample = synthesize_image(image_seed, h, w, bit_depth=bit_depth)
+            cover = i if cover_classes and split == "train" and i < NUM_CLASSES else None
+            sample = synthesize_image(image_seed, h, w, bit_depth=bit_depth, include_class=cover)
             write_image(folder, image_id, sample.image)
             images_meta.append({
                 "split": split, "id": image_id, "seed": image_seed, "n_cells": len(sample.cell_labels),
@@ -1059,6 +1095,7 @@ def make_competition(
         "width": width,
         "bit_depth": int(bit_depth),
         "test_sizes": sizes or "uniform",
+        "cover_classes": bool(cover_classes),
         "cell_radius_px": float(_CELL_RADIUS * _scale(height, width)),
         "images": images_meta,
     }

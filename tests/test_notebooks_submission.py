@@ -78,6 +78,7 @@ def test_validate_notebook_scores_plots_and_exports_html(synthetic_competition, 
                         torch_threads=1, n_overlays=2),
     )
     assert (out_dir / "per_class_ap.png").stat().st_size > 1000
+    assert (out_dir / "per_class_ap_vs_baseline.png").stat().st_size > 1000 and (out_dir / "cells_top3.png").stat().st_size > 1000
     assert (out_dir / "overlays.png").stat().st_size > 1000
     nb = nbformat.read(executed, as_version=4)
     text = json.dumps([c.get("outputs", []) for c in nb.cells])

@@ -355,7 +355,8 @@ def test_cli_parses_every_option():
 def test_demo_end_to_end_tiny(tmp_path):
     from hpa_kernel.demo import label_frequencies, run_demo
 
-    result = run_demo(tmp_path / "demo", n_train=4, n_test=2, size=256, input_size=32, steps_per_epoch=4, workers=0)
+    result = run_demo(tmp_path / "demo", n_train=4, n_test=2, size=256, workers=0,
+                      training={"input_size": 32, "epochs": 1, "steps_per_epoch": 4})
     assert result.problems == []
     assert check_submission(result.submission, result.data_dir / "sample_submission.csv").ok
     assert set(result.scores) == {"box", "mask"} and set(result.baseline_scores) == {"box", "mask"}

@@ -228,9 +228,26 @@ def test_weak_labels(comp):
     partial = False
     for image_id, labels in zip(train["ID"], train["labels"]):
         per_cell = [set(parse_labels(t)) for t in cells.loc[cells["ImageID"] == image_id, "Labels"]]
-        assert set(labels) == set().union(*per_cell)
+        protein = set().union(*per_cell) - {NEGATIVE}
+        # Negative only when no cell shows protein (the competition's meaning), never beside a class
+        assert set(labels) == (protein or {NEGATIVE})
         partial |= any(set(labels) - c for c in per_cell)
     assert partial
+
+
+def test_image_negative_only_without_protein():
+    mixed = synthesize_image(5, 256, 256, classes=[0], negative_fraction=0.5)
+    cells = set(mixed.cell_labels.values())
+    assert (NEGATIVE,) in cells and (0,) in cells  # some cells negative, some not
+    assert mixed.image_labels == (0,)
+    assert synthesize_image(5, 256, 256, classes=[NEGATIVE]).image_labels == (NEGATIVE,)
+
+
+def test_cover_classes(tmp_path):
+    comp = make_competition(tmp_path / "c", n_train=19, n_test=0, size=128, seed=3, cover_classes=True)
+    train = comp.read_train()
+    for i, labels in enumerate(train["labels"]):
+        assert i in labels and (i != NEGATIVE or labels == (NEGATIVE,))
 
 
 def test_sixteen_bit(tmp_path):
