@@ -25,7 +25,7 @@ def truth_model_submission(out: Path, competition, steps: int, workers: int | No
     """Train one group-1 model of the demo's settings on truth cells and submit with it alone."""
     from hpa_kernel import manifest as mf
     from hpa_kernel.demo import DEMO_TRAINING, demo_config, truth_training_cells
-    from hpa_kernel.submit import SubmitConfig, run_submission
+    from hpa_kernel.submission import SubmitConfig, run_submission
     from hpa_kernel.training import train_group
 
     cells = truth_training_cells(competition, out / "truth_cells", "train", DEMO_TRAINING["input_size"])
