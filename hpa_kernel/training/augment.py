@@ -111,6 +111,11 @@ class Augmenter:
             crop = random_resize(crop, rng, c.resize_range)
         if c.pad_p and rng.random() < c.pad_p:
             crop = random_pad(crop, rng, c.pad_max)
+        return self._flip_and_rotate(crop, rng)
+
+    def _flip_and_rotate(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The flips, the 90-degree turns and the free rotation that both orders share, in this order."""
+        c = self.config
         if c.flip:
             crop = random_flip(crop, rng)
         if c.rotate90:
@@ -130,12 +135,7 @@ class Augmenter:
         if c.pad_p and rng.random() < c.pad_p:
             top, bottom, left, right = (int(v) for v in rng.integers(0, int(round(c.pad_max * s)) + 1, size=4))
             crop = cv2.copyMakeBorder(crop, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(0, 0, 0, 0))
-        if c.flip:
-            crop = random_flip(crop, rng)
-        if c.rotate90:
-            crop = random_rot90(crop, rng)
-        if c.rotate_p and rng.random() < c.rotate_p:
-            crop = rotate(crop, rng.uniform(-c.rotate_max, c.rotate_max), c.rotate_nearest)
+        crop = self._flip_and_rotate(crop, rng)
         if crop.shape[:2] != (s, s):
             crop = cv2.resize(np.ascontiguousarray(crop), (s, s), interpolation=cv2.INTER_LINEAR)
         return np.ascontiguousarray(crop)
