@@ -153,6 +153,15 @@ class SyntheticImage:
 # geometry
 
 
+@dataclass(frozen=True)
+class _BlobStyle:
+    """How a random :class:`_Blob` is drawn: elongation range, harmonic wobble and number of harmonics."""
+
+    elongation: tuple[float, float] = (1.0, 1.5)
+    wobble: float = 0.08
+    orders: int = 4
+
+
 @dataclass
 class _Blob:
     """A wobbly ellipse: an ellipse whose radius is modulated by a few low harmonics."""
@@ -166,10 +175,13 @@ class _Blob:
     phase: np.ndarray
 
     @classmethod
-    def random(cls, rng, cy, cx, radius, elongation=(1.0, 1.5), wobble=0.08, orders=4, angle=None):
-        e = rng.uniform(*elongation)
+    def random(cls, rng, centre, radius, style: _BlobStyle = _BlobStyle(), angle=None):
+        """A blob centred on ``centre`` = (cy, cx); a random angle unless ``angle`` is given."""
+        cy, cx = centre
+        e = rng.uniform(*style.elongation)
         a, b = radius * np.sqrt(e), radius / np.sqrt(e)
-        amp = rng.uniform(0.0, wobble, orders) / np.arange(1, orders + 1) ** 0.5
+        orders = style.orders
+        amp = rng.uniform(0.0, style.wobble, orders) / np.arange(1, orders + 1) ** 0.5
         return cls(
             float(cy),
             float(cx),
@@ -249,6 +261,9 @@ def _place_cells(rng, height, width, n_cells, r_mean) -> list[_Cell]:
     return cells
 
 
+_CHROMATIN = _BlobStyle(wobble=0.25, orders=6)  # the ragged plates of a mitotic cell
+
+
 def _new_cell(rng, cy, cx, r_mean) -> _Cell:
     u = rng.random()
     kind = "mitotic" if u < 0.06 else ("binucleate" if u < 0.14 else "normal")
@@ -256,16 +271,16 @@ def _new_cell(rng, cy, cx, r_mean) -> _Cell:
     r_nuc = 0.42 * r_mean * rng.uniform(0.85, 1.15)
     if kind == "mitotic":
         r_cell = 0.62 * r_mean * rng.uniform(0.9, 1.1)
-        body = _Blob.random(rng, cy, cx, r_cell, elongation=(1.0, 1.1), wobble=0.03)
+        body = _Blob.random(rng, (cy, cx), r_cell, _BlobStyle((1.0, 1.1), 0.03))
         axis = rng.uniform(0, np.pi)
         nuclei = []
         if rng.random() < 0.6:  # metaphase: one plate across the cell
-            nuclei.append(_Blob.random(rng, cy, cx, 0.0, wobble=0.25, orders=6, angle=axis))
+            nuclei.append(_Blob.random(rng, (cy, cx), 0.0, _CHROMATIN, angle=axis))
             nuclei[-1].a, nuclei[-1].b = 0.55 * r_cell, 0.17 * r_cell
         else:  # anaphase: two plates moving apart
             for sgn in (-1, 1):
                 dy, dx = -np.cos(axis) * 0.3 * r_cell * sgn, np.sin(axis) * 0.3 * r_cell * sgn
-                nuclei.append(_Blob.random(rng, cy + dy, cx + dx, 0.0, wobble=0.25, orders=6, angle=axis))
+                nuclei.append(_Blob.random(rng, (cy + dy, cx + dx), 0.0, _CHROMATIN, angle=axis))
                 nuclei[-1].a, nuclei[-1].b = 0.45 * r_cell, 0.13 * r_cell
         return _Cell(body, nuclei, kind, r_cell, 0.35 * r_cell)
     angle = rng.uniform(0, np.pi)
@@ -273,17 +288,20 @@ def _new_cell(rng, cy, cx, r_mean) -> _Cell:
     ob = rng.uniform(0, 2 * np.pi)
     if kind == "binucleate":
         r_cell *= 1.2
-        body = _Blob.random(rng, cy + off * np.sin(ob), cx + off * np.cos(ob), r_cell, (1.5, 2.0), 0.1, angle=angle)
+        body = _Blob.random(rng, (cy + off * np.sin(ob), cx + off * np.cos(ob)), r_cell, _BlobStyle((1.5, 2.0), 0.1),
+                            angle=angle)
         nuclei = []
         for sgn in (-1, 1):
             d = 0.8 * r_nuc * sgn
             nuclei.append(
-                _Blob.random(rng, cy + d * np.sin(angle), cx + d * np.cos(angle), 0.75 * r_nuc, (1.0, 1.3), 0.05)
+                _Blob.random(rng, (cy + d * np.sin(angle), cx + d * np.cos(angle)), 0.75 * r_nuc,
+                             _BlobStyle((1.0, 1.3), 0.05))
             )
         return _Cell(body, nuclei, kind, r_cell, 0.75 * r_nuc)
     elongation = (1.0, 1.6) if rng.random() < 0.7 else (1.8, 2.6)
-    body = _Blob.random(rng, cy + off * np.sin(ob), cx + off * np.cos(ob), r_cell, elongation, 0.16, angle=angle)
-    nucleus = _Blob.random(rng, cy, cx, r_nuc, (1.0, 1.4), 0.05, angle=angle + rng.normal(0, 0.3))
+    body = _Blob.random(rng, (cy + off * np.sin(ob), cx + off * np.cos(ob)), r_cell, _BlobStyle(elongation, 0.16),
+                        angle=angle)
+    nucleus = _Blob.random(rng, (cy, cx), r_nuc, _BlobStyle((1.0, 1.4), 0.05), angle=angle + rng.normal(0, 0.3))
     return _Cell(body, [nucleus], kind, r_cell, r_nuc)
 
 
@@ -467,8 +485,12 @@ def _polylines(shape, curves, thickness: int) -> np.ndarray:
     return canvas.astype(np.float32) / np.float32(255)
 
 
-def _walks(rng, ys, xs, thetas, step: float, n: int, bend: float) -> np.ndarray:
-    """Random walks with a slowly turning heading, one per start; shape (len(ys), n + 1, 2) as (y, x)."""
+def _walks(rng, starts, thetas, step: float, n: int, bend: float) -> np.ndarray:
+    """Random walks with a slowly turning heading, one per start of ``starts = (ys, xs)``.
+
+    Returns shape (len(ys), n + 1, 2) as (y, x).
+    """
+    ys, xs = starts
     ys, xs, thetas = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (ys, xs, thetas))
     heading = thetas[:, None] + np.cumsum(rng.normal(0.0, bend, (ys.size, n)), axis=1)
     out = np.empty((ys.size, n + 1, 2))
@@ -544,7 +566,7 @@ def _microtubules(rng, loc: _Local) -> np.ndarray:
     th = rng.uniform(0, 2 * np.pi, n)
     r0 = loc.r_nuc * rng.uniform(0.3, 1.0, n)
     y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
-    curves = _walks(rng, y, x, th + rng.normal(0, 0.35, n), 0.08 * loc.r_cell, 20, 0.2)
+    curves = _walks(rng, (y, x), th + rng.normal(0, 0.35, n), 0.08 * loc.r_cell, 20, 0.2)
     lines = _polylines(loc.cell.shape, curves, max(1, round(0.7 * loc.px)))
     return _blur(lines, 0.4 * loc.px) * loc.cyto
 
@@ -590,7 +612,7 @@ def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
         th = rng.uniform(0, 2 * np.pi, n)
         r0 = rn * rng.uniform(1.0, 1.5, n)
         y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
-        curves = _walks(rng, y, x, th + np.pi / 2 * rng.choice([-1, 1], n), 0.06 * rc, 36, 0.15)
+        curves = _walks(rng, (y, x), th + np.pi / 2 * rng.choice([-1, 1], n), 0.06 * rc, 36, 0.15)
         return _blur(_polylines(shape, curves, round(px)), 0.5 * px) * cyto
     if c == 9:  # actin filaments: straight parallel bundles and a cortical rim
         th = rng.uniform(0, np.pi)
@@ -630,7 +652,7 @@ def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
         n = int(rng.integers(60, 110) * (rc / _CELL_RADIUS) ** 0.5)
         w = np.exp(-loc.dist_nuc / (0.6 * rc))
         ys, xs = _pick(rng, cyto, n, w)
-        curves = _walks(rng, ys, xs, rng.uniform(0, 2 * np.pi, len(ys)), 0.03 * rc, 3, 0.5)
+        curves = _walks(rng, (ys, xs), rng.uniform(0, 2 * np.pi, len(ys)), 0.03 * rc, 3, 0.5)
         return _blur(_polylines(shape, curves, round(1.5 * px)), 0.5 * px) * cyto
     if c == 15:  # aggresome: one large bright blob beside the nucleus
         th = rng.uniform(0, 2 * np.pi)
@@ -849,7 +871,7 @@ def _add_debris(rng, cell_mask, cells, r_mean, n, channels):
         if not ok.any():
             break
         ys, xs = _pick(rng, ok, 1)
-        blob = _Blob.random(rng, ys[0], xs[0], radius, (1.0, 2.0), 0.3, orders=5)
+        blob = _Blob.random(rng, (ys[0], xs[0]), radius, _BlobStyle((1.0, 2.0), 0.3, orders=5))
         y0, x0, y1, x1 = blob.bbox(height, width)
         inside = (blob.distance(y0, x0, y1, x1) < 1.0) & background[y0:y1, x0:x1] & (debris_mask[y0:y1, x0:x1] == 0)
         if not inside.any():
