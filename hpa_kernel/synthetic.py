@@ -571,101 +571,178 @@ def _microtubules(rng, loc: _Local) -> np.ndarray:
     return _blur(lines, 0.4 * loc.px) * loc.cyto
 
 
-def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
-    """The green pattern of class ``c`` in one cell, roughly in [0, 1]."""
-    shape = loc.cell.shape
-    nuc, cyto, cell = loc.nuc, loc.cyto, loc.cell
+# ----------------------------------------------------------------------------------------------
+# green patterns, one function per class: (rng, loc, maps) -> map roughly in [0, 1]
+
+
+def _g_nucleoplasm(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """0: fills the nucleus, spares the nucleoli."""
+    return loc.nuc * (0.8 + 0.15 * maps["tex"]) * (1 - 0.7 * maps["nucleoli"])
+
+
+def _g_nuclear_membrane(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """1: a thin ring on the nucleus edge."""
+    signed = loc.dist_nuc - loc.depth_nuc
+    return np.exp(-0.5 * (signed / (0.05 * loc.r_nuc + 0.6 * loc.px)) ** 2) * loc.cell
+
+
+def _g_nucleoli(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """2: the nucleoli."""
+    return maps["nucleoli"] * loc.nuc
+
+
+def _g_fibrillar_centre(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """3: tiny dots inside the nucleoli."""
+    nuc, rn = loc.nuc, loc.r_nuc
+    inside = (maps["nucleoli"] > 0.5) & nuc
+    n = int(rng.integers(4, 12))
+    ys, xs = _pick(rng, inside if inside.any() else nuc, n)
+    return np.clip(_spots(nuc.shape, ys, xs, rng.uniform(0.8, 1.0, n), 0.035 * rn + 0.6 * loc.px), 0, 1) * nuc
+
+
+def _g_speckles(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """4: many small irregular dots in the nucleoplasm."""
+    nuc, rn = loc.nuc, loc.r_nuc
+    n = int(rng.integers(15, 35))
+    ys, xs = _pick(rng, (loc.depth_nuc > 0.08 * rn) & (maps["nucleoli"] < 0.3), n)
+    spots = _spots(nuc.shape, ys, xs, rng.uniform(0.5, 1.0, n), 0.055 * rn)
+    return np.clip(spots + 0.12 * nuc, 0, 1) * nuc
+
+
+def _g_nuclear_bodies(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """5: a few bright dots."""
+    nuc, rn = loc.nuc, loc.r_nuc
+    n = int(rng.integers(2, 7))
+    ys, xs = _pick(rng, (loc.depth_nuc > 0.1 * rn) & (maps["nucleoli"] < 0.3), n)
+    return np.clip(_spots(nuc.shape, ys, xs, rng.uniform(0.8, 1.0, n), 0.05 * rn + 0.6 * loc.px), 0, 1) * nuc
+
+
+def _g_er(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """6: the endoplasmic reticulum follows the yellow texture."""
+    return maps["er"] * loc.cyto
+
+
+def _g_golgi(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """7: a compact cluster beside the nucleus."""
+    shape, rn = loc.cell.shape, loc.r_nuc
+    th = rng.uniform(0, 2 * np.pi)
+    gy, gx = loc.cy + 1.15 * rn * np.sin(th), loc.cx + 1.15 * rn * np.cos(th)
+    n = 12
+    ys = np.clip(np.round(gy + rng.normal(0, 0.22 * rn, n)), 0, shape[0] - 1)
+    xs = np.clip(np.round(gx + rng.normal(0, 0.22 * rn, n)), 0, shape[1] - 1)
+    return np.clip(_spots(shape, ys, xs, rng.uniform(0.4, 0.8, n), 0.09 * rn), 0, 1) * loc.cyto
+
+
+def _g_intermediate_filaments(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """8: long wavy fibres around the nucleus."""
     rn, rc, px = loc.r_nuc, loc.r_cell, loc.px
-    tex = maps["tex"]
-    if c == 0:  # nucleoplasm: fills the nucleus, spares the nucleoli
-        return nuc * (0.8 + 0.15 * tex) * (1 - 0.7 * maps["nucleoli"])
-    if c == 1:  # nuclear membrane: a thin ring on the nucleus edge
-        signed = loc.dist_nuc - loc.depth_nuc
-        return np.exp(-0.5 * (signed / (0.05 * rn + 0.6 * px)) ** 2) * cell
-    if c == 2:  # nucleoli
-        return maps["nucleoli"] * nuc
-    if c == 3:  # fibrillar centres: tiny dots inside the nucleoli
-        inside = (maps["nucleoli"] > 0.5) & nuc
-        n = int(rng.integers(4, 12))
-        ys, xs = _pick(rng, inside if inside.any() else nuc, n)
-        return np.clip(_spots(shape, ys, xs, rng.uniform(0.8, 1.0, n), 0.035 * rn + 0.6 * px), 0, 1) * nuc
-    if c == 4:  # speckles: many small irregular dots in the nucleoplasm
-        n = int(rng.integers(15, 35))
-        ys, xs = _pick(rng, (loc.depth_nuc > 0.08 * rn) & (maps["nucleoli"] < 0.3), n)
-        spots = _spots(shape, ys, xs, rng.uniform(0.5, 1.0, n), 0.055 * rn)
-        return np.clip(spots + 0.12 * nuc, 0, 1) * nuc
-    if c == 5:  # nuclear bodies: a few bright dots
-        n = int(rng.integers(2, 7))
-        ys, xs = _pick(rng, (loc.depth_nuc > 0.1 * rn) & (maps["nucleoli"] < 0.3), n)
-        return np.clip(_spots(shape, ys, xs, rng.uniform(0.8, 1.0, n), 0.05 * rn + 0.6 * px), 0, 1) * nuc
-    if c == 6:  # endoplasmic reticulum: follows the yellow texture
-        return maps["er"] * cyto
-    if c == 7:  # Golgi: a compact cluster beside the nucleus
-        th = rng.uniform(0, 2 * np.pi)
-        gy, gx = loc.cy + 1.15 * rn * np.sin(th), loc.cx + 1.15 * rn * np.cos(th)
-        n = 12
-        ys = np.clip(np.round(gy + rng.normal(0, 0.22 * rn, n)), 0, shape[0] - 1)
-        xs = np.clip(np.round(gx + rng.normal(0, 0.22 * rn, n)), 0, shape[1] - 1)
-        return np.clip(_spots(shape, ys, xs, rng.uniform(0.4, 0.8, n), 0.09 * rn), 0, 1) * cyto
-    if c == 8:  # intermediate filaments: long wavy fibres around the nucleus
-        n = int(rng.integers(14, 24))
-        th = rng.uniform(0, 2 * np.pi, n)
-        r0 = rn * rng.uniform(1.0, 1.5, n)
-        y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
-        curves = _walks(rng, (y, x), th + np.pi / 2 * rng.choice([-1, 1], n), 0.06 * rc, 36, 0.15)
-        return _blur(_polylines(shape, curves, round(px)), 0.5 * px) * cyto
-    if c == 9:  # actin filaments: straight parallel bundles and a cortical rim
-        th = rng.uniform(0, np.pi)
-        nrm = np.array([np.cos(th), -np.sin(th)])
-        curves = []
-        for off in rng.uniform(-rc, rc, int(rng.integers(8, 16))):
-            py, px_ = loc.cy + off * nrm[0], loc.cx + off * nrm[1]
-            dy, dx = 2 * rc * np.sin(th), 2 * rc * np.cos(th)
-            curves.append([(py - dy, px_ - dx), (py + dy, px_ + dx)])
-        fibres = _blur(_polylines(shape, curves, round(1.5 * px)), 0.6 * px)
-        rim = np.exp(-0.5 * (loc.dist_edge / (0.04 * rc + px)) ** 2)
-        return np.clip(0.8 * fibres + 0.6 * rim, 0, 1) * cyto
-    if c == 10:  # microtubules: the red fibres
-        return np.clip(1.6 * maps["mt"], 0, 1)
-    if c == 11:  # mitotic spindle: fibres from two poles to the chromatin plate
-        if not maps["mitotic"]:
-            return np.zeros(shape, np.float32)
-        ax = maps["axis"]
-        ny, nx = np.cos(ax), -np.sin(ax)  # spindle axis, across the plate
-        curves = []
-        for sgn in (-1, 1):
-            pole = (loc.cy + sgn * 0.6 * rc * ny, loc.cx + sgn * 0.6 * rc * nx)
-            for t in np.linspace(-0.5, 0.5, 11):
-                end = (loc.cy + t * rc * np.sin(ax) * 1.0, loc.cx + t * rc * np.cos(ax) * 1.0)
-                curves.append([pole, end])
-        lines = _blur(_polylines(shape, curves, round(1.5 * px)), px)
-        return np.clip(lines * cell, 0, 1)
-    if c == 12:  # centrosome: one or two dots next to the nucleus
-        n = int(rng.integers(1, 3))
-        th = rng.uniform(0, 2 * np.pi)
-        ys = np.clip(np.round(loc.cy + 1.15 * rn * np.sin(th) + rng.normal(0, 0.05 * rn, n)), 0, shape[0] - 1)
-        xs = np.clip(np.round(loc.cx + 1.15 * rn * np.cos(th) + rng.normal(0, 0.05 * rn, n)), 0, shape[1] - 1)
-        return np.clip(_spots(shape, ys, xs, np.ones(n), 0.05 * rn + px), 0, 1) * cell
-    if c == 13:  # plasma membrane: a ring at the cell edge
-        return np.exp(-0.5 * (loc.dist_edge / (0.035 * rc + 0.8 * px)) ** 2) * cell
-    if c == 14:  # mitochondria: short filaments, denser around the nucleus
-        n = int(rng.integers(60, 110) * (rc / _CELL_RADIUS) ** 0.5)
-        w = np.exp(-loc.dist_nuc / (0.6 * rc))
-        ys, xs = _pick(rng, cyto, n, w)
-        curves = _walks(rng, (ys, xs), rng.uniform(0, 2 * np.pi, len(ys)), 0.03 * rc, 3, 0.5)
-        return _blur(_polylines(shape, curves, round(1.5 * px)), 0.5 * px) * cyto
-    if c == 15:  # aggresome: one large bright blob beside the nucleus
-        th = rng.uniform(0, 2 * np.pi)
-        ys = [np.clip(round(loc.cy + 1.25 * rn * np.sin(th)), 0, shape[0] - 1)]
-        xs = [np.clip(round(loc.cx + 1.25 * rn * np.cos(th)), 0, shape[1] - 1)]
-        return np.clip(1.3 * _spots(shape, ys, xs, [1.0], 0.2 * rn), 0, 1) * cell + 0.1 * cyto
-    if c == 16:  # cytosol: fills the cytoplasm, faint in the nucleus
-        return (cyto * (0.75 + 0.2 * tex) + 0.15 * nuc) * cell
-    if c == 17:  # vesicles: many small dots in the cytoplasm
-        n = int(rng.integers(40, 90))
-        ys, xs = _pick(rng, cyto & (loc.dist_edge > 0.03 * rc), n)
-        return np.clip(_spots(shape, ys, xs, rng.uniform(0.5, 1.0, n), 0.025 * rc + 0.4 * px), 0, 1) * cyto
-    return np.zeros(shape, np.float32)  # 18: negative
+    n = int(rng.integers(14, 24))
+    th = rng.uniform(0, 2 * np.pi, n)
+    r0 = rn * rng.uniform(1.0, 1.5, n)
+    y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
+    curves = _walks(rng, (y, x), th + np.pi / 2 * rng.choice([-1, 1], n), 0.06 * rc, 36, 0.15)
+    return _blur(_polylines(loc.cell.shape, curves, round(px)), 0.5 * px) * loc.cyto
+
+
+def _g_actin(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """9: straight parallel bundles and a cortical rim."""
+    rc, px = loc.r_cell, loc.px
+    th = rng.uniform(0, np.pi)
+    nrm = np.array([np.cos(th), -np.sin(th)])
+    curves = []
+    for off in rng.uniform(-rc, rc, int(rng.integers(8, 16))):
+        py, px_ = loc.cy + off * nrm[0], loc.cx + off * nrm[1]
+        dy, dx = 2 * rc * np.sin(th), 2 * rc * np.cos(th)
+        curves.append([(py - dy, px_ - dx), (py + dy, px_ + dx)])
+    fibres = _blur(_polylines(loc.cell.shape, curves, round(1.5 * px)), 0.6 * px)
+    rim = np.exp(-0.5 * (loc.dist_edge / (0.04 * rc + px)) ** 2)
+    return np.clip(0.8 * fibres + 0.6 * rim, 0, 1) * loc.cyto
+
+
+def _g_microtubules(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """10: the red fibres."""
+    return np.clip(1.6 * maps["mt"], 0, 1)
+
+
+def _g_mitotic_spindle(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """11: fibres from two poles to the chromatin plate (mitotic cells only)."""
+    shape, rc, px = loc.cell.shape, loc.r_cell, loc.px
+    if not maps["mitotic"]:
+        return np.zeros(shape, np.float32)
+    ax = maps["axis"]
+    ny, nx = np.cos(ax), -np.sin(ax)  # spindle axis, across the plate
+    curves = []
+    for sgn in (-1, 1):
+        pole = (loc.cy + sgn * 0.6 * rc * ny, loc.cx + sgn * 0.6 * rc * nx)
+        for t in np.linspace(-0.5, 0.5, 11):
+            end = (loc.cy + t * rc * np.sin(ax) * 1.0, loc.cx + t * rc * np.cos(ax) * 1.0)
+            curves.append([pole, end])
+    lines = _blur(_polylines(shape, curves, round(1.5 * px)), px)
+    return np.clip(lines * loc.cell, 0, 1)
+
+
+def _g_centrosome(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """12: one or two dots next to the nucleus."""
+    shape, rn = loc.cell.shape, loc.r_nuc
+    n = int(rng.integers(1, 3))
+    th = rng.uniform(0, 2 * np.pi)
+    ys = np.clip(np.round(loc.cy + 1.15 * rn * np.sin(th) + rng.normal(0, 0.05 * rn, n)), 0, shape[0] - 1)
+    xs = np.clip(np.round(loc.cx + 1.15 * rn * np.cos(th) + rng.normal(0, 0.05 * rn, n)), 0, shape[1] - 1)
+    return np.clip(_spots(shape, ys, xs, np.ones(n), 0.05 * rn + loc.px), 0, 1) * loc.cell
+
+
+def _g_plasma_membrane(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """13: a ring at the cell edge."""
+    return np.exp(-0.5 * (loc.dist_edge / (0.035 * loc.r_cell + 0.8 * loc.px)) ** 2) * loc.cell
+
+
+def _g_mitochondria(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """14: short filaments, denser around the nucleus."""
+    cyto, rc, px = loc.cyto, loc.r_cell, loc.px
+    n = int(rng.integers(60, 110) * (rc / _CELL_RADIUS) ** 0.5)
+    w = np.exp(-loc.dist_nuc / (0.6 * rc))
+    ys, xs = _pick(rng, cyto, n, w)
+    curves = _walks(rng, (ys, xs), rng.uniform(0, 2 * np.pi, len(ys)), 0.03 * rc, 3, 0.5)
+    return _blur(_polylines(cyto.shape, curves, round(1.5 * px)), 0.5 * px) * cyto
+
+
+def _g_aggresome(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """15: one large bright blob beside the nucleus."""
+    shape, rn = loc.cell.shape, loc.r_nuc
+    th = rng.uniform(0, 2 * np.pi)
+    ys = [np.clip(round(loc.cy + 1.25 * rn * np.sin(th)), 0, shape[0] - 1)]
+    xs = [np.clip(round(loc.cx + 1.25 * rn * np.cos(th)), 0, shape[1] - 1)]
+    return np.clip(1.3 * _spots(shape, ys, xs, [1.0], 0.2 * rn), 0, 1) * loc.cell + 0.1 * loc.cyto
+
+
+def _g_cytosol(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """16: fills the cytoplasm, faint in the nucleus."""
+    return (loc.cyto * (0.75 + 0.2 * maps["tex"]) + 0.15 * loc.nuc) * loc.cell
+
+
+def _g_vesicles(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """17: many small dots in the cytoplasm."""
+    cyto, rc = loc.cyto, loc.r_cell
+    n = int(rng.integers(40, 90))
+    ys, xs = _pick(rng, cyto & (loc.dist_edge > 0.03 * rc), n)
+    return np.clip(_spots(cyto.shape, ys, xs, rng.uniform(0.5, 1.0, n), 0.025 * rc + 0.4 * loc.px), 0, 1) * cyto
+
+
+#: Class id -> its green pattern; Negative (18) has none.
+_GREEN_PATTERNS = {
+    0: _g_nucleoplasm, 1: _g_nuclear_membrane, 2: _g_nucleoli, 3: _g_fibrillar_centre, 4: _g_speckles,
+    5: _g_nuclear_bodies, 6: _g_er, 7: _g_golgi, 8: _g_intermediate_filaments, 9: _g_actin, 10: _g_microtubules,
+    11: _g_mitotic_spindle, 12: _g_centrosome, 13: _g_plasma_membrane, 14: _g_mitochondria, 15: _g_aggresome,
+    16: _g_cytosol, 17: _g_vesicles,
+}
+
+
+def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
+    """The green pattern of class ``c`` in one cell, roughly in [0, 1] (zeros for Negative)."""
+    pattern = _GREEN_PATTERNS.get(c)
+    if pattern is None:
+        return np.zeros(loc.cell.shape, np.float32)  # 18: negative
+    return pattern(rng, loc, maps)
 
 
 # ----------------------------------------------------------------------------------------------
