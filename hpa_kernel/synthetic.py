@@ -24,8 +24,9 @@ import logging
 import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,7 @@ __all__ = [
     "CLASS_FREQUENCIES",
     "NUCLEAR_CLASSES",
     "SyntheticImage",
+    "SyntheticOptions",
     "synthesize_image",
     "image_label",
     "make_competition",
@@ -755,17 +757,68 @@ def _check_size(name: str, value) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class SyntheticOptions:
+    """What :func:`synthesize_image` draws besides the seed and the size; checks itself.
+
+    Attributes
+    ----------
+    n_cells : int, optional
+        Number of cells to try to place; by default about 8 at 512 x 512 and 25 at 2048 x 2048.
+        Cells that end up mostly outside the field are dropped, so fewer may remain.
+    bit_depth : {8, 16}
+        uint8 (as the Kaggle PNGs) or uint16 output.
+    classes : sequence of int, optional
+        The image-level classes; each cell gets a non-empty subset of them (or Negative).
+        By default 1 to 3 classes drawn by :data:`CLASS_FREQUENCIES`. Stored as a sorted tuple.
+    negative_fraction : float
+        Probability that a cell of a positive image is Negative.
+    debris : int, optional
+        Number of debris objects; by default 0 to 3, more in larger fields.
+    include_class : int, optional
+        With ``classes`` None: this class is one of the drawn image classes (18 makes a Negative
+        image); used to make a training split that covers every class.
+
+    Examples
+    --------
+    >>> SyntheticOptions(classes=[16, 0, 16]).classes
+    (0, 16)
+    """
+
+    n_cells: int | None = None
+    bit_depth: int = 8
+    classes: Sequence[int] | None = None
+    negative_fraction: float = 0.1
+    debris: int | None = None
+    include_class: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.bit_depth not in (8, 16):
+            raise ValueError(f"bit_depth must be 8 or 16, got {self.bit_depth!r}")
+        n_cells = self.n_cells
+        if n_cells is not None and (not isinstance(n_cells, (int, np.integer)) or n_cells < 1):
+            raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
+        if not 0.0 <= self.negative_fraction <= 1.0:
+            raise ValueError(f"negative_fraction must be in [0, 1], got {self.negative_fraction!r}")
+        if self.classes is not None:
+            classes = tuple(sorted({int(c) for c in self.classes}))
+            if not classes or any(not 0 <= c < NUM_CLASSES for c in classes):
+                raise ValueError(f"classes must be a non-empty set of class ids 0..{NUM_CLASSES - 1}, got {classes!r}")
+            if NEGATIVE in classes and len(classes) > 1:
+                raise ValueError(f"classes: Negative ({NEGATIVE}) cannot be combined with other classes, got {classes!r}")
+            object.__setattr__(self, "classes", classes)
+        if self.include_class is not None and not 0 <= int(self.include_class) < NUM_CLASSES:
+            raise ValueError(f"include_class must be a class id 0..{NUM_CLASSES - 1} or None, "
+                             f"got {self.include_class!r}")
+
+
 def synthesize_image(
     seed: int,
     height: int = 512,
     width: int = 512,
     *,
-    n_cells: int | None = None,
-    bit_depth: int = 8,
-    classes: Sequence[int] | None = None,
-    negative_fraction: float = 0.1,
-    debris: int | None = None,
-    include_class: int | None = None,
+    options: SyntheticOptions | None = None,
+    **overrides: Any,
 ) -> SyntheticImage:
     """Draw one synthetic HPA field of view with its truth.
 
@@ -775,21 +828,11 @@ def synthesize_image(
         Everything is a function of the seed.
     height, width : int
         Image size in pixels (rows, columns), at least 64.
-    n_cells : int, optional
-        Number of cells to try to place; by default about 8 at 512 x 512 and 25 at 2048 x 2048.
-        Cells that end up mostly outside the field are dropped, so fewer may remain.
-    bit_depth : {8, 16}
-        uint8 (as the Kaggle PNGs) or uint16 output.
-    classes : sequence of int, optional
-        The image-level classes; each cell gets a non-empty subset of them (or Negative).
-        By default 1 to 3 classes drawn by :data:`CLASS_FREQUENCIES`.
-    negative_fraction : float
-        Probability that a cell of a positive image is Negative.
-    debris : int, optional
-        Number of debris objects; by default 0 to 3, more in larger fields.
-    include_class : int, optional
-        With ``classes`` None: this class is one of the drawn image classes (18 makes a Negative
-        image); used to make a training split that covers every class.
+    options : SyntheticOptions, optional
+        What to draw (cell count, bit depth, classes, ...); the defaults by default.
+    **overrides
+        Fields of :class:`SyntheticOptions` by name (``n_cells``, ``bit_depth``, ``classes``,
+        ``negative_fraction``, ``debris``, ``include_class``); they replace those of ``options``.
 
     Returns
     -------
@@ -800,108 +843,24 @@ def synthesize_image(
     >>> s = synthesize_image(0, 256, 320)
     >>> s.image.shape, s.image.dtype.name, int(s.cell_mask.max()) == len(s.cell_labels)
     ((256, 320, 4), 'uint8', True)
+    >>> synthesize_image(0, 128, 128, bit_depth=16).image.dtype.name
+    'uint16'
     """
     height, width = _check_size("height", height), _check_size("width", width)
-    if bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
-    if n_cells is not None and (not isinstance(n_cells, (int, np.integer)) or n_cells < 1):
-        raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
-    if not 0.0 <= negative_fraction <= 1.0:
-        raise ValueError(f"negative_fraction must be in [0, 1], got {negative_fraction!r}")
-    if classes is not None:
-        classes = tuple(sorted({int(c) for c in classes}))
-        if not classes or any(not 0 <= c < NUM_CLASSES for c in classes):
-            raise ValueError(f"classes must be a non-empty set of class ids 0..{NUM_CLASSES - 1}, got {classes!r}")
-        if NEGATIVE in classes and len(classes) > 1:
-            raise ValueError(f"classes: Negative ({NEGATIVE}) cannot be combined with other classes, got {classes!r}")
-    if include_class is not None and not 0 <= int(include_class) < NUM_CLASSES:
-        raise ValueError(f"include_class must be a class id 0..{NUM_CLASSES - 1} or None, got {include_class!r}")
+    opts = SyntheticOptions(**overrides) if options is None else replace(options, **overrides)
     rng = np.random.default_rng(seed)
-    scale = _scale(height, width)
-    r_mean = _CELL_RADIUS * scale
+    r_mean = _CELL_RADIUS * _scale(height, width)
+    n_cells = opts.n_cells
     if n_cells is None:
         expected = _COVERAGE * height * width / (np.pi * r_mean**2)
         n_cells = max(2, int(round(expected * rng.uniform(0.75, 1.3))))
-    image_classes = _sample_image_classes(rng, include_class) if classes is None else classes
-
-    cells = _place_cells(rng, height, width, int(n_cells), r_mean)
-    if MITOTIC_SPINDLE in image_classes and not any(c.kind == "mitotic" for c in cells) and cells:
-        j = int(rng.integers(len(cells)))
-        c0 = cells[j].nuclei[0]
-        cells[j] = _new_cell_mitotic(rng, c0.cy, c0.cx, r_mean)
-    cells, cell_mask, nuclei_mask = _rasterise(cells, height, width)
-    _assign_labels(rng, cells, image_classes, negative_fraction)
-
+    image_classes = _sample_image_classes(rng, opts.include_class) if opts.classes is None else opts.classes
+    cells, cell_mask, nuclei_mask = _layout(rng, (height, width), int(n_cells), r_mean, image_classes,
+                                            opts.negative_fraction)
     px = max(1.0, 1.3 * r_mean / _CELL_RADIUS * 2.0)  # line width unit: ~2.6 px at 2048, ~1.1 at 512
-    shape = (height, width)
-    red = np.zeros(shape, np.float32)
-    green = np.zeros(shape, np.float32)
-    blue = np.zeros(shape, np.float32)
-    yellow = np.zeros(shape, np.float32)
-    tex = _smooth_noise(rng, shape, 2.0 * px)  # fine nuclear / cytoplasmic mottling
-    er_noise = _smooth_noise(rng, shape, 2.2 * px)
-    er = np.exp(-0.5 * (er_noise / 0.35) ** 2)  # zero-crossings of band-limited noise: a mesh
-    for k, cell in enumerate(cells, start=1):
-        loc = _local(cell, k, cell_mask, nuclei_mask, px)
-        y0, x0 = loc.y0, loc.x0
-        h, w = loc.cell.shape
-        sl = (slice(y0, y0 + h), slice(x0, x0 + w))
-        ltex, ler = tex[sl], er[sl]
-        mitotic = cell.kind == "mitotic"
-        nucleoli = _nucleoli(rng, loc) if not mitotic else np.zeros((h, w), np.float32)
-        # blue: nucleus, darker nucleoli; condensed chromatin is bright and ragged
-        b_int = rng.uniform(0.4, 0.7) if not mitotic else rng.uniform(0.85, 1.0)
-        b = loc.nuc * b_int * (0.85 + 0.12 * ltex) * (1 - 0.45 * nucleoli)
-        blue[sl] += b
-        # the cytoplasm thins out towards the cell edge (a lamella), so every texture fades there
-        edge = 1.0 - 0.55 * np.exp(-loc.dist_edge / (0.05 * cell.r_cell + px))
-        near = np.exp(-loc.dist_nuc / (0.5 * cell.r_cell))
-        # red: microtubule fibres on a diffuse cytoplasmic base, brighter around the nucleus
-        mt = _microtubules(rng, loc) if not mitotic else np.zeros((h, w), np.float32)
-        r_int = rng.uniform(0.3, 0.55)
-        if mitotic:
-            red[sl] += r_int * loc.cell * (0.75 + 0.1 * ltex) * (1.0 - 0.9 * loc.nuc)
-        else:
-            diffuse = loc.cyto * edge * (0.2 + 0.25 * near) * (1.0 + 0.15 * ltex)
-            red[sl] += r_int * (diffuse + 0.6 * mt * (0.6 + 0.4 * near))
-            red[sl] += 0.04 * r_int * loc.nuc
-        # yellow: reticular ER, dense around the nucleus (and on its envelope), fading to the edge
-        y_int = rng.uniform(0.4, 0.7)
-        env = (0.2 + 0.8 * np.exp(-loc.dist_nuc / (0.4 * cell.r_cell))) * edge
-        if mitotic:
-            yellow[sl] += y_int * loc.cell * (0.55 + 0.25 * ler) * (1.0 - 0.9 * loc.nuc)
-        else:
-            envelope = np.exp(-0.5 * (loc.dist_nuc / (0.03 * cell.r_nuc + px)) ** 2) * loc.cyto
-            yellow[sl] += y_int * (loc.cyto * env * (0.2 + 0.8 * ler) + 0.5 * envelope) + 0.04 * y_int * loc.nuc
-        # green: the protein pattern of each of the cell's classes
-        maps = {"tex": ltex, "nucleoli": nucleoli, "er": ler * env, "mt": mt, "mitotic": mitotic,
-                "axis": cell.nuclei[0].angle}
-        g = np.zeros((h, w), np.float32)
-        expr = rng.uniform(0.45, 1.0)
-        for c in cell.labels:
-            if c == NEGATIVE:
-                continue
-            g += expr * rng.uniform(0.6, 1.0) * _green_pattern(rng, c, loc, maps)
-        green[sl] += g * loc.cell
-
-    debris_mask, debris_list = _add_debris(rng, cell_mask, cells, r_mean, debris, (red, green, blue, yellow))
-
-    # uneven illumination: a smooth field within +-10 %, shared by the channels
-    from hpa_kernel._cv2 import cv2
-
-    coarse = rng.uniform(0.9, 1.1, (3, 3)).astype(np.float32)
-    light = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    dtype, full = (np.uint8, 255) if bit_depth == 8 else (np.uint16, 65535)
-    out = np.empty((height, width, 4), dtype=dtype)
-    for c, ch in enumerate((red, green, blue, yellow)):
-        ch = _blur(ch, 0.6 * px) * light
-        ch += np.float32(rng.uniform(0.008, 0.025))  # background offset
-        # camera noise: read noise plus shot noise that grows with the signal
-        sigma = np.sqrt(np.float32(0.006**2) + np.float32(0.025**2) * np.maximum(ch, 0))
-        ch += sigma * rng.standard_normal(shape, dtype=np.float32)
-        np.clip(ch, 0.0, 1.0, out=ch)
-        ch *= np.float32(full)
-        out[..., c] = np.rint(ch, out=ch)
+    channels = _paint_cells(rng, cells, cell_mask, nuclei_mask, px)
+    debris_mask, debris_list = _add_debris(rng, cell_mask, cells, r_mean, opts.debris, channels)
+    out = _camera(rng, channels, px, opts.bit_depth)
 
     labels = {k: cell.labels for k, cell in enumerate(cells, start=1)}
     return SyntheticImage(
@@ -918,6 +877,105 @@ def synthesize_image(
         seed=int(seed),
         params={"image_classes": list(image_classes), "n_cells_tried": int(n_cells), "cell_radius": float(r_mean)},
     )
+
+
+def _layout(rng, shape, n_cells: int, r_mean: float, image_classes, negative_fraction: float):
+    """Place the cells, make one mitotic if the spindle class needs it, rasterise them, label them.
+
+    Returns the kept cells, the cell mask and the nuclei mask.
+    """
+    height, width = shape
+    cells = _place_cells(rng, height, width, n_cells, r_mean)
+    if MITOTIC_SPINDLE in image_classes and not any(c.kind == "mitotic" for c in cells) and cells:
+        j = int(rng.integers(len(cells)))
+        c0 = cells[j].nuclei[0]
+        cells[j] = _new_cell_mitotic(rng, c0.cy, c0.cx, r_mean)
+    cells, cell_mask, nuclei_mask = _rasterise(cells, height, width)
+    _assign_labels(rng, cells, image_classes, negative_fraction)
+    return cells, cell_mask, nuclei_mask
+
+
+def _paint_cells(rng, cells: list[_Cell], cell_mask, nuclei_mask, px: float):
+    """The noiseless red, green, blue and yellow channels (float32) of all cells."""
+    shape = cell_mask.shape
+    red = np.zeros(shape, np.float32)
+    green = np.zeros(shape, np.float32)
+    blue = np.zeros(shape, np.float32)
+    yellow = np.zeros(shape, np.float32)
+    tex = _smooth_noise(rng, shape, 2.0 * px)  # fine nuclear / cytoplasmic mottling
+    er_noise = _smooth_noise(rng, shape, 2.2 * px)
+    er = np.exp(-0.5 * (er_noise / 0.35) ** 2)  # zero-crossings of band-limited noise: a mesh
+    for k, cell in enumerate(cells, start=1):
+        loc = _local(cell, k, cell_mask, nuclei_mask, px)
+        h, w = loc.cell.shape
+        sl = (slice(loc.y0, loc.y0 + h), slice(loc.x0, loc.x0 + w))
+        views = (red[sl], green[sl], blue[sl], yellow[sl])  # views: painting them paints the channels
+        _paint_cell(rng, cell, loc, tex[sl], er[sl], views)
+    return red, green, blue, yellow
+
+
+def _paint_cell(rng, cell: _Cell, loc: _Local, ltex, ler, views) -> None:
+    """Add one cell's four channels, in place, to ``views`` (its box in red, green, blue, yellow)."""
+    red, green, blue, yellow = views
+    h, w = loc.cell.shape
+    mitotic = cell.kind == "mitotic"
+    nucleoli = _nucleoli(rng, loc) if not mitotic else np.zeros((h, w), np.float32)
+    # blue: nucleus, darker nucleoli; condensed chromatin is bright and ragged
+    b_int = rng.uniform(0.4, 0.7) if not mitotic else rng.uniform(0.85, 1.0)
+    b = loc.nuc * b_int * (0.85 + 0.12 * ltex) * (1 - 0.45 * nucleoli)
+    blue += b
+    # the cytoplasm thins out towards the cell edge (a lamella), so every texture fades there
+    edge = 1.0 - 0.55 * np.exp(-loc.dist_edge / (0.05 * cell.r_cell + loc.px))
+    near = np.exp(-loc.dist_nuc / (0.5 * cell.r_cell))
+    # red: microtubule fibres on a diffuse cytoplasmic base, brighter around the nucleus
+    mt = _microtubules(rng, loc) if not mitotic else np.zeros((h, w), np.float32)
+    r_int = rng.uniform(0.3, 0.55)
+    if mitotic:
+        red += r_int * loc.cell * (0.75 + 0.1 * ltex) * (1.0 - 0.9 * loc.nuc)
+    else:
+        diffuse = loc.cyto * edge * (0.2 + 0.25 * near) * (1.0 + 0.15 * ltex)
+        red += r_int * (diffuse + 0.6 * mt * (0.6 + 0.4 * near))
+        red += 0.04 * r_int * loc.nuc
+    # yellow: reticular ER, dense around the nucleus (and on its envelope), fading to the edge
+    y_int = rng.uniform(0.4, 0.7)
+    env = (0.2 + 0.8 * np.exp(-loc.dist_nuc / (0.4 * cell.r_cell))) * edge
+    if mitotic:
+        yellow += y_int * loc.cell * (0.55 + 0.25 * ler) * (1.0 - 0.9 * loc.nuc)
+    else:
+        envelope = np.exp(-0.5 * (loc.dist_nuc / (0.03 * cell.r_nuc + loc.px)) ** 2) * loc.cyto
+        yellow += y_int * (loc.cyto * env * (0.2 + 0.8 * ler) + 0.5 * envelope) + 0.04 * y_int * loc.nuc
+    # green: the protein pattern of each of the cell's classes
+    maps = {"tex": ltex, "nucleoli": nucleoli, "er": ler * env, "mt": mt, "mitotic": mitotic,
+            "axis": cell.nuclei[0].angle}
+    g = np.zeros((h, w), np.float32)
+    expr = rng.uniform(0.45, 1.0)
+    for c in cell.labels:
+        if c == NEGATIVE:
+            continue
+        g += expr * rng.uniform(0.6, 1.0) * _green_pattern(rng, c, loc, maps)
+    green += g * loc.cell
+
+
+def _camera(rng, channels, px: float, bit_depth: int) -> np.ndarray:
+    """Image the channels: uneven illumination, a slight blur, background and noise; (H, W, 4) integers."""
+    from hpa_kernel._cv2 import cv2
+
+    height, width = shape = channels[0].shape
+    # uneven illumination: a smooth field within +-10 %, shared by the channels
+    coarse = rng.uniform(0.9, 1.1, (3, 3)).astype(np.float32)
+    light = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    dtype, full = (np.uint8, 255) if bit_depth == 8 else (np.uint16, 65535)
+    out = np.empty((height, width, 4), dtype=dtype)
+    for c, ch in enumerate(channels):
+        ch = _blur(ch, 0.6 * px) * light
+        ch += np.float32(rng.uniform(0.008, 0.025))  # background offset
+        # camera noise: read noise plus shot noise that grows with the signal
+        sigma = np.sqrt(np.float32(0.006**2) + np.float32(0.025**2) * np.maximum(ch, 0))
+        ch += sigma * rng.standard_normal(shape, dtype=np.float32)
+        np.clip(ch, 0.0, 1.0, out=ch)
+        ch *= np.float32(full)
+        out[..., c] = np.rint(ch, out=ch)
+    return out
 
 
 def _new_cell_mitotic(rng, cy, cx, r_mean) -> _Cell:
