@@ -41,6 +41,7 @@ __all__ = [
     "synthesize_image",
     "image_label",
     "make_competition",
+    "CompetitionSpec",
     "COMPETITION_TEST_SIZES",
     "COMPETITION_NON_SQUARE",
     "competition_shapes",
@@ -803,9 +804,11 @@ class SyntheticOptions:
         if self.classes is not None:
             classes = tuple(sorted({int(c) for c in self.classes}))
             if not classes or any(not 0 <= c < NUM_CLASSES for c in classes):
-                raise ValueError(f"classes must be a non-empty set of class ids 0..{NUM_CLASSES - 1}, got {classes!r}")
+                raise ValueError(f"classes must be a non-empty set of class ids 0..{NUM_CLASSES - 1}, "
+                                 f"got {classes!r}")
             if NEGATIVE in classes and len(classes) > 1:
-                raise ValueError(f"classes: Negative ({NEGATIVE}) cannot be combined with other classes, got {classes!r}")
+                raise ValueError(f"classes: Negative ({NEGATIVE}) cannot be combined with other classes, "
+                                 f"got {classes!r}")
             object.__setattr__(self, "classes", classes)
         if self.include_class is not None and not 0 <= int(self.include_class) < NUM_CLASSES:
             raise ValueError(f"include_class must be a class id 0..{NUM_CLASSES - 1} or None, "
@@ -847,6 +850,8 @@ def synthesize_image(
     'uint16'
     """
     height, width = _check_size("height", height), _check_size("width", width)
+    if options is not None and not isinstance(options, SyntheticOptions):
+        raise ValueError(f"options must be a SyntheticOptions or None, got {type(options).__name__}")
     opts = SyntheticOptions(**overrides) if options is None else replace(options, **overrides)
     rng = np.random.default_rng(seed)
     r_mean = _CELL_RADIUS * _scale(height, width)
@@ -1116,26 +1121,12 @@ def competition_shapes(n: int) -> list[tuple[int, int]]:
     return shapes + [COMPETITION_NON_SQUARE]
 
 
-def make_competition(
-    out: str | Path,
-    *,
-    n_train: int = 8,
-    n_test: int = 4,
-    size: int = 512,
-    seed: int = 0,
-    bit_depth: int = 8,
-    shape: tuple[int, int] | None = None,
-    overwrite: bool = False,
-    sizes: str | None = None,
-    cover_classes: bool = False,
-) -> Competition:
-    """Write a synthetic competition folder in the Kaggle layout, with its truth.
+@dataclass(frozen=True)
+class CompetitionSpec:
+    """What :func:`make_competition` writes; checks itself. ``height``, ``width`` and ``test_shapes`` are derived.
 
-    Parameters
+    Attributes
     ----------
-    out : path
-        The folder to write; created if needed. Writing again with the same arguments gives the
-        same files.
     n_train, n_test : int
         Number of train and test images (>= 0, at least one in all).
     size : int
@@ -1146,10 +1137,6 @@ def make_competition(
         uint8 PNGs (as Kaggle) or uint16 PNGs.
     shape : (int, int), optional
         ``(height, width)`` for non-square images.
-    overwrite : bool
-        ``out`` already holds images that this call would not write (another seed or count):
-        delete their channel files if True, raise ``ValueError`` if False, so that a pipeline
-        never sees stale images beside the new truth.
     sizes : {None, "competition"}
         ``"competition"``: the test images get the real test set's sizes, 2048², 1728² and 3072²
         in the proportions 462 : 68 : 29, plus one non-square image (:func:`competition_shapes`;
@@ -1158,6 +1145,111 @@ def make_competition(
         Train image ``i < 19`` has class ``i`` among its image classes (image 18 is Negative), so
         that a train split of at least 19 images covers every class; the other images are drawn
         by :data:`CLASS_FREQUENCIES` as usual.
+
+    Examples
+    --------
+    >>> spec = CompetitionSpec(n_train=1, n_test=2, shape=(300, 420))
+    >>> spec.height, spec.width, spec.test_shapes
+    (300, 420, ((300, 420), (300, 420)))
+    """
+
+    n_train: int = 8
+    n_test: int = 4
+    size: int = 512
+    seed: int = 0
+    bit_depth: int = 8
+    shape: tuple[int, int] | None = None
+    sizes: str | None = None
+    cover_classes: bool = False
+    height: int = field(init=False)
+    width: int = field(init=False)
+    test_shapes: tuple[tuple[int, int], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name, value in (("n_train", self.n_train), ("n_test", self.n_test)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.n_train + self.n_test == 0:
+            raise ValueError("n_train + n_test must be at least 1, got 0 images")
+        shape = self.shape
+        if shape is None:
+            height = width = _check_size("size", self.size)
+        else:
+            if len(tuple(shape)) != 2:
+                raise ValueError(f"shape must be (height, width), got {shape!r}")
+            height, width = _check_size("shape[0]", shape[0]), _check_size("shape[1]", shape[1])
+        if self.bit_depth not in (8, 16):
+            raise ValueError(f"bit_depth must be 8 or 16, got {self.bit_depth!r}")
+        if self.sizes not in (None, "competition"):
+            raise ValueError(f"sizes must be None or 'competition', got {self.sizes!r}")
+        n_test = self.n_test
+        test_shapes = competition_shapes(n_test) if self.sizes == "competition" else [(height, width)] * n_test
+        object.__setattr__(self, "height", height)
+        object.__setattr__(self, "width", width)
+        object.__setattr__(self, "test_shapes", tuple(test_shapes))
+
+
+@dataclass
+class _SplitTruth:
+    """The truth of one split, gathered image by image, then written to ``truth/``."""
+
+    cells_rows: list = field(default_factory=list)
+    info_rows: list = field(default_factory=list)
+    debris_rows: list = field(default_factory=list)
+    masks: dict = field(default_factory=dict)
+    nuclei: dict = field(default_factory=dict)
+
+    def add(self, image_id: str, sample: SyntheticImage) -> None:
+        self.masks[image_id] = sample.cell_mask
+        self.nuclei[image_id] = sample.nuclei_mask
+        n_ids = max(sample.cell_ids, default=0) + 1
+        areas = np.bincount(sample.cell_mask.ravel(), minlength=n_ids)
+        nucleus_areas = np.bincount(sample.nuclei_mask.ravel(), minlength=n_ids)
+        for k in sample.cell_ids:
+            self.cells_rows.append((image_id, k, format_labels(sample.cell_labels[k])))
+            self.info_rows.append((
+                image_id, k, f"{sample.nucleus_cut[k]:.4f}", int(k in sample.binucleate),
+                int(k in sample.mitotic), int(areas[k]), int(nucleus_areas[k]),
+            ))
+        for d in sample.debris:
+            self.debris_rows.append(
+                (image_id, d["id"], f"{d['y']:.1f}", f"{d['x']:.1f}", f"{d['radius']:.1f}", d["channels"])
+            )
+
+    def write(self, comp: Competition, split: str) -> None:
+        _write_csv(comp.truth_cells(split), ("ImageID", "CellID", "Labels"), self.cells_rows)
+        _write_csv(comp.truth_dir / f"{split}_cell_info.csv",
+                   ("ImageID", "CellID", "border_cut", "binucleate", "mitotic", "area", "nucleus_area"),
+                   self.info_rows)
+        _write_csv(comp.truth_dir / f"{split}_debris.csv",
+                   ("ImageID", "DebrisID", "y", "x", "radius", "channels"), self.debris_rows)
+        write_npz(comp.truth_masks(split), self.masks)
+        write_npz(comp.truth_dir / f"{split}_nuclei.npz", self.nuclei)
+
+
+def make_competition(
+    out: str | Path,
+    spec: CompetitionSpec | None = None,
+    *,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> Competition:
+    """Write a synthetic competition folder in the Kaggle layout, with its truth.
+
+    Parameters
+    ----------
+    out : path
+        The folder to write; created if needed. Writing again with the same arguments gives the
+        same files.
+    spec : CompetitionSpec, optional
+        What to write (counts, size, seed, bit depth, ...); the defaults by default.
+    overwrite : bool
+        ``out`` already holds images that this call would not write (another seed or count):
+        delete their channel files if True, raise ``ValueError`` if False, so that a pipeline
+        never sees stale images beside the new truth.
+    **overrides
+        Fields of :class:`CompetitionSpec` by name (``n_train``, ``n_test``, ``size``, ``seed``,
+        ``bit_depth``, ``shape``, ``sizes``, ``cover_classes``); they replace those of ``spec``.
 
     Returns
     -------
@@ -1168,99 +1260,75 @@ def make_competition(
         ``truth/{split}_nuclei.npz``, ``truth/{split}_cell_info.csv`` and ``truth/{split}_debris.csv``;
         ``synthetic.json`` records the parameters.
     """
-    for name, value in (("n_train", n_train), ("n_test", n_test)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if n_train + n_test == 0:
-        raise ValueError("n_train + n_test must be at least 1, got 0 images")
-    if shape is None:
-        height = width = _check_size("size", size)
-    else:
-        if len(tuple(shape)) != 2:
-            raise ValueError(f"shape must be (height, width), got {shape!r}")
-        height, width = _check_size("shape[0]", shape[0]), _check_size("shape[1]", shape[1])
-    if bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
-    if sizes not in (None, "competition"):
-        raise ValueError(f"sizes must be None or 'competition', got {sizes!r}")
-    test_shapes = competition_shapes(n_test) if sizes == "competition" else [(height, width)] * n_test
+    if spec is not None and not isinstance(spec, CompetitionSpec):
+        raise ValueError(f"spec must be a CompetitionSpec or None, got {type(spec).__name__}")
+    spec = CompetitionSpec(**overrides) if spec is None else replace(spec, **overrides)
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise ValueError(f"out must be a folder, got the file {root}")
     comp = Competition(root)
-    _clear_stale(comp, seed, n_train, n_test, overwrite)
+    _clear_stale(comp, spec.seed, spec.n_train, spec.n_test, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     comp.truth_dir.mkdir(exist_ok=True)
-    progress = _progress(n_train + n_test)
-    train_rows: list[tuple[str, str]] = []
-    sub_rows: list[tuple[str, int, int, str]] = []
-    images_meta: list[dict] = []
-    splits = (("train", n_train, comp.train_dir), ("test", n_test, comp.test_dir))
-    for split_index, (split, n, folder) in enumerate(splits):
-        folder.mkdir(exist_ok=True)
-        cells_rows, info_rows, debris_rows = [], [], []
-        masks, nuclei = {}, {}
-        for i in range(n):
-            image_id = _image_id(seed, split_index, i)
-            image_seed = _image_seed(seed, split_index, i)
-            h, w = test_shapes[i] if split == "test" else (height, width)
-            cover = i if cover_classes and split == "train" and i < NUM_CLASSES else None
-            sample = synthesize_image(image_seed, h, w, bit_depth=bit_depth, include_class=cover)
-            write_image(folder, image_id, sample.image)
-            images_meta.append({
-                "split": split, "id": image_id, "seed": image_seed, "n_cells": len(sample.cell_labels),
-                "height": h, "width": w, "image_classes": sample.params["image_classes"],
-            })
-            logger.debug("%s %s: %d cells, labels %s", split, image_id, len(sample.cell_labels),
-                         format_labels(sample.image_labels))
-            progress.update(1)
-            masks[image_id] = sample.cell_mask
-            nuclei[image_id] = sample.nuclei_mask
-            n_ids = max(sample.cell_ids, default=0) + 1
-            areas = np.bincount(sample.cell_mask.ravel(), minlength=n_ids)
-            nucleus_areas = np.bincount(sample.nuclei_mask.ravel(), minlength=n_ids)
-            for k in sample.cell_ids:
-                cells_rows.append((image_id, k, format_labels(sample.cell_labels[k])))
-                info_rows.append((
-                    image_id, k, f"{sample.nucleus_cut[k]:.4f}", int(k in sample.binucleate),
-                    int(k in sample.mitotic), int(areas[k]), int(nucleus_areas[k]),
-                ))
-            for d in sample.debris:
-                debris_rows.append(
-                    (image_id, d["id"], f"{d['y']:.1f}", f"{d['x']:.1f}", f"{d['radius']:.1f}", d["channels"])
-                )
-            if split == "train":
-                train_rows.append((image_id, format_labels(sample.image_labels)))
-            else:
-                sub_rows.append((image_id, w, h, ""))
-        _write_csv(comp.truth_cells(split), ("ImageID", "CellID", "Labels"), cells_rows)
-        _write_csv(comp.truth_dir / f"{split}_cell_info.csv",
-                   ("ImageID", "CellID", "border_cut", "binucleate", "mitotic", "area", "nucleus_area"), info_rows)
-        _write_csv(comp.truth_dir / f"{split}_debris.csv",
-                   ("ImageID", "DebrisID", "y", "x", "radius", "channels"), debris_rows)
-        write_npz(comp.truth_masks(split), masks)
-        write_npz(comp.truth_dir / f"{split}_nuclei.npz", nuclei)
+    progress = _progress(spec.n_train + spec.n_test)
+    train_rows, images_meta = _write_split(comp, spec, 0, progress)
+    sub_rows, test_meta = _write_split(comp, spec, 1, progress)
+    images_meta += test_meta
     progress.close()
     _write_csv(comp.train_csv, ("ID", "Label"), train_rows)
     _write_csv(comp.sample_submission, ("ID", "ImageWidth", "ImageHeight", "PredictionString"), sub_rows)
     meta = {
         "generator": "hpa_kernel.synthetic.make_competition",
-        "seed": int(seed),
-        "n_train": int(n_train),
-        "n_test": int(n_test),
-        "height": height,
-        "width": width,
-        "bit_depth": int(bit_depth),
-        "test_sizes": sizes or "uniform",
-        "cover_classes": bool(cover_classes),
-        "cell_radius_px": float(_CELL_RADIUS * _scale(height, width)),
+        "seed": int(spec.seed),
+        "n_train": int(spec.n_train),
+        "n_test": int(spec.n_test),
+        "height": spec.height,
+        "width": spec.width,
+        "bit_depth": int(spec.bit_depth),
+        "test_sizes": spec.sizes or "uniform",
+        "cover_classes": bool(spec.cover_classes),
+        "cell_radius_px": float(_CELL_RADIUS * _scale(spec.height, spec.width)),
         "images": images_meta,
     }
     (root / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
     n_cells = sum(m["n_cells"] for m in images_meta)
     logger.info("synthetic competition in %s: %d train + %d test images of %dx%d (HxW), %d-bit, %d cells, seed %d",
-                root, n_train, n_test, height, width, bit_depth, n_cells, seed)
+                root, spec.n_train, spec.n_test, spec.height, spec.width, spec.bit_depth, n_cells, spec.seed)
     return comp
+
+
+def _write_split(comp: Competition, spec: CompetitionSpec, split_index: int, progress) -> tuple[list, list[dict]]:
+    """Draw and write the images of one split (0 train, 1 test) and its truth.
+
+    Returns the split's rows of ``train.csv`` (train) or ``sample_submission.csv`` (test), and
+    one ``synthetic.json`` entry per image.
+    """
+    split, n, folder = (("train", spec.n_train, comp.train_dir), ("test", spec.n_test, comp.test_dir))[split_index]
+    folder.mkdir(exist_ok=True)
+    truth = _SplitTruth()
+    rows: list[tuple] = []
+    images_meta: list[dict] = []
+    for i in range(n):
+        image_id = _image_id(spec.seed, split_index, i)
+        image_seed = _image_seed(spec.seed, split_index, i)
+        h, w = spec.test_shapes[i] if split == "test" else (spec.height, spec.width)
+        cover = i if spec.cover_classes and split == "train" and i < NUM_CLASSES else None
+        sample = synthesize_image(image_seed, h, w, bit_depth=spec.bit_depth, include_class=cover)
+        write_image(folder, image_id, sample.image)
+        images_meta.append({
+            "split": split, "id": image_id, "seed": image_seed, "n_cells": len(sample.cell_labels),
+            "height": h, "width": w, "image_classes": sample.params["image_classes"],
+        })
+        logger.debug("%s %s: %d cells, labels %s", split, image_id, len(sample.cell_labels),
+                     format_labels(sample.image_labels))
+        progress.update(1)
+        truth.add(image_id, sample)
+        if split == "train":
+            rows.append((image_id, format_labels(sample.image_labels)))
+        else:
+            rows.append((image_id, w, h, ""))
+    truth.write(comp, split)
+    return rows, images_meta
 
 
 # ----------------------------------------------------------------------------------------------
