@@ -24,8 +24,9 @@ import logging
 import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,9 +37,11 @@ __all__ = [
     "CLASS_FREQUENCIES",
     "NUCLEAR_CLASSES",
     "SyntheticImage",
+    "SyntheticOptions",
     "synthesize_image",
     "image_label",
     "make_competition",
+    "CompetitionSpec",
     "COMPETITION_TEST_SIZES",
     "COMPETITION_NON_SQUARE",
     "competition_shapes",
@@ -153,6 +156,15 @@ class SyntheticImage:
 # geometry
 
 
+@dataclass(frozen=True)
+class _BlobStyle:
+    """How a random :class:`_Blob` is drawn: elongation range, harmonic wobble and number of harmonics."""
+
+    elongation: tuple[float, float] = (1.0, 1.5)
+    wobble: float = 0.08
+    orders: int = 4
+
+
 @dataclass
 class _Blob:
     """A wobbly ellipse: an ellipse whose radius is modulated by a few low harmonics."""
@@ -166,10 +178,13 @@ class _Blob:
     phase: np.ndarray
 
     @classmethod
-    def random(cls, rng, cy, cx, radius, elongation=(1.0, 1.5), wobble=0.08, orders=4, angle=None):
-        e = rng.uniform(*elongation)
+    def random(cls, rng, centre, radius, style: _BlobStyle = _BlobStyle(), angle=None):
+        """A blob centred on ``centre`` = (cy, cx); a random angle unless ``angle`` is given."""
+        cy, cx = centre
+        e = rng.uniform(*style.elongation)
         a, b = radius * np.sqrt(e), radius / np.sqrt(e)
-        amp = rng.uniform(0.0, wobble, orders) / np.arange(1, orders + 1) ** 0.5
+        orders = style.orders
+        amp = rng.uniform(0.0, style.wobble, orders) / np.arange(1, orders + 1) ** 0.5
         return cls(
             float(cy),
             float(cx),
@@ -249,6 +264,9 @@ def _place_cells(rng, height, width, n_cells, r_mean) -> list[_Cell]:
     return cells
 
 
+_CHROMATIN = _BlobStyle(wobble=0.25, orders=6)  # the ragged plates of a mitotic cell
+
+
 def _new_cell(rng, cy, cx, r_mean) -> _Cell:
     u = rng.random()
     kind = "mitotic" if u < 0.06 else ("binucleate" if u < 0.14 else "normal")
@@ -256,16 +274,16 @@ def _new_cell(rng, cy, cx, r_mean) -> _Cell:
     r_nuc = 0.42 * r_mean * rng.uniform(0.85, 1.15)
     if kind == "mitotic":
         r_cell = 0.62 * r_mean * rng.uniform(0.9, 1.1)
-        body = _Blob.random(rng, cy, cx, r_cell, elongation=(1.0, 1.1), wobble=0.03)
+        body = _Blob.random(rng, (cy, cx), r_cell, _BlobStyle((1.0, 1.1), 0.03))
         axis = rng.uniform(0, np.pi)
         nuclei = []
         if rng.random() < 0.6:  # metaphase: one plate across the cell
-            nuclei.append(_Blob.random(rng, cy, cx, 0.0, wobble=0.25, orders=6, angle=axis))
+            nuclei.append(_Blob.random(rng, (cy, cx), 0.0, _CHROMATIN, angle=axis))
             nuclei[-1].a, nuclei[-1].b = 0.55 * r_cell, 0.17 * r_cell
         else:  # anaphase: two plates moving apart
             for sgn in (-1, 1):
                 dy, dx = -np.cos(axis) * 0.3 * r_cell * sgn, np.sin(axis) * 0.3 * r_cell * sgn
-                nuclei.append(_Blob.random(rng, cy + dy, cx + dx, 0.0, wobble=0.25, orders=6, angle=axis))
+                nuclei.append(_Blob.random(rng, (cy + dy, cx + dx), 0.0, _CHROMATIN, angle=axis))
                 nuclei[-1].a, nuclei[-1].b = 0.45 * r_cell, 0.13 * r_cell
         return _Cell(body, nuclei, kind, r_cell, 0.35 * r_cell)
     angle = rng.uniform(0, np.pi)
@@ -273,17 +291,20 @@ def _new_cell(rng, cy, cx, r_mean) -> _Cell:
     ob = rng.uniform(0, 2 * np.pi)
     if kind == "binucleate":
         r_cell *= 1.2
-        body = _Blob.random(rng, cy + off * np.sin(ob), cx + off * np.cos(ob), r_cell, (1.5, 2.0), 0.1, angle=angle)
+        body = _Blob.random(rng, (cy + off * np.sin(ob), cx + off * np.cos(ob)), r_cell, _BlobStyle((1.5, 2.0), 0.1),
+                            angle=angle)
         nuclei = []
         for sgn in (-1, 1):
             d = 0.8 * r_nuc * sgn
             nuclei.append(
-                _Blob.random(rng, cy + d * np.sin(angle), cx + d * np.cos(angle), 0.75 * r_nuc, (1.0, 1.3), 0.05)
+                _Blob.random(rng, (cy + d * np.sin(angle), cx + d * np.cos(angle)), 0.75 * r_nuc,
+                             _BlobStyle((1.0, 1.3), 0.05))
             )
         return _Cell(body, nuclei, kind, r_cell, 0.75 * r_nuc)
     elongation = (1.0, 1.6) if rng.random() < 0.7 else (1.8, 2.6)
-    body = _Blob.random(rng, cy + off * np.sin(ob), cx + off * np.cos(ob), r_cell, elongation, 0.16, angle=angle)
-    nucleus = _Blob.random(rng, cy, cx, r_nuc, (1.0, 1.4), 0.05, angle=angle + rng.normal(0, 0.3))
+    body = _Blob.random(rng, (cy + off * np.sin(ob), cx + off * np.cos(ob)), r_cell, _BlobStyle(elongation, 0.16),
+                        angle=angle)
+    nucleus = _Blob.random(rng, (cy, cx), r_nuc, _BlobStyle((1.0, 1.4), 0.05), angle=angle + rng.normal(0, 0.3))
     return _Cell(body, [nucleus], kind, r_cell, r_nuc)
 
 
@@ -467,8 +488,12 @@ def _polylines(shape, curves, thickness: int) -> np.ndarray:
     return canvas.astype(np.float32) / np.float32(255)
 
 
-def _walks(rng, ys, xs, thetas, step: float, n: int, bend: float) -> np.ndarray:
-    """Random walks with a slowly turning heading, one per start; shape (len(ys), n + 1, 2) as (y, x)."""
+def _walks(rng, starts, thetas, step: float, n: int, bend: float) -> np.ndarray:
+    """Random walks with a slowly turning heading, one per start of ``starts = (ys, xs)``.
+
+    Returns shape (len(ys), n + 1, 2) as (y, x).
+    """
+    ys, xs = starts
     ys, xs, thetas = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (ys, xs, thetas))
     heading = thetas[:, None] + np.cumsum(rng.normal(0.0, bend, (ys.size, n)), axis=1)
     out = np.empty((ys.size, n + 1, 2))
@@ -544,106 +569,183 @@ def _microtubules(rng, loc: _Local) -> np.ndarray:
     th = rng.uniform(0, 2 * np.pi, n)
     r0 = loc.r_nuc * rng.uniform(0.3, 1.0, n)
     y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
-    curves = _walks(rng, y, x, th + rng.normal(0, 0.35, n), 0.08 * loc.r_cell, 20, 0.2)
+    curves = _walks(rng, (y, x), th + rng.normal(0, 0.35, n), 0.08 * loc.r_cell, 20, 0.2)
     lines = _polylines(loc.cell.shape, curves, max(1, round(0.7 * loc.px)))
     return _blur(lines, 0.4 * loc.px) * loc.cyto
 
 
-def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
-    """The green pattern of class ``c`` in one cell, roughly in [0, 1]."""
-    shape = loc.cell.shape
-    nuc, cyto, cell = loc.nuc, loc.cyto, loc.cell
+# ----------------------------------------------------------------------------------------------
+# green patterns, one function per class: (rng, loc, maps) -> map roughly in [0, 1]
+
+
+def _g_nucleoplasm(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """0: fills the nucleus, spares the nucleoli."""
+    return loc.nuc * (0.8 + 0.15 * maps["tex"]) * (1 - 0.7 * maps["nucleoli"])
+
+
+def _g_nuclear_membrane(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """1: a thin ring on the nucleus edge."""
+    signed = loc.dist_nuc - loc.depth_nuc
+    return np.exp(-0.5 * (signed / (0.05 * loc.r_nuc + 0.6 * loc.px)) ** 2) * loc.cell
+
+
+def _g_nucleoli(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """2: the nucleoli."""
+    return maps["nucleoli"] * loc.nuc
+
+
+def _g_fibrillar_centre(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """3: tiny dots inside the nucleoli."""
+    nuc, rn = loc.nuc, loc.r_nuc
+    inside = (maps["nucleoli"] > 0.5) & nuc
+    n = int(rng.integers(4, 12))
+    ys, xs = _pick(rng, inside if inside.any() else nuc, n)
+    return np.clip(_spots(nuc.shape, ys, xs, rng.uniform(0.8, 1.0, n), 0.035 * rn + 0.6 * loc.px), 0, 1) * nuc
+
+
+def _g_speckles(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """4: many small irregular dots in the nucleoplasm."""
+    nuc, rn = loc.nuc, loc.r_nuc
+    n = int(rng.integers(15, 35))
+    ys, xs = _pick(rng, (loc.depth_nuc > 0.08 * rn) & (maps["nucleoli"] < 0.3), n)
+    spots = _spots(nuc.shape, ys, xs, rng.uniform(0.5, 1.0, n), 0.055 * rn)
+    return np.clip(spots + 0.12 * nuc, 0, 1) * nuc
+
+
+def _g_nuclear_bodies(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """5: a few bright dots."""
+    nuc, rn = loc.nuc, loc.r_nuc
+    n = int(rng.integers(2, 7))
+    ys, xs = _pick(rng, (loc.depth_nuc > 0.1 * rn) & (maps["nucleoli"] < 0.3), n)
+    return np.clip(_spots(nuc.shape, ys, xs, rng.uniform(0.8, 1.0, n), 0.05 * rn + 0.6 * loc.px), 0, 1) * nuc
+
+
+def _g_er(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """6: the endoplasmic reticulum follows the yellow texture."""
+    return maps["er"] * loc.cyto
+
+
+def _g_golgi(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """7: a compact cluster beside the nucleus."""
+    shape, rn = loc.cell.shape, loc.r_nuc
+    th = rng.uniform(0, 2 * np.pi)
+    gy, gx = loc.cy + 1.15 * rn * np.sin(th), loc.cx + 1.15 * rn * np.cos(th)
+    n = 12
+    ys = np.clip(np.round(gy + rng.normal(0, 0.22 * rn, n)), 0, shape[0] - 1)
+    xs = np.clip(np.round(gx + rng.normal(0, 0.22 * rn, n)), 0, shape[1] - 1)
+    return np.clip(_spots(shape, ys, xs, rng.uniform(0.4, 0.8, n), 0.09 * rn), 0, 1) * loc.cyto
+
+
+def _g_intermediate_filaments(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """8: long wavy fibres around the nucleus."""
     rn, rc, px = loc.r_nuc, loc.r_cell, loc.px
-    tex = maps["tex"]
-    if c == 0:  # nucleoplasm: fills the nucleus, spares the nucleoli
-        return nuc * (0.8 + 0.15 * tex) * (1 - 0.7 * maps["nucleoli"])
-    if c == 1:  # nuclear membrane: a thin ring on the nucleus edge
-        signed = loc.dist_nuc - loc.depth_nuc
-        return np.exp(-0.5 * (signed / (0.05 * rn + 0.6 * px)) ** 2) * cell
-    if c == 2:  # nucleoli
-        return maps["nucleoli"] * nuc
-    if c == 3:  # fibrillar centres: tiny dots inside the nucleoli
-        inside = (maps["nucleoli"] > 0.5) & nuc
-        n = int(rng.integers(4, 12))
-        ys, xs = _pick(rng, inside if inside.any() else nuc, n)
-        return np.clip(_spots(shape, ys, xs, rng.uniform(0.8, 1.0, n), 0.035 * rn + 0.6 * px), 0, 1) * nuc
-    if c == 4:  # speckles: many small irregular dots in the nucleoplasm
-        n = int(rng.integers(15, 35))
-        ys, xs = _pick(rng, (loc.depth_nuc > 0.08 * rn) & (maps["nucleoli"] < 0.3), n)
-        spots = _spots(shape, ys, xs, rng.uniform(0.5, 1.0, n), 0.055 * rn)
-        return np.clip(spots + 0.12 * nuc, 0, 1) * nuc
-    if c == 5:  # nuclear bodies: a few bright dots
-        n = int(rng.integers(2, 7))
-        ys, xs = _pick(rng, (loc.depth_nuc > 0.1 * rn) & (maps["nucleoli"] < 0.3), n)
-        return np.clip(_spots(shape, ys, xs, rng.uniform(0.8, 1.0, n), 0.05 * rn + 0.6 * px), 0, 1) * nuc
-    if c == 6:  # endoplasmic reticulum: follows the yellow texture
-        return maps["er"] * cyto
-    if c == 7:  # Golgi: a compact cluster beside the nucleus
-        th = rng.uniform(0, 2 * np.pi)
-        gy, gx = loc.cy + 1.15 * rn * np.sin(th), loc.cx + 1.15 * rn * np.cos(th)
-        n = 12
-        ys = np.clip(np.round(gy + rng.normal(0, 0.22 * rn, n)), 0, shape[0] - 1)
-        xs = np.clip(np.round(gx + rng.normal(0, 0.22 * rn, n)), 0, shape[1] - 1)
-        return np.clip(_spots(shape, ys, xs, rng.uniform(0.4, 0.8, n), 0.09 * rn), 0, 1) * cyto
-    if c == 8:  # intermediate filaments: long wavy fibres around the nucleus
-        n = int(rng.integers(14, 24))
-        th = rng.uniform(0, 2 * np.pi, n)
-        r0 = rn * rng.uniform(1.0, 1.5, n)
-        y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
-        curves = _walks(rng, y, x, th + np.pi / 2 * rng.choice([-1, 1], n), 0.06 * rc, 36, 0.15)
-        return _blur(_polylines(shape, curves, round(px)), 0.5 * px) * cyto
-    if c == 9:  # actin filaments: straight parallel bundles and a cortical rim
-        th = rng.uniform(0, np.pi)
-        nrm = np.array([np.cos(th), -np.sin(th)])
-        curves = []
-        for off in rng.uniform(-rc, rc, int(rng.integers(8, 16))):
-            py, px_ = loc.cy + off * nrm[0], loc.cx + off * nrm[1]
-            dy, dx = 2 * rc * np.sin(th), 2 * rc * np.cos(th)
-            curves.append([(py - dy, px_ - dx), (py + dy, px_ + dx)])
-        fibres = _blur(_polylines(shape, curves, round(1.5 * px)), 0.6 * px)
-        rim = np.exp(-0.5 * (loc.dist_edge / (0.04 * rc + px)) ** 2)
-        return np.clip(0.8 * fibres + 0.6 * rim, 0, 1) * cyto
-    if c == 10:  # microtubules: the red fibres
-        return np.clip(1.6 * maps["mt"], 0, 1)
-    if c == 11:  # mitotic spindle: fibres from two poles to the chromatin plate
-        if not maps["mitotic"]:
-            return np.zeros(shape, np.float32)
-        ax = maps["axis"]
-        ny, nx = np.cos(ax), -np.sin(ax)  # spindle axis, across the plate
-        curves = []
-        for sgn in (-1, 1):
-            pole = (loc.cy + sgn * 0.6 * rc * ny, loc.cx + sgn * 0.6 * rc * nx)
-            for t in np.linspace(-0.5, 0.5, 11):
-                end = (loc.cy + t * rc * np.sin(ax) * 1.0, loc.cx + t * rc * np.cos(ax) * 1.0)
-                curves.append([pole, end])
-        lines = _blur(_polylines(shape, curves, round(1.5 * px)), px)
-        return np.clip(lines * cell, 0, 1)
-    if c == 12:  # centrosome: one or two dots next to the nucleus
-        n = int(rng.integers(1, 3))
-        th = rng.uniform(0, 2 * np.pi)
-        ys = np.clip(np.round(loc.cy + 1.15 * rn * np.sin(th) + rng.normal(0, 0.05 * rn, n)), 0, shape[0] - 1)
-        xs = np.clip(np.round(loc.cx + 1.15 * rn * np.cos(th) + rng.normal(0, 0.05 * rn, n)), 0, shape[1] - 1)
-        return np.clip(_spots(shape, ys, xs, np.ones(n), 0.05 * rn + px), 0, 1) * cell
-    if c == 13:  # plasma membrane: a ring at the cell edge
-        return np.exp(-0.5 * (loc.dist_edge / (0.035 * rc + 0.8 * px)) ** 2) * cell
-    if c == 14:  # mitochondria: short filaments, denser around the nucleus
-        n = int(rng.integers(60, 110) * (rc / _CELL_RADIUS) ** 0.5)
-        w = np.exp(-loc.dist_nuc / (0.6 * rc))
-        ys, xs = _pick(rng, cyto, n, w)
-        curves = _walks(rng, ys, xs, rng.uniform(0, 2 * np.pi, len(ys)), 0.03 * rc, 3, 0.5)
-        return _blur(_polylines(shape, curves, round(1.5 * px)), 0.5 * px) * cyto
-    if c == 15:  # aggresome: one large bright blob beside the nucleus
-        th = rng.uniform(0, 2 * np.pi)
-        ys = [np.clip(round(loc.cy + 1.25 * rn * np.sin(th)), 0, shape[0] - 1)]
-        xs = [np.clip(round(loc.cx + 1.25 * rn * np.cos(th)), 0, shape[1] - 1)]
-        return np.clip(1.3 * _spots(shape, ys, xs, [1.0], 0.2 * rn), 0, 1) * cell + 0.1 * cyto
-    if c == 16:  # cytosol: fills the cytoplasm, faint in the nucleus
-        return (cyto * (0.75 + 0.2 * tex) + 0.15 * nuc) * cell
-    if c == 17:  # vesicles: many small dots in the cytoplasm
-        n = int(rng.integers(40, 90))
-        ys, xs = _pick(rng, cyto & (loc.dist_edge > 0.03 * rc), n)
-        return np.clip(_spots(shape, ys, xs, rng.uniform(0.5, 1.0, n), 0.025 * rc + 0.4 * px), 0, 1) * cyto
-    return np.zeros(shape, np.float32)  # 18: negative
+    n = int(rng.integers(14, 24))
+    th = rng.uniform(0, 2 * np.pi, n)
+    r0 = rn * rng.uniform(1.0, 1.5, n)
+    y, x = loc.cy + r0 * np.sin(th), loc.cx + r0 * np.cos(th)
+    curves = _walks(rng, (y, x), th + np.pi / 2 * rng.choice([-1, 1], n), 0.06 * rc, 36, 0.15)
+    return _blur(_polylines(loc.cell.shape, curves, round(px)), 0.5 * px) * loc.cyto
+
+
+def _g_actin(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """9: straight parallel bundles and a cortical rim."""
+    rc, px = loc.r_cell, loc.px
+    th = rng.uniform(0, np.pi)
+    nrm = np.array([np.cos(th), -np.sin(th)])
+    curves = []
+    for off in rng.uniform(-rc, rc, int(rng.integers(8, 16))):
+        py, px_ = loc.cy + off * nrm[0], loc.cx + off * nrm[1]
+        dy, dx = 2 * rc * np.sin(th), 2 * rc * np.cos(th)
+        curves.append([(py - dy, px_ - dx), (py + dy, px_ + dx)])
+    fibres = _blur(_polylines(loc.cell.shape, curves, round(1.5 * px)), 0.6 * px)
+    rim = np.exp(-0.5 * (loc.dist_edge / (0.04 * rc + px)) ** 2)
+    return np.clip(0.8 * fibres + 0.6 * rim, 0, 1) * loc.cyto
+
+
+def _g_microtubules(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """10: the red fibres."""
+    return np.clip(1.6 * maps["mt"], 0, 1)
+
+
+def _g_mitotic_spindle(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """11: fibres from two poles to the chromatin plate (mitotic cells only)."""
+    shape, rc, px = loc.cell.shape, loc.r_cell, loc.px
+    if not maps["mitotic"]:
+        return np.zeros(shape, np.float32)
+    ax = maps["axis"]
+    ny, nx = np.cos(ax), -np.sin(ax)  # spindle axis, across the plate
+    curves = []
+    for sgn in (-1, 1):
+        pole = (loc.cy + sgn * 0.6 * rc * ny, loc.cx + sgn * 0.6 * rc * nx)
+        for t in np.linspace(-0.5, 0.5, 11):
+            end = (loc.cy + t * rc * np.sin(ax) * 1.0, loc.cx + t * rc * np.cos(ax) * 1.0)
+            curves.append([pole, end])
+    lines = _blur(_polylines(shape, curves, round(1.5 * px)), px)
+    return np.clip(lines * loc.cell, 0, 1)
+
+
+def _g_centrosome(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """12: one or two dots next to the nucleus."""
+    shape, rn = loc.cell.shape, loc.r_nuc
+    n = int(rng.integers(1, 3))
+    th = rng.uniform(0, 2 * np.pi)
+    ys = np.clip(np.round(loc.cy + 1.15 * rn * np.sin(th) + rng.normal(0, 0.05 * rn, n)), 0, shape[0] - 1)
+    xs = np.clip(np.round(loc.cx + 1.15 * rn * np.cos(th) + rng.normal(0, 0.05 * rn, n)), 0, shape[1] - 1)
+    return np.clip(_spots(shape, ys, xs, np.ones(n), 0.05 * rn + loc.px), 0, 1) * loc.cell
+
+
+def _g_plasma_membrane(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """13: a ring at the cell edge."""
+    return np.exp(-0.5 * (loc.dist_edge / (0.035 * loc.r_cell + 0.8 * loc.px)) ** 2) * loc.cell
+
+
+def _g_mitochondria(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """14: short filaments, denser around the nucleus."""
+    cyto, rc, px = loc.cyto, loc.r_cell, loc.px
+    n = int(rng.integers(60, 110) * (rc / _CELL_RADIUS) ** 0.5)
+    w = np.exp(-loc.dist_nuc / (0.6 * rc))
+    ys, xs = _pick(rng, cyto, n, w)
+    curves = _walks(rng, (ys, xs), rng.uniform(0, 2 * np.pi, len(ys)), 0.03 * rc, 3, 0.5)
+    return _blur(_polylines(cyto.shape, curves, round(1.5 * px)), 0.5 * px) * cyto
+
+
+def _g_aggresome(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """15: one large bright blob beside the nucleus."""
+    shape, rn = loc.cell.shape, loc.r_nuc
+    th = rng.uniform(0, 2 * np.pi)
+    ys = [np.clip(round(loc.cy + 1.25 * rn * np.sin(th)), 0, shape[0] - 1)]
+    xs = [np.clip(round(loc.cx + 1.25 * rn * np.cos(th)), 0, shape[1] - 1)]
+    return np.clip(1.3 * _spots(shape, ys, xs, [1.0], 0.2 * rn), 0, 1) * loc.cell + 0.1 * loc.cyto
+
+
+def _g_cytosol(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """16: fills the cytoplasm, faint in the nucleus."""
+    return (loc.cyto * (0.75 + 0.2 * maps["tex"]) + 0.15 * loc.nuc) * loc.cell
+
+
+def _g_vesicles(rng, loc: _Local, maps: dict) -> np.ndarray:
+    """17: many small dots in the cytoplasm."""
+    cyto, rc = loc.cyto, loc.r_cell
+    n = int(rng.integers(40, 90))
+    ys, xs = _pick(rng, cyto & (loc.dist_edge > 0.03 * rc), n)
+    return np.clip(_spots(cyto.shape, ys, xs, rng.uniform(0.5, 1.0, n), 0.025 * rc + 0.4 * loc.px), 0, 1) * cyto
+
+
+#: Class id -> its green pattern; Negative (18) has none.
+_GREEN_PATTERNS = {
+    0: _g_nucleoplasm, 1: _g_nuclear_membrane, 2: _g_nucleoli, 3: _g_fibrillar_centre, 4: _g_speckles,
+    5: _g_nuclear_bodies, 6: _g_er, 7: _g_golgi, 8: _g_intermediate_filaments, 9: _g_actin, 10: _g_microtubules,
+    11: _g_mitotic_spindle, 12: _g_centrosome, 13: _g_plasma_membrane, 14: _g_mitochondria, 15: _g_aggresome,
+    16: _g_cytosol, 17: _g_vesicles,
+}
+
+
+def _green_pattern(rng, c: int, loc: _Local, maps: dict) -> np.ndarray:
+    """The green pattern of class ``c`` in one cell, roughly in [0, 1] (zeros for Negative)."""
+    pattern = _GREEN_PATTERNS.get(c)
+    if pattern is None:
+        return np.zeros(loc.cell.shape, np.float32)  # 18: negative
+    return pattern(rng, loc, maps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -656,17 +758,70 @@ def _check_size(name: str, value) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class SyntheticOptions:
+    """What :func:`synthesize_image` draws besides the seed and the size; checks itself.
+
+    Attributes
+    ----------
+    n_cells : int, optional
+        Number of cells to try to place; by default about 8 at 512 x 512 and 25 at 2048 x 2048.
+        Cells that end up mostly outside the field are dropped, so fewer may remain.
+    bit_depth : {8, 16}
+        uint8 (as the Kaggle PNGs) or uint16 output.
+    classes : sequence of int, optional
+        The image-level classes; each cell gets a non-empty subset of them (or Negative).
+        By default 1 to 3 classes drawn by :data:`CLASS_FREQUENCIES`. Stored as a sorted tuple.
+    negative_fraction : float
+        Probability that a cell of a positive image is Negative.
+    debris : int, optional
+        Number of debris objects; by default 0 to 3, more in larger fields.
+    include_class : int, optional
+        With ``classes`` None: this class is one of the drawn image classes (18 makes a Negative
+        image); used to make a training split that covers every class.
+
+    Examples
+    --------
+    >>> SyntheticOptions(classes=[16, 0, 16]).classes
+    (0, 16)
+    """
+
+    n_cells: int | None = None
+    bit_depth: int = 8
+    classes: Sequence[int] | None = None
+    negative_fraction: float = 0.1
+    debris: int | None = None
+    include_class: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.bit_depth not in (8, 16):
+            raise ValueError(f"bit_depth must be 8 or 16, got {self.bit_depth!r}")
+        n_cells = self.n_cells
+        if n_cells is not None and (not isinstance(n_cells, (int, np.integer)) or n_cells < 1):
+            raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
+        if not 0.0 <= self.negative_fraction <= 1.0:
+            raise ValueError(f"negative_fraction must be in [0, 1], got {self.negative_fraction!r}")
+        if self.classes is not None:
+            classes = tuple(sorted({int(c) for c in self.classes}))
+            if not classes or any(not 0 <= c < NUM_CLASSES for c in classes):
+                raise ValueError(f"classes must be a non-empty set of class ids 0..{NUM_CLASSES - 1}, "
+                                 f"got {classes!r}")
+            if NEGATIVE in classes and len(classes) > 1:
+                raise ValueError(f"classes: Negative ({NEGATIVE}) cannot be combined with other classes, "
+                                 f"got {classes!r}")
+            object.__setattr__(self, "classes", classes)
+        if self.include_class is not None and not 0 <= int(self.include_class) < NUM_CLASSES:
+            raise ValueError(f"include_class must be a class id 0..{NUM_CLASSES - 1} or None, "
+                             f"got {self.include_class!r}")
+
+
 def synthesize_image(
     seed: int,
     height: int = 512,
     width: int = 512,
     *,
-    n_cells: int | None = None,
-    bit_depth: int = 8,
-    classes: Sequence[int] | None = None,
-    negative_fraction: float = 0.1,
-    debris: int | None = None,
-    include_class: int | None = None,
+    options: SyntheticOptions | None = None,
+    **overrides: Any,
 ) -> SyntheticImage:
     """Draw one synthetic HPA field of view with its truth.
 
@@ -676,21 +831,11 @@ def synthesize_image(
         Everything is a function of the seed.
     height, width : int
         Image size in pixels (rows, columns), at least 64.
-    n_cells : int, optional
-        Number of cells to try to place; by default about 8 at 512 x 512 and 25 at 2048 x 2048.
-        Cells that end up mostly outside the field are dropped, so fewer may remain.
-    bit_depth : {8, 16}
-        uint8 (as the Kaggle PNGs) or uint16 output.
-    classes : sequence of int, optional
-        The image-level classes; each cell gets a non-empty subset of them (or Negative).
-        By default 1 to 3 classes drawn by :data:`CLASS_FREQUENCIES`.
-    negative_fraction : float
-        Probability that a cell of a positive image is Negative.
-    debris : int, optional
-        Number of debris objects; by default 0 to 3, more in larger fields.
-    include_class : int, optional
-        With ``classes`` None: this class is one of the drawn image classes (18 makes a Negative
-        image); used to make a training split that covers every class.
+    options : SyntheticOptions, optional
+        What to draw (cell count, bit depth, classes, ...); the defaults by default.
+    **overrides
+        Fields of :class:`SyntheticOptions` by name (``n_cells``, ``bit_depth``, ``classes``,
+        ``negative_fraction``, ``debris``, ``include_class``); they replace those of ``options``.
 
     Returns
     -------
@@ -701,108 +846,26 @@ def synthesize_image(
     >>> s = synthesize_image(0, 256, 320)
     >>> s.image.shape, s.image.dtype.name, int(s.cell_mask.max()) == len(s.cell_labels)
     ((256, 320, 4), 'uint8', True)
+    >>> synthesize_image(0, 128, 128, bit_depth=16).image.dtype.name
+    'uint16'
     """
     height, width = _check_size("height", height), _check_size("width", width)
-    if bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
-    if n_cells is not None and (not isinstance(n_cells, (int, np.integer)) or n_cells < 1):
-        raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
-    if not 0.0 <= negative_fraction <= 1.0:
-        raise ValueError(f"negative_fraction must be in [0, 1], got {negative_fraction!r}")
-    if classes is not None:
-        classes = tuple(sorted({int(c) for c in classes}))
-        if not classes or any(not 0 <= c < NUM_CLASSES for c in classes):
-            raise ValueError(f"classes must be a non-empty set of class ids 0..{NUM_CLASSES - 1}, got {classes!r}")
-        if NEGATIVE in classes and len(classes) > 1:
-            raise ValueError(f"classes: Negative ({NEGATIVE}) cannot be combined with other classes, got {classes!r}")
-    if include_class is not None and not 0 <= int(include_class) < NUM_CLASSES:
-        raise ValueError(f"include_class must be a class id 0..{NUM_CLASSES - 1} or None, got {include_class!r}")
+    if options is not None and not isinstance(options, SyntheticOptions):
+        raise ValueError(f"options must be a SyntheticOptions or None, got {type(options).__name__}")
+    opts = SyntheticOptions(**overrides) if options is None else replace(options, **overrides)
     rng = np.random.default_rng(seed)
-    scale = _scale(height, width)
-    r_mean = _CELL_RADIUS * scale
+    r_mean = _CELL_RADIUS * _scale(height, width)
+    n_cells = opts.n_cells
     if n_cells is None:
         expected = _COVERAGE * height * width / (np.pi * r_mean**2)
         n_cells = max(2, int(round(expected * rng.uniform(0.75, 1.3))))
-    image_classes = _sample_image_classes(rng, include_class) if classes is None else classes
-
-    cells = _place_cells(rng, height, width, int(n_cells), r_mean)
-    if MITOTIC_SPINDLE in image_classes and not any(c.kind == "mitotic" for c in cells) and cells:
-        j = int(rng.integers(len(cells)))
-        c0 = cells[j].nuclei[0]
-        cells[j] = _new_cell_mitotic(rng, c0.cy, c0.cx, r_mean)
-    cells, cell_mask, nuclei_mask = _rasterise(cells, height, width)
-    _assign_labels(rng, cells, image_classes, negative_fraction)
-
+    image_classes = _sample_image_classes(rng, opts.include_class) if opts.classes is None else opts.classes
+    cells, cell_mask, nuclei_mask = _layout(rng, (height, width), int(n_cells), r_mean, image_classes,
+                                            opts.negative_fraction)
     px = max(1.0, 1.3 * r_mean / _CELL_RADIUS * 2.0)  # line width unit: ~2.6 px at 2048, ~1.1 at 512
-    shape = (height, width)
-    red = np.zeros(shape, np.float32)
-    green = np.zeros(shape, np.float32)
-    blue = np.zeros(shape, np.float32)
-    yellow = np.zeros(shape, np.float32)
-    tex = _smooth_noise(rng, shape, 2.0 * px)  # fine nuclear / cytoplasmic mottling
-    er_noise = _smooth_noise(rng, shape, 2.2 * px)
-    er = np.exp(-0.5 * (er_noise / 0.35) ** 2)  # zero-crossings of band-limited noise: a mesh
-    for k, cell in enumerate(cells, start=1):
-        loc = _local(cell, k, cell_mask, nuclei_mask, px)
-        y0, x0 = loc.y0, loc.x0
-        h, w = loc.cell.shape
-        sl = (slice(y0, y0 + h), slice(x0, x0 + w))
-        ltex, ler = tex[sl], er[sl]
-        mitotic = cell.kind == "mitotic"
-        nucleoli = _nucleoli(rng, loc) if not mitotic else np.zeros((h, w), np.float32)
-        # blue: nucleus, darker nucleoli; condensed chromatin is bright and ragged
-        b_int = rng.uniform(0.4, 0.7) if not mitotic else rng.uniform(0.85, 1.0)
-        b = loc.nuc * b_int * (0.85 + 0.12 * ltex) * (1 - 0.45 * nucleoli)
-        blue[sl] += b
-        # the cytoplasm thins out towards the cell edge (a lamella), so every texture fades there
-        edge = 1.0 - 0.55 * np.exp(-loc.dist_edge / (0.05 * cell.r_cell + px))
-        near = np.exp(-loc.dist_nuc / (0.5 * cell.r_cell))
-        # red: microtubule fibres on a diffuse cytoplasmic base, brighter around the nucleus
-        mt = _microtubules(rng, loc) if not mitotic else np.zeros((h, w), np.float32)
-        r_int = rng.uniform(0.3, 0.55)
-        if mitotic:
-            red[sl] += r_int * loc.cell * (0.75 + 0.1 * ltex) * (1.0 - 0.9 * loc.nuc)
-        else:
-            diffuse = loc.cyto * edge * (0.2 + 0.25 * near) * (1.0 + 0.15 * ltex)
-            red[sl] += r_int * (diffuse + 0.6 * mt * (0.6 + 0.4 * near))
-            red[sl] += 0.04 * r_int * loc.nuc
-        # yellow: reticular ER, dense around the nucleus (and on its envelope), fading to the edge
-        y_int = rng.uniform(0.4, 0.7)
-        env = (0.2 + 0.8 * np.exp(-loc.dist_nuc / (0.4 * cell.r_cell))) * edge
-        if mitotic:
-            yellow[sl] += y_int * loc.cell * (0.55 + 0.25 * ler) * (1.0 - 0.9 * loc.nuc)
-        else:
-            envelope = np.exp(-0.5 * (loc.dist_nuc / (0.03 * cell.r_nuc + px)) ** 2) * loc.cyto
-            yellow[sl] += y_int * (loc.cyto * env * (0.2 + 0.8 * ler) + 0.5 * envelope) + 0.04 * y_int * loc.nuc
-        # green: the protein pattern of each of the cell's classes
-        maps = {"tex": ltex, "nucleoli": nucleoli, "er": ler * env, "mt": mt, "mitotic": mitotic,
-                "axis": cell.nuclei[0].angle}
-        g = np.zeros((h, w), np.float32)
-        expr = rng.uniform(0.45, 1.0)
-        for c in cell.labels:
-            if c == NEGATIVE:
-                continue
-            g += expr * rng.uniform(0.6, 1.0) * _green_pattern(rng, c, loc, maps)
-        green[sl] += g * loc.cell
-
-    debris_mask, debris_list = _add_debris(rng, cell_mask, cells, r_mean, debris, (red, green, blue, yellow))
-
-    # uneven illumination: a smooth field within +-10 %, shared by the channels
-    from hpa_kernel._cv2 import cv2
-
-    coarse = rng.uniform(0.9, 1.1, (3, 3)).astype(np.float32)
-    light = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    dtype, full = (np.uint8, 255) if bit_depth == 8 else (np.uint16, 65535)
-    out = np.empty((height, width, 4), dtype=dtype)
-    for c, ch in enumerate((red, green, blue, yellow)):
-        ch = _blur(ch, 0.6 * px) * light
-        ch += np.float32(rng.uniform(0.008, 0.025))  # background offset
-        # camera noise: read noise plus shot noise that grows with the signal
-        sigma = np.sqrt(np.float32(0.006**2) + np.float32(0.025**2) * np.maximum(ch, 0))
-        ch += sigma * rng.standard_normal(shape, dtype=np.float32)
-        np.clip(ch, 0.0, 1.0, out=ch)
-        ch *= np.float32(full)
-        out[..., c] = np.rint(ch, out=ch)
+    channels = _paint_cells(rng, cells, cell_mask, nuclei_mask, px)
+    debris_mask, debris_list = _add_debris(rng, cell_mask, cells, r_mean, opts.debris, channels)
+    out = _camera(rng, channels, px, opts.bit_depth)
 
     labels = {k: cell.labels for k, cell in enumerate(cells, start=1)}
     return SyntheticImage(
@@ -819,6 +882,105 @@ def synthesize_image(
         seed=int(seed),
         params={"image_classes": list(image_classes), "n_cells_tried": int(n_cells), "cell_radius": float(r_mean)},
     )
+
+
+def _layout(rng, shape, n_cells: int, r_mean: float, image_classes, negative_fraction: float):
+    """Place the cells, make one mitotic if the spindle class needs it, rasterise them, label them.
+
+    Returns the kept cells, the cell mask and the nuclei mask.
+    """
+    height, width = shape
+    cells = _place_cells(rng, height, width, n_cells, r_mean)
+    if MITOTIC_SPINDLE in image_classes and not any(c.kind == "mitotic" for c in cells) and cells:
+        j = int(rng.integers(len(cells)))
+        c0 = cells[j].nuclei[0]
+        cells[j] = _new_cell_mitotic(rng, c0.cy, c0.cx, r_mean)
+    cells, cell_mask, nuclei_mask = _rasterise(cells, height, width)
+    _assign_labels(rng, cells, image_classes, negative_fraction)
+    return cells, cell_mask, nuclei_mask
+
+
+def _paint_cells(rng, cells: list[_Cell], cell_mask, nuclei_mask, px: float):
+    """The noiseless red, green, blue and yellow channels (float32) of all cells."""
+    shape = cell_mask.shape
+    red = np.zeros(shape, np.float32)
+    green = np.zeros(shape, np.float32)
+    blue = np.zeros(shape, np.float32)
+    yellow = np.zeros(shape, np.float32)
+    tex = _smooth_noise(rng, shape, 2.0 * px)  # fine nuclear / cytoplasmic mottling
+    er_noise = _smooth_noise(rng, shape, 2.2 * px)
+    er = np.exp(-0.5 * (er_noise / 0.35) ** 2)  # zero-crossings of band-limited noise: a mesh
+    for k, cell in enumerate(cells, start=1):
+        loc = _local(cell, k, cell_mask, nuclei_mask, px)
+        h, w = loc.cell.shape
+        sl = (slice(loc.y0, loc.y0 + h), slice(loc.x0, loc.x0 + w))
+        views = (red[sl], green[sl], blue[sl], yellow[sl])  # views: painting them paints the channels
+        _paint_cell(rng, cell, loc, tex[sl], er[sl], views)
+    return red, green, blue, yellow
+
+
+def _paint_cell(rng, cell: _Cell, loc: _Local, ltex, ler, views) -> None:
+    """Add one cell's four channels, in place, to ``views`` (its box in red, green, blue, yellow)."""
+    red, green, blue, yellow = views
+    h, w = loc.cell.shape
+    mitotic = cell.kind == "mitotic"
+    nucleoli = _nucleoli(rng, loc) if not mitotic else np.zeros((h, w), np.float32)
+    # blue: nucleus, darker nucleoli; condensed chromatin is bright and ragged
+    b_int = rng.uniform(0.4, 0.7) if not mitotic else rng.uniform(0.85, 1.0)
+    b = loc.nuc * b_int * (0.85 + 0.12 * ltex) * (1 - 0.45 * nucleoli)
+    blue += b
+    # the cytoplasm thins out towards the cell edge (a lamella), so every texture fades there
+    edge = 1.0 - 0.55 * np.exp(-loc.dist_edge / (0.05 * cell.r_cell + loc.px))
+    near = np.exp(-loc.dist_nuc / (0.5 * cell.r_cell))
+    # red: microtubule fibres on a diffuse cytoplasmic base, brighter around the nucleus
+    mt = _microtubules(rng, loc) if not mitotic else np.zeros((h, w), np.float32)
+    r_int = rng.uniform(0.3, 0.55)
+    if mitotic:
+        red += r_int * loc.cell * (0.75 + 0.1 * ltex) * (1.0 - 0.9 * loc.nuc)
+    else:
+        diffuse = loc.cyto * edge * (0.2 + 0.25 * near) * (1.0 + 0.15 * ltex)
+        red += r_int * (diffuse + 0.6 * mt * (0.6 + 0.4 * near))
+        red += 0.04 * r_int * loc.nuc
+    # yellow: reticular ER, dense around the nucleus (and on its envelope), fading to the edge
+    y_int = rng.uniform(0.4, 0.7)
+    env = (0.2 + 0.8 * np.exp(-loc.dist_nuc / (0.4 * cell.r_cell))) * edge
+    if mitotic:
+        yellow += y_int * loc.cell * (0.55 + 0.25 * ler) * (1.0 - 0.9 * loc.nuc)
+    else:
+        envelope = np.exp(-0.5 * (loc.dist_nuc / (0.03 * cell.r_nuc + loc.px)) ** 2) * loc.cyto
+        yellow += y_int * (loc.cyto * env * (0.2 + 0.8 * ler) + 0.5 * envelope) + 0.04 * y_int * loc.nuc
+    # green: the protein pattern of each of the cell's classes
+    maps = {"tex": ltex, "nucleoli": nucleoli, "er": ler * env, "mt": mt, "mitotic": mitotic,
+            "axis": cell.nuclei[0].angle}
+    g = np.zeros((h, w), np.float32)
+    expr = rng.uniform(0.45, 1.0)
+    for c in cell.labels:
+        if c == NEGATIVE:
+            continue
+        g += expr * rng.uniform(0.6, 1.0) * _green_pattern(rng, c, loc, maps)
+    green += g * loc.cell
+
+
+def _camera(rng, channels, px: float, bit_depth: int) -> np.ndarray:
+    """Image the channels: uneven illumination, a slight blur, background and noise; (H, W, 4) integers."""
+    from hpa_kernel._cv2 import cv2
+
+    height, width = shape = channels[0].shape
+    # uneven illumination: a smooth field within +-10 %, shared by the channels
+    coarse = rng.uniform(0.9, 1.1, (3, 3)).astype(np.float32)
+    light = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    dtype, full = (np.uint8, 255) if bit_depth == 8 else (np.uint16, 65535)
+    out = np.empty((height, width, 4), dtype=dtype)
+    for c, ch in enumerate(channels):
+        ch = _blur(ch, 0.6 * px) * light
+        ch += np.float32(rng.uniform(0.008, 0.025))  # background offset
+        # camera noise: read noise plus shot noise that grows with the signal
+        sigma = np.sqrt(np.float32(0.006**2) + np.float32(0.025**2) * np.maximum(ch, 0))
+        ch += sigma * rng.standard_normal(shape, dtype=np.float32)
+        np.clip(ch, 0.0, 1.0, out=ch)
+        ch *= np.float32(full)
+        out[..., c] = np.rint(ch, out=ch)
+    return out
 
 
 def _new_cell_mitotic(rng, cy, cx, r_mean) -> _Cell:
@@ -849,7 +1011,7 @@ def _add_debris(rng, cell_mask, cells, r_mean, n, channels):
         if not ok.any():
             break
         ys, xs = _pick(rng, ok, 1)
-        blob = _Blob.random(rng, ys[0], xs[0], radius, (1.0, 2.0), 0.3, orders=5)
+        blob = _Blob.random(rng, (ys[0], xs[0]), radius, _BlobStyle((1.0, 2.0), 0.3, orders=5))
         y0, x0, y1, x1 = blob.bbox(height, width)
         inside = (blob.distance(y0, x0, y1, x1) < 1.0) & background[y0:y1, x0:x1] & (debris_mask[y0:y1, x0:x1] == 0)
         if not inside.any():
@@ -959,26 +1121,12 @@ def competition_shapes(n: int) -> list[tuple[int, int]]:
     return shapes + [COMPETITION_NON_SQUARE]
 
 
-def make_competition(
-    out: str | Path,
-    *,
-    n_train: int = 8,
-    n_test: int = 4,
-    size: int = 512,
-    seed: int = 0,
-    bit_depth: int = 8,
-    shape: tuple[int, int] | None = None,
-    overwrite: bool = False,
-    sizes: str | None = None,
-    cover_classes: bool = False,
-) -> Competition:
-    """Write a synthetic competition folder in the Kaggle layout, with its truth.
+@dataclass(frozen=True)
+class CompetitionSpec:
+    """What :func:`make_competition` writes; checks itself. ``height``, ``width`` and ``test_shapes`` are derived.
 
-    Parameters
+    Attributes
     ----------
-    out : path
-        The folder to write; created if needed. Writing again with the same arguments gives the
-        same files.
     n_train, n_test : int
         Number of train and test images (>= 0, at least one in all).
     size : int
@@ -989,10 +1137,6 @@ def make_competition(
         uint8 PNGs (as Kaggle) or uint16 PNGs.
     shape : (int, int), optional
         ``(height, width)`` for non-square images.
-    overwrite : bool
-        ``out`` already holds images that this call would not write (another seed or count):
-        delete their channel files if True, raise ``ValueError`` if False, so that a pipeline
-        never sees stale images beside the new truth.
     sizes : {None, "competition"}
         ``"competition"``: the test images get the real test set's sizes, 2048², 1728² and 3072²
         in the proportions 462 : 68 : 29, plus one non-square image (:func:`competition_shapes`;
@@ -1001,6 +1145,111 @@ def make_competition(
         Train image ``i < 19`` has class ``i`` among its image classes (image 18 is Negative), so
         that a train split of at least 19 images covers every class; the other images are drawn
         by :data:`CLASS_FREQUENCIES` as usual.
+
+    Examples
+    --------
+    >>> spec = CompetitionSpec(n_train=1, n_test=2, shape=(300, 420))
+    >>> spec.height, spec.width, spec.test_shapes
+    (300, 420, ((300, 420), (300, 420)))
+    """
+
+    n_train: int = 8
+    n_test: int = 4
+    size: int = 512
+    seed: int = 0
+    bit_depth: int = 8
+    shape: tuple[int, int] | None = None
+    sizes: str | None = None
+    cover_classes: bool = False
+    height: int = field(init=False)
+    width: int = field(init=False)
+    test_shapes: tuple[tuple[int, int], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name, value in (("n_train", self.n_train), ("n_test", self.n_test)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.n_train + self.n_test == 0:
+            raise ValueError("n_train + n_test must be at least 1, got 0 images")
+        shape = self.shape
+        if shape is None:
+            height = width = _check_size("size", self.size)
+        else:
+            if len(tuple(shape)) != 2:
+                raise ValueError(f"shape must be (height, width), got {shape!r}")
+            height, width = _check_size("shape[0]", shape[0]), _check_size("shape[1]", shape[1])
+        if self.bit_depth not in (8, 16):
+            raise ValueError(f"bit_depth must be 8 or 16, got {self.bit_depth!r}")
+        if self.sizes not in (None, "competition"):
+            raise ValueError(f"sizes must be None or 'competition', got {self.sizes!r}")
+        n_test = self.n_test
+        test_shapes = competition_shapes(n_test) if self.sizes == "competition" else [(height, width)] * n_test
+        object.__setattr__(self, "height", height)
+        object.__setattr__(self, "width", width)
+        object.__setattr__(self, "test_shapes", tuple(test_shapes))
+
+
+@dataclass
+class _SplitTruth:
+    """The truth of one split, gathered image by image, then written to ``truth/``."""
+
+    cells_rows: list = field(default_factory=list)
+    info_rows: list = field(default_factory=list)
+    debris_rows: list = field(default_factory=list)
+    masks: dict = field(default_factory=dict)
+    nuclei: dict = field(default_factory=dict)
+
+    def add(self, image_id: str, sample: SyntheticImage) -> None:
+        self.masks[image_id] = sample.cell_mask
+        self.nuclei[image_id] = sample.nuclei_mask
+        n_ids = max(sample.cell_ids, default=0) + 1
+        areas = np.bincount(sample.cell_mask.ravel(), minlength=n_ids)
+        nucleus_areas = np.bincount(sample.nuclei_mask.ravel(), minlength=n_ids)
+        for k in sample.cell_ids:
+            self.cells_rows.append((image_id, k, format_labels(sample.cell_labels[k])))
+            self.info_rows.append((
+                image_id, k, f"{sample.nucleus_cut[k]:.4f}", int(k in sample.binucleate),
+                int(k in sample.mitotic), int(areas[k]), int(nucleus_areas[k]),
+            ))
+        for d in sample.debris:
+            self.debris_rows.append(
+                (image_id, d["id"], f"{d['y']:.1f}", f"{d['x']:.1f}", f"{d['radius']:.1f}", d["channels"])
+            )
+
+    def write(self, comp: Competition, split: str) -> None:
+        _write_csv(comp.truth_cells(split), ("ImageID", "CellID", "Labels"), self.cells_rows)
+        _write_csv(comp.truth_dir / f"{split}_cell_info.csv",
+                   ("ImageID", "CellID", "border_cut", "binucleate", "mitotic", "area", "nucleus_area"),
+                   self.info_rows)
+        _write_csv(comp.truth_dir / f"{split}_debris.csv",
+                   ("ImageID", "DebrisID", "y", "x", "radius", "channels"), self.debris_rows)
+        write_npz(comp.truth_masks(split), self.masks)
+        write_npz(comp.truth_dir / f"{split}_nuclei.npz", self.nuclei)
+
+
+def make_competition(
+    out: str | Path,
+    spec: CompetitionSpec | None = None,
+    *,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> Competition:
+    """Write a synthetic competition folder in the Kaggle layout, with its truth.
+
+    Parameters
+    ----------
+    out : path
+        The folder to write; created if needed. Writing again with the same arguments gives the
+        same files.
+    spec : CompetitionSpec, optional
+        What to write (counts, size, seed, bit depth, ...); the defaults by default.
+    overwrite : bool
+        ``out`` already holds images that this call would not write (another seed or count):
+        delete their channel files if True, raise ``ValueError`` if False, so that a pipeline
+        never sees stale images beside the new truth.
+    **overrides
+        Fields of :class:`CompetitionSpec` by name (``n_train``, ``n_test``, ``size``, ``seed``,
+        ``bit_depth``, ``shape``, ``sizes``, ``cover_classes``); they replace those of ``spec``.
 
     Returns
     -------
@@ -1011,99 +1260,75 @@ def make_competition(
         ``truth/{split}_nuclei.npz``, ``truth/{split}_cell_info.csv`` and ``truth/{split}_debris.csv``;
         ``synthetic.json`` records the parameters.
     """
-    for name, value in (("n_train", n_train), ("n_test", n_test)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if n_train + n_test == 0:
-        raise ValueError("n_train + n_test must be at least 1, got 0 images")
-    if shape is None:
-        height = width = _check_size("size", size)
-    else:
-        if len(tuple(shape)) != 2:
-            raise ValueError(f"shape must be (height, width), got {shape!r}")
-        height, width = _check_size("shape[0]", shape[0]), _check_size("shape[1]", shape[1])
-    if bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
-    if sizes not in (None, "competition"):
-        raise ValueError(f"sizes must be None or 'competition', got {sizes!r}")
-    test_shapes = competition_shapes(n_test) if sizes == "competition" else [(height, width)] * n_test
+    if spec is not None and not isinstance(spec, CompetitionSpec):
+        raise ValueError(f"spec must be a CompetitionSpec or None, got {type(spec).__name__}")
+    spec = CompetitionSpec(**overrides) if spec is None else replace(spec, **overrides)
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise ValueError(f"out must be a folder, got the file {root}")
     comp = Competition(root)
-    _clear_stale(comp, seed, n_train, n_test, overwrite)
+    _clear_stale(comp, spec.seed, spec.n_train, spec.n_test, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     comp.truth_dir.mkdir(exist_ok=True)
-    progress = _progress(n_train + n_test)
-    train_rows: list[tuple[str, str]] = []
-    sub_rows: list[tuple[str, int, int, str]] = []
-    images_meta: list[dict] = []
-    splits = (("train", n_train, comp.train_dir), ("test", n_test, comp.test_dir))
-    for split_index, (split, n, folder) in enumerate(splits):
-        folder.mkdir(exist_ok=True)
-        cells_rows, info_rows, debris_rows = [], [], []
-        masks, nuclei = {}, {}
-        for i in range(n):
-            image_id = _image_id(seed, split_index, i)
-            image_seed = _image_seed(seed, split_index, i)
-            h, w = test_shapes[i] if split == "test" else (height, width)
-            cover = i if cover_classes and split == "train" and i < NUM_CLASSES else None
-            sample = synthesize_image(image_seed, h, w, bit_depth=bit_depth, include_class=cover)
-            write_image(folder, image_id, sample.image)
-            images_meta.append({
-                "split": split, "id": image_id, "seed": image_seed, "n_cells": len(sample.cell_labels),
-                "height": h, "width": w, "image_classes": sample.params["image_classes"],
-            })
-            logger.debug("%s %s: %d cells, labels %s", split, image_id, len(sample.cell_labels),
-                         format_labels(sample.image_labels))
-            progress.update(1)
-            masks[image_id] = sample.cell_mask
-            nuclei[image_id] = sample.nuclei_mask
-            n_ids = max(sample.cell_ids, default=0) + 1
-            areas = np.bincount(sample.cell_mask.ravel(), minlength=n_ids)
-            nucleus_areas = np.bincount(sample.nuclei_mask.ravel(), minlength=n_ids)
-            for k in sample.cell_ids:
-                cells_rows.append((image_id, k, format_labels(sample.cell_labels[k])))
-                info_rows.append((
-                    image_id, k, f"{sample.nucleus_cut[k]:.4f}", int(k in sample.binucleate),
-                    int(k in sample.mitotic), int(areas[k]), int(nucleus_areas[k]),
-                ))
-            for d in sample.debris:
-                debris_rows.append(
-                    (image_id, d["id"], f"{d['y']:.1f}", f"{d['x']:.1f}", f"{d['radius']:.1f}", d["channels"])
-                )
-            if split == "train":
-                train_rows.append((image_id, format_labels(sample.image_labels)))
-            else:
-                sub_rows.append((image_id, w, h, ""))
-        _write_csv(comp.truth_cells(split), ("ImageID", "CellID", "Labels"), cells_rows)
-        _write_csv(comp.truth_dir / f"{split}_cell_info.csv",
-                   ("ImageID", "CellID", "border_cut", "binucleate", "mitotic", "area", "nucleus_area"), info_rows)
-        _write_csv(comp.truth_dir / f"{split}_debris.csv",
-                   ("ImageID", "DebrisID", "y", "x", "radius", "channels"), debris_rows)
-        write_npz(comp.truth_masks(split), masks)
-        write_npz(comp.truth_dir / f"{split}_nuclei.npz", nuclei)
+    progress = _progress(spec.n_train + spec.n_test)
+    train_rows, images_meta = _write_split(comp, spec, 0, progress)
+    sub_rows, test_meta = _write_split(comp, spec, 1, progress)
+    images_meta += test_meta
     progress.close()
     _write_csv(comp.train_csv, ("ID", "Label"), train_rows)
     _write_csv(comp.sample_submission, ("ID", "ImageWidth", "ImageHeight", "PredictionString"), sub_rows)
     meta = {
         "generator": "hpa_kernel.synthetic.make_competition",
-        "seed": int(seed),
-        "n_train": int(n_train),
-        "n_test": int(n_test),
-        "height": height,
-        "width": width,
-        "bit_depth": int(bit_depth),
-        "test_sizes": sizes or "uniform",
-        "cover_classes": bool(cover_classes),
-        "cell_radius_px": float(_CELL_RADIUS * _scale(height, width)),
+        "seed": int(spec.seed),
+        "n_train": int(spec.n_train),
+        "n_test": int(spec.n_test),
+        "height": spec.height,
+        "width": spec.width,
+        "bit_depth": int(spec.bit_depth),
+        "test_sizes": spec.sizes or "uniform",
+        "cover_classes": bool(spec.cover_classes),
+        "cell_radius_px": float(_CELL_RADIUS * _scale(spec.height, spec.width)),
         "images": images_meta,
     }
     (root / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
     n_cells = sum(m["n_cells"] for m in images_meta)
     logger.info("synthetic competition in %s: %d train + %d test images of %dx%d (HxW), %d-bit, %d cells, seed %d",
-                root, n_train, n_test, height, width, bit_depth, n_cells, seed)
+                root, spec.n_train, spec.n_test, spec.height, spec.width, spec.bit_depth, n_cells, spec.seed)
     return comp
+
+
+def _write_split(comp: Competition, spec: CompetitionSpec, split_index: int, progress) -> tuple[list, list[dict]]:
+    """Draw and write the images of one split (0 train, 1 test) and its truth.
+
+    Returns the split's rows of ``train.csv`` (train) or ``sample_submission.csv`` (test), and
+    one ``synthetic.json`` entry per image.
+    """
+    split, n, folder = (("train", spec.n_train, comp.train_dir), ("test", spec.n_test, comp.test_dir))[split_index]
+    folder.mkdir(exist_ok=True)
+    truth = _SplitTruth()
+    rows: list[tuple] = []
+    images_meta: list[dict] = []
+    for i in range(n):
+        image_id = _image_id(spec.seed, split_index, i)
+        image_seed = _image_seed(spec.seed, split_index, i)
+        h, w = spec.test_shapes[i] if split == "test" else (spec.height, spec.width)
+        cover = i if spec.cover_classes and split == "train" and i < NUM_CLASSES else None
+        sample = synthesize_image(image_seed, h, w, bit_depth=spec.bit_depth, include_class=cover)
+        write_image(folder, image_id, sample.image)
+        images_meta.append({
+            "split": split, "id": image_id, "seed": image_seed, "n_cells": len(sample.cell_labels),
+            "height": h, "width": w, "image_classes": sample.params["image_classes"],
+        })
+        logger.debug("%s %s: %d cells, labels %s", split, image_id, len(sample.cell_labels),
+                     format_labels(sample.image_labels))
+        progress.update(1)
+        truth.add(image_id, sample)
+        if split == "train":
+            rows.append((image_id, format_labels(sample.image_labels)))
+        else:
+            rows.append((image_id, w, h, ""))
+    truth.write(comp, split)
+    return rows, images_meta
 
 
 # ----------------------------------------------------------------------------------------------
