@@ -104,7 +104,7 @@ def test_other_ranks_draw_their_own_augmentations_and_write_nothing(toy_cells, t
     import torch
 
     from hpa_kernel.training.dataset import CellDataset, build_targets, read_cells_table
-    from hpa_kernel.training.loop import _Dist, _fit
+    from hpa_kernel.training.loop import _Dist, _fit, _FitJob
     from hpa_kernel.training.sampler import SemiBalancedSampler
 
     torch.set_num_threads(1)
@@ -123,7 +123,7 @@ def test_other_ranks_draw_their_own_augmentations_and_write_nothing(toy_cells, t
         sampler = SemiBalancedSampler(np.ones(len(table)), config.batch_size)  # the same cells for both
         out = tmp_path / f"rank{rank}"
         # world 1 keeps DDP out of the way; rank 1 still behaves as a non-main process
-        _fit(config, dataset, None, sampler, 1, out, "g1", _Dist(1, rank, torch.device("cpu"), False), progress=False)
+        _fit(_FitJob(config, dataset, None, sampler, 1, out, "g1", progress=False), _Dist(1, rank, torch.device("cpu"), False))
         return seen, out
 
     seen0, out0 = draws(0)
@@ -149,9 +149,8 @@ def _stop_after_first_epoch(config, cells, out):
 
     original = loop._fit
 
-    def fit(*args, **kwargs):
-        kwargs["on_recall"] = on_recall
-        return original(*args, **kwargs)
+    def fit(job, dist):
+        return original(dataclasses.replace(job, on_recall=on_recall), dist)
 
     loop._fit = fit
     try:

@@ -170,7 +170,7 @@ def finetune_checkpoints(
     from hpa_kernel.classifier import load_config
     from hpa_kernel.training.augment import Augmenter
     from hpa_kernel.training.dataset import CellDataset, read_cells_table, recipe_targets
-    from hpa_kernel.training.loop import _fit, _read_labels, _setup, _update_manifest
+    from hpa_kernel.training.loop import _fit, _FitJob, _read_labels, _setup, _update_manifest
     from hpa_kernel.training.sampler import ShuffledSampler
 
     if not checkpoints:
@@ -214,9 +214,9 @@ def finetune_checkpoints(
             dataset = datasets[key]
             dataset.augment = Augmenter(tc.augment)
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
-            paths = _fit(tc, dataset, None, sampler, steps, out_dir, f"{ckpt.stem}_ft", dist, progress=progress,
-                         init_state=state, file_names=[ckpt.name],
-                         extra={"finetuned_from": ckpt.name, "finetune": config.to_dict()})
+            paths = _fit(_FitJob(tc, dataset, None, sampler, steps, out_dir, f"{ckpt.stem}_ft", progress=progress,
+                                 init_state=state, file_names=(ckpt.name,),
+                                 extra={"finetuned_from": ckpt.name, "finetune": config.to_dict()}), dist)
             out.extend(paths)
             groups.add(tc.group)
         if dist.main and manifest and all(p.name.startswith("g") for p in out):

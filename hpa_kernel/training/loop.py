@@ -25,6 +25,7 @@ the sampler and only rank 0 writes files or validates.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -346,8 +348,9 @@ def train_group(
     dist = _setup(device)
     sampler, steps, reweight = _make_sampler(config, ts, train_idx, dist)
     try:
-        return _fit(config, train_ds, val_ds, sampler, steps, Path(out_dir), name or f"g{config.group}", dist,
-                    resume=resume, progress=progress, manifest=manifest and name is None, on_recall=reweight)
+        job = _FitJob(config, train_ds, val_ds, sampler, steps, Path(out_dir), name or f"g{config.group}",
+                      resume=resume, progress=progress, manifest=manifest and name is None, on_recall=reweight)
+        return _fit(job, dist)
     finally:
         if dist.initialized_here:
             import torch.distributed
@@ -355,162 +358,283 @@ def train_group(
             torch.distributed.destroy_process_group()
 
 
-def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Path, name: str, dist: _Dist, *,
-         resume: bool = False, progress: bool = True, manifest: bool = False, on_recall=None, init_state=None,
-         extra: dict | None = None, file_names: list[str] | None = None) -> list[Path]:
-    """The training loop shared by :func:`train_group` and fine-tuning."""
-    import torch
-    import torch.distributed as tdist
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+@dataclass(frozen=True)
+class _FitJob:
+    """What one run of :func:`_fit` trains and where it writes (shared by :func:`train_group` and fine-tuning).
 
-    from hpa_kernel.classifier import CheckpointConfig, create_classifier, save_checkpoint
-    from hpa_kernel.training.losses import create_loss
+    ``steps`` is the number of optimizer steps per epoch; ``on_recall(recall)`` is called at the start
+    of each epoch with the per-class recall of the previous one (None at first); ``init_state`` are
+    starting weights; ``extra`` goes into each checkpoint's JSON; ``file_names`` replace the default
+    snapshot names ``{name}_m{k}.pth``.
+    """
 
-    device = dist.device
-    cuda = device.type == "cuda"
-    amp = config.amp and cuda
-    channels_last = config.channels_last and cuda
-    torch.manual_seed(config.seed)
-    pretrained = config.pretrained if init_state is None and not resume else None
-    model = create_classifier(config.arch, in_chans=4, num_classes=config.num_classes, drop_rate=config.drop_rate, pretrained=pretrained)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer, scheduler = _optimizer_and_schedule(config, model, steps)
-    total = config.epochs * steps
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    loss_fn = create_loss(config.loss)
+    config: TrainConfig
+    train_ds: object
+    val_ds: object | None
+    sampler: object
+    steps: int
+    out_dir: Path
+    name: str
+    resume: bool = False
+    progress: bool = True
+    manifest: bool = False
+    on_recall: Callable | None = None
+    init_state: dict | None = None
+    extra: dict | None = None
+    file_names: tuple[str, ...] | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir / RUNS_DIR / self.name
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "log.jsonl"
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The live objects of a run: the job, the processes, the snapshot plan and the torch objects."""
+
+    job: _FitJob
+    dist: _Dist
+    snaps: list[int]
+    paths: list[Path]
+    total: int
+    model: object
+    optimizer: object
+    scheduler: object
+    scaler: object
+    loss_fn: object
+    net: object = None
+    loader: object = None
+
+    @property
+    def amp(self) -> bool:
+        return self.job.config.amp and self.dist.device.type == "cuda"
+
+    @property
+    def channels_last(self) -> bool:
+        return self.job.config.channels_last and self.dist.device.type == "cuda"
+
+    @property
+    def by_epoch(self) -> bool:
+        return bool(self.job.config.ensemble_epochs)
+
+
+def _snapshot_plan(job: _FitJob, total: int) -> tuple[list[int], list[Path]]:
+    """(the steps after which snapshots are saved, empty with ensemble epochs; the snapshot paths)."""
+    config = job.config
     by_epoch = bool(config.ensemble_epochs)
     snaps = [] if by_epoch else snapshot_steps(total, config.n_checkpoints, config.snapshot_fraction)
     n_snaps = len(config.ensemble_epochs) if by_epoch else len(snaps)
     if not by_epoch and len(snaps) < config.n_checkpoints:
         logger.warning("only %d optimizer steps: %d snapshots instead of %d", total, len(snaps), config.n_checkpoints)
-    if file_names is not None and len(file_names) != n_snaps:
-        raise ValueError(f"file_names has {len(file_names)} entries for {n_snaps} snapshots")
-    paths = [out_dir / f for f in file_names] if file_names else [out_dir / f"{name}_m{k}.pth" for k in range(n_snaps)]
-    run_dir = out_dir / RUNS_DIR / name
-    last_path = run_dir / "last.pt"
-    log_path = run_dir / "log.jsonl"
+    if job.file_names is not None and len(job.file_names) != n_snaps:
+        raise ValueError(f"file_names has {len(job.file_names)} entries for {n_snaps} snapshots")
+    names = list(job.file_names) if job.file_names else [f"{job.name}_m{k}.pth" for k in range(n_snaps)]
+    return snaps, [job.out_dir / f for f in names]
 
-    start_epoch, step, recall = 0, 0, None
-    if resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"resume: {last_path} not found (train without --resume first)")
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        if state.get("format") != _RESUME_FORMAT or state.get("config") != _config_json(config):
-            raise ValueError(f"resume: {last_path} was written by a different training config; "
-                             f"use the same settings or a new output folder (saved: {state.get('config')})")
-        if int(state.get("total_steps", total)) != total:
-            raise ValueError(f"resume: {last_path} is a run of {state['total_steps']} optimizer steps, this one has {total} "
-                             "(the number of training cells or of processes changed); use the same cells and processes "
-                             "or a new output folder")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        recall = np.asarray(state["recall"], dtype=float) if state.get("recall") is not None else None
-        logger.info("resumed %s at epoch %d, step %d of %d", name, start_epoch, step, total)
-        if start_epoch >= config.epochs:
-            logger.info("%s is already trained (%d epochs)", name, config.epochs)
 
-    if dist.rank:
-        # Every rank seeded alike (and on resume restored rank 0's saved state): without this the
-        # ranks would draw the same augmentations and dropout masks for their different cells.
-        torch.manual_seed(config.seed + 1_000_003 * dist.rank + step)
-    if not resume and dist.main and log_path.is_file():
-        log_path.unlink()
-    net = model
+def _build(job: _FitJob, dist: _Dist) -> _Run:
+    """The seeded model (moved to the device), optimiser, schedule, AMP scaler, loss and snapshot plan of a job."""
+    import torch
+
+    from hpa_kernel.classifier import create_classifier
+    from hpa_kernel.training.losses import create_loss
+
+    config = job.config
+    cuda = dist.device.type == "cuda"
+    torch.manual_seed(config.seed)
+    pretrained = config.pretrained if job.init_state is None and not job.resume else None
+    model = create_classifier(config.arch, in_chans=4, num_classes=config.num_classes, drop_rate=config.drop_rate, pretrained=pretrained)
+    if job.init_state is not None:
+        model.load_state_dict(job.init_state)
+    model.to(dist.device)
+    if config.channels_last and cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = _optimizer_and_schedule(config, model, job.steps)
+    total = config.epochs * job.steps
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and cuda)
+    loss_fn = create_loss(config.loss)
+    snaps, paths = _snapshot_plan(job, total)
+    return _Run(job, dist, snaps, paths, total, model, optimizer, scheduler, scaler, loss_fn)
+
+
+def _restore(run: _Run) -> tuple[int, int, np.ndarray | None]:
+    """Load ``last.pt`` into the run's torch objects and the torch RNG; return (epoch, step, recall) to go on from."""
+    import torch
+
+    job, total = run.job, run.total
+    last_path = job.last_path
+    if not last_path.is_file():
+        raise FileNotFoundError(f"resume: {last_path} not found (train without --resume first)")
+    state = torch.load(last_path, map_location="cpu", weights_only=True)
+    if state.get("format") != _RESUME_FORMAT or state.get("config") != _config_json(job.config):
+        raise ValueError(f"resume: {last_path} was written by a different training config; "
+                         f"use the same settings or a new output folder (saved: {state.get('config')})")
+    if int(state.get("total_steps", total)) != total:
+        raise ValueError(f"resume: {last_path} is a run of {state['total_steps']} optimizer steps, this one has {total} "
+                         "(the number of training cells or of processes changed); use the same cells and processes "
+                         "or a new output folder")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    start_epoch, step = int(state["epoch"]), int(state["step"])
+    recall = np.asarray(state["recall"], dtype=float) if state.get("recall") is not None else None
+    logger.info("resumed %s at epoch %d, step %d of %d", job.name, start_epoch, step, total)
+    if start_epoch >= job.config.epochs:
+        logger.info("%s is already trained (%d epochs)", job.name, job.config.epochs)
+    return start_epoch, step, recall
+
+
+def _with_loader(run: _Run) -> _Run:
+    """The run with its network (DDP-wrapped with several processes) and its training DataLoader."""
+    from torch.utils.data import DataLoader
+
+    job, dist = run.job, run.dist
+    cuda = dist.device.type == "cuda"
+    net = run.model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+        net = DistributedDataParallel(run.model, device_ids=[dist.device.index] if cuda else None)
+    loader = DataLoader(job.train_ds, batch_size=job.config.batch_size, sampler=job.sampler, num_workers=job.config.workers,
                         pin_memory=cuda, drop_last=False, persistent_workers=False)
+    return dataclasses.replace(run, net=net, loader=loader)
 
-    def save_snapshot(k: int | None, epoch: int, path: Path | None = None) -> None:
-        cfg = CheckpointConfig(
-            arch=config.arch, num_classes=config.num_classes, input_size=config.input_size, mean=config.mean, std=config.std,
-            group=config.group, augmentation=config.augment.to_dict(), loss=config.loss.to_dict(), epoch=epoch, step=step,
-            recipe=config.recipe,
-            extra={"name": name, "snapshot": k, "snapshot_steps": snaps, "ensemble_epochs": list(config.ensemble_epochs),
-                   "epoch_index": epoch - 1, "total_steps": total, "world_size": dist.world, "train_config": config.to_dict(),
-                   **(extra or {})},
-        )
-        path = path or paths[k]
-        save_checkpoint(model, cfg, path)
-        logger.info("checkpoint after epoch %d (0-based %d), step %d: %s", epoch, epoch - 1, step, path)
 
-    ncls = config.num_classes
-    for epoch in range(start_epoch, config.epochs):
-        if on_recall is not None:
-            on_recall(recall)
-        sampler.set_epoch(epoch)
-        net.train()
+def _save_snapshot(run: _Run, k: int | None, epoch: int, step: int, path: Path | None = None) -> None:
+    """Save the model as snapshot ``k`` (``run.paths[k]``), or at ``path`` when given."""
+    from hpa_kernel.classifier import CheckpointConfig, save_checkpoint
+
+    config, job = run.job.config, run.job
+    cfg = CheckpointConfig(
+        arch=config.arch, num_classes=config.num_classes, input_size=config.input_size, mean=config.mean, std=config.std,
+        group=config.group, augmentation=config.augment.to_dict(), loss=config.loss.to_dict(), epoch=epoch, step=step,
+        recipe=config.recipe,
+        extra={"name": job.name, "snapshot": k, "snapshot_steps": run.snaps, "ensemble_epochs": list(config.ensemble_epochs),
+               "epoch_index": epoch - 1, "total_steps": run.total, "world_size": run.dist.world, "train_config": config.to_dict(),
+               **(job.extra or {})},
+    )
+    path = path or run.paths[k]
+    save_checkpoint(run.model, cfg, path)
+    logger.info("checkpoint after epoch %d (0-based %d), step %d: %s", epoch, epoch - 1, step, path)
+
+
+def _train_epoch(run: _Run, epoch: int, step: int):
+    """One epoch of optimizer steps (snapshots saved on the way); returns (step, epoch stats on the CPU, float64).
+
+    The stats are the loss sum, the number of batches, then per class the true positives and the
+    positives, summed over the processes.
+    """
+    import torch
+    import torch.distributed as tdist
+    from tqdm.auto import tqdm
+
+    job, dist, config = run.job, run.dist, run.job.config
+    device, ncls = dist.device, config.num_classes
+    run.net.train()
+    # loss sum, batches, true positives, positives: summed on the device, read once per epoch
+    stats = torch.zeros(2 + 2 * ncls, device=device)
+    bar = tqdm(run.loader, total=len(run.loader), desc=f"{job.name} epoch {epoch + 1}/{config.epochs}",
+               disable=not (job.progress and dist.main), leave=False, dynamic_ncols=True)
+    for x, y in bar:
+        x = _normalise(x.to(device, non_blocking=True), config.mean, config.std, run.channels_last)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=run.amp):
+            logits = run.net(x)
+        loss = run.loss_fn(logits.float(), y)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        step += 1
+        with torch.no_grad():
+            pos = (y >= config.sampler.threshold).float()
+            stats[0] += loss.detach()
+            stats[1] += 1
+            stats[2:2 + ncls] += ((logits.detach() > 0).float() * pos).sum(0)
+            stats[2 + ncls:] += pos.sum(0)
+        if not bar.disable:  # reading the loss waits for the device
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
+        if step in run.snaps and dist.main:
+            _save_snapshot(run, run.snaps.index(step), epoch + 1, step)
+    bar.close()
+    if dist.world > 1:
+        tdist.all_reduce(stats)
+    return step, stats.double().cpu()
+
+
+def _recall(stats, ncls: int) -> np.ndarray:
+    """Per-class recall of the epoch stats of :func:`_train_epoch` (NaN for classes without positives)."""
+    tp, npos = stats[2:2 + ncls].numpy(), stats[2 + ncls:].numpy()
+    return np.where(npos > 0, tp / np.maximum(npos, 1), np.nan)
+
+
+def _end_epoch(run: _Run, epoch: int, step: int, stats, recall: np.ndarray, t0: float) -> None:
+    """Rank 0 after an epoch: the epoch snapshots, the log line (with validation) and the resume state."""
+    import torch
+
+    job, config = run.job, run.job.config
+    if run.by_epoch:
+        _save_snapshot(run, None, epoch + 1, step, job.out_dir / epoch_checkpoint_name(job.name, epoch))
+        if epoch in config.ensemble_epochs:
+            _save_snapshot(run, config.ensemble_epochs.index(epoch), epoch + 1, step)
+    record = {"name": job.name, "epoch": epoch + 1, "step": step, "train_loss": float(stats[0] / max(1.0, float(stats[1]))),
+              "lr": run.scheduler.get_last_lr()[0]}
+    if job.val_ds is not None and len(job.val_ds):
+        record.update(validation_loss_and_map(run.model, job.val_ds, config, run.dist.device, run.loss_fn))
+        run.model.train()
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(job.log_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    state = {
+        "format": _RESUME_FORMAT, "config": _config_json(config), "epoch": epoch + 1, "step": step, "total_steps": run.total,
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(), "recall": None if recall is None else [float(r) for r in recall],
+    }
+    atomic_write(job.last_path, lambda tmp: torch.save(state, tmp))
+
+
+def _fit(job: _FitJob, dist: _Dist) -> list[Path]:
+    """The training loop shared by :func:`train_group` and fine-tuning; returns the snapshot paths."""
+    import torch
+    import torch.distributed as tdist
+
+    run = _build(job, dist)
+    start_epoch, step, recall = _restore(run) if job.resume else (0, 0, None)
+    if dist.rank:
+        # Every rank seeded alike (and on resume restored rank 0's saved state): without this the
+        # ranks would draw the same augmentations and dropout masks for their different cells.
+        torch.manual_seed(job.config.seed + 1_000_003 * dist.rank + step)
+    if not job.resume and dist.main and job.log_path.is_file():
+        job.log_path.unlink()
+    run = _with_loader(run)
+    for epoch in range(start_epoch, job.config.epochs):
+        if job.on_recall is not None:
+            job.on_recall(recall)
+        job.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        # loss sum, batches, true positives, positives: summed on the device, read once per epoch
-        stats = torch.zeros(2 + 2 * ncls, device=device)
-        bar = tqdm(loader, total=len(loader), desc=f"{name} epoch {epoch + 1}/{config.epochs}", disable=not (progress and dist.main),
-                   leave=False, dynamic_ncols=True)
-        for x, y in bar:
-            x = _normalise(x.to(device, non_blocking=True), config.mean, config.std, channels_last)
-            y = y.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                logits = net(x)
-            loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            with torch.no_grad():
-                pos = (y >= config.sampler.threshold).float()
-                stats[0] += loss.detach()
-                stats[1] += 1
-                stats[2:2 + ncls] += ((logits.detach() > 0).float() * pos).sum(0)
-                stats[2 + ncls:] += pos.sum(0)
-            if not bar.disable:  # reading the loss waits for the device
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if step in snaps and dist.main:
-                save_snapshot(snaps.index(step), epoch + 1)
-        bar.close()
-        if dist.world > 1:
-            tdist.all_reduce(stats)
-        stats = stats.double().cpu()
-        tp, npos = stats[2:2 + ncls].numpy(), stats[2 + ncls:].numpy()
-        recall = np.where(npos > 0, tp / np.maximum(npos, 1), np.nan)
-        if dist.main and by_epoch:
-            save_snapshot(None, epoch + 1, out_dir / epoch_checkpoint_name(name, epoch))
-            if epoch in config.ensemble_epochs:
-                save_snapshot(config.ensemble_epochs.index(epoch), epoch + 1)
+        step, stats = _train_epoch(run, epoch, step)
+        recall = _recall(stats, job.config.num_classes)
         if dist.main:
-            record = {"name": name, "epoch": epoch + 1, "step": step, "train_loss": float(stats[0] / max(1.0, float(stats[1]))),
-                      "lr": scheduler.get_last_lr()[0]}
-            if val_ds is not None and len(val_ds):
-                record.update(validation_loss_and_map(model, val_ds, config, device, loss_fn))
-                model.train()
-            record["seconds"] = round(time.perf_counter() - t0, 3)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            state = {
-                "format": _RESUME_FORMAT, "config": _config_json(config), "epoch": epoch + 1, "step": step, "total_steps": total,
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "recall": None if recall is None else [float(r) for r in recall],
-            }
-            atomic_write(last_path, lambda tmp: torch.save(state, tmp))
+            _end_epoch(run, epoch, step, stats, recall, t0)
         if dist.world > 1:
             tdist.barrier()
-    if dist.main and manifest:
-        _update_manifest(out_dir, config.group)
-    missing = [p for p in paths if not p.is_file()]
+    if dist.main and job.manifest:
+        _update_manifest(job.out_dir, job.config.group)
+    missing = [p for p in run.paths if not p.is_file()]
     if dist.main and missing:
         raise ValueError(f"training finished but snapshots are missing: {[str(p) for p in missing]}")
-    return paths
+    return run.paths
