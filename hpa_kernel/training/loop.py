@@ -41,7 +41,7 @@ from hpa_kernel.classes import NUM_CLASSES
 from hpa_kernel.io import atomic_write
 from hpa_kernel.training.config import TrainConfig, epoch_cosine_lr, snapshot_steps
 
-__all__ = ["train_group", "predict", "validation_loss_and_map", "checkpoint_name", "epoch_checkpoint_name", "filter_cells_for", "RUNS_DIR"]
+__all__ = ["train_group", "TrainInputs", "RunOptions", "predict", "validation_loss_and_map", "checkpoint_name", "epoch_checkpoint_name", "filter_cells_for", "RUNS_DIR"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,18 +166,32 @@ def _normalise(x, mean, std, channels_last: bool):
     return x
 
 
-def predict(model, dataset, mean, std, device="cpu", batch_size: int = 64, workers: int = 0, progress: bool = False) -> np.ndarray:
-    """Sigmoid probabilities (N, 19) of ``model`` over a dataset of (crop, target) pairs, in order."""
+def predict(model, dataset, config, device="cpu", *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Sigmoid probabilities (N, 19) of ``model`` over a dataset of (crop, target) pairs, in order.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    dataset : Dataset of (crop, target)
+    config : TrainConfig or CheckpointConfig
+        Its ``mean`` and ``std`` normalise the crops; a :class:`~.config.TrainConfig` also gives the
+        DataLoader ``workers`` (otherwise 0).
+    device : str or torch.device
+    batch_size : int
+    progress : bool
+        Show a tqdm bar.
+    """
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     model.eval()
+    workers = config.workers if isinstance(config, TrainConfig) else 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     out = []
     with torch.no_grad():
         for x, _ in tqdm(loader, desc="predict", disable=not progress, leave=False):
-            logits = model(_normalise(x.to(device), mean, std, False))
+            logits = model(_normalise(x.to(device), config.mean, config.std, False))
             out.append(torch.sigmoid(logits.float()).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
 
@@ -188,7 +202,7 @@ def validation_loss_and_map(model, dataset, config: TrainConfig, device="cpu", l
 
     from hpa_kernel.training.metrics import mean_average_precision
 
-    probs = predict(model, dataset, config.mean, config.std, device, batch_size=max(config.batch_size, 32), workers=config.workers)
+    probs = predict(model, dataset, config, device, batch_size=max(config.batch_size, 32))
     targets = dataset.targets
     result = {"val_map": mean_average_precision(targets, probs)[0]}
     if loss_fn is not None:
@@ -271,20 +285,97 @@ def _make_sampler(config: TrainConfig, ts, train_idx, dist):
     return sampler, steps, reweight
 
 
+@dataclass(frozen=True)
+class TrainInputs:
+    """The optional inputs of :func:`train_group` besides the training ``cells.csv``.
+
+    Attributes
+    ----------
+    val_cells : path, optional
+        A ``cells.csv`` for the per-epoch validation; otherwise ``config.val_fraction`` of the
+        images of the training table are held out (none when 0).
+    soft_labels, pseudo_labels : path, optional
+        Manual soft labels (``hpa-kernel label export``) and pseudo labels
+        (:func:`~.pseudo.make_pseudo_labels`) that replace the image-level targets.
+    """
+
+    val_cells: str | os.PathLike | None = None
+    soft_labels: str | os.PathLike | None = None
+    pseudo_labels: str | os.PathLike | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a training or fine-tuning run goes, apart from what it learns.
+
+    Attributes
+    ----------
+    resume : bool
+        Continue from ``runs/{name}/last.pt`` (it must exist and have the same config and number of
+        optimizer steps). Training only.
+    device : str, optional
+        ``"cuda"``, ``"cpu"``...; default CUDA when available. Under torchrun each rank uses
+        ``cuda:LOCAL_RANK``.
+    name : str, optional
+        Snapshot stem; default ``g{group}`` (files ``g{group}_m{k}.pth``). Training only.
+    manifest : bool
+        Create or update ``out_dir/weights_manifest.json`` with the snapshot hashes; in training
+        only with the default ``name`` (the manifest lists ``g{group}_m{k}.pth``).
+    progress : bool
+        Show tqdm bars (rank 0).
+    cache : bool, optional
+        Keep resized crops in memory; default when ``input_size <= 128``.
+    """
+
+    resume: bool = False
+    device: str | None = None
+    name: str | None = None
+    manifest: bool = True
+    progress: bool = True
+    cache: bool | None = None
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """The training targets, the training rows and the datasets of a run."""
+
+    targets: object
+    train_idx: np.ndarray
+    train_ds: object
+    val_ds: object | None
+
+
+def _datasets(config: TrainConfig, cells_csv, inputs: TrainInputs, cache: bool) -> _Cells:
+    """Read the tables and labels of a run and make its training and validation datasets."""
+    from hpa_kernel.training.augment import Augmenter
+    from hpa_kernel.training.dataset import CellDataset, read_cells_table, recipe_targets
+
+    table = filter_cells_for(config, cells_csv)
+    labels = _read_labels(config, inputs.soft_labels, inputs.pseudo_labels)
+    ts = recipe_targets(table, config, *labels)
+    k = config.num_classes
+    if inputs.val_cells is not None:
+        train_idx = np.arange(len(table))
+        vtable = read_cells_table(inputs.val_cells)
+        vtargets = recipe_targets(vtable, config, labels[0], labels[1], None).targets[:, :k]
+        val_ds = CellDataset(vtable["crop_path"], vtargets, config.input_size, None, cache)
+    else:
+        train_idx, val_idx = _split_by_image(table, config.val_fraction, config.seed)
+        val_ds = CellDataset(table["crop_path"].iloc[val_idx], ts.targets[val_idx, :k], config.input_size, None, cache) if len(val_idx) else None
+    train_ds = CellDataset(table["crop_path"].iloc[train_idx], ts.targets[train_idx, :k], config.input_size, Augmenter(config.augment), cache)
+    logger.info("group %d (%s): %d training cells (%d manual, %d pseudo), %d validation cells", config.group, config.recipe,
+                len(train_ds), int((ts.source[train_idx] == "manual").sum()), int((ts.source[train_idx] == "pseudo").sum()),
+                len(val_ds) if val_ds else 0)
+    return _Cells(ts, train_idx, train_ds, val_ds)
+
+
 def train_group(
     config: TrainConfig,
     cells_csv: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    val_cells: str | os.PathLike | None = None,
-    soft_labels: str | os.PathLike | None = None,
-    pseudo_labels: str | os.PathLike | None = None,
-    resume: bool = False,
-    device: str | None = None,
-    name: str | None = None,
-    manifest: bool = True,
-    progress: bool = True,
-    cache: bool | None = None,
+    inputs: TrainInputs = TrainInputs(),
+    options: RunOptions = RunOptions(),
 ) -> list[Path]:
     """Train one ensemble group and return the paths of its snapshot checkpoints (``.pth``).
 
@@ -296,66 +387,39 @@ def train_group(
         The training ``cells.csv`` (valid cells are used).
     out_dir : path
         Where the snapshots, the manifest and ``runs/{name}/`` go.
-    val_cells : path, optional
-        A ``cells.csv`` for the per-epoch validation; otherwise ``config.val_fraction`` of the
-        images of ``cells_csv`` are held out (none when 0).
-    soft_labels, pseudo_labels : path, optional
-        Manual soft labels (``hpa-kernel label export``) and pseudo labels
-        (:func:`~.pseudo.make_pseudo_labels`) that replace the image-level targets.
-    resume : bool
-        Continue from ``runs/{name}/last.pt`` (it must exist and have the same config and number of
-        optimizer steps).
-    device : str, optional
-        ``"cuda"``, ``"cpu"``...; default CUDA when available. Under torchrun each rank uses
-        ``cuda:LOCAL_RANK``.
-    name : str, optional
-        Snapshot stem; default ``g{group}`` (files ``g{group}_m{k}.pth``).
-    manifest : bool
-        Create or update ``out_dir/weights_manifest.json`` with the snapshot hashes; only with the
-        default ``name`` (the manifest lists ``g{group}_m{k}.pth``).
-    progress : bool
-        Show tqdm bars (rank 0).
-    cache : bool, optional
-        Keep resized crops in memory; default when ``input_size <= 128``.
+    inputs : TrainInputs
+        Validation cells, soft labels and pseudo labels (all optional).
+    options : RunOptions
+        Resume, device, snapshot name, manifest, progress bars, crop cache.
 
     Returns
     -------
     list of Path
     """
-    from hpa_kernel.training.augment import Augmenter
-    from hpa_kernel.training.dataset import CellDataset, read_cells_table, recipe_targets
-
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
-    table = filter_cells_for(config, cells_csv)
-    labels = _read_labels(config, soft_labels, pseudo_labels)
-    ts = recipe_targets(table, config, *labels)
-    k = config.num_classes
-    cache = config.input_size <= 128 if cache is None else cache
-    if val_cells is not None:
-        train_idx = np.arange(len(table))
-        vtable = read_cells_table(val_cells)
-        vtargets = recipe_targets(vtable, config, labels[0], labels[1], None).targets[:, :k]
-        val_ds = CellDataset(vtable["crop_path"], vtargets, config.input_size, None, cache)
-    else:
-        train_idx, val_idx = _split_by_image(table, config.val_fraction, config.seed)
-        val_ds = CellDataset(table["crop_path"].iloc[val_idx], ts.targets[val_idx, :k], config.input_size, None, cache) if len(val_idx) else None
-    train_ds = CellDataset(table["crop_path"].iloc[train_idx], ts.targets[train_idx, :k], config.input_size, Augmenter(config.augment), cache)
-    logger.info("group %d (%s): %d training cells (%d manual, %d pseudo), %d validation cells", config.group, config.recipe,
-                len(train_ds), int((ts.source[train_idx] == "manual").sum()), int((ts.source[train_idx] == "pseudo").sum()),
-                len(val_ds) if val_ds else 0)
-
-    dist = _setup(device)
-    sampler, steps, reweight = _make_sampler(config, ts, train_idx, dist)
+    if not isinstance(inputs, TrainInputs) or not isinstance(options, RunOptions):
+        raise ValueError(f"inputs must be a TrainInputs and options a RunOptions, got {type(inputs).__name__} and "
+                         f"{type(options).__name__}")
+    cache = config.input_size <= 128 if options.cache is None else options.cache
+    cells = _datasets(config, cells_csv, inputs, cache)
+    dist = _setup(options.device)
+    sampler, steps, reweight = _make_sampler(config, cells.targets, cells.train_idx, dist)
     try:
-        job = _FitJob(config, train_ds, val_ds, sampler, steps, Path(out_dir), name or f"g{config.group}",
-                      resume=resume, progress=progress, manifest=manifest and name is None, on_recall=reweight)
+        job = _FitJob(config, cells.train_ds, cells.val_ds, sampler, steps, Path(out_dir), options.name or f"g{config.group}",
+                      resume=options.resume, progress=options.progress, manifest=options.manifest and options.name is None,
+                      on_recall=reweight)
         return _fit(job, dist)
     finally:
-        if dist.initialized_here:
-            import torch.distributed
+        _teardown(dist)
 
-            torch.distributed.destroy_process_group()
+
+def _teardown(dist: _Dist) -> None:
+    """Destroy the process group when :func:`_setup` created it."""
+    if dist.initialized_here:
+        import torch.distributed
+
+        torch.distributed.destroy_process_group()
 
 
 @dataclass(frozen=True)
