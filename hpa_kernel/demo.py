@@ -119,11 +119,12 @@ def build_training_cells(competition, out: str | os.PathLike, crop_size: int = 6
         The ``cells.csv``.
     """
     from hpa_kernel.cells import CellConfig
-    from hpa_kernel.cells.builder import build_training_set
+    from hpa_kernel.cells.builder import BuildOptions, build_training_set
     from hpa_kernel.segmentation import create_segmenter
 
     return build_training_set(
-        competition.root, out, create_segmenter("classic"), CellConfig(crop_size=crop_size), workers=workers, progress=progress
+        competition.root, out, create_segmenter("classic"), CellConfig(crop_size=crop_size),
+        BuildOptions(workers=workers, progress=progress),
     )
 
 

@@ -28,6 +28,8 @@ from hpa_kernel.training import (
 from toy_training import make_toy_cells
 
 TINY = dict(input_size=32, batch_size=4, epochs=2, steps_per_epoch=1, workers=0)
+QUIET = RunOptions(progress=False, manifest=False)
+RESUME = RunOptions(resume=True, progress=False, manifest=False)
 
 
 @pytest.fixture(scope="module")
@@ -73,18 +75,18 @@ def test_resume_continues_from_last_state(toy_cells, tmp_path):
     base = group_config(1, **TINY, val_fraction=0.0)
     one = dataclasses.replace(base, epochs=1)
     with pytest.raises(FileNotFoundError, match="last.pt"):
-        train_group(base, toy_cells, tmp_path / "r", options=RunOptions(resume=True, options=RunOptions(progress=False, manifest=False)))
+        train_group(base, toy_cells, tmp_path / "r", options=RESUME)
     # An uninterrupted 2-epoch run and a run stopped after epoch 1 then resumed end in the same weights.
-    full = train_group(base, toy_cells, tmp_path / "full", options=RunOptions(progress=False, manifest=False))
-    train_group(base, toy_cells, tmp_path / "r", options=RunOptions(progress=False, manifest=False))
+    full = train_group(base, toy_cells, tmp_path / "full", options=QUIET)
+    train_group(base, toy_cells, tmp_path / "r", options=QUIET)
     state = torch.load(tmp_path / "r" / "runs" / "g1" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 2 and set(state) >= {"model", "optimizer", "scheduler", "scaler"}
     with pytest.raises(ValueError, match="different training config"):
-        train_group(one, toy_cells, tmp_path / "r", options=RunOptions(resume=True, options=RunOptions(progress=False, manifest=False)))
+        train_group(one, toy_cells, tmp_path / "r", options=RESUME)
     # simulate an interruption after epoch 1: rewind last.pt to a 1-epoch run of the same config
     stopped = tmp_path / "stopped"
     _stop_after_first_epoch(base, toy_cells, stopped)
-    resumed = train_group(base, toy_cells, stopped, options=RunOptions(resume=True, options=RunOptions(progress=False, manifest=False)))
+    resumed = train_group(base, toy_cells, stopped, options=RESUME)
     a = torch.load(full[0], weights_only=True)
     b = torch.load(resumed[0], weights_only=True)
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
@@ -95,11 +97,11 @@ def test_resume_continues_from_last_state(toy_cells, tmp_path):
 def test_resume_refuses_a_run_with_another_number_of_steps(toy_cells, tmp_path):
     # Steps per epoch derived from the table: more cells means another schedule and other snapshots.
     config = group_config(1, **{**TINY, "steps_per_epoch": None, "epochs": 1, "batch_size": 8}, val_fraction=0.0)
-    train_group(config, toy_cells, tmp_path / "r", options=RunOptions(progress=False, manifest=False))
+    train_group(config, toy_cells, tmp_path / "r", options=QUIET)
     bigger = make_toy_cells(tmp_path / "big", n_images=10, cells_per_image=3, size=48, seed=7)
     with pytest.raises(ValueError, match="optimizer steps"):
-        train_group(config, bigger, tmp_path / "r", options=RunOptions(resume=True, options=RunOptions(progress=False, manifest=False)))
-    assert train_group(config, toy_cells, tmp_path / "r", options=RunOptions(resume=True, options=RunOptions(progress=False, manifest=False)))
+        train_group(config, bigger, tmp_path / "r", options=RESUME)
+    assert train_group(config, toy_cells, tmp_path / "r", options=RESUME)
 
 
 def test_other_ranks_draw_their_own_augmentations_and_write_nothing(toy_cells, tmp_path):
@@ -157,7 +159,7 @@ def _stop_after_first_epoch(config, cells, out):
     loop._fit = fit
     try:
         with pytest.raises(Stop):
-            loop.train_group(config, cells, out, options=RunOptions(progress=False, manifest=False))
+            loop.train_group(config, cells, out, options=QUIET)
     finally:
         loop._fit = original
 
@@ -181,6 +183,10 @@ def test_finetune_keeps_names_recipe_and_changes_weights(group3_run, toy_cells, 
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
     with pytest.raises(ValueError, match="holds the checkpoint"):
         finetune_checkpoints(paths[:1], toy_cells, out, options=RunOptions(progress=False))
+    with pytest.raises(ValueError, match="no resume or name"):
+        finetune_checkpoints(paths[:1], toy_cells, tmp_path / "ft2", options=RunOptions(resume=True))
+    with pytest.raises(ValueError, match="inputs must be a TrainInputs"):
+        train_group(cfg, toy_cells, tmp_path / "t", inputs={"soft_labels": soft})
 
 
 def test_finetune_reads_each_cached_crop_once_for_all_checkpoints(group3_run, toy_cells, tmp_path, monkeypatch):
@@ -212,7 +218,7 @@ def test_pseudo_labels_file_and_training_on_it(toy_cells, tmp_path):
     assert (df.loc[no_spindle, "added"] == "11").all() and df.loc[no_spindle, "rule"].str.contains("positive").all()
     assert (df["model"] == "resnet18").all() and df["checkpoint_sha256"].str.len().eq(64).all()
     paths = train_group(group_config(1, **{**TINY, "epochs": 1}, val_fraction=0.0), toy_cells, tmp_path / "g1",
-                        inputs=TrainInputs(pseudo_labels=tmp_path / "pseudo.csv"), options=RunOptions(progress=False, manifest=False))
+                        inputs=TrainInputs(pseudo_labels=tmp_path / "pseudo.csv"), options=QUIET)
     assert paths[0].is_file()
 
 
@@ -303,7 +309,7 @@ def test_quick_training_learns_the_toy_classes(tmp_path):
     torch.set_num_threads(1)
     train = make_toy_cells(tmp_path / "train", n_images=16, cells_per_image=4, size=64, seed=1)
     test = make_toy_cells(tmp_path / "test", n_images=8, cells_per_image=4, size=64, seed=2, p_show=1.0)
-    paths = train_group(quick_config(1, epochs=1, steps_per_epoch=60), train, tmp_path / "w", options=RunOptions(progress=False, manifest=False))
+    paths = train_group(quick_config(1, epochs=1, steps_per_epoch=60), train, tmp_path / "w", options=QUIET)
     table = read_cells_table(test)
     truth, _ = build_targets(table)  # p_show=1: every cell shows its image's labels
     score, _ = mean_average_precision(truth, predict_cells(paths[-1], table))

@@ -138,7 +138,8 @@ def _check_checkpoints(checkpoints, out_dir: Path) -> None:
         if not Path(c).is_file():
             raise FileNotFoundError(f"checkpoint {c} not found")
         if Path(c).resolve().parent == out_dir.resolve():
-            raise ValueError(f"out_dir {out_dir} holds the checkpoint {c}; fine-tuned files keep their names, choose another folder")
+            raise ValueError(f"out_dir {out_dir} holds the checkpoint {c}; fine-tuned files keep their names, "
+                             "choose another folder")
 
 
 def _finetune_data(table, base: TrainConfig, config: FinetuneConfig, soft_labels, cache: bool | None):
@@ -149,7 +150,8 @@ def _finetune_data(table, base: TrainConfig, config: FinetuneConfig, soft_labels
     labelled = dataclasses.replace(base, soft=config.soft) if config.soft is not None else base
     ts = recipe_targets(table, labelled, *_read_labels(labelled, soft_labels, None))
     cache = base.input_size <= 128 if cache is None else cache
-    return _finetune_list(ts, config), CellDataset(table["crop_path"], ts.targets[:, :base.num_classes], base.input_size, None, cache)
+    dataset = CellDataset(table["crop_path"], ts.targets[:, :base.num_classes], base.input_size, None, cache)
+    return _finetune_list(ts, config), dataset
 
 
 def _finetune_plan(base: TrainConfig, idx: np.ndarray, config: FinetuneConfig, dist):
@@ -231,7 +233,8 @@ def finetune_checkpoints(
             dataset.augment = Augmenter(tc.augment)
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
             job = _FitJob(tc, dataset, None, sampler, steps, out_dir, f"{ckpt.stem}_ft", progress=options.progress,
-                          init_state=state, file_names=(ckpt.name,), extra={"finetuned_from": ckpt.name, "finetune": config.to_dict()})
+                          init_state=state, file_names=(ckpt.name,),
+                          extra={"finetuned_from": ckpt.name, "finetune": config.to_dict()})
             out.extend(_fit(job, dist))
             groups.add(tc.group)
         if dist.main and options.manifest and all(p.name.startswith("g") for p in out):

@@ -41,7 +41,10 @@ from hpa_kernel.classes import NUM_CLASSES
 from hpa_kernel.io import atomic_write
 from hpa_kernel.training.config import TrainConfig, epoch_cosine_lr, snapshot_steps
 
-__all__ = ["train_group", "TrainInputs", "RunOptions", "predict", "validation_loss_and_map", "checkpoint_name", "epoch_checkpoint_name", "filter_cells_for", "RUNS_DIR"]
+__all__ = [
+    "train_group", "TrainInputs", "RunOptions", "predict", "validation_loss_and_map", "checkpoint_name", "epoch_checkpoint_name",
+    "filter_cells_for", "RUNS_DIR",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,8 @@ def train_pseudo_labeller(cells_csv: str | os.PathLike, out_dir: str | os.PathLi
     """Train the under-fit labeller; returns its checkpoint ``out_dir/pseudo_resnet18_m0.pth``."""
     from hpa_kernel.training.loop import RunOptions, train_group
 
-    paths = train_group(config.train, cells_csv, out_dir, options=RunOptions(device=device, name=LABELLER_NAME, manifest=False, progress=progress))
+    options = RunOptions(device=device, name=LABELLER_NAME, manifest=False, progress=progress)
+    paths = train_group(config.train, cells_csv, out_dir, options=options)
     return paths[-1]
 
 
