@@ -26,12 +26,12 @@ def truth_model_submission(out: Path, competition, steps: int, workers: int | No
     from hpa_kernel import manifest as mf
     from hpa_kernel.demo import DEMO_TRAINING, demo_config, truth_training_cells
     from hpa_kernel.submission import SubmitConfig, run_submission
-    from hpa_kernel.training import train_group
+    from hpa_kernel.training import RunOptions, train_group
 
     cells = truth_training_cells(competition, out / "truth_cells", "train", DEMO_TRAINING["input_size"])
     weights = out / "truth_weights"
-    path = train_group(demo_config(1, epochs=1, steps_per_epoch=steps), cells, weights, device="cpu", progress=False,
-                       manifest=False)[-1]
+    path = train_group(demo_config(1, epochs=1, steps_per_epoch=steps), cells, weights,
+                       options=RunOptions(device="cpu", progress=False, manifest=False))[-1]
     layout = mf.default_manifest()
     for group in layout.groups:  # every member is the same model: the ensemble is that model
         for ck in group.checkpoints:

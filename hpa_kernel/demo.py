@@ -119,11 +119,12 @@ def build_training_cells(competition, out: str | os.PathLike, crop_size: int = 6
         The ``cells.csv``.
     """
     from hpa_kernel.cells import CellConfig
-    from hpa_kernel.cells.builder import build_training_set
+    from hpa_kernel.cells.builder import BuildOptions, build_training_set
     from hpa_kernel.segmentation import create_segmenter
 
     return build_training_set(
-        competition.root, out, create_segmenter("classic"), CellConfig(crop_size=crop_size), workers=workers, progress=progress
+        competition.root, out, create_segmenter("classic"), CellConfig(crop_size=crop_size),
+        BuildOptions(workers=workers, progress=progress),
     )
 
 
@@ -329,13 +330,13 @@ def train_demo_ensemble(
     hashes in ``weights_dir/weights_manifest.json``.
     """
     from hpa_kernel.manifest import load_manifest
-    from hpa_kernel.training import train_group
+    from hpa_kernel.training import RunOptions, train_group
 
     weights_dir = Path(weights_dir)
     for group in (1, 2, 3):
         config = demo_config(group, **overrides)
         t = time.perf_counter()
-        paths = train_group(config, cells_csv, weights_dir, device=device, progress=progress)
+        paths = train_group(config, cells_csv, weights_dir, options=RunOptions(device=device, progress=progress))
         logger.info("group %d: %d snapshot(s) in %.1f s", group, len(paths), time.perf_counter() - t)
     return load_manifest(weights_dir=weights_dir, require_segmentation=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -239,11 +240,12 @@ def competition(tmp_path_factory):
 
 
 def test_builder_shards_merge_to_the_unsharded_set(competition, tmp_path, monkeypatch):
-    from hpa_kernel.cells.builder import CSV_COLUMNS, build_training_set, merge_shards, read_crop
+    from hpa_kernel.cells.builder import CSV_COLUMNS, BuildOptions, build_training_set, merge_shards, read_crop
     from hpa_kernel.cli import main
 
     comp, samples = competition
-    whole = build_training_set(comp.root, tmp_path / "whole", TruthSegmenter(samples), CONFIG, workers=0, progress=False)
+    quiet = BuildOptions(workers=0, progress=False)
+    whole = build_training_set(comp.root, tmp_path / "whole", TruthSegmenter(samples), CONFIG, quiet)
     cells = pd.read_csv(whole, dtype={"image_id": str, "crop": str, "labels": str}, keep_default_na=False)
     assert list(cells.columns[: len(CSV_COLUMNS)]) == list(CSV_COLUMNS)
     train = comp.read_train()
@@ -263,7 +265,7 @@ def test_builder_shards_merge_to_the_unsharded_set(competition, tmp_path, monkey
         np.testing.assert_array_equal(read_crop(whole.parent / row.crop), r.crops[k])
     # two shards (the second through torchrun-style environment variables), then the CLI merge
     out = tmp_path / "sharded"
-    build_training_set(comp.root, out, TruthSegmenter(samples), CONFIG, shard=(0, 2), workers=0, progress=False)
+    build_training_set(comp.root, out, TruthSegmenter(samples), CONFIG, dataclasses.replace(quiet, shard=(0, 2)))
     with pytest.raises(FileNotFoundError, match="1/2"):
         merge_shards(out, CONFIG)
     from hpa_kernel.cli.cells import _shard
@@ -272,7 +274,7 @@ def test_builder_shards_merge_to_the_unsharded_set(competition, tmp_path, monkey
     monkeypatch.setenv("WORLD_SIZE", "2")
     args = type("Args", (), {"shard": None})()
     assert _shard(args) == (1, 2)
-    build_training_set(comp.root, out, TruthSegmenter(samples), CONFIG, shard=_shard(args), workers=0, progress=False)
+    build_training_set(comp.root, out, TruthSegmenter(samples), CONFIG, dataclasses.replace(quiet, shard=_shard(args)))
     assert main(["-q", "cells", "--merge", "--out", str(out), "--crop-size", "64"]) == 0
     merged = pd.read_csv(out / "cells.csv", dtype={"image_id": str, "crop": str, "labels": str}, keep_default_na=False)
     pd.testing.assert_frame_equal(merged, cells)

@@ -38,7 +38,7 @@ def test_read_and_write_refuse_an_id_that_leaves_the_folder(tmp_path):
 
 
 def test_cells_refuses_an_escaping_train_id(tmp_path, caplog):
-    from hpa_kernel.cells.builder import build_training_set
+    from hpa_kernel.cells.builder import BuildOptions, build_training_set
     from hpa_kernel.segmentation import create_segmenter
     from hpa_kernel.synthetic import make_competition
 
@@ -52,7 +52,7 @@ def test_cells_refuses_an_escaping_train_id(tmp_path, caplog):
     train.to_csv(comp.train_csv, index=False)
     out = tmp_path / "work" / "out"
     with caplog.at_level(logging.ERROR):
-        build_training_set(comp.root, out, create_segmenter("classic"), workers=0, progress=False)
+        build_training_set(comp.root, out, create_segmenter("classic"), options=BuildOptions(workers=0, progress=False))
     assert not list(tmp_path.rglob("escaped_[0-9]*.png")), "a crop was written outside the output folder"
     cells = pd.read_csv(out / "cells.csv")
     assert set(cells["image_id"]) <= set(train["ID"].iloc[:-1])

@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
 
     from hpa_kernel.demo import demo_config, truth_training_cells
     from hpa_kernel.synthetic import make_competition
-    from hpa_kernel.training import train_group
+    from hpa_kernel.training import RunOptions, train_group
     from hpa_kernel.training.dataset import build_targets, read_cells_table
     from hpa_kernel.training.pseudo import predict_cells
 
@@ -43,7 +43,7 @@ def trained(tmp_path_factory):
     train_csv = truth_training_cells(comp, root / "train_cells", "train")
     test_csv = truth_training_cells(comp, root / "test_cells", "test")
     config = demo_config(1, epochs=1, steps_per_epoch=STEPS)
-    model = train_group(config, train_csv, root / "w", device="cpu", progress=False, manifest=False)[-1]
+    model = train_group(config, train_csv, root / "w", options=RunOptions(device="cpu", progress=False, manifest=False))[-1]
     out = {}
     for split, csv in (("train", train_csv), ("test", test_csv)):
         table = read_cells_table(csv)

@@ -329,13 +329,13 @@ def test_milimed_run_saves_every_epoch_picks_the_ensemble_epochs_and_records_the
     import torch
 
     from hpa_kernel.classifier import load_checkpoint
-    from hpa_kernel.training import train_group
+    from hpa_kernel.training import RunOptions, train_group
 
     torch.set_num_threads(1)
     cfg = C.training_preset("milimed2021", 2, **{**TINY, "pretrained": str(imagenet_like_b0[0])}, epochs=4, ensemble_epochs=(1, 3),
                             sampler=dataclasses.replace(C.training_preset("milimed2021", 2).sampler, epoch_size=8))
     assert cfg.steps_per_epoch == 1 and cfg.t_max == 3
-    paths = train_group(cfg, toy, tmp_path, progress=False)
+    paths = train_group(cfg, toy, tmp_path, options=RunOptions(progress=False))
     assert [p.name for p in paths] == ["g2_m0.pth", "g2_m1.pth"]
     assert sorted(p.name for p in tmp_path.glob("g2_e*.pth")) == ["g2_e00.pth", "g2_e01.pth", "g2_e02.pth", "g2_e03.pth"]
     model, ck = load_checkpoint(paths[0])

@@ -17,6 +17,8 @@ from hpa_kernel.classifier import load_checkpoint
 from hpa_kernel.training import (
     FinetuneConfig,
     PseudoLabelConfig,
+    RunOptions,
+    TrainInputs,
     finetune_checkpoints,
     group_config,
     make_pseudo_labels,
@@ -26,6 +28,8 @@ from hpa_kernel.training import (
 from toy_training import make_toy_cells
 
 TINY = dict(input_size=32, batch_size=4, epochs=2, steps_per_epoch=1, workers=0)
+QUIET = RunOptions(progress=False, manifest=False)
+RESUME = RunOptions(resume=True, progress=False, manifest=False)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +44,7 @@ def group3_run(toy_cells, tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("g3")
     cfg = group_config(3, **TINY, val_fraction=0.2, snapshot_fraction=1.0)
-    return cfg, out, train_group(cfg, toy_cells, out, progress=False)
+    return cfg, out, train_group(cfg, toy_cells, out, options=RunOptions(progress=False))
 
 
 def test_smoke_train_writes_loadable_snapshots_log_and_manifest(group3_run):
@@ -71,18 +75,18 @@ def test_resume_continues_from_last_state(toy_cells, tmp_path):
     base = group_config(1, **TINY, val_fraction=0.0)
     one = dataclasses.replace(base, epochs=1)
     with pytest.raises(FileNotFoundError, match="last.pt"):
-        train_group(base, toy_cells, tmp_path / "r", resume=True, progress=False, manifest=False)
+        train_group(base, toy_cells, tmp_path / "r", options=RESUME)
     # An uninterrupted 2-epoch run and a run stopped after epoch 1 then resumed end in the same weights.
-    full = train_group(base, toy_cells, tmp_path / "full", progress=False, manifest=False)
-    train_group(base, toy_cells, tmp_path / "r", progress=False, manifest=False)
+    full = train_group(base, toy_cells, tmp_path / "full", options=QUIET)
+    train_group(base, toy_cells, tmp_path / "r", options=QUIET)
     state = torch.load(tmp_path / "r" / "runs" / "g1" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 2 and set(state) >= {"model", "optimizer", "scheduler", "scaler"}
     with pytest.raises(ValueError, match="different training config"):
-        train_group(one, toy_cells, tmp_path / "r", resume=True, progress=False, manifest=False)
+        train_group(one, toy_cells, tmp_path / "r", options=RESUME)
     # simulate an interruption after epoch 1: rewind last.pt to a 1-epoch run of the same config
     stopped = tmp_path / "stopped"
     _stop_after_first_epoch(base, toy_cells, stopped)
-    resumed = train_group(base, toy_cells, stopped, resume=True, progress=False, manifest=False)
+    resumed = train_group(base, toy_cells, stopped, options=RESUME)
     a = torch.load(full[0], weights_only=True)
     b = torch.load(resumed[0], weights_only=True)
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
@@ -93,18 +97,18 @@ def test_resume_continues_from_last_state(toy_cells, tmp_path):
 def test_resume_refuses_a_run_with_another_number_of_steps(toy_cells, tmp_path):
     # Steps per epoch derived from the table: more cells means another schedule and other snapshots.
     config = group_config(1, **{**TINY, "steps_per_epoch": None, "epochs": 1, "batch_size": 8}, val_fraction=0.0)
-    train_group(config, toy_cells, tmp_path / "r", progress=False, manifest=False)
+    train_group(config, toy_cells, tmp_path / "r", options=QUIET)
     bigger = make_toy_cells(tmp_path / "big", n_images=10, cells_per_image=3, size=48, seed=7)
     with pytest.raises(ValueError, match="optimizer steps"):
-        train_group(config, bigger, tmp_path / "r", resume=True, progress=False, manifest=False)
-    assert train_group(config, toy_cells, tmp_path / "r", resume=True, progress=False, manifest=False)
+        train_group(config, bigger, tmp_path / "r", options=RESUME)
+    assert train_group(config, toy_cells, tmp_path / "r", options=RESUME)
 
 
 def test_other_ranks_draw_their_own_augmentations_and_write_nothing(toy_cells, tmp_path):
     import torch
 
     from hpa_kernel.training.dataset import CellDataset, build_targets, read_cells_table
-    from hpa_kernel.training.loop import _Dist, _fit
+    from hpa_kernel.training.loop import _Dist, _fit, _FitJob
     from hpa_kernel.training.sampler import SemiBalancedSampler
 
     torch.set_num_threads(1)
@@ -123,7 +127,7 @@ def test_other_ranks_draw_their_own_augmentations_and_write_nothing(toy_cells, t
         sampler = SemiBalancedSampler(np.ones(len(table)), config.batch_size)  # the same cells for both
         out = tmp_path / f"rank{rank}"
         # world 1 keeps DDP out of the way; rank 1 still behaves as a non-main process
-        _fit(config, dataset, None, sampler, 1, out, "g1", _Dist(1, rank, torch.device("cpu"), False), progress=False)
+        _fit(_FitJob(config, dataset, None, sampler, 1, out, "g1", progress=False), _Dist(1, rank, torch.device("cpu"), False))
         return seen, out
 
     seen0, out0 = draws(0)
@@ -149,14 +153,13 @@ def _stop_after_first_epoch(config, cells, out):
 
     original = loop._fit
 
-    def fit(*args, **kwargs):
-        kwargs["on_recall"] = on_recall
-        return original(*args, **kwargs)
+    def fit(job, dist):
+        return original(dataclasses.replace(job, on_recall=on_recall), dist)
 
     loop._fit = fit
     try:
         with pytest.raises(Stop):
-            loop.train_group(config, cells, out, progress=False, manifest=False)
+            loop.train_group(config, cells, out, options=QUIET)
     finally:
         loop._fit = original
 
@@ -170,7 +173,8 @@ def test_finetune_keeps_names_recipe_and_changes_weights(group3_run, toy_cells, 
     first = table[table["valid"]].iloc[0]
     soft.write_text(f"image_id,cell_id,class_id,soft_label,score,n_labellers\n{first.image_id},{first.cell_id},5,0.9,4,1\n")
     tuned = finetune_checkpoints(paths[:1], toy_cells, tmp_path / "ft", soft_labels=soft,
-                                 config=FinetuneConfig(epoch_size=6, repeats=3, batch_size=4), progress=False)
+                                 config=FinetuneConfig(epoch_size=6, repeats=3, batch_size=4),
+                                 options=RunOptions(progress=False))
     assert [p.name for p in tuned] == ["g3_m0.pth"]
     _, ckpt = load_checkpoint(tuned[0])
     assert ckpt.group == 3 and ckpt.loss["name"] == "bce" and ckpt.extra["finetuned_from"] == "g3_m0.pth"
@@ -178,7 +182,11 @@ def test_finetune_keeps_names_recipe_and_changes_weights(group3_run, toy_cells, 
     a, b = torch.load(paths[0], weights_only=True), torch.load(tuned[0], weights_only=True)
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
     with pytest.raises(ValueError, match="holds the checkpoint"):
-        finetune_checkpoints(paths[:1], toy_cells, out, progress=False)
+        finetune_checkpoints(paths[:1], toy_cells, out, options=RunOptions(progress=False))
+    with pytest.raises(ValueError, match="no resume or name"):
+        finetune_checkpoints(paths[:1], toy_cells, tmp_path / "ft2", options=RunOptions(resume=True))
+    with pytest.raises(ValueError, match="inputs must be a TrainInputs"):
+        train_group(cfg, toy_cells, tmp_path / "t", inputs={"soft_labels": soft})
 
 
 def test_finetune_reads_each_cached_crop_once_for_all_checkpoints(group3_run, toy_cells, tmp_path, monkeypatch):
@@ -189,7 +197,7 @@ def test_finetune_reads_each_cached_crop_once_for_all_checkpoints(group3_run, to
     monkeypatch.setattr(dataset, "read_crop", lambda path: reads.append(path) or read_crop(path))
     _, _, paths = group3_run  # 32 px: crops are cached
     tuned = finetune_checkpoints(paths[:2], toy_cells, tmp_path / "ft", config=FinetuneConfig(epoch_size=40, batch_size=8),
-                                 progress=False)
+                                 options=RunOptions(progress=False))
     assert [p.name for p in tuned] == ["g3_m0.pth", "g3_m1.pth"]
     assert len(reads) == len(set(reads)) == 15  # 5 images x 3 valid cells, each read once
 
@@ -210,7 +218,7 @@ def test_pseudo_labels_file_and_training_on_it(toy_cells, tmp_path):
     assert (df.loc[no_spindle, "added"] == "11").all() and df.loc[no_spindle, "rule"].str.contains("positive").all()
     assert (df["model"] == "resnet18").all() and df["checkpoint_sha256"].str.len().eq(64).all()
     paths = train_group(group_config(1, **{**TINY, "epochs": 1}, val_fraction=0.0), toy_cells, tmp_path / "g1",
-                        pseudo_labels=tmp_path / "pseudo.csv", progress=False, manifest=False)
+                        inputs=TrainInputs(pseudo_labels=tmp_path / "pseudo.csv"), options=QUIET)
     assert paths[0].is_file()
 
 
@@ -282,7 +290,7 @@ def test_trains_on_cells_from_the_synthetic_competition(synthetic_competition, t
     cells = build_training_cells(synthetic_competition, tmp_path / "cells", crop_size=64)
     table = read_cells_table(cells)
     assert len(table) > 10 and table["label_ids"].map(len).min() >= 1
-    paths = train_group(group_config(2, **TINY, val_fraction=0.3), cells, tmp_path / "w", progress=False)
+    paths = train_group(group_config(2, **TINY, val_fraction=0.3), cells, tmp_path / "w", options=RunOptions(progress=False))
     assert [p.name for p in paths] == ["g2_m0.pth", "g2_m1.pth"]
     log = [json.loads(line) for line in (tmp_path / "w" / "runs" / "g2" / "log.jsonl").read_text().splitlines()]
     assert all(0.0 < r["val_map"] <= 1.0 for r in log)
@@ -301,7 +309,7 @@ def test_quick_training_learns_the_toy_classes(tmp_path):
     torch.set_num_threads(1)
     train = make_toy_cells(tmp_path / "train", n_images=16, cells_per_image=4, size=64, seed=1)
     test = make_toy_cells(tmp_path / "test", n_images=8, cells_per_image=4, size=64, seed=2, p_show=1.0)
-    paths = train_group(quick_config(1, epochs=1, steps_per_epoch=60), train, tmp_path / "w", progress=False, manifest=False)
+    paths = train_group(quick_config(1, epochs=1, steps_per_epoch=60), train, tmp_path / "w", options=QUIET)
     table = read_cells_table(test)
     truth, _ = build_targets(table)  # p_show=1: every cell shows its image's labels
     score, _ = mean_average_precision(truth, predict_cells(paths[-1], table))

@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
-from hpa_kernel.cells.builder import build_training_set, merge_shards, read_crop, write_crop
+from hpa_kernel.cells.builder import BuildOptions, build_training_set, merge_shards, read_crop, write_crop
 from hpa_kernel.cells.config import CellConfig
 from hpa_kernel.cells.crops import crop_cells
 from hpa_kernel.cells.heuristics import OutlierReference, nucleus_cut_fraction, score_cells
 from hpa_kernel.cells.pipeline import CellPipeline, ImageCells, ImageFailure, default_workers, process_image
 
 __all__ = [
+    "BuildOptions",
     "CellConfig",
     "CellPipeline",
     "ImageCells",

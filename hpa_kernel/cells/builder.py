@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from hpa_kernel.cells.config import CellConfig
 from hpa_kernel.io import atomic_write
 
 __all__ = [
+    "BuildOptions",
     "CSV_COLUMNS",
     "EXTRA_COLUMNS",
     "build_training_set",
@@ -167,32 +169,14 @@ def _write_csv(df, path: Path) -> None:
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
-def build_training_set(
-    data: str | os.PathLike,
-    out: str | os.PathLike,
-    segmenter,
-    config: CellConfig | None = None,
-    *,
-    split: str = "train",
-    shard: tuple[int, int] = (0, 1),
-    workers: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    batch_size: int = 1,
-    image_ids=None,
-    progress: bool = True,
-) -> Path:
-    """Segment and crop a split of a competition folder into ``out`` (see the module docstring).
+@dataclass(frozen=True)
+class BuildOptions:
+    """How :func:`build_training_set` reads and runs, apart from the cell geometry.
 
-    Parameters
+    Attributes
     ----------
-    data : path
-        Competition folder: ``{split}/`` with the channel files and, for labels, ``train.csv``.
-    out : path
-        Output folder (created).
-    segmenter : BaseSegmenter
-    config : CellConfig, optional
     split : str
-        Sub-folder of ``data`` to read.
+        Sub-folder of the competition folder to read.
     shard : (int, int)
         ``(i, n)``: process ``sorted(ids)[i::n]``.
     workers : int, optional
@@ -204,6 +188,80 @@ def build_training_set(
     image_ids : iterable of str, optional
         Default: the ids of ``train.csv`` for the train split, else every image in the folder.
     progress : bool
+        Show a progress bar.
+    """
+
+    split: str = "train"
+    shard: tuple[int, int] = (0, 1)
+    workers: int | None = None
+    cache_dir: str | os.PathLike | None = None
+    batch_size: int = 1
+    image_ids: object = None
+    progress: bool = True
+
+
+def _image_labels(data: Path) -> dict[str, str]:
+    """``{image id: label string}`` of ``data/train.csv``; empty when there is none."""
+    from hpa_kernel.io import Competition
+
+    competition = Competition(data)
+    if not competition.train_csv.is_file():
+        return {}
+    train = competition.read_train()
+    return dict(zip(train["ID"], train["Label"]))
+
+
+def _image_table(out: Path, result, labels: dict[str, str]):
+    """The ``cells.csv`` rows of one processed image; writes the crops of its valid cells under ``out/crops``."""
+    table = result.table.copy()
+    names = []
+    for k, (cell_id, valid) in enumerate(zip(table["cell_id"], table["valid"])):
+        if valid:
+            name = f"crops/{result.image_id}_{int(cell_id)}.png"
+            write_crop(out / name, result.crops[k])
+        else:
+            name = ""
+        names.append(name)
+    table.insert(0, "image_id", result.image_id)
+    table["crop"] = names
+    table["labels"] = labels.get(result.image_id, "")
+    return table[list(CSV_COLUMNS) + list(EXTRA_COLUMNS)]
+
+
+def _segment_and_crop(pipeline, folder: Path, ids: list[str], out: Path, labels: dict[str, str], progress: bool):
+    """(the cells table, the failure rows) of the images ``ids``: runs the pipeline and writes the crops."""
+    import pandas as pd
+
+    frames, failures = [], []
+    for result in pipeline.run(folder, ids, progress=progress):
+        if result.ok:
+            frames.append(_image_table(out, result, labels))
+        else:
+            failures.append({"image_id": result.image_id, "reason": result.reason})
+    columns = list(CSV_COLUMNS) + list(EXTRA_COLUMNS)
+    cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return cells, failures
+
+
+def build_training_set(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    segmenter,
+    config: CellConfig | None = None,
+    options: BuildOptions = BuildOptions(),
+) -> Path:
+    """Segment and crop a split of a competition folder into ``out`` (see the module docstring).
+
+    Parameters
+    ----------
+    data : path
+        Competition folder: ``{split}/`` with the channel files and, for labels, ``train.csv``.
+    out : path
+        Output folder (created).
+    segmenter : BaseSegmenter
+    config : CellConfig, optional
+    options : BuildOptions
+        Split, shard, workers, cache folder, segmentation batch size, image ids, progress bar.
 
     Returns
     -------
@@ -213,56 +271,34 @@ def build_training_set(
     import pandas as pd
 
     from hpa_kernel.cells.pipeline import CellPipeline
-    from hpa_kernel.io import Competition, list_image_ids
+    from hpa_kernel.io import list_image_ids
 
     config = CellConfig() if config is None else config
     data, out = Path(data), Path(out)
-    folder = data / split
+    folder = data / options.split
     if not folder.is_dir():
-        raise FileNotFoundError(f"data: the folder {folder} does not exist (expected {data}/{split}/ with the images)")
-    index, count = shard
+        raise FileNotFoundError(f"data: the folder {folder} does not exist (expected {data}/{options.split}/ with the images)")
+    index, count = options.shard
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
-    competition = Competition(data)
-    labels: dict[str, str] = {}
-    if competition.train_csv.is_file():
-        train = competition.read_train()
-        labels = dict(zip(train["ID"], train["Label"]))
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {options.shard!r}")
+    labels = _image_labels(data)
+    image_ids = options.image_ids
     if image_ids is None:
-        image_ids = list(labels) if split == "train" and labels else list_image_ids(folder)
-    ids, failures = _plain_ids(shard_ids(image_ids, index, count))
-    n_ids = len(ids) + len(failures)
-    crops_dir = out / "crops"
-    crops_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = out / "cache" if cache_dir is None else cache_dir
+        image_ids = list(labels) if options.split == "train" and labels else list_image_ids(folder)
+    ids, refused = _plain_ids(shard_ids(image_ids, index, count))
+    (out / "crops").mkdir(parents=True, exist_ok=True)
+    cache_dir = out / "cache" if options.cache_dir is None else options.cache_dir
     pipeline = CellPipeline(
-        segmenter, config, workers=workers, cache_dir=cache_dir, batch_size=batch_size, encode_masks=False
+        segmenter, config, workers=options.workers, cache_dir=cache_dir, batch_size=options.batch_size, encode_masks=False
     )
     logger.info("cells: shard %d/%d, %d images from %s, %s workers", index, count, len(ids), folder, pipeline.workers)
-    frames = []
-    for result in pipeline.run(folder, ids, progress=progress):
-        if not result.ok:
-            failures.append({"image_id": result.image_id, "reason": result.reason})
-            continue
-        table = result.table.copy()
-        names = []
-        for k, (cell_id, valid) in enumerate(zip(table["cell_id"], table["valid"])):
-            if valid:
-                name = f"crops/{result.image_id}_{int(cell_id)}.png"
-                write_crop(out / name, result.crops[k])
-            else:
-                name = ""
-            names.append(name)
-        table.insert(0, "image_id", result.image_id)
-        table["crop"] = names
-        table["labels"] = labels.get(result.image_id, "")
-        frames.append(table[list(CSV_COLUMNS) + list(EXTRA_COLUMNS)])
-    columns = list(CSV_COLUMNS) + list(EXTRA_COLUMNS)
-    cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    cells, failed = _segment_and_crop(pipeline, folder, ids, out, labels, options.progress)
+    failures = refused + failed
     path = out / f"cells.shard-{index}-of-{count}.csv"
     _write_csv(cells, path)
     _write_csv(pd.DataFrame(failures, columns=["image_id", "reason"]), out / f"failures.shard-{index}-of-{count}.csv")
-    logger.info("cells: %d cells from %d images, %d failed -> %s", len(cells), n_ids - len(failures), len(failures), path)
+    logger.info("cells: %d cells from %d images, %d failed -> %s", len(cells), len(ids) + len(refused) - len(failures),
+                len(failures), path)
     if count == 1:
         return merge_shards(out, config)
     return path

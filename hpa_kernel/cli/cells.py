@@ -62,7 +62,7 @@ def _shard(args) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hpa_kernel.cells.builder import build_training_set, merge_shards
+    from hpa_kernel.cells.builder import BuildOptions, build_training_set, merge_shards
     from hpa_kernel.cells.config import CellConfig
 
     config = CellConfig(crop_size=args.crop_size, margin=args.margin, max_train_cut=args.max_cut)
@@ -89,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
 
     with logging_redirect_tqdm():
         path = build_training_set(
-            args.data, args.out, segmenter, config, split=args.split, shard=_shard(args), workers=args.workers,
-            cache_dir=args.cache, batch_size=args.batch_size, progress=not args.no_progress,
+            args.data, args.out, segmenter, config,
+            BuildOptions(split=args.split, shard=_shard(args), workers=args.workers, cache_dir=args.cache,
+                         batch_size=args.batch_size, progress=not args.no_progress),
         )
     logger.info("wrote %s", path)
     return 0

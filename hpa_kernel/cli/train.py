@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
     from hpa_kernel.training import (
         PseudoLabelConfig,
+        RunOptions,
+        TrainInputs,
         finetune_checkpoints,
         make_pseudo_labels,
         quick_config,
@@ -128,15 +130,16 @@ def run(args: argparse.Namespace) -> int:
             config = training_preset(args.recipe, args.group, **overrides)
         if args.epoch_size is not None:
             config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, epoch_size=args.epoch_size))
-        checkpoints = train_group(config, args.cells, out, val_cells=args.val_cells, soft_labels=args.soft_labels,
-                                  pseudo_labels=args.pseudo_labels, resume=args.resume, device=args.device,
-                                  manifest=not args.no_manifest, progress=progress)
+        inputs = TrainInputs(val_cells=args.val_cells, soft_labels=args.soft_labels, pseudo_labels=args.pseudo_labels)
+        options = RunOptions(resume=args.resume, device=args.device, manifest=not args.no_manifest, progress=progress)
+        checkpoints = train_group(config, args.cells, out, inputs=inputs, options=options)
         if _is_main():
             sys.stdout.write("\n".join(str(p) for p in checkpoints) + "\n")
     if args.finetune_cells:
         fcfg = _finetune_config(args)
         tuned = finetune_checkpoints(checkpoints, args.finetune_cells, out / "finetuned", soft_labels=args.soft_labels,
-                                     config=fcfg, device=args.device, manifest=not args.no_manifest, progress=progress)
+                                     config=fcfg, options=RunOptions(device=args.device, manifest=not args.no_manifest,
+                                                                     progress=progress))
         if _is_main():
             sys.stdout.write("\n".join(str(p) for p in tuned) + "\n")
     elif args.init:

@@ -39,7 +39,7 @@ from hpa_kernel.training.config import (
     training_preset,
 )
 from hpa_kernel.training.finetune import class_finetune_indices, finetune_checkpoints, finetune_indices
-from hpa_kernel.training.loop import checkpoint_name, train_group
+from hpa_kernel.training.loop import RunOptions, TrainInputs, checkpoint_name, train_group
 from hpa_kernel.training.pseudo import apply_pseudo_rules, make_pseudo_labels, train_pseudo_labeller
 
 __all__ = [
@@ -49,9 +49,11 @@ __all__ = [
     "FinetuneConfig",
     "LossConfig",
     "PseudoLabelConfig",
+    "RunOptions",
     "SamplerConfig",
     "SoftLabelConfig",
     "TrainConfig",
+    "TrainInputs",
     "apply_pseudo_rules",
     "checkpoint_name",
     "class_finetune_indices",

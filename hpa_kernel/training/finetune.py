@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hpa_kernel.training.config import FinetuneConfig, TrainConfig, group_config
+from hpa_kernel.training.loop import RunOptions
 
 __all__ = ["finetune_indices", "class_finetune_indices", "finetune_checkpoints"]
 
@@ -129,6 +130,45 @@ def _finetune_list(ts, config: FinetuneConfig) -> np.ndarray:
     return idx
 
 
+def _check_checkpoints(checkpoints, out_dir: Path) -> None:
+    """Raise unless every checkpoint exists and none lies in ``out_dir`` (the fine-tuned files keep their names)."""
+    if not checkpoints:
+        raise ValueError("checkpoints is empty: pass the .pth files to fine-tune")
+    for c in checkpoints:
+        if not Path(c).is_file():
+            raise FileNotFoundError(f"checkpoint {c} not found")
+        if Path(c).resolve().parent == out_dir.resolve():
+            raise ValueError(f"out_dir {out_dir} holds the checkpoint {c}; fine-tuned files keep their names, "
+                             "choose another folder")
+
+
+def _finetune_data(table, base: TrainConfig, config: FinetuneConfig, soft_labels, cache: bool | None):
+    """(the fine-tuning indices, the dataset without augmentation) of the cells table for checkpoints trained with ``base``."""
+    from hpa_kernel.training.dataset import CellDataset, recipe_targets
+    from hpa_kernel.training.loop import _read_labels
+
+    labelled = dataclasses.replace(base, soft=config.soft) if config.soft is not None else base
+    ts = recipe_targets(table, labelled, *_read_labels(labelled, soft_labels, None))
+    cache = base.input_size <= 128 if cache is None else cache
+    dataset = CellDataset(table["crop_path"], ts.targets[:, :base.num_classes], base.input_size, None, cache)
+    return _finetune_list(ts, config), dataset
+
+
+def _finetune_plan(base: TrainConfig, idx: np.ndarray, config: FinetuneConfig, dist):
+    """(the one-epoch training config, the sampler of this process, the optimizer steps) of a fine-tuning run."""
+    from hpa_kernel.training.sampler import ShuffledSampler
+
+    batch = config.batch_size or base.batch_size
+    if math.ceil(len(idx) / dist.world) % batch == 1 and len(idx) > dist.world:
+        idx = np.concatenate([idx, idx[:dist.world]])  # no last batch of one cell (batch norm needs two)
+    sampler = ShuffledSampler(idx, dist.world, dist.rank, config.seed)
+    steps = math.ceil(sampler.num_samples / batch)
+    tc = dataclasses.replace(base, epochs=1, steps_per_epoch=steps, batch_size=batch, lr=config.lr, warmup=0.0,
+                             n_checkpoints=1, snapshot_fraction=1.0, val_fraction=0.0, ensemble_epochs=(),
+                             schedule="constant" if config.constant_lr else base.schedule)
+    return tc, sampler, steps
+
+
 def finetune_checkpoints(
     checkpoints: list[str | os.PathLike],
     cells_csv: str | os.PathLike,
@@ -136,9 +176,7 @@ def finetune_checkpoints(
     *,
     soft_labels: str | os.PathLike | None = None,
     config: FinetuneConfig = FinetuneConfig(),
-    device: str | None = None,
-    manifest: bool = True,
-    progress: bool = True,
+    options: RunOptions = RunOptions(),
 ) -> list[Path]:
     """Fine-tune each checkpoint for one epoch on the (validation) cells; returns the new ``.pth`` paths.
 
@@ -154,77 +192,54 @@ def finetune_checkpoints(
         The manual soft labels; cells that have them are the "manually labelled" ones.
     config : FinetuneConfig
         Epoch size or class repeats, learning rate (:func:`~.config.finetune_preset`).
-    device : str, optional
-        As in :func:`~.loop.train_group`: default CUDA when available; ``cuda:LOCAL_RANK`` under torchrun.
-    manifest : bool
-        Create or update ``out_dir/weights_manifest.json`` with the new hashes (ensemble snapshots
-        ``g{group}_m{k}.pth`` only).
-    progress : bool
-        Show tqdm bars (rank 0).
+    options : RunOptions
+        ``device`` (as in :func:`~.loop.train_group`: default CUDA when available;
+        ``cuda:LOCAL_RANK`` under torchrun), ``manifest`` (create or update
+        ``out_dir/weights_manifest.json`` with the new hashes; ensemble snapshots
+        ``g{group}_m{k}.pth`` only), ``progress`` and ``cache``; ``resume`` and ``name`` do not
+        apply and must be left unset.
 
     Returns
     -------
     list of Path
         ``out_dir/<checkpoint name>`` for each checkpoint, in order.
     """
+    import torch
+
     from hpa_kernel.classifier import load_config
     from hpa_kernel.training.augment import Augmenter
-    from hpa_kernel.training.dataset import CellDataset, read_cells_table, recipe_targets
-    from hpa_kernel.training.loop import _fit, _read_labels, _setup, _update_manifest
-    from hpa_kernel.training.sampler import ShuffledSampler
+    from hpa_kernel.training.dataset import read_cells_table
+    from hpa_kernel.training.loop import _fit, _FitJob, _setup, _teardown, _update_manifest
 
-    if not checkpoints:
-        raise ValueError("checkpoints is empty: pass the .pth files to fine-tune")
+    if options.resume or options.name is not None:
+        raise ValueError(f"options: fine-tuning takes no resume or name, got resume={options.resume}, name={options.name!r}")
     out_dir = Path(out_dir)
-    for c in checkpoints:
-        if not Path(c).is_file():
-            raise FileNotFoundError(f"checkpoint {c} not found")
-        if Path(c).resolve().parent == out_dir.resolve():
-            raise ValueError(f"out_dir {out_dir} holds the checkpoint {c}; fine-tuned files keep their names, choose another folder")
+    _check_checkpoints(checkpoints, out_dir)
     table = read_cells_table(cells_csv)
-    dist = _setup(device)
+    dist = _setup(options.device)
     out: list[Path] = []
     groups = set()
-    datasets: dict[tuple, CellDataset] = {}  # one per input size and recipe, so cached crops are read once
-    indices: dict[tuple, np.ndarray] = {}
+    data: dict[tuple, tuple] = {}  # (indices, dataset) per input size and recipe, so cached crops are read once
     try:
-        import torch
-
-        for ckpt in checkpoints:
-            ckpt = Path(ckpt)
-            ckpt_config = load_config(ckpt)
-            base = _train_config_of(ckpt_config)
+        for ckpt in map(Path, checkpoints):
+            base = _train_config_of(load_config(ckpt))
             if base.recipe != config.recipe:
                 logger.warning("%s was trained with recipe %s; fine-tuning it with the %s fine-tuning recipe", ckpt, base.recipe, config.recipe)
             key = (base.input_size, base.recipe, base.num_classes)
-            if key not in datasets:
-                labelled = dataclasses.replace(base, soft=config.soft) if config.soft is not None else base
-                ts = recipe_targets(table, labelled, *_read_labels(labelled, soft_labels, None))
-                indices[key] = _finetune_list(ts, config)
-                datasets[key] = CellDataset(table["crop_path"], ts.targets[:, :base.num_classes], base.input_size, None, base.input_size <= 128)
-            batch = config.batch_size or base.batch_size
-            idx = indices[key]
-            if math.ceil(len(idx) / dist.world) % batch == 1 and len(idx) > dist.world:
-                idx = np.concatenate([idx, idx[:dist.world]])  # no last batch of one cell (batch norm needs two)
-            sampler = ShuffledSampler(idx, dist.world, dist.rank, config.seed)
-            steps = math.ceil(sampler.num_samples / batch)
-            tc = dataclasses.replace(base, epochs=1, steps_per_epoch=steps, batch_size=batch, lr=config.lr, warmup=0.0,
-                                     n_checkpoints=1, snapshot_fraction=1.0, val_fraction=0.0, ensemble_epochs=(),
-                                     schedule="constant" if config.constant_lr else base.schedule)
-            dataset = datasets[key]
+            if key not in data:
+                data[key] = _finetune_data(table, base, config, soft_labels, options.cache)
+            idx, dataset = data[key]
+            tc, sampler, steps = _finetune_plan(base, idx, config, dist)
             dataset.augment = Augmenter(tc.augment)
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
-            paths = _fit(tc, dataset, None, sampler, steps, out_dir, f"{ckpt.stem}_ft", dist, progress=progress,
-                         init_state=state, file_names=[ckpt.name],
-                         extra={"finetuned_from": ckpt.name, "finetune": config.to_dict()})
-            out.extend(paths)
+            job = _FitJob(tc, dataset, None, sampler, steps, out_dir, f"{ckpt.stem}_ft", progress=options.progress,
+                          init_state=state, file_names=(ckpt.name,),
+                          extra={"finetuned_from": ckpt.name, "finetune": config.to_dict()})
+            out.extend(_fit(job, dist))
             groups.add(tc.group)
-        if dist.main and manifest and all(p.name.startswith("g") for p in out):
+        if dist.main and options.manifest and all(p.name.startswith("g") for p in out):
             for g in sorted(groups):
                 _update_manifest(out_dir, g)
     finally:
-        if dist.initialized_here:
-            import torch.distributed
-
-            torch.distributed.destroy_process_group()
+        _teardown(dist)
     return out

@@ -25,6 +25,7 @@ the sampler and only rank 0 writes files or validates.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -39,7 +41,10 @@ from hpa_kernel.classes import NUM_CLASSES
 from hpa_kernel.io import atomic_write
 from hpa_kernel.training.config import TrainConfig, epoch_cosine_lr, snapshot_steps
 
-__all__ = ["train_group", "predict", "validation_loss_and_map", "checkpoint_name", "epoch_checkpoint_name", "filter_cells_for", "RUNS_DIR"]
+__all__ = [
+    "train_group", "TrainInputs", "RunOptions", "predict", "validation_loss_and_map", "checkpoint_name", "epoch_checkpoint_name",
+    "filter_cells_for", "RUNS_DIR",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -164,18 +169,32 @@ def _normalise(x, mean, std, channels_last: bool):
     return x
 
 
-def predict(model, dataset, mean, std, device="cpu", batch_size: int = 64, workers: int = 0, progress: bool = False) -> np.ndarray:
-    """Sigmoid probabilities (N, 19) of ``model`` over a dataset of (crop, target) pairs, in order."""
+def predict(model, dataset, config, device="cpu", *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Sigmoid probabilities (N, 19) of ``model`` over a dataset of (crop, target) pairs, in order.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    dataset : Dataset of (crop, target)
+    config : TrainConfig or CheckpointConfig
+        Its ``mean`` and ``std`` normalise the crops; a :class:`~.config.TrainConfig` also gives the
+        DataLoader ``workers`` (otherwise 0).
+    device : str or torch.device
+    batch_size : int
+    progress : bool
+        Show a tqdm bar.
+    """
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     model.eval()
+    workers = config.workers if isinstance(config, TrainConfig) else 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     out = []
     with torch.no_grad():
         for x, _ in tqdm(loader, desc="predict", disable=not progress, leave=False):
-            logits = model(_normalise(x.to(device), mean, std, False))
+            logits = model(_normalise(x.to(device), config.mean, config.std, False))
             out.append(torch.sigmoid(logits.float()).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
 
@@ -186,7 +205,7 @@ def validation_loss_and_map(model, dataset, config: TrainConfig, device="cpu", l
 
     from hpa_kernel.training.metrics import mean_average_precision
 
-    probs = predict(model, dataset, config.mean, config.std, device, batch_size=max(config.batch_size, 32), workers=config.workers)
+    probs = predict(model, dataset, config, device, batch_size=max(config.batch_size, 32))
     targets = dataset.targets
     result = {"val_map": mean_average_precision(targets, probs)[0]}
     if loss_fn is not None:
@@ -269,20 +288,97 @@ def _make_sampler(config: TrainConfig, ts, train_idx, dist):
     return sampler, steps, reweight
 
 
+@dataclass(frozen=True)
+class TrainInputs:
+    """The optional inputs of :func:`train_group` besides the training ``cells.csv``.
+
+    Attributes
+    ----------
+    val_cells : path, optional
+        A ``cells.csv`` for the per-epoch validation; otherwise ``config.val_fraction`` of the
+        images of the training table are held out (none when 0).
+    soft_labels, pseudo_labels : path, optional
+        Manual soft labels (``hpa-kernel label export``) and pseudo labels
+        (:func:`~.pseudo.make_pseudo_labels`) that replace the image-level targets.
+    """
+
+    val_cells: str | os.PathLike | None = None
+    soft_labels: str | os.PathLike | None = None
+    pseudo_labels: str | os.PathLike | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a training or fine-tuning run goes, apart from what it learns.
+
+    Attributes
+    ----------
+    resume : bool
+        Continue from ``runs/{name}/last.pt`` (it must exist and have the same config and number of
+        optimizer steps). Training only.
+    device : str, optional
+        ``"cuda"``, ``"cpu"``...; default CUDA when available. Under torchrun each rank uses
+        ``cuda:LOCAL_RANK``.
+    name : str, optional
+        Snapshot stem; default ``g{group}`` (files ``g{group}_m{k}.pth``). Training only.
+    manifest : bool
+        Create or update ``out_dir/weights_manifest.json`` with the snapshot hashes; in training
+        only with the default ``name`` (the manifest lists ``g{group}_m{k}.pth``).
+    progress : bool
+        Show tqdm bars (rank 0).
+    cache : bool, optional
+        Keep resized crops in memory; default when ``input_size <= 128``.
+    """
+
+    resume: bool = False
+    device: str | None = None
+    name: str | None = None
+    manifest: bool = True
+    progress: bool = True
+    cache: bool | None = None
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """The training targets, the training rows and the datasets of a run."""
+
+    targets: object
+    train_idx: np.ndarray
+    train_ds: object
+    val_ds: object | None
+
+
+def _datasets(config: TrainConfig, cells_csv, inputs: TrainInputs, cache: bool) -> _Cells:
+    """Read the tables and labels of a run and make its training and validation datasets."""
+    from hpa_kernel.training.augment import Augmenter
+    from hpa_kernel.training.dataset import CellDataset, read_cells_table, recipe_targets
+
+    table = filter_cells_for(config, cells_csv)
+    labels = _read_labels(config, inputs.soft_labels, inputs.pseudo_labels)
+    ts = recipe_targets(table, config, *labels)
+    k = config.num_classes
+    if inputs.val_cells is not None:
+        train_idx = np.arange(len(table))
+        vtable = read_cells_table(inputs.val_cells)
+        vtargets = recipe_targets(vtable, config, labels[0], labels[1], None).targets[:, :k]
+        val_ds = CellDataset(vtable["crop_path"], vtargets, config.input_size, None, cache)
+    else:
+        train_idx, val_idx = _split_by_image(table, config.val_fraction, config.seed)
+        val_ds = CellDataset(table["crop_path"].iloc[val_idx], ts.targets[val_idx, :k], config.input_size, None, cache) if len(val_idx) else None
+    train_ds = CellDataset(table["crop_path"].iloc[train_idx], ts.targets[train_idx, :k], config.input_size, Augmenter(config.augment), cache)
+    logger.info("group %d (%s): %d training cells (%d manual, %d pseudo), %d validation cells", config.group, config.recipe,
+                len(train_ds), int((ts.source[train_idx] == "manual").sum()), int((ts.source[train_idx] == "pseudo").sum()),
+                len(val_ds) if val_ds else 0)
+    return _Cells(ts, train_idx, train_ds, val_ds)
+
+
 def train_group(
     config: TrainConfig,
     cells_csv: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    val_cells: str | os.PathLike | None = None,
-    soft_labels: str | os.PathLike | None = None,
-    pseudo_labels: str | os.PathLike | None = None,
-    resume: bool = False,
-    device: str | None = None,
-    name: str | None = None,
-    manifest: bool = True,
-    progress: bool = True,
-    cache: bool | None = None,
+    inputs: TrainInputs = TrainInputs(),
+    options: RunOptions = RunOptions(),
 ) -> list[Path]:
     """Train one ensemble group and return the paths of its snapshot checkpoints (``.pth``).
 
@@ -294,223 +390,318 @@ def train_group(
         The training ``cells.csv`` (valid cells are used).
     out_dir : path
         Where the snapshots, the manifest and ``runs/{name}/`` go.
-    val_cells : path, optional
-        A ``cells.csv`` for the per-epoch validation; otherwise ``config.val_fraction`` of the
-        images of ``cells_csv`` are held out (none when 0).
-    soft_labels, pseudo_labels : path, optional
-        Manual soft labels (``hpa-kernel label export``) and pseudo labels
-        (:func:`~.pseudo.make_pseudo_labels`) that replace the image-level targets.
-    resume : bool
-        Continue from ``runs/{name}/last.pt`` (it must exist and have the same config and number of
-        optimizer steps).
-    device : str, optional
-        ``"cuda"``, ``"cpu"``...; default CUDA when available. Under torchrun each rank uses
-        ``cuda:LOCAL_RANK``.
-    name : str, optional
-        Snapshot stem; default ``g{group}`` (files ``g{group}_m{k}.pth``).
-    manifest : bool
-        Create or update ``out_dir/weights_manifest.json`` with the snapshot hashes; only with the
-        default ``name`` (the manifest lists ``g{group}_m{k}.pth``).
-    progress : bool
-        Show tqdm bars (rank 0).
-    cache : bool, optional
-        Keep resized crops in memory; default when ``input_size <= 128``.
+    inputs : TrainInputs
+        Validation cells, soft labels and pseudo labels (all optional).
+    options : RunOptions
+        Resume, device, snapshot name, manifest, progress bars, crop cache.
 
     Returns
     -------
     list of Path
     """
-    from hpa_kernel.training.augment import Augmenter
-    from hpa_kernel.training.dataset import CellDataset, read_cells_table, recipe_targets
-
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
-    table = filter_cells_for(config, cells_csv)
-    labels = _read_labels(config, soft_labels, pseudo_labels)
-    ts = recipe_targets(table, config, *labels)
-    k = config.num_classes
-    cache = config.input_size <= 128 if cache is None else cache
-    if val_cells is not None:
-        train_idx = np.arange(len(table))
-        vtable = read_cells_table(val_cells)
-        vtargets = recipe_targets(vtable, config, labels[0], labels[1], None).targets[:, :k]
-        val_ds = CellDataset(vtable["crop_path"], vtargets, config.input_size, None, cache)
-    else:
-        train_idx, val_idx = _split_by_image(table, config.val_fraction, config.seed)
-        val_ds = CellDataset(table["crop_path"].iloc[val_idx], ts.targets[val_idx, :k], config.input_size, None, cache) if len(val_idx) else None
-    train_ds = CellDataset(table["crop_path"].iloc[train_idx], ts.targets[train_idx, :k], config.input_size, Augmenter(config.augment), cache)
-    logger.info("group %d (%s): %d training cells (%d manual, %d pseudo), %d validation cells", config.group, config.recipe,
-                len(train_ds), int((ts.source[train_idx] == "manual").sum()), int((ts.source[train_idx] == "pseudo").sum()),
-                len(val_ds) if val_ds else 0)
-
-    dist = _setup(device)
-    sampler, steps, reweight = _make_sampler(config, ts, train_idx, dist)
+    if not isinstance(inputs, TrainInputs) or not isinstance(options, RunOptions):
+        raise ValueError(f"inputs must be a TrainInputs and options a RunOptions, got {type(inputs).__name__} and "
+                         f"{type(options).__name__}")
+    cache = config.input_size <= 128 if options.cache is None else options.cache
+    cells = _datasets(config, cells_csv, inputs, cache)
+    dist = _setup(options.device)
+    sampler, steps, reweight = _make_sampler(config, cells.targets, cells.train_idx, dist)
     try:
-        return _fit(config, train_ds, val_ds, sampler, steps, Path(out_dir), name or f"g{config.group}", dist,
-                    resume=resume, progress=progress, manifest=manifest and name is None, on_recall=reweight)
+        job = _FitJob(config, cells.train_ds, cells.val_ds, sampler, steps, Path(out_dir), options.name or f"g{config.group}",
+                      resume=options.resume, progress=options.progress, manifest=options.manifest and options.name is None,
+                      on_recall=reweight)
+        return _fit(job, dist)
     finally:
-        if dist.initialized_here:
-            import torch.distributed
-
-            torch.distributed.destroy_process_group()
+        _teardown(dist)
 
 
-def _fit(config: TrainConfig, train_ds, val_ds, sampler, steps: int, out_dir: Path, name: str, dist: _Dist, *,
-         resume: bool = False, progress: bool = True, manifest: bool = False, on_recall=None, init_state=None,
-         extra: dict | None = None, file_names: list[str] | None = None) -> list[Path]:
-    """The training loop shared by :func:`train_group` and fine-tuning."""
-    import torch
-    import torch.distributed as tdist
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+def _teardown(dist: _Dist) -> None:
+    """Destroy the process group when :func:`_setup` created it."""
+    if dist.initialized_here:
+        import torch.distributed
 
-    from hpa_kernel.classifier import CheckpointConfig, create_classifier, save_checkpoint
-    from hpa_kernel.training.losses import create_loss
+        torch.distributed.destroy_process_group()
 
-    device = dist.device
-    cuda = device.type == "cuda"
-    amp = config.amp and cuda
-    channels_last = config.channels_last and cuda
-    torch.manual_seed(config.seed)
-    pretrained = config.pretrained if init_state is None and not resume else None
-    model = create_classifier(config.arch, in_chans=4, num_classes=config.num_classes, drop_rate=config.drop_rate, pretrained=pretrained)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer, scheduler = _optimizer_and_schedule(config, model, steps)
-    total = config.epochs * steps
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    loss_fn = create_loss(config.loss)
+
+@dataclass(frozen=True)
+class _FitJob:
+    """What one run of :func:`_fit` trains and where it writes (shared by :func:`train_group` and fine-tuning).
+
+    ``steps`` is the number of optimizer steps per epoch; ``on_recall(recall)`` is called at the start
+    of each epoch with the per-class recall of the previous one (None at first); ``init_state`` are
+    starting weights; ``extra`` goes into each checkpoint's JSON; ``file_names`` replace the default
+    snapshot names ``{name}_m{k}.pth``.
+    """
+
+    config: TrainConfig
+    train_ds: object
+    val_ds: object | None
+    sampler: object
+    steps: int
+    out_dir: Path
+    name: str
+    resume: bool = False
+    progress: bool = True
+    manifest: bool = False
+    on_recall: Callable | None = None
+    init_state: dict | None = None
+    extra: dict | None = None
+    file_names: tuple[str, ...] | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir / RUNS_DIR / self.name
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "log.jsonl"
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The live objects of a run: the job, the processes, the snapshot plan and the torch objects."""
+
+    job: _FitJob
+    dist: _Dist
+    snaps: list[int]
+    paths: list[Path]
+    total: int
+    model: object
+    optimizer: object
+    scheduler: object
+    scaler: object
+    loss_fn: object
+    net: object = None
+    loader: object = None
+
+    @property
+    def amp(self) -> bool:
+        return self.job.config.amp and self.dist.device.type == "cuda"
+
+    @property
+    def channels_last(self) -> bool:
+        return self.job.config.channels_last and self.dist.device.type == "cuda"
+
+    @property
+    def by_epoch(self) -> bool:
+        return bool(self.job.config.ensemble_epochs)
+
+
+def _snapshot_plan(job: _FitJob, total: int) -> tuple[list[int], list[Path]]:
+    """(the steps after which snapshots are saved, empty with ensemble epochs; the snapshot paths)."""
+    config = job.config
     by_epoch = bool(config.ensemble_epochs)
     snaps = [] if by_epoch else snapshot_steps(total, config.n_checkpoints, config.snapshot_fraction)
     n_snaps = len(config.ensemble_epochs) if by_epoch else len(snaps)
     if not by_epoch and len(snaps) < config.n_checkpoints:
         logger.warning("only %d optimizer steps: %d snapshots instead of %d", total, len(snaps), config.n_checkpoints)
-    if file_names is not None and len(file_names) != n_snaps:
-        raise ValueError(f"file_names has {len(file_names)} entries for {n_snaps} snapshots")
-    paths = [out_dir / f for f in file_names] if file_names else [out_dir / f"{name}_m{k}.pth" for k in range(n_snaps)]
-    run_dir = out_dir / RUNS_DIR / name
-    last_path = run_dir / "last.pt"
-    log_path = run_dir / "log.jsonl"
+    if job.file_names is not None and len(job.file_names) != n_snaps:
+        raise ValueError(f"file_names has {len(job.file_names)} entries for {n_snaps} snapshots")
+    names = list(job.file_names) if job.file_names else [f"{job.name}_m{k}.pth" for k in range(n_snaps)]
+    return snaps, [job.out_dir / f for f in names]
 
-    start_epoch, step, recall = 0, 0, None
-    if resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"resume: {last_path} not found (train without --resume first)")
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        if state.get("format") != _RESUME_FORMAT or state.get("config") != _config_json(config):
-            raise ValueError(f"resume: {last_path} was written by a different training config; "
-                             f"use the same settings or a new output folder (saved: {state.get('config')})")
-        if int(state.get("total_steps", total)) != total:
-            raise ValueError(f"resume: {last_path} is a run of {state['total_steps']} optimizer steps, this one has {total} "
-                             "(the number of training cells or of processes changed); use the same cells and processes "
-                             "or a new output folder")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        recall = np.asarray(state["recall"], dtype=float) if state.get("recall") is not None else None
-        logger.info("resumed %s at epoch %d, step %d of %d", name, start_epoch, step, total)
-        if start_epoch >= config.epochs:
-            logger.info("%s is already trained (%d epochs)", name, config.epochs)
 
-    if dist.rank:
-        # Every rank seeded alike (and on resume restored rank 0's saved state): without this the
-        # ranks would draw the same augmentations and dropout masks for their different cells.
-        torch.manual_seed(config.seed + 1_000_003 * dist.rank + step)
-    if not resume and dist.main and log_path.is_file():
-        log_path.unlink()
-    net = model
+def _build(job: _FitJob, dist: _Dist) -> _Run:
+    """The seeded model (moved to the device), optimiser, schedule, AMP scaler, loss and snapshot plan of a job."""
+    import torch
+
+    from hpa_kernel.classifier import create_classifier
+    from hpa_kernel.training.losses import create_loss
+
+    config = job.config
+    cuda = dist.device.type == "cuda"
+    torch.manual_seed(config.seed)
+    pretrained = config.pretrained if job.init_state is None and not job.resume else None
+    model = create_classifier(config.arch, in_chans=4, num_classes=config.num_classes, drop_rate=config.drop_rate, pretrained=pretrained)
+    if job.init_state is not None:
+        model.load_state_dict(job.init_state)
+    model.to(dist.device)
+    if config.channels_last and cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = _optimizer_and_schedule(config, model, job.steps)
+    total = config.epochs * job.steps
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and cuda)
+    loss_fn = create_loss(config.loss)
+    snaps, paths = _snapshot_plan(job, total)
+    return _Run(job, dist, snaps, paths, total, model, optimizer, scheduler, scaler, loss_fn)
+
+
+def _restore(run: _Run) -> tuple[int, int, np.ndarray | None]:
+    """Load ``last.pt`` into the run's torch objects and the torch RNG; return (epoch, step, recall) to go on from."""
+    import torch
+
+    job, total = run.job, run.total
+    last_path = job.last_path
+    if not last_path.is_file():
+        raise FileNotFoundError(f"resume: {last_path} not found (train without --resume first)")
+    state = torch.load(last_path, map_location="cpu", weights_only=True)
+    if state.get("format") != _RESUME_FORMAT or state.get("config") != _config_json(job.config):
+        raise ValueError(f"resume: {last_path} was written by a different training config; "
+                         f"use the same settings or a new output folder (saved: {state.get('config')})")
+    if int(state.get("total_steps", total)) != total:
+        raise ValueError(f"resume: {last_path} is a run of {state['total_steps']} optimizer steps, this one has {total} "
+                         "(the number of training cells or of processes changed); use the same cells and processes "
+                         "or a new output folder")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    start_epoch, step = int(state["epoch"]), int(state["step"])
+    recall = np.asarray(state["recall"], dtype=float) if state.get("recall") is not None else None
+    logger.info("resumed %s at epoch %d, step %d of %d", job.name, start_epoch, step, total)
+    if start_epoch >= job.config.epochs:
+        logger.info("%s is already trained (%d epochs)", job.name, job.config.epochs)
+    return start_epoch, step, recall
+
+
+def _with_loader(run: _Run) -> _Run:
+    """The run with its network (DDP-wrapped with several processes) and its training DataLoader."""
+    from torch.utils.data import DataLoader
+
+    job, dist = run.job, run.dist
+    cuda = dist.device.type == "cuda"
+    net = run.model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+        net = DistributedDataParallel(run.model, device_ids=[dist.device.index] if cuda else None)
+    loader = DataLoader(job.train_ds, batch_size=job.config.batch_size, sampler=job.sampler, num_workers=job.config.workers,
                         pin_memory=cuda, drop_last=False, persistent_workers=False)
+    return dataclasses.replace(run, net=net, loader=loader)
 
-    def save_snapshot(k: int | None, epoch: int, path: Path | None = None) -> None:
-        cfg = CheckpointConfig(
-            arch=config.arch, num_classes=config.num_classes, input_size=config.input_size, mean=config.mean, std=config.std,
-            group=config.group, augmentation=config.augment.to_dict(), loss=config.loss.to_dict(), epoch=epoch, step=step,
-            recipe=config.recipe,
-            extra={"name": name, "snapshot": k, "snapshot_steps": snaps, "ensemble_epochs": list(config.ensemble_epochs),
-                   "epoch_index": epoch - 1, "total_steps": total, "world_size": dist.world, "train_config": config.to_dict(),
-                   **(extra or {})},
-        )
-        path = path or paths[k]
-        save_checkpoint(model, cfg, path)
-        logger.info("checkpoint after epoch %d (0-based %d), step %d: %s", epoch, epoch - 1, step, path)
 
-    ncls = config.num_classes
-    for epoch in range(start_epoch, config.epochs):
-        if on_recall is not None:
-            on_recall(recall)
-        sampler.set_epoch(epoch)
-        net.train()
+def _save_snapshot(run: _Run, k: int | None, epoch: int, step: int, path: Path | None = None) -> None:
+    """Save the model as snapshot ``k`` (``run.paths[k]``), or at ``path`` when given."""
+    from hpa_kernel.classifier import CheckpointConfig, save_checkpoint
+
+    config, job = run.job.config, run.job
+    cfg = CheckpointConfig(
+        arch=config.arch, num_classes=config.num_classes, input_size=config.input_size, mean=config.mean, std=config.std,
+        group=config.group, augmentation=config.augment.to_dict(), loss=config.loss.to_dict(), epoch=epoch, step=step,
+        recipe=config.recipe,
+        extra={"name": job.name, "snapshot": k, "snapshot_steps": run.snaps, "ensemble_epochs": list(config.ensemble_epochs),
+               "epoch_index": epoch - 1, "total_steps": run.total, "world_size": run.dist.world, "train_config": config.to_dict(),
+               **(job.extra or {})},
+    )
+    path = path or run.paths[k]
+    save_checkpoint(run.model, cfg, path)
+    logger.info("checkpoint after epoch %d (0-based %d), step %d: %s", epoch, epoch - 1, step, path)
+
+
+def _train_epoch(run: _Run, epoch: int, step: int):
+    """One epoch of optimizer steps (snapshots saved on the way); returns (step, epoch stats on the CPU, float64).
+
+    The stats are the loss sum, the number of batches, then per class the true positives and the
+    positives, summed over the processes.
+    """
+    import torch
+    import torch.distributed as tdist
+    from tqdm.auto import tqdm
+
+    job, dist, config = run.job, run.dist, run.job.config
+    device, ncls = dist.device, config.num_classes
+    run.net.train()
+    # loss sum, batches, true positives, positives: summed on the device, read once per epoch
+    stats = torch.zeros(2 + 2 * ncls, device=device)
+    bar = tqdm(run.loader, total=len(run.loader), desc=f"{job.name} epoch {epoch + 1}/{config.epochs}",
+               disable=not (job.progress and dist.main), leave=False, dynamic_ncols=True)
+    for x, y in bar:
+        x = _normalise(x.to(device, non_blocking=True), config.mean, config.std, run.channels_last)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=run.amp):
+            logits = run.net(x)
+        loss = run.loss_fn(logits.float(), y)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        step += 1
+        with torch.no_grad():
+            pos = (y >= config.sampler.threshold).float()
+            stats[0] += loss.detach()
+            stats[1] += 1
+            stats[2:2 + ncls] += ((logits.detach() > 0).float() * pos).sum(0)
+            stats[2 + ncls:] += pos.sum(0)
+        if not bar.disable:  # reading the loss waits for the device
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
+        if step in run.snaps and dist.main:
+            _save_snapshot(run, run.snaps.index(step), epoch + 1, step)
+    bar.close()
+    if dist.world > 1:
+        tdist.all_reduce(stats)
+    return step, stats.double().cpu()
+
+
+def _recall(stats, ncls: int) -> np.ndarray:
+    """Per-class recall of the epoch stats of :func:`_train_epoch` (NaN for classes without positives)."""
+    tp, npos = stats[2:2 + ncls].numpy(), stats[2 + ncls:].numpy()
+    return np.where(npos > 0, tp / np.maximum(npos, 1), np.nan)
+
+
+def _end_epoch(run: _Run, epoch: int, step: int, stats, recall: np.ndarray, t0: float) -> None:
+    """Rank 0 after an epoch: the epoch snapshots, the log line (with validation) and the resume state."""
+    import torch
+
+    job, config = run.job, run.job.config
+    if run.by_epoch:
+        _save_snapshot(run, None, epoch + 1, step, job.out_dir / epoch_checkpoint_name(job.name, epoch))
+        if epoch in config.ensemble_epochs:
+            _save_snapshot(run, config.ensemble_epochs.index(epoch), epoch + 1, step)
+    record = {"name": job.name, "epoch": epoch + 1, "step": step, "train_loss": float(stats[0] / max(1.0, float(stats[1]))),
+              "lr": run.scheduler.get_last_lr()[0]}
+    if job.val_ds is not None and len(job.val_ds):
+        record.update(validation_loss_and_map(run.model, job.val_ds, config, run.dist.device, run.loss_fn))
+        run.model.train()
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(job.log_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    state = {
+        "format": _RESUME_FORMAT, "config": _config_json(config), "epoch": epoch + 1, "step": step, "total_steps": run.total,
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(), "recall": None if recall is None else [float(r) for r in recall],
+    }
+    atomic_write(job.last_path, lambda tmp: torch.save(state, tmp))
+
+
+def _fit(job: _FitJob, dist: _Dist) -> list[Path]:
+    """The training loop shared by :func:`train_group` and fine-tuning; returns the snapshot paths."""
+    import torch
+    import torch.distributed as tdist
+
+    run = _build(job, dist)
+    start_epoch, step, recall = _restore(run) if job.resume else (0, 0, None)
+    if dist.rank:
+        # Every rank seeded alike (and on resume restored rank 0's saved state): without this the
+        # ranks would draw the same augmentations and dropout masks for their different cells.
+        torch.manual_seed(job.config.seed + 1_000_003 * dist.rank + step)
+    if not job.resume and dist.main and job.log_path.is_file():
+        job.log_path.unlink()
+    run = _with_loader(run)
+    for epoch in range(start_epoch, job.config.epochs):
+        if job.on_recall is not None:
+            job.on_recall(recall)
+        job.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        # loss sum, batches, true positives, positives: summed on the device, read once per epoch
-        stats = torch.zeros(2 + 2 * ncls, device=device)
-        bar = tqdm(loader, total=len(loader), desc=f"{name} epoch {epoch + 1}/{config.epochs}", disable=not (progress and dist.main),
-                   leave=False, dynamic_ncols=True)
-        for x, y in bar:
-            x = _normalise(x.to(device, non_blocking=True), config.mean, config.std, channels_last)
-            y = y.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                logits = net(x)
-            loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            with torch.no_grad():
-                pos = (y >= config.sampler.threshold).float()
-                stats[0] += loss.detach()
-                stats[1] += 1
-                stats[2:2 + ncls] += ((logits.detach() > 0).float() * pos).sum(0)
-                stats[2 + ncls:] += pos.sum(0)
-            if not bar.disable:  # reading the loss waits for the device
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if step in snaps and dist.main:
-                save_snapshot(snaps.index(step), epoch + 1)
-        bar.close()
-        if dist.world > 1:
-            tdist.all_reduce(stats)
-        stats = stats.double().cpu()
-        tp, npos = stats[2:2 + ncls].numpy(), stats[2 + ncls:].numpy()
-        recall = np.where(npos > 0, tp / np.maximum(npos, 1), np.nan)
-        if dist.main and by_epoch:
-            save_snapshot(None, epoch + 1, out_dir / epoch_checkpoint_name(name, epoch))
-            if epoch in config.ensemble_epochs:
-                save_snapshot(config.ensemble_epochs.index(epoch), epoch + 1)
+        step, stats = _train_epoch(run, epoch, step)
+        recall = _recall(stats, job.config.num_classes)
         if dist.main:
-            record = {"name": name, "epoch": epoch + 1, "step": step, "train_loss": float(stats[0] / max(1.0, float(stats[1]))),
-                      "lr": scheduler.get_last_lr()[0]}
-            if val_ds is not None and len(val_ds):
-                record.update(validation_loss_and_map(model, val_ds, config, device, loss_fn))
-                model.train()
-            record["seconds"] = round(time.perf_counter() - t0, 3)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            state = {
-                "format": _RESUME_FORMAT, "config": _config_json(config), "epoch": epoch + 1, "step": step, "total_steps": total,
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "recall": None if recall is None else [float(r) for r in recall],
-            }
-            atomic_write(last_path, lambda tmp: torch.save(state, tmp))
+            _end_epoch(run, epoch, step, stats, recall, t0)
         if dist.world > 1:
             tdist.barrier()
-    if dist.main and manifest:
-        _update_manifest(out_dir, config.group)
-    missing = [p for p in paths if not p.is_file()]
+    if dist.main and job.manifest:
+        _update_manifest(job.out_dir, job.config.group)
+    missing = [p for p in run.paths if not p.is_file()]
     if dist.main and missing:
         raise ValueError(f"training finished but snapshots are missing: {[str(p) for p in missing]}")
-    return paths
+    return run.paths

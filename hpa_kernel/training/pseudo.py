@@ -40,9 +40,10 @@ LABELLER_NAME = "pseudo_resnet18"
 def train_pseudo_labeller(cells_csv: str | os.PathLike, out_dir: str | os.PathLike, config: PseudoLabelConfig = PseudoLabelConfig(),
                           device: str | None = None, progress: bool = True) -> Path:
     """Train the under-fit labeller; returns its checkpoint ``out_dir/pseudo_resnet18_m0.pth``."""
-    from hpa_kernel.training.loop import train_group
+    from hpa_kernel.training.loop import RunOptions, train_group
 
-    paths = train_group(config.train, cells_csv, out_dir, name=LABELLER_NAME, device=device, manifest=False, progress=progress)
+    options = RunOptions(device=device, name=LABELLER_NAME, manifest=False, progress=progress)
+    paths = train_group(config.train, cells_csv, out_dir, options=options)
     return paths[-1]
 
 
@@ -55,7 +56,7 @@ def predict_cells(checkpoint: str | os.PathLike, table, device: str = "cpu", bat
     model, cfg = load_checkpoint(checkpoint, map_location=device)
     model.to(device)
     dataset = CellDataset(table["crop_path"], np.zeros((len(table), NUM_CLASSES), np.float32), cfg.input_size)
-    return predict(model, dataset, cfg.mean, cfg.std, device, batch_size, progress=progress)
+    return predict(model, dataset, cfg, device, batch_size=batch_size, progress=progress)
 
 
 def apply_pseudo_rules(image_labels, probs: np.ndarray, negative_threshold: float = 0.3, positive_threshold: float = 0.9,
