@@ -10,29 +10,8 @@ Import from here: ``from hpa_kernel.metric import score_submission, match_cells`
 
 from __future__ import annotations
 
-from hpa_kernel.metric.matching import CellMatch, match_cells
-from hpa_kernel.metric.score import (
-    IOU_MODES,
-    IOU_THRESHOLD,
-    MetricResult,
-    TruthImage,
-    detection_average_precision,
-    load_truth,
-    load_truth_annotations,
-    parse_prediction_string,
-    score_submission,
-)
+from hpa_kernel.metric import matching, score
+from hpa_kernel.metric.matching import *  # noqa: F403 - the package re-exports each module's public names
+from hpa_kernel.metric.score import *  # noqa: F403
 
-__all__ = [
-    "IOU_MODES",
-    "IOU_THRESHOLD",
-    "MetricResult",
-    "TruthImage",
-    "detection_average_precision",
-    "score_submission",
-    "load_truth",
-    "load_truth_annotations",
-    "parse_prediction_string",
-    "CellMatch",
-    "match_cells",
-]
+__all__ = [*score.__all__, *matching.__all__]
