@@ -41,6 +41,7 @@ __all__ = [
     "KAGGLE_PYTHON",
     "KAGGLE_PLATFORMS",
     "KAGGLE_PREINSTALLED",
+    "WheelTarget",
     "WheelhouseResult",
     "find_project_root",
     "build_kit_wheel",
@@ -263,12 +264,60 @@ def _write_dataset_metadata(out: Path, title: str, dataset_id: str, license_name
     (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
 
+@dataclass(frozen=True)
+class WheelTarget:
+    """The image a wheelhouse is for: its Python, its platform tags and what it has preinstalled.
+
+    Attributes
+    ----------
+    python : str
+        Target interpreter version for ``pip download`` (:data:`KAGGLE_PYTHON`).
+    platforms : tuple of str
+        Platform tags for ``pip download`` (:data:`KAGGLE_PLATFORMS`).
+    preinstalled : dict
+        Distribution -> version of what the target image has (:data:`KAGGLE_PREINSTALLED`). Every
+        base requirement of the kit it does not satisfy is downloaded (:func:`missing_requirements`).
+
+    Examples
+    --------
+    >>> WheelTarget().python == KAGGLE_PYTHON
+    True
+    >>> WheelTarget(python="3.11", platforms=("manylinux2014_x86_64",)).platforms
+    ('manylinux2014_x86_64',)
+    """
+
+    python: str = KAGGLE_PYTHON
+    platforms: tuple[str, ...] = KAGGLE_PLATFORMS
+    preinstalled: dict[str, str] = field(default_factory=lambda: KAGGLE_PREINSTALLED)
+
+
+def _place_kit_wheel(out: Path, kit_wheel: str | os.PathLike | None) -> Path:
+    """Copy the prebuilt ``kit_wheel`` into ``out``, or build the kit's wheel there; its path in ``out``."""
+    if kit_wheel is None:
+        return build_kit_wheel(out)
+    kit_wheel = Path(kit_wheel)
+    if not kit_wheel.is_file():
+        raise FileNotFoundError(f"kit wheel {kit_wheel} does not exist")
+    kit = out / kit_wheel.name
+    shutil.copy2(kit_wheel, kit)
+    return kit
+
+
+def _write_wheels_lock(out: Path, wheels: list[Path]) -> Path:
+    """Write ``out/wheels.lock``: one ``name==version  sha256:...  file`` line per wheel."""
+    lock_lines = ["# name==version  sha256  file   (written by hpa-kernel bundle wheels)"]
+    for wheel in wheels:
+        name, version = _wheel_name_version(wheel)
+        lock_lines.append(f"{name}=={version}  sha256:{sha256_of(wheel)}  {wheel.name}")
+    lock = out / "wheels.lock"
+    lock.write_text("\n".join(lock_lines) + "\n")
+    return lock
+
+
 def bundle_wheels(
     out: str | os.PathLike,
     *,
-    python: str = KAGGLE_PYTHON,
-    platforms: tuple[str, ...] = KAGGLE_PLATFORMS,
-    preinstalled: dict[str, str] = KAGGLE_PREINSTALLED,
+    target: WheelTarget | None = None,
     kit_wheel: str | os.PathLike | None = None,
     find_links: list[str] | None = None,
     dataset_id: str | None = None,
@@ -279,11 +328,8 @@ def bundle_wheels(
     ----------
     out : path
         The wheelhouse folder (created). Old ``*.whl`` files in it are removed first.
-    python, platforms
-        Target interpreter version and platform tags for ``pip download`` (Kaggle by default).
-    preinstalled : dict
-        Distribution -> version of what the target image has (:data:`KAGGLE_PREINSTALLED`). Every
-        base requirement of the kit it does not satisfy is downloaded (:func:`missing_requirements`).
+    target : WheelTarget, optional
+        The target image's Python, platform tags and preinstalled distributions (Kaggle's by default).
     kit_wheel : path, optional
         Use this prebuilt kit wheel instead of building one from the checkout.
     find_links : list of str, optional
@@ -293,29 +339,18 @@ def bundle_wheels(
         ``out/dataset-metadata.json``, else a placeholder. Kaggle mounts the dataset under ``name``,
         which the README's install command names.
     """
+    target = WheelTarget() if target is None else target
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dataset_id = _dataset_id(out, dataset_id, DEFAULT_WHEELS_ID)
     for old in out.glob("*.whl"):
         old.unlink()
-    if kit_wheel is not None:
-        kit_wheel = Path(kit_wheel)
-        if not kit_wheel.is_file():
-            raise FileNotFoundError(f"kit wheel {kit_wheel} does not exist")
-        kit = out / kit_wheel.name
-        shutil.copy2(kit_wheel, kit)
-    else:
-        kit = build_kit_wheel(out)
-    missing = missing_requirements(kit_requirements(kit), preinstalled, python)
+    kit = _place_kit_wheel(out, kit_wheel)
+    missing = missing_requirements(kit_requirements(kit), target.preinstalled, target.python)
     logger.info("base requirements missing from the target image: %s", ", ".join(missing) or "none")
-    _download(missing, out, python, tuple(platforms), list(find_links or []))
+    _download(missing, out, target.python, tuple(target.platforms), list(find_links or []))
     wheels = sorted(out.glob("*.whl"))
-    lock_lines = ["# name==version  sha256  file   (written by hpa-kernel bundle wheels)"]
-    for wheel in wheels:
-        name, version = _wheel_name_version(wheel)
-        lock_lines.append(f"{name}=={version}  sha256:{sha256_of(wheel)}  {wheel.name}")
-    lock = out / "wheels.lock"
-    lock.write_text("\n".join(lock_lines) + "\n")
+    lock = _write_wheels_lock(out, wheels)
     _write_dataset_metadata(out, "hpa-kernel wheels", dataset_id, "MIT")
     extras_md = "\n".join(f"* `{req}`" for req in missing) or "* none: the image has every base requirement"
     (out / "README.md").write_text(
@@ -323,8 +358,8 @@ def bundle_wheels(
             install=install_command(kaggle_wheels_dir(dataset_id)),
             kit=kit.name,
             extras=extras_md,
-            python=python,
-            platform=", ".join(platforms),
+            python=target.python,
+            platform=", ".join(target.platforms),
             version=__version__,
         )
     )

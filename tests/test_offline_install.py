@@ -181,7 +181,7 @@ def test_bundle_wheels_downloads_what_the_target_lacks_for_its_python_and_platfo
     monkeypatch.setattr(bundle, "_run", fake_run)
     kit = fake_kit_wheel(tmp_path, requires=("numpy>=1.24", "numba>=0.58", 'opencv-python-headless>=4.8; extra == "opencv"'))
     lacking = {k: v for k, v in bundle.KAGGLE_PREINSTALLED.items() if k != "numba"}
-    result = bundle.bundle_wheels(tmp_path / "wheels", kit_wheel=kit, preinstalled=lacking)
+    result = bundle.bundle_wheels(tmp_path / "wheels", kit_wheel=kit, target=bundle.WheelTarget(preinstalled=lacking))
     (download,) = calls
     assert download[download.index("--python-version") + 1] == "3.12"
     assert "--only-binary=:all:" in download and "--no-deps" in download

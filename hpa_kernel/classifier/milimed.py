@@ -285,6 +285,63 @@ def _check_source_folder(src: Path, ignore_extra: bool) -> None:
         logger.warning("leaving out %s: not part of the team's ensemble", ", ".join(extra))
 
 
+def _convert_groups(src: Path, out: Path) -> list[dict]:
+    """Convert every checkpoint of :data:`MILIMED_GROUPS` from ``src`` into ``out``; the manifest's groups."""
+    from hpa_kernel.manifest import sha256_of
+
+    model = _new_model()
+    groups = []
+    for group in MILIMED_GROUPS:
+        entries = []
+        for name, weight in group.checkpoints:
+            epoch = re.search(r"epoch-(\d+)", name)
+            dest, _ = convert_milimed_checkpoint(
+                src / name, out / (Path(name).stem + ".pth"), model=model, epoch=int(epoch.group(1)) if epoch else None
+            )
+            entries.append({"file": dest.name, "sha256": sha256_of(dest), "weight": weight})
+            logger.info("converted %s -> %s", name, dest.name)
+        groups.append({"name": group.name, "weight": group.weight, "checkpoints": entries})
+    return groups
+
+
+def _copy_segmentation(seg_dir: Path, out: Path) -> dict:
+    """Copy the official segmentation files found in ``seg_dir`` to ``out``; the manifest's segmentation part.
+
+    A missing file is logged and gets ``"sha256": None``.
+    """
+    from hpa_kernel.manifest import sha256_of
+
+    segmentation = {}
+    for key, name in zip(("nuclei", "cell"), SEGMENTATION_FILES, strict=True):
+        entry = {"file": name, "sha256": None}
+        if (seg_dir / name).is_file():
+            shutil.copy2(seg_dir / name, out / name)
+            entry["sha256"] = sha256_of(out / name)
+        else:
+            logger.warning(
+                "segmentation weights %s are not in %s: the dataset needs them, or submit with --segmenter classic", name, seg_dir
+            )
+        segmentation[key] = entry
+    return segmentation
+
+
+def _write_milimed_manifest(out: Path, groups: list[dict], segmentation: dict, dataset_id: str) -> Path:
+    """Write ``weights_manifest.json`` (atomically) and ``dataset-metadata.json`` in ``out``; the manifest's path."""
+    from hpa_kernel.manifest import FORMAT_VERSION, MANIFEST_NAME
+
+    manifest = {
+        "format": FORMAT_VERSION,
+        "comment": "The HPA 2021 4th-place team's EfficientNet-B0 ensemble, converted by hpa-kernel bundle weights --from-milimed",
+        "segmentation": segmentation,
+        "ensemble": {"groups": groups},
+    }
+    text = json.dumps(manifest, indent=2) + "\n"
+    target = atomic_write(out / MANIFEST_NAME, lambda tmp: tmp.write_text(text))
+    metadata = {"title": "hpa-kernel weights (HPA 2021 4th place, converted)", "id": dataset_id, "licenses": [{"name": "other"}]}
+    (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return target
+
+
 def bundle_milimed(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -328,46 +385,14 @@ def bundle_milimed(
         ``src`` holds other checkpoint files (without ``ignore_extra``), or a file does not fit the
         network (the file and the first mismatching key are named).
     """
-    from hpa_kernel.manifest import FORMAT_VERSION, MANIFEST_NAME, sha256_of
-
     src, out = Path(src), Path(out)
     _check_source_folder(src, ignore_extra)
     seg_dir = src if segmentation_dir is None else Path(segmentation_dir)
     if not seg_dir.is_dir():
         raise FileNotFoundError(f"segmentation weights folder {seg_dir} does not exist")
     out.mkdir(parents=True, exist_ok=True)
-    model = _new_model()
-    groups = []
-    for group in MILIMED_GROUPS:
-        entries = []
-        for name, weight in group.checkpoints:
-            epoch = re.search(r"epoch-(\d+)", name)
-            dest, _ = convert_milimed_checkpoint(
-                src / name, out / (Path(name).stem + ".pth"), model=model, epoch=int(epoch.group(1)) if epoch else None
-            )
-            entries.append({"file": dest.name, "sha256": sha256_of(dest), "weight": weight})
-            logger.info("converted %s -> %s", name, dest.name)
-        groups.append({"name": group.name, "weight": group.weight, "checkpoints": entries})
-    segmentation = {}
-    for key, name in zip(("nuclei", "cell"), SEGMENTATION_FILES, strict=True):
-        entry = {"file": name, "sha256": None}
-        if (seg_dir / name).is_file():
-            shutil.copy2(seg_dir / name, out / name)
-            entry["sha256"] = sha256_of(out / name)
-        else:
-            logger.warning(
-                "segmentation weights %s are not in %s: the dataset needs them, or submit with --segmenter classic", name, seg_dir
-            )
-        segmentation[key] = entry
-    manifest = {
-        "format": FORMAT_VERSION,
-        "comment": "The HPA 2021 4th-place team's EfficientNet-B0 ensemble, converted by hpa-kernel bundle weights --from-milimed",
-        "segmentation": segmentation,
-        "ensemble": {"groups": groups},
-    }
-    text = json.dumps(manifest, indent=2) + "\n"
-    target = atomic_write(out / MANIFEST_NAME, lambda tmp: tmp.write_text(text))
-    metadata = {"title": "hpa-kernel weights (HPA 2021 4th place, converted)", "id": dataset_id, "licenses": [{"name": "other"}]}
-    (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    groups = _convert_groups(src, out)
+    segmentation = _copy_segmentation(seg_dir, out)
+    target = _write_milimed_manifest(out, groups, segmentation, dataset_id)
     logger.info("weights dataset %s: 7 converted checkpoints, manifest %s", out, target.name)
     return target

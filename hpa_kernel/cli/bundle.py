@@ -44,13 +44,14 @@ def run(args: argparse.Namespace) -> int:
     from hpa_kernel import bundle
 
     if args.bundle_what == "wheels":
-        kwargs = {}
+        target = {}
         if args.python:
-            kwargs["python"] = args.python
+            target["python"] = args.python
         if args.platform:
-            kwargs["platforms"] = tuple(args.platform)
+            target["platforms"] = tuple(args.platform)
         result = bundle.bundle_wheels(
-            args.out, kit_wheel=args.kit_wheel, find_links=args.find_links, dataset_id=args.dataset_id, **kwargs
+            args.out, target=bundle.WheelTarget(**target), kit_wheel=args.kit_wheel, find_links=args.find_links,
+            dataset_id=args.dataset_id,
         )
         for wheel in result.wheels:
             logger.info("  %s", wheel.name)

@@ -351,6 +351,69 @@ def _check_state_dict(path: Path, obj) -> None:
         )
 
 
+def _check_file(path: Path, expected_sha256: str | None) -> str:
+    """The sha256 of ``path`` after checking that it exists and, if asked, that the hash matches."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {path} does not exist")
+    sha = sha256_of(path)
+    if expected_sha256 is not None and sha.lower() != expected_sha256.lower():
+        raise WeightsHashError(f"weight file {path}: sha256 mismatch: expected {expected_sha256.lower()}, found {sha}")
+    return sha
+
+
+def _restricted_torch_load(path: Path):
+    """``torch.load`` of ``path`` through the restricted unpickler; refusals name the file.
+
+    Call only after :func:`_check_container` accepted the file (a TorchScript archive would run
+    its code inside ``torch.load``).
+    """
+    with warnings.catch_warnings():
+        # Legacy files store each module class's source; comparing it with ours (or failing to find
+        # the placeholder's source) only warns, and the comparison has no bearing on the weights.
+        warnings.filterwarnings("ignore", message=r".*source code.*")
+        warnings.filterwarnings("ignore", category=torch.serialization.SourceChangeWarning)
+        try:
+            return torch.load(path, map_location="cpu", pickle_module=_restricted_pickle_module(), weights_only=False)
+        except UnsafeWeightsError as exc:
+            raise UnsafeWeightsError(f"weight file {path}: {exc}") from None
+        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+            # TypeError/AttributeError/...: a pickle whose BUILD/REDUCE opcodes feed allowed classes
+            # state they do not take (a setattr gadget); the file is refused like any unreadable one.
+            raise ValueError(
+                f"weight file {path} is not a readable torch file (expected a pickled DPNUnet in zip or legacy format): {exc}"
+            ) from exc
+
+
+def _extract_state(path: Path, obj) -> tuple[str, OrderedDict, bool, dict, dict, list]:
+    """``(root_class, state_dict, was_dataparallel, training_flags, bn_training, dropout_training)`` of an unpickled object.
+
+    ``obj`` is a pickled module (possibly in a DataParallel) or a plain state_dict; anything else
+    is refused.
+    """
+    was_dp = False
+    if isinstance(obj, nn.Module):
+        if _is_dataparallel(obj):
+            was_dp = True
+            inner = obj.__dict__.get("_modules", {}).get("module")
+            if inner is None:
+                raise ValueError(f"weight file {path}: DataParallel without a 'module' child")
+            obj = inner
+        root_class = _qualname(obj)
+        state, flags, bn_training, dropout_training = _collect_state(obj)
+        state, prefixed = _strip_prefix(state)
+        was_dp = was_dp or prefixed
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        _check_state_dict(path, obj)
+        root_class = _qualname(obj)
+        state, was_dp = _strip_prefix(obj)
+        flags, bn_training, dropout_training = {}, {}, []
+    else:
+        raise ValueError(
+            f"weight file {path}: expected a pickled nn.Module or a state_dict of tensors, got {type(obj).__name__}"
+        )
+    return root_class, state, was_dp, flags, bn_training, dropout_training
+
+
 def load_weights(path: str | Path, expected_sha256: str | None = None) -> LoadedWeights:
     """Read an hpacellseg weight file (whole-model pickle or plain state_dict) safely.
 
@@ -378,49 +441,10 @@ def load_weights(path: str | Path, expected_sha256: str | None = None) -> Loaded
         If the file holds something other than a module or a state_dict.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file {path} does not exist")
-    sha = sha256_of(path)
-    if expected_sha256 is not None and sha.lower() != expected_sha256.lower():
-        raise WeightsHashError(f"weight file {path}: sha256 mismatch: expected {expected_sha256.lower()}, found {sha}")
-    file_format = _check_container(path)
-    with warnings.catch_warnings():
-        # Legacy files store each module class's source; comparing it with ours (or failing to find
-        # the placeholder's source) only warns, and the comparison has no bearing on the weights.
-        warnings.filterwarnings("ignore", message=r".*source code.*")
-        warnings.filterwarnings("ignore", category=torch.serialization.SourceChangeWarning)
-        try:
-            obj = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle_module(), weights_only=False)
-        except UnsafeWeightsError as exc:
-            raise UnsafeWeightsError(f"weight file {path}: {exc}") from None
-        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-            # TypeError/AttributeError/...: a pickle whose BUILD/REDUCE opcodes feed allowed classes
-            # state they do not take (a setattr gadget); the file is refused like any unreadable one.
-            raise ValueError(
-                f"weight file {path} is not a readable torch file (expected a pickled DPNUnet in zip or legacy format): {exc}"
-            ) from exc
-
-    was_dp = False
-    if isinstance(obj, nn.Module):
-        if _is_dataparallel(obj):
-            was_dp = True
-            inner = obj.__dict__.get("_modules", {}).get("module")
-            if inner is None:
-                raise ValueError(f"weight file {path}: DataParallel without a 'module' child")
-            obj = inner
-        root_class = _qualname(obj)
-        state, flags, bn_training, dropout_training = _collect_state(obj)
-        state, prefixed = _strip_prefix(state)
-        was_dp = was_dp or prefixed
-    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        _check_state_dict(path, obj)
-        root_class = _qualname(obj)
-        state, was_dp = _strip_prefix(obj)
-        flags, bn_training, dropout_training = {}, {}, []
-    else:
-        raise ValueError(
-            f"weight file {path}: expected a pickled nn.Module or a state_dict of tensors, got {type(obj).__name__}"
-        )
+    sha = _check_file(path, expected_sha256)
+    file_format = _check_container(path)  # before any torch call: refuses TorchScript and non-pickles
+    obj = _restricted_torch_load(path)
+    root_class, state, was_dp, flags, bn_training, dropout_training = _extract_state(path, obj)
     if dropout_training:
         logger.warning(
             "%s: %d dropout layer(s) were pickled in train mode (random in hpacellseg); they run as identity here",
