@@ -215,6 +215,10 @@ def test_bad_arguments():
         CellPipeline(TruthSegmenter([]), CONFIG, workers=-1)
     with pytest.raises(ValueError, match="segmenter"):
         CellPipeline(object(), CONFIG)
+    with pytest.raises(ValueError, match="options must be a PipelineOptions, got dict"):
+        CellPipeline(TruthSegmenter([]), CONFIG, options={"batch_size": 2})
+    with pytest.raises(ValueError, match="batch_size"):
+        CellPipeline(TruthSegmenter([]), CONFIG, options=PipelineOptions(batch_size=0))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         next(CellPipeline(TruthSegmenter([]), CONFIG, workers=0).run("/nonexistent/folder", ["a"]))
 
