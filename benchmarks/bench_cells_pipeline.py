@@ -140,11 +140,11 @@ def replay_segmenter(reference: Path = REFERENCE):
 
 def run_one(folder: str, ids: list[str], workers: int, crop_size: int, segmenter_name: str = "classic") -> dict:
     """One configuration, in this (child) process; returns timings and peak memory."""
-    from hpa_kernel.cells import CellConfig, CellPipeline
+    from hpa_kernel.cells import CellConfig, CellPipeline, PipelineOptions
     from hpa_kernel.segmentation import create_segmenter
 
     segmenter = replay_segmenter() if segmenter_name == "hpa-replay" else create_segmenter(segmenter_name)
-    pipeline = CellPipeline(segmenter, CellConfig(crop_size=crop_size), workers=workers, encode_masks=True)
+    pipeline = CellPipeline(segmenter, CellConfig(crop_size=crop_size), workers=workers, options=PipelineOptions(encode_masks=True))
     n_cells = n_failed = 0
     cpu0 = _cpu_seconds()
     with PeakMemory() as mem:

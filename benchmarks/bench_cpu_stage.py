@@ -196,9 +196,9 @@ def replay_segmenter(out: Path, ids: list[str]):
 
 
 def run_kit(out: Path, ids: list[str], workers: int) -> dict:
-    from hpa_kernel.cells import CellConfig, CellPipeline
+    from hpa_kernel.cells import CellConfig, CellPipeline, PipelineOptions
 
-    pipeline = CellPipeline(replay_segmenter(out, ids), CellConfig(crop_size=CROP_SIZE), workers=workers, encode_masks=True)
+    pipeline = CellPipeline(replay_segmenter(out, ids), CellConfig(crop_size=CROP_SIZE), workers=workers, options=PipelineOptions(encode_masks=True))
     digests, first = {}, None
     cpu0, start = _cpu_seconds(), time.perf_counter()
     for result in pipeline.run(out / "images", ids, progress=False):

@@ -152,7 +152,7 @@ def _truth(config: AblationConfig, competition) -> dict:
 
 def _cells_and_probs(config: AblationConfig, competition, ensemble, image_ids, tta_needed: bool):
     """Per image: (table, encoded masks, {tta: probs}); segmentation and crops run once."""
-    from hpa_kernel.cells import CellConfig, CellPipeline
+    from hpa_kernel.cells import CellConfig, CellPipeline, PipelineOptions
     from hpa_kernel.classifier.ensemble import DEFAULT_TTA
     from hpa_kernel.segmentation import create_segmenter
 
@@ -170,7 +170,9 @@ def _cells_and_probs(config: AblationConfig, competition, ensemble, image_ids, t
     else:
         segmenter = create_segmenter("classic")
     crop_size = max(m.config.input_size for m in ensemble.members)
-    pipeline = CellPipeline(segmenter, CellConfig(crop_size=crop_size), config.workers, None, encode_masks=True)
+    pipeline = CellPipeline(
+        segmenter, CellConfig(crop_size=crop_size), config.workers, None, options=PipelineOptions(encode_masks=True)
+    )
     views = {False: ("identity",), True: DEFAULT_TTA} if tta_needed else {False: ("identity",)}
     images = {}
     for result in pipeline.run(competition.test_dir, image_ids, progress=False):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from test_cells_pipeline import CONFIG, TruthSegmenter, assert_same, make_folder
 
-from hpa_kernel.cells import CellPipeline
+from hpa_kernel.cells import CellPipeline, PipelineOptions
 from hpa_kernel.cells.cache import CacheError, CellCache, cache_key, image_digest
 
 
@@ -72,7 +72,7 @@ def test_killed_run_resumes_to_identical_result(images, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(folder, ids, samples, cache_dir, workers=2, interrupt_after=2)
     # 2) a run whose consumer stops after the first image (the generator is closed mid-run)
-    pipeline = CellPipeline(TruthSegmenter(samples), CONFIG, workers=2, cache_dir=cache_dir, max_pending=1)
+    pipeline = CellPipeline(TruthSegmenter(samples), CONFIG, workers=2, cache_dir=cache_dir, options=PipelineOptions(max_pending=1))
     gen = pipeline.run(folder, ids, progress=False)
     assert next(gen).image_id == ids[0]
     gen.close()

@@ -140,14 +140,14 @@ def test_config_validation(field, value):
 
 
 def test_16_bit_image_gives_the_same_table_and_crops_as_its_8_bit_twin():
-    from hpa_kernel.cells import process_image
+    from hpa_kernel.cells import PipelineOptions, process_image
 
     red = [50, 55, 52, 48, 51, 53, 250, 49]
     image8, label = _cells_image(red, yellow_values=[90, 92, 88, 91, 90, 89, 250, 90])
     image16 = image8.astype(np.uint16) * 257  # x -> x * 257 maps 255 to 65535
     config = CellConfig(crop_size=32)
-    a = process_image("a", image8, label, label, config, encode=True)
-    b = process_image("a", image16, label, label, config, encode=True)
+    a = process_image("a", image8, label, label, config, options=PipelineOptions(encode_masks=True))
+    b = process_image("a", image16, label, label, config, options=PipelineOptions(encode_masks=True))
     pd.testing.assert_frame_equal(a.table, b.table, check_exact=False, rtol=1e-12)
     assert a.table["outlier"].any()  # the comparison covers a flagged cell too
     np.testing.assert_array_equal(a.crops, b.crops)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpa_kernel.cells import CellConfig, CellPipeline, ImageCells, ImageFailure
+from hpa_kernel.cells import CellConfig, CellPipeline, ImageCells, ImageFailure, PipelineOptions
 from hpa_kernel.segmentation.base import BaseSegmenter, SegmentationMaps
 
 SIZE = 256
@@ -130,7 +130,7 @@ def assert_same(a: ImageCells, b: ImageCells):
 # ---------------------------------------------------------------------------------------------
 def test_sequential_run_matches_truth(images):
     folder, ids, samples = images
-    pipeline = CellPipeline(TruthSegmenter(samples), CONFIG, workers=0, encode_masks=True, keep_labels=True)
+    pipeline = CellPipeline(TruthSegmenter(samples), CONFIG, workers=0, options=PipelineOptions(encode_masks=True, keep_labels=True))
     results = list(pipeline.run(folder, ids, progress=False))
     assert [r.image_id for r in results] == ids
     for r, s in zip(results, samples):
@@ -153,7 +153,7 @@ def test_two_workers_equal_sequential_and_keep_order(images):
     folder, ids, samples = images
     order = ids[::-1] + ids[:2]  # any order, with repeats
     seq = list(CellPipeline(TruthSegmenter(samples), CONFIG, workers=0).run(folder, order, progress=False))
-    par = list(CellPipeline(TruthSegmenter(samples), CONFIG, workers=2, batch_size=2).run(folder, order, progress=False))
+    par = list(CellPipeline(TruthSegmenter(samples), CONFIG, workers=2, options=PipelineOptions(batch_size=2)).run(folder, order, progress=False))
     assert [r.image_id for r in par] == order
     for a, b in zip(seq, par):
         assert_same(a, b)
@@ -164,9 +164,9 @@ def test_classic_segmenter_in_two_workers_equals_in_process(images):
 
     folder, ids, _ = images
     segmenter = create_segmenter("classic")
-    seq = list(CellPipeline(segmenter, CONFIG, workers=0, encode_masks=False).run(folder, ids[:3], progress=False))
+    seq = list(CellPipeline(segmenter, CONFIG, workers=0, options=PipelineOptions(encode_masks=False)).run(folder, ids[:3], progress=False))
     segmenter.postprocess_fn = NoTorch(segmenter.postprocess_fn)
-    par = list(CellPipeline(segmenter, CONFIG, workers=2, encode_masks=False).run(folder, ids[:3], progress=False))
+    par = list(CellPipeline(segmenter, CONFIG, workers=2, options=PipelineOptions(encode_masks=False)).run(folder, ids[:3], progress=False))
     assert all(r.ok for r in par) and sum(len(r.table) for r in par) > 0
     for a, b in zip(seq, par):
         assert_same(a, b)
@@ -215,6 +215,10 @@ def test_bad_arguments():
         CellPipeline(TruthSegmenter([]), CONFIG, workers=-1)
     with pytest.raises(ValueError, match="segmenter"):
         CellPipeline(object(), CONFIG)
+    with pytest.raises(ValueError, match="options must be a PipelineOptions, got dict"):
+        CellPipeline(TruthSegmenter([]), CONFIG, options={"batch_size": 2})
+    with pytest.raises(ValueError, match="batch_size"):
+        CellPipeline(TruthSegmenter([]), CONFIG, options=PipelineOptions(batch_size=0))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         next(CellPipeline(TruthSegmenter([]), CONFIG, workers=0).run("/nonexistent/folder", ["a"]))
 
@@ -257,7 +261,7 @@ def test_builder_shards_merge_to_the_unsharded_set(competition, tmp_path, monkey
     assert len(invalid) > 0, "the fixture has no invalid cell, so the next check would test nothing"
     assert (invalid["crop"] == "").all()  # invalid cells get no crop file
     # the crops on disk are the pipeline's crops, bit for bit
-    results = {r.image_id: r for r in CellPipeline(TruthSegmenter(samples), CONFIG, workers=0, encode_masks=False).run(
+    results = {r.image_id: r for r in CellPipeline(TruthSegmenter(samples), CONFIG, workers=0, options=PipelineOptions(encode_masks=False)).run(
         comp.train_dir, sorted(train.ID), progress=False)}
     for row in cells[cells.valid].itertuples():
         r = results[row.image_id]

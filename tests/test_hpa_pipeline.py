@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from test_cells_pipeline import NoTorch
 
-from hpa_kernel.cells import CellConfig, CellPipeline
+from hpa_kernel.cells import CellConfig, CellPipeline, PipelineOptions
 from hpa_kernel.segmentation import preprocess
 from hpa_kernel.segmentation.hpa import CELL_WEIGHTS, NUCLEI_WEIGHTS, postprocess_maps
 
@@ -164,7 +164,7 @@ def test_any_size_restores_to_its_own_shape(fake_hpa, shape):
 def test_cell_pipeline_two_workers_finds_the_drawn_cells(fake_hpa, folder):
     seg = fake_hpa()
     seg.postprocess_fn = NoTorch(postprocess_maps)  # fails in the worker if torch was imported there
-    pipeline = CellPipeline(seg, CellConfig(crop_size=64), workers=2, keep_labels=True, encode_masks=True)
+    pipeline = CellPipeline(seg, CellConfig(crop_size=64), workers=2, options=PipelineOptions(keep_labels=True, encode_masks=True))
     results = list(pipeline.run(folder, list(LAYOUT), progress=False))
     assert [r.image_id for r in results] == list(LAYOUT) and all(r.ok for r in results)
     for result in results:

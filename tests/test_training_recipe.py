@@ -14,7 +14,7 @@ import pytest
 from hpa_kernel.training import config as C
 from hpa_kernel.training.dataset import filter_cells, recipe_targets, score_to_soft, train_filter
 from hpa_kernel.training.finetune import class_finetune_indices
-from hpa_kernel.training.sampler import QuotaSampler, acceptance_of, quota_counts, quota_pools
+from hpa_kernel.training.sampler import QuotaRules, QuotaSampler, SamplerShard, acceptance_of, quota_counts, quota_pools
 
 TINY = dict(input_size=32, batch_size=4, steps_per_epoch=1, workers=0, val_fraction=0.0, amp=False, channels_last=False,
             pretrained=None)
@@ -173,7 +173,7 @@ def test_class_12_pool_is_extended_by_the_team_passes():
     manual[3] = False  # an unscored image-level positive
     passes = C.training_preset("milimed2021", 1).sampler.extra_passes
     assert passes == {12: (0.7, 0.9, 0.9)}
-    pool = quota_pools(labels, targets, manual, {12: 1}, 18, extra_passes=passes)[12]
+    pool = quota_pools(labels, targets, manual, {12: 1}, 18, QuotaRules(extra_passes=passes))[12]
     # >= 0.9: 2 (duplicate) x2 (>= 0.7) x2 x2 (>= 0.9 twice) = 16; in [0.7, 0.9): 1 x2 = 2; unscored: 1
     assert np.bincount(pool).tolist() == [16, 16, 2, 1]
 
@@ -203,7 +203,7 @@ def test_quota_sampler_fills_the_quotas_and_accepts_by_label_count():
     assert c1[3] / c1[2] == pytest.approx(4.0, rel=0.15)
     idx = sampler.indices()
     assert len(idx) == 20_000 and np.array_equal(np.sort(idx), np.sort(np.concatenate(list(drawn.values()))))
-    shards = [QuotaSampler(pools, quotas, acc, 10, num_replicas=2, rank=r, no_test=(11,)).indices() for r in (0, 1)]
+    shards = [QuotaSampler(pools, quotas, acc, 10, SamplerShard(num_replicas=2, rank=r), no_test=(11,)).indices() for r in (0, 1)]
     assert sorted(np.concatenate(shards).tolist()) == sorted(QuotaSampler(pools, quotas, acc, 20, no_test=(11,)).indices().tolist())
 
 

@@ -15,7 +15,7 @@ from hpa_kernel.cells.builder import BuildOptions, build_training_set, merge_sha
 from hpa_kernel.cells.config import CellConfig
 from hpa_kernel.cells.crops import crop_cells
 from hpa_kernel.cells.heuristics import OutlierReference, nucleus_cut_fraction, score_cells
-from hpa_kernel.cells.pipeline import CellPipeline, ImageCells, ImageFailure, default_workers, process_image
+from hpa_kernel.cells.pipeline import CellPipeline, ImageCells, ImageFailure, PipelineOptions, default_workers, process_image
 
 __all__ = [
     "BuildOptions",
@@ -24,6 +24,7 @@ __all__ = [
     "ImageCells",
     "ImageFailure",
     "OutlierReference",
+    "PipelineOptions",
     "build_training_set",
     "crop_cells",
     "default_workers",

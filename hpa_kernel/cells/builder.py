@@ -270,7 +270,7 @@ def build_training_set(
     """
     import pandas as pd
 
-    from hpa_kernel.cells.pipeline import CellPipeline
+    from hpa_kernel.cells.pipeline import CellPipeline, PipelineOptions
     from hpa_kernel.io import list_image_ids
 
     config = CellConfig() if config is None else config
@@ -289,7 +289,8 @@ def build_training_set(
     (out / "crops").mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache" if options.cache_dir is None else options.cache_dir
     pipeline = CellPipeline(
-        segmenter, config, workers=options.workers, cache_dir=cache_dir, batch_size=options.batch_size, encode_masks=False
+        segmenter, config, workers=options.workers, cache_dir=cache_dir,
+        options=PipelineOptions(batch_size=options.batch_size, encode_masks=False),
     )
     logger.info("cells: shard %d/%d, %d images from %s, %s workers", index, count, len(ids), folder, pipeline.workers)
     cells, failed = _segment_and_crop(pipeline, folder, ids, out, labels, options.progress)

@@ -44,7 +44,7 @@ import numpy as np
 from hpa_kernel.cells.config import CellConfig
 from hpa_kernel.cells.heuristics import OutlierReference
 
-__all__ = ["ImageCells", "ImageFailure", "CellPipeline", "default_workers", "process_image"]
+__all__ = ["ImageCells", "ImageFailure", "CellPipeline", "PipelineOptions", "default_workers", "process_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,44 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How a :class:`CellPipeline` run (or one :func:`process_image` call) works and what it returns.
+
+    Attributes
+    ----------
+    batch_size : int
+        Images per ``segmenter.predict`` call.
+    encode_masks : bool
+        Encode each cell's mask (EncodedMask, :func:`hpa_kernel.submission.rle.encode_label_image`).
+    reference : OutlierReference, optional
+        Dataset-level outlier statistics; None compares each cell with its own image's cells.
+    keep_labels : bool
+        Return the label images in :class:`ImageCells` (more memory and IPC).
+    max_pending : int, optional
+        Most images held at once (read, in flight or awaiting consumption);
+        default ``batch_size + 2 * max(workers, 1)``.
+    mp_context : {"spawn", "forkserver"}
+        How worker processes start; both are safe with CUDA in the main process.
+
+    Examples
+    --------
+    >>> PipelineOptions(batch_size=4, encode_masks=False).keep_labels
+    False
+    """
+
+    batch_size: int = 1
+    encode_masks: bool = True
+    reference: OutlierReference | None = None
+    keep_labels: bool = False
+    max_pending: int | None = None
+    mp_context: str = "spawn"
+
+
+#: What :func:`process_image` does without options: no encoding, no label images, per-image outliers.
+_IMAGE_DEFAULTS = PipelineOptions(encode_masks=False)
 
 
 @dataclass
@@ -287,10 +325,12 @@ def _run_task(task: _Task) -> ImageCells:
         if cache is not None:
             cache.save(task.key, nuclei_label, cell_label, table)
         from_cache = False
-    return process_image(
-        task.image_id, image, nuclei_label, cell_label, task.config, table=table, encode=task.encode,
-        keep_labels=task.keep_labels, from_cache=from_cache,
+    result = process_image(
+        task.image_id, image, nuclei_label, cell_label, task.config, table=table,
+        options=PipelineOptions(encode_masks=task.encode, keep_labels=task.keep_labels),
     )
+    result.from_cache = from_cache
+    return result
 
 
 def process_image(
@@ -301,10 +341,7 @@ def process_image(
     config: CellConfig | None = None,
     *,
     table=None,
-    reference: OutlierReference | None = None,
-    encode: bool = False,
-    keep_labels: bool = False,
-    from_cache: bool = False,
+    options: PipelineOptions | None = None,
 ) -> ImageCells:
     """Cells of one already segmented image: the table (unless given), crops and encodings.
 
@@ -322,14 +359,11 @@ def process_image(
     table : pandas.DataFrame, optional
         A table from :func:`~hpa_kernel.cells.heuristics.score_cells` (e.g. from the cache);
         computed when absent.
-    reference : OutlierReference, optional
-        Used only when the table is computed here.
-    encode : bool
-        Encode each cell's mask (EncodedMask).
-    keep_labels : bool
-        Keep the label images in the result.
-    from_cache : bool
-        Recorded in the result.
+    options : PipelineOptions, optional
+        Only ``encode_masks`` (encode each cell's mask), ``keep_labels`` (keep the label images in
+        the result) and ``reference`` (used only when the table is computed here) matter; the
+        default encodes nothing, keeps no labels and has no reference. ``from_cache`` of the result
+        is False.
 
     Returns
     -------
@@ -339,14 +373,15 @@ def process_image(
     from hpa_kernel.cells.heuristics import score_cells
 
     config = CellConfig() if config is None else config
+    options = _IMAGE_DEFAULTS if options is None else options
     if table is None:
-        table = score_cells(image, nuclei_label, cell_label, config, reference)
+        table = score_cells(image, nuclei_label, cell_label, config, options.reference)
     ids = table["cell_id"].to_numpy()
     # the table's boxes are the cells' bounding boxes
     boxes = {int(r[0]): tuple(int(v) for v in r[1:]) for r in table[["cell_id", "y0", "x0", "y1", "x1"]].to_numpy()}
     crops = crop_cells(image, cell_label, ids, size=config.crop_size, margin=config.margin, boxes=boxes)
     encoded = None
-    if encode:
+    if options.encode_masks:
         from hpa_kernel.submission.rle import encode_label_image
 
         masks = encode_label_image(cell_label, [int(i) for i in ids]) if len(ids) else {}
@@ -354,9 +389,8 @@ def process_image(
     height, width = cell_label.shape
     return ImageCells(
         image_id=image_id, height=int(height), width=int(width), table=table, crops=crops, encoded=encoded,
-        from_cache=from_cache,
-        nuclei_label=nuclei_label if keep_labels else None,
-        cell_label=cell_label if keep_labels else None,
+        nuclei_label=nuclei_label if options.keep_labels else None,
+        cell_label=cell_label if options.keep_labels else None,
     )
 
 
@@ -390,19 +424,9 @@ class CellPipeline:
         Worker processes; default :func:`default_workers`. 0 runs everything in this process.
     cache_dir : path, optional
         Folder of the resumable cache (:mod:`hpa_kernel.cells.cache`); None disables it.
-    batch_size : int
-        Images per ``segmenter.predict`` call.
-    encode_masks : bool
-        Encode each cell's mask (EncodedMask, :func:`hpa_kernel.submission.rle.encode_label_image`).
-    reference : OutlierReference, optional
-        Dataset-level outlier statistics; None compares each cell with its own image's cells.
-    keep_labels : bool
-        Return the label images in :class:`ImageCells` (more memory and IPC).
-    max_pending : int, optional
-        Most images held at once (read, in flight or awaiting consumption);
-        default ``batch_size + 2 * max(workers, 1)``.
-    mp_context : {"spawn", "forkserver"}
-        How worker processes start; both are safe with CUDA in the main process.
+    options : PipelineOptions, optional
+        Batch size, mask encoding (on by default), outlier reference, label images, memory bound
+        and worker start method; default ``PipelineOptions()``.
 
     Examples
     --------
@@ -418,12 +442,7 @@ class CellPipeline:
         workers: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         *,
-        batch_size: int = 1,
-        encode_masks: bool = True,
-        reference: OutlierReference | None = None,
-        keep_labels: bool = False,
-        max_pending: int | None = None,
-        mp_context: str = "spawn",
+        options: PipelineOptions | None = None,
     ):
         from hpa_kernel.cells.cache import CellCache
 
@@ -438,6 +457,10 @@ class CellPipeline:
         self.workers = default_workers() if workers is None else workers
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+        self.options = PipelineOptions() if options is None else options
+        if not isinstance(self.options, PipelineOptions):
+            raise ValueError(f"options must be a PipelineOptions, got {type(self.options).__name__}")
+        batch_size, max_pending, mp_context = self.options.batch_size, self.options.max_pending, self.options.mp_context
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.batch_size = batch_size
@@ -448,9 +471,9 @@ class CellPipeline:
         if mp_context not in ("spawn", "forkserver"):
             raise ValueError(f"mp_context must be 'spawn' or 'forkserver', got {mp_context!r}")
         self.mp_context = mp_context
-        self.encode_masks = encode_masks
-        self.reference = reference
-        self.keep_labels = keep_labels
+        self.encode_masks = self.options.encode_masks
+        self.reference = self.options.reference
+        self.keep_labels = self.options.keep_labels
         self.cache = CellCache(cache_dir) if cache_dir is not None else None
         self._executor = None
 

@@ -539,7 +539,7 @@ def _record(run: _Run, writer: _SubmissionWriter, outcomes: Iterable[ImageOutcom
 
 def _load_models(config: SubmitConfig, weights: ResolvedWeights, segmenter=None) -> _Models:
     """The ensemble and the cells pipeline, from the resolved weights (``segmenter``: a ready one)."""
-    from hpa_kernel.cells import CellConfig, CellPipeline
+    from hpa_kernel.cells import CellConfig, CellPipeline, PipelineOptions
     from hpa_kernel.classifier import Ensemble
     from hpa_kernel.paths import resolve_device
     from hpa_kernel.segmentation import create_segmenter
@@ -560,7 +560,7 @@ def _load_models(config: SubmitConfig, weights: ResolvedWeights, segmenter=None)
     crop_size = config.crop_size or max(m.config.input_size for m in ensemble.members)
     pipeline = CellPipeline(
         segmenter, CellConfig(crop_size=crop_size), config.workers, config.cache_dir,
-        batch_size=config.seg_batch_size, encode_masks=True,
+        options=PipelineOptions(batch_size=config.seg_batch_size, encode_masks=True),
     )
     return _Models(ensemble, pipeline)
 

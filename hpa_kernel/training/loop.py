@@ -264,16 +264,18 @@ def _read_labels(config: TrainConfig, soft_labels, pseudo_labels):
 def _make_sampler(config: TrainConfig, ts, train_idx, dist):
     """(sampler, optimizer steps per epoch, per-epoch reweighting callback or None) of the recipe."""
     from hpa_kernel.classes import NEGATIVE
-    from hpa_kernel.training.sampler import QuotaSampler, SemiBalancedSampler, acceptance_of, quota_pools, sample_weights
+    from hpa_kernel.training.sampler import (
+        QuotaRules, QuotaSampler, SamplerShard, SemiBalancedSampler, acceptance_of, quota_pools, sample_weights,
+    )
 
     s, batch = config.sampler, config.batch_size
     if s.kind == "quota":
         size = s.epoch_size or len(train_idx)
         steps = config.steps_per_epoch or max(1, math.ceil(size / (batch * dist.world)))
         pools = quota_pools(ts.labels[train_idx], ts.targets[train_idx], ts.manual[train_idx], s.quotas, NEGATIVE,
-                            s.duplicate_min, s.spindle_class, s.spindle_repeats, s.extra_passes)
-        sampler = QuotaSampler(pools, s.quotas, acceptance_of(ts.labels[train_idx], s.label_power), steps * batch, dist.world,
-                               dist.rank, config.seed, no_test=(s.spindle_class,))
+                            QuotaRules(s.duplicate_min, s.spindle_class, s.spindle_repeats, s.extra_passes))
+        sampler = QuotaSampler(pools, s.quotas, acceptance_of(ts.labels[train_idx], s.label_power), steps * batch,
+                               SamplerShard(dist.world, dist.rank, config.seed), no_test=(s.spindle_class,))
         logger.info("quota sampler: %s draws per epoch by class (-1 = Negative)", sampler.counts)
         return sampler, steps, None
     targets = ts.targets[train_idx, :config.num_classes]

@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["class_weights", "sample_weights", "SemiBalancedSampler", "ShuffledSampler", "quota_pools", "quota_counts",
-           "draw_quotas", "QuotaSampler", "acceptance_of"]
+__all__ = ["class_weights", "sample_weights", "SemiBalancedSampler", "ShuffledSampler", "QuotaRules", "quota_pools",
+           "quota_counts", "draw_quotas", "SamplerShard", "QuotaSampler", "acceptance_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -170,9 +171,36 @@ class ShuffledSampler:
         return self.num_samples
 
 
+@dataclass(frozen=True)
+class QuotaRules:
+    """How :func:`quota_pools` extends the pools beyond the labelled cells.
+
+    Attributes
+    ----------
+    duplicate_min : float
+        A cell whose manual target of the class is >= this is in the class's pool twice.
+    spindle_class : int
+        The class whose positives (target > 0) are repeated ``spindle_repeats`` times, those
+        manually scored >= 0.99 three times as often.
+    spindle_repeats : int
+    extra_passes : mapping, optional
+        ``{class: thresholds}``: after the duplicates, the pool is extended by its own manually
+        scored entries >= each threshold in turn.
+
+    Examples
+    --------
+    >>> QuotaRules(extra_passes={12: (0.7, 0.9)}).spindle_repeats
+    41
+    """
+
+    duplicate_min: float = 0.9
+    spindle_class: int = 11
+    spindle_repeats: int = 41
+    extra_passes: dict | None = None
+
+
 def quota_pools(labels: np.ndarray, targets: np.ndarray, manual: np.ndarray, quotas, trained: int,
-                duplicate_min: float = 0.9, spindle_class: int = 11, spindle_repeats: int = 41,
-                extra_passes=None) -> dict[int, np.ndarray]:
+                rules: QuotaRules | None = None) -> dict[int, np.ndarray]:
     """The pool of cell indices of each quota key (class id, or -1 for Negative); empty pools left out.
 
     Parameters
@@ -187,9 +215,8 @@ def quota_pools(labels: np.ndarray, targets: np.ndarray, manual: np.ndarray, quo
         The quota keys to build.
     trained : int
         Number of trained classes; a cell with none of ``0 .. trained - 1`` is in the Negative pool.
-    extra_passes : mapping, optional
-        ``{class: thresholds}``: after the duplicates, the pool is extended by its own manually
-        scored entries >= each threshold in turn.
+    rules : QuotaRules, optional
+        Duplicates, spindle repeats and extra passes; default ``QuotaRules()``.
 
     Examples
     --------
@@ -203,6 +230,8 @@ def quota_pools(labels: np.ndarray, targets: np.ndarray, manual: np.ndarray, quo
     manual = np.asarray(manual, dtype=bool)
     if labels.ndim != 2 or targets.shape != labels.shape or manual.shape != labels.shape:
         raise ValueError(f"labels, targets and manual must have one shape (N, C), got {labels.shape}, {targets.shape}, {manual.shape}")
+    rules = QuotaRules() if rules is None else rules
+    duplicate_min, spindle_class, spindle_repeats = rules.duplicate_min, rules.spindle_class, rules.spindle_repeats
     pools = {}
     for key in quotas:
         if key == -1:
@@ -217,7 +246,7 @@ def quota_pools(labels: np.ndarray, targets: np.ndarray, manual: np.ndarray, quo
             members = np.flatnonzero(labels[:, key])
             dup = members[manual[members, key] & (targets[members, key] >= duplicate_min)]
             pool = np.concatenate([members, dup])
-            for t in (extra_passes or {}).get(key, ()):
+            for t in (rules.extra_passes or {}).get(key, ()):
                 pool = np.concatenate([pool, pool[manual[pool, key] & (targets[pool, key] >= t)]])
         if len(pool):
             pools[int(key)] = pool.astype(np.int64)
@@ -262,6 +291,19 @@ def draw_quotas(pools: dict[int, np.ndarray], counts: dict[int, int], acceptance
     return out
 
 
+@dataclass(frozen=True)
+class SamplerShard:
+    """A rank's place in a (distributed) run: ``rank`` of ``num_replicas``, and the seed all ranks share.
+
+    >>> SamplerShard(num_replicas=2, rank=1).seed
+    0
+    """
+
+    num_replicas: int = 1
+    rank: int = 0
+    seed: int = 0
+
+
 class QuotaSampler:
     """The per-class quota sampler; each rank yields a disjoint slice of one shared, shuffled draw.
 
@@ -275,12 +317,16 @@ class QuotaSampler:
         Acceptance probability of each cell, ``(1 / n_labels) ** label_power``.
     num_samples : int
         Indices per rank per epoch; the epoch draws ``num_samples * num_replicas``.
+    shard : SamplerShard, optional
+        This rank, the number of ranks and the shared seed; default ``SamplerShard()`` (one process, seed 0).
     no_test : tuple of int
         Keys drawn without the acceptance test (mitotic spindle).
     """
 
-    def __init__(self, pools: dict[int, np.ndarray], quotas, acceptance: np.ndarray, num_samples: int, num_replicas: int = 1,
-                 rank: int = 0, seed: int = 0, no_test: tuple[int, ...] = ()):
+    def __init__(self, pools: dict[int, np.ndarray], quotas, acceptance: np.ndarray, num_samples: int,
+                 shard: SamplerShard | None = None, no_test: tuple[int, ...] = ()):
+        shard = SamplerShard() if shard is None else shard
+        num_replicas, rank, seed = shard.num_replicas, shard.rank, shard.seed
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if not 0 <= rank < num_replicas:
