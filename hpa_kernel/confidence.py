@@ -201,8 +201,7 @@ def cell_values(table: pd.DataFrame, recipe: InferenceRecipe | str | None = None
     if recipe.border_cleaner == "milimed":
         v = h.milimed_border_values(table, recipe.no_nucleus_factor)
     elif recipe.border_cleaner == "ellipse":
-        cut = table["nucleus_cut"].to_numpy(dtype=np.float64)
-        v = np.clip(1.0 - recipe.ellipse_cut_slope * cut, recipe.ellipse_min, 1.0)
+        v = h.ellipse_border_values(table["nucleus_cut"].to_numpy(dtype=np.float64), recipe.ellipse_cut_slope, recipe.ellipse_min)
     else:
         v = np.ones(n)
     if recipe.outlier_cleaner == "milimed":

@@ -400,7 +400,7 @@ def apply_flags(table: pd.DataFrame, config: CellConfig) -> pd.DataFrame:
     cut = table["nucleus_cut"].to_numpy(dtype=np.float64)
     border = cut > config.max_train_cut
     outlier = table["outlier_score"].to_numpy(dtype=np.float64) > config.outlier_threshold
-    penalty = np.clip(1.0 - config.cut_penalty * cut, config.min_penalty, 1.0)
+    penalty = ellipse_border_values(cut, config.cut_penalty, config.min_penalty)
     penalty = np.where(outlier, penalty * config.outlier_penalty, penalty)
     table["border"] = border
     table["outlier"] = outlier
@@ -439,6 +439,15 @@ def flat_edge_ratios(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         ud = np.where(cols > 0, (cols - top_bottom) / np.maximum(cols, 1.0), 0.0)
         lr = np.where(rows > 0, (rows - left_right) / np.maximum(rows, 1.0), 0.0)
     return ud, lr
+
+
+def ellipse_border_values(nucleus_cut: np.ndarray, slope: float, floor: float) -> np.ndarray:
+    """The kit's border penalty from the ellipse estimate of the nucleus cut: ``clip(1 - slope * cut, floor, 1)``.
+
+    >>> ellipse_border_values(np.array([0.0, 0.5, 1.0]), 1.0, 0.05).tolist()
+    [1.0, 0.5, 0.05]
+    """
+    return np.clip(1.0 - slope * np.asarray(nucleus_cut, dtype=np.float64), floor, 1.0)
 
 
 def milimed_border_values(table: pd.DataFrame, no_nucleus_factor: float = 0.01) -> np.ndarray:
