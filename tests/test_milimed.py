@@ -243,33 +243,15 @@ def test_bundle_from_milimed_refuses_an_extra_file(seven_files, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _manifest_takes_checkpoint_weights() -> bool:
-    """Whether the manifest loader knows per-checkpoint weights (helper D's change, issue 12)."""
-    from hpa_kernel.manifest import Manifest, ManifestError
-
-    data = {"ensemble": {"groups": [{"name": "a", "weight": 1.0, "checkpoints": [{"file": "a.pth", "sha256": None, "weight": 1.0}]}]}}
-    try:
-        Manifest.from_dict(data)
-    except ManifestError:
-        return False
-    return True
-
-
-needs_checkpoint_weights = pytest.mark.skipif(
-    not _manifest_takes_checkpoint_weights(), reason="the manifest loader lacks per-checkpoint weights (issue 12, helper D)"
-)
-
-
-@needs_checkpoint_weights
 def test_bundled_manifest_loads_and_verifies(bundled):
     from hpa_kernel.manifest import load_manifest
 
     manifest = load_manifest(bundled / "weights_manifest.json", bundled, verify=True, require_segmentation=True)
     assert manifest.weights == (0.4, 0.4, 0.2)
     assert [len(g.checkpoints) for g in manifest.groups] == [4, 2, 1]
+    assert manifest.checkpoint_weights == ((0.2, 0.3, 0.3, 0.2), (0.5, 0.5), (1.0,))
 
 
-@needs_checkpoint_weights
 @pytest.mark.slow
 def test_kit_ensemble_equals_the_team_merge(seven_files, bundled):
     """The kit's ensemble over the bundle equals their merge_solution_values (In[21]-In[24])."""
