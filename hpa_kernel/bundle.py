@@ -11,7 +11,7 @@ travels as two datasets:
 * **weights** (:func:`bundle_weights`): the ensemble checkpoints, the segmentation weights when
   present, and ``weights_manifest.json`` with verified hashes.
 
-The install on Kaggle is then ``pip install --no-index --find-links /kaggle/input/<wheels> hpa_kernel``
+The install on Kaggle is then ``pip install --no-index --find-links <Kaggle input>/<wheels> hpa_kernel``
 (:func:`install_command`): it adds the kit and nothing the image already has. OpenCV is not a base
 requirement (see :mod:`hpa_kernel._cv2`), so the image's ``opencv-python`` is used as it is.
 
@@ -234,14 +234,14 @@ def install_command(wheels_dir: str | os.PathLike) -> str:
 
     ``--upgrade`` replaces an older kit; the kit's requirements are left as the image has them.
 
-    >>> install_command("/kaggle/input/hpa-kernel-wheels")
-    'pip install --no-index --find-links /kaggle/input/hpa-kernel-wheels --upgrade hpa_kernel'
+    >>> install_command("/data/hpa-kernel-wheels")
+    'pip install --no-index --find-links /data/hpa-kernel-wheels --upgrade hpa_kernel'
     """
     return " ".join(["pip install --no-index --find-links", str(wheels_dir), "--upgrade hpa_kernel"])
 
 
 def kaggle_wheels_dir(dataset_id: str) -> Path:
-    """Where Kaggle mounts the wheels dataset ``owner/name``: ``/kaggle/input/name``."""
+    """Where Kaggle mounts the wheels dataset ``owner/name``: ``name`` in :data:`hpa_kernel.paths.KAGGLE_INPUT`."""
     return KAGGLE_INPUT / dataset_id.rsplit("/", 1)[-1]
 
 
