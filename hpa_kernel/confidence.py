@@ -157,8 +157,17 @@ def final_confidence(
     if probs.shape[0] == 0:
         return np.zeros(probs.shape, dtype=np.float32)
     p = probs.astype(np.float64)
-    out = (cell_weight * p + image_weight * _image_context(p, valid)) * penalty
+    out = _other_cells_blend(p, valid, cell_weight, image_weight) * penalty
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _other_cells_blend(p: np.ndarray, valid: np.ndarray, cell_weight: float, image_weight: float, skip=()) -> np.ndarray:
+    """The kit's blend on checked inputs: ``cell_weight * p + image_weight * image_context``; the
+    columns in ``skip`` keep ``p``."""
+    blended = cell_weight * p + image_weight * _image_context(p, valid)
+    if skip:
+        blended[:, list(skip)] = p[:, list(skip)]
+    return blended
 
 
 def with_negative(probs: np.ndarray, rule: str) -> np.ndarray:
@@ -264,10 +273,8 @@ def recipe_confidence(probs: np.ndarray, table: pd.DataFrame, recipe: InferenceR
     if recipe.blend and recipe.blend_context == "clean_cells":
         out = clean_cell_blend(q * v[:, None], v, recipe.blend_cell, recipe.blend_image, skip)
     elif recipe.blend:
-        blended = recipe.blend_cell * q + recipe.blend_image * _image_context(q, table["valid"].to_numpy(dtype=bool))
-        keep = np.zeros(NUM_CLASSES, dtype=bool)
-        keep[list(skip)] = True
-        out = np.where(keep[None, :], q, blended) * v[:, None]
+        valid = table["valid"].to_numpy(dtype=bool)
+        out = _other_cells_blend(q, valid, recipe.blend_cell, recipe.blend_image, skip) * v[:, None]
     else:
         out = q * v[:, None]
     return np.clip(out, 0.0, 1.0).astype(np.float32)
