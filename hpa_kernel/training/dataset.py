@@ -271,17 +271,18 @@ def use_crops(table, path: str | os.PathLike, column: str = "crop"):
     """The rows of ``table`` with a crop in ``column``, with ``crop_path`` pointing at it.
 
     ``column`` is ``crop`` (the kit's crops) or ``train_crop`` (the team's training crops).
-    Rows without that crop are dropped (logged).
+    Rows without that crop are dropped (logged). A table without the column (written before
+    ``train_crop`` existed) falls back to ``crop``, with a warning.
 
     Raises
     ------
     ValueError
-        If the table has no such column (naming the file), or no row has that crop.
+        If no row has that crop (naming the file).
     """
     path = Path(path)
     if column not in table.columns:
-        raise ValueError(f"{path} has no {column!r} column: rebuild it with `hpa-kernel cells` (expected the "
-                         f"crop paths of {column!r} for this training crop)")
+        logger.warning("%s has no %r column (rebuild it with `hpa-kernel cells` for those crops): using 'crop'", path, column)
+        column = "crop"
     crops = table[column].fillna("").astype(str).str.strip()
     has_crop = (crops != "").to_numpy()
     if not has_crop.all():
