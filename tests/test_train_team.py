@@ -251,3 +251,25 @@ def test_presets_switch_filter_and_crop():
     assert (k.train_crop, k.train_filter) == ("kit2025", False)
     with pytest.raises(ValueError, match="train_crop"):
         dataclasses.replace(m, train_crop="team")
+
+
+def test_train_cli_switches_reach_the_config():
+    import argparse
+
+    from hpa_kernel.cli.train import _overrides, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--cells", "c.csv", "--out", "o", "--train-crop", "kit2025", "--filter-column", "penalty"])
+    assert _overrides(args) == {"train_crop": "kit2025", "filter_column": "penalty"}
+
+
+def test_merge_of_old_shards_computes_train_value(six_cell_set, tmp_path):
+    from hpa_kernel.cells.builder import merge_shards
+
+    path, _, _ = six_cell_set
+    old = pd.read_csv(path, dtype={"image_id": str, "crop": str, "train_crop": str, "labels": str}, keep_default_na=False)
+    old.drop(columns=["train_value", "train_crop"]).to_csv(tmp_path / "cells.shard-0-of-1.csv", index=False)
+    merged = pd.read_csv(merge_shards(tmp_path), keep_default_na=False, dtype={"train_crop": str})
+    np.testing.assert_allclose(merged.sort_values(["image_id", "cell_id"]).train_value.to_numpy(), EXPECTED_VALUES * 2, rtol=1e-9)
+    assert (merged.train_crop == "").all()
