@@ -4,17 +4,26 @@ Layout of ``out``::
 
     cells.csv                     image_id, cell_id, crop, y0, x0, y1, x1, area, nucleus_cut,
                                   outlier_score, valid, labels, then the extra heuristic columns
-    crops/{image_id}_{cell_id}.png
+    crops/{image_id}_{cell_id}.png        the kit's crops (valid cells)
+    train_crops/{image_id}_{cell_id}.png  the team's training crops (see below)
     failures.csv                  image_id, reason (images that could not be processed)
     cache/                        the resumable cache (default; see hpa_kernel.cells.cache)
 
-Crops are 4-channel PNGs written by ``cv2.imwrite`` from the (S, S, 4) uint8 R, G, B, Y array as
-is; :func:`read_crop` (``cv2.imread`` unchanged) returns exactly that array. Other viewers show
+Crops are 4-channel PNGs written by ``cv2.imwrite`` from the (S, S, 4) uint8 (or, for
+``train_crops/``, uint16) R, G, B, Y array as is; :func:`read_crop` (``cv2.imread`` unchanged) returns exactly that array. Other viewers show
 the planes as B, G, R, alpha. ``crop`` is the path relative to ``cells.csv``.
 
 Which cells get a crop: every cell is listed. A cell flagged at the image level (nucleus cut by
 the border beyond ``max_train_cut``, or an outlier among its image's cells) has ``valid=False``
-and no crop file (``crop`` empty). When the shards are merged, the outlier score is recomputed
+and no crop file (``crop`` empty). Those ``crop`` files are the kit's crops (the ``kit2025``
+training crop).
+
+The team's training cleaner and crops (``milimed2021``): ``train_value`` is the team's training
+cleaner value (:func:`~hpa_kernel.cells.heuristics.milimed_train_values`), and ``train_crop`` the
+path of the team's training crop (:func:`~hpa_kernel.cells.crops.milimed_train_crop`, a 16-bit
+4-plane PNG under ``train_crops/``), written for every cell that the team's train filter can keep:
+``train_value == 1`` or an image labelled 11 (mitotic spindle); empty otherwise, and for every cell
+when ``BuildOptions.train_crops`` is off. When the shards are merged, the outlier score is recomputed
 against the whole dataset's medians/MADs (:class:`~hpa_kernel.cells.heuristics.OutlierReference`);
 a cell that only then becomes an outlier gets ``valid=False`` but keeps its crop file. Training
 reads the rows with ``valid=True``.
@@ -61,7 +70,7 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "nucleus_area", "touches_border", "red_mean", "green_mean", "blue_mean", "yellow_mean", "by_mean",
     "image_outlier_score", "border", "outlier", "penalty",
     "nucleus_blue_sum", "nucleus_rows", "nucleus_cols", "nucleus_top", "nucleus_bottom", "nucleus_left", "nucleus_right",
-    "red_sum", "blue_sum", "yellow_sum",
+    "red_sum", "blue_sum", "yellow_sum", "train_value", "train_crop",
 )
 
 _SHARD_RE = re.compile(r"^cells\.shard-(\d+)-of-(\d+)\.csv$")
@@ -115,12 +124,12 @@ def shard_ids(ids, index: int, count: int) -> list[str]:
 
 
 def write_crop(path: str | Path, crop: np.ndarray) -> None:
-    """Write an (S, S, 4) uint8 crop as a 4-plane PNG, atomically (tmp file + ``os.replace``)."""
+    """Write an (S, S, 4) uint8 or uint16 crop as a 4-plane PNG (8 or 16 bits), atomically (tmp file + ``os.replace``)."""
     from hpa_kernel._cv2 import cv2
 
     crop = np.asarray(crop)
-    if crop.ndim != 3 or crop.shape[2] != 4 or crop.dtype != np.uint8:
-        raise ValueError(f"crop must be an (S, S, 4) uint8 array, got {crop.shape} {crop.dtype}")
+    if crop.ndim != 3 or crop.shape[2] != 4 or crop.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"crop must be an (S, S, 4) uint8 or uint16 array, got {crop.shape} {crop.dtype}")
     path = Path(path)
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(crop))
     if not ok:
@@ -129,14 +138,14 @@ def write_crop(path: str | Path, crop: np.ndarray) -> None:
 
 
 def read_crop(path: str | Path) -> np.ndarray:
-    """Read a crop written by :func:`write_crop`: the (S, S, 4) uint8 R, G, B, Y array.
+    """Read a crop written by :func:`write_crop`: the (S, S, 4) uint8 or uint16 R, G, B, Y array.
 
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If it is not a 4-plane 8-bit image.
+        If it is not a 4-plane 8- or 16-bit image.
     """
     from hpa_kernel._cv2 import cv2
 
@@ -145,9 +154,9 @@ def read_crop(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"crop file {path} does not exist")
     data = np.fromfile(path, dtype=np.uint8)
     crop = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if crop is None or crop.ndim != 3 or crop.shape[2] != 4 or crop.dtype != np.uint8:
+    if crop is None or crop.ndim != 3 or crop.shape[2] != 4 or crop.dtype not in (np.uint8, np.uint16):
         found = "undecodable" if crop is None else f"{crop.shape} {crop.dtype}"
-        raise ValueError(f"crop file {path}: expected a 4-plane 8-bit PNG, got {found}")
+        raise ValueError(f"crop file {path}: expected a 4-plane 8- or 16-bit PNG, got {found}")
     return crop
 
 
@@ -189,6 +198,9 @@ class BuildOptions:
         Default: the ids of ``train.csv`` for the train split, else every image in the folder.
     progress : bool
         Show a progress bar.
+    train_crops : bool
+        Also write the team's training crops (``train_crops/``, column ``train_crop``) of the cells
+        that the team's train filter can keep.
     """
 
     split: str = "train"
@@ -198,6 +210,7 @@ class BuildOptions:
     batch_size: int = 1
     image_ids: object = None
     progress: bool = True
+    train_crops: bool = True
 
 
 def _image_labels(data: Path) -> dict[str, str]:
@@ -211,8 +224,30 @@ def _image_labels(data: Path) -> dict[str, str]:
     return dict(zip(train["ID"], train["Label"]))
 
 
-def _image_table(out: Path, result, labels: dict[str, str]):
-    """The ``cells.csv`` rows of one processed image; writes the crops of its valid cells under ``out/crops``."""
+def _train_crops(out: Path, result, image, keep: np.ndarray, size: int) -> list[str]:
+    """Write the team's training crops of the cells ``keep`` of one image; their paths (others empty)."""
+    from hpa_kernel.cells.crops import milimed_train_crop
+
+    names = []
+    for (cell_id, y0, x0, y1, x1), wanted in zip(result.table[["cell_id", "y0", "x0", "y1", "x1"]].to_numpy(), keep):
+        name = ""
+        if wanted:
+            name = f"train_crops/{result.image_id}_{int(cell_id)}.png"
+            crop = milimed_train_crop(image, result.cell_label, int(cell_id), (int(y0), int(x0), int(y1), int(x1)), size)
+            write_crop(out / name, crop)
+        names.append(name)
+    return names
+
+
+def _image_table(out: Path, result, labels: dict[str, str], train_crops=None):
+    """The ``cells.csv`` rows of one processed image; writes its crops under ``out/crops`` (valid cells).
+
+    ``train_crops``: None, or ``(image, crop size)`` to write the team's training crops under
+    ``out/train_crops`` (cells with ``train_value == 1`` or of an image labelled 11).
+    """
+    from hpa_kernel.cells.heuristics import milimed_train_values
+    from hpa_kernel.classes import MITOTIC_SPINDLE, parse_labels
+
     table = result.table.copy()
     names = []
     for k, (cell_id, valid) in enumerate(zip(table["cell_id"], table["valid"])):
@@ -225,17 +260,27 @@ def _image_table(out: Path, result, labels: dict[str, str]):
     table.insert(0, "image_id", result.image_id)
     table["crop"] = names
     table["labels"] = labels.get(result.image_id, "")
+    table["train_value"] = milimed_train_values(table)
+    table["train_crop"] = ""
+    if train_crops is not None:
+        exempt = MITOTIC_SPINDLE in parse_labels(labels.get(result.image_id, ""))
+        keep = exempt | (table["train_value"].to_numpy() >= 1.0)
+        table["train_crop"] = _train_crops(out, result, train_crops[0], keep, train_crops[1])
     return table[list(CSV_COLUMNS) + list(EXTRA_COLUMNS)]
 
 
-def _segment_and_crop(pipeline, folder: Path, ids: list[str], out: Path, labels: dict[str, str], progress: bool):
+def _segment_and_crop(pipeline, folder: Path, ids: list[str], out: Path, labels: dict[str, str], options: BuildOptions,
+                      crop_size: int):
     """(the cells table, the failure rows) of the images ``ids``: runs the pipeline and writes the crops."""
     import pandas as pd
 
+    from hpa_kernel.io import read_image
+
     frames, failures = [], []
-    for result in pipeline.run(folder, ids, progress=progress):
+    for result in pipeline.run(folder, ids, progress=options.progress):
         if result.ok:
-            frames.append(_image_table(out, result, labels))
+            train_crops = (read_image(folder, result.image_id), crop_size) if options.train_crops else None
+            frames.append(_image_table(out, result, labels, train_crops))
         else:
             failures.append({"image_id": result.image_id, "reason": result.reason})
     columns = list(CSV_COLUMNS) + list(EXTRA_COLUMNS)
@@ -261,7 +306,8 @@ def build_training_set(
     segmenter : BaseSegmenter
     config : CellConfig, optional
     options : BuildOptions
-        Split, shard, workers, cache folder, segmentation batch size, image ids, progress bar.
+        Split, shard, workers, cache folder, segmentation batch size, image ids, progress bar,
+        whether to write the team's training crops.
 
     Returns
     -------
@@ -287,13 +333,15 @@ def build_training_set(
         image_ids = list(labels) if options.split == "train" and labels else list_image_ids(folder)
     ids, refused = _plain_ids(shard_ids(image_ids, index, count))
     (out / "crops").mkdir(parents=True, exist_ok=True)
+    if options.train_crops:
+        (out / "train_crops").mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache" if options.cache_dir is None else options.cache_dir
     pipeline = CellPipeline(
         segmenter, config, workers=options.workers, cache_dir=cache_dir,
-        options=PipelineOptions(batch_size=options.batch_size, encode_masks=False),
+        options=PipelineOptions(batch_size=options.batch_size, encode_masks=False, keep_labels=options.train_crops),
     )
     logger.info("cells: shard %d/%d, %d images from %s, %s workers", index, count, len(ids), folder, pipeline.workers)
-    cells, failed = _segment_and_crop(pipeline, folder, ids, out, labels, options.progress)
+    cells, failed = _segment_and_crop(pipeline, folder, ids, out, labels, options, config.crop_size)
     failures = refused + failed
     path = out / f"cells.shard-{index}-of-{count}.csv"
     _write_csv(cells, path)
@@ -324,6 +372,20 @@ def apply_dataset_reference(cells, config: CellConfig | None = None):
     cells["outlier_score"] = score
     apply_flags(cells, config)
     return reference
+
+
+def _add_team_columns(cells) -> None:
+    """Shards written before ``train_value``/``train_crop`` existed: compute the value, no team crop."""
+    from hpa_kernel.cells.heuristics import milimed_train_values
+
+    if "train_value" not in cells.columns:
+        values = np.zeros(len(cells))
+        for _, rows in cells.groupby("image_id", sort=False).indices.items():
+            values[rows] = milimed_train_values(cells.iloc[rows])
+        cells["train_value"] = values
+        logger.warning("cells: shards without train_value: computed it from the table; no training crops of the team")
+    if "train_crop" not in cells.columns:
+        cells["train_crop"] = ""
 
 
 def merge_shards(out: str | os.PathLike, config: CellConfig | None = None) -> Path:
@@ -362,6 +424,7 @@ def merge_shards(out: str | os.PathLike, config: CellConfig | None = None) -> Pa
     columns = list(CSV_COLUMNS) + list(EXTRA_COLUMNS)
     cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     cells = cells.sort_values(["image_id", "cell_id"], kind="stable").reset_index(drop=True)
+    _add_team_columns(cells)
     reference = apply_dataset_reference(cells, config)
     path = out / "cells.csv"
     _write_csv(cells[columns], path)

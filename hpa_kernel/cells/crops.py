@@ -19,7 +19,10 @@ import logging
 
 import numpy as np
 
-__all__ = ["to_uint8", "square_window", "crop_cell", "crop_cells", "cell_boxes"]
+__all__ = [
+    "to_uint8", "unit_scale", "square_window", "TRAIN_CROP_MARGIN", "milimed_train_window", "milimed_train_crop",
+    "crop_cell", "crop_cells", "cell_boxes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,20 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint16:
         return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
     raise ValueError(f"image dtype must be uint8 or uint16, got {image.dtype}")
+
+
+def unit_scale(array: np.ndarray) -> np.ndarray:
+    """uint8 or uint16 pixels as float32 in [0, 1]: uint8 / 255, uint16 / 65535.
+
+    >>> unit_scale(np.array([0, 255], np.uint8)).tolist(), unit_scale(np.array([65535], np.uint16)).tolist()
+    ([0.0, 1.0], [1.0])
+    """
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / np.float32(255.0)
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / np.float32(65535.0)
+    raise ValueError(f"array dtype must be uint8 or uint16, got {array.dtype}")
 
 
 def cell_boxes(cell_label: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
@@ -65,6 +82,66 @@ def square_window(box: tuple[int, int, int, int], margin: int = 0) -> tuple[int,
     h, w = y1 - y0, x1 - x0
     side = max(h, w)
     return y0 - (side - h) // 2, x0 - (side - w) // 2, side
+
+
+#: Pixels the team's training crop adds on each side of the squared box (``image_cutter.py``).
+TRAIN_CROP_MARGIN = 16
+
+
+def _centred_split(total: int) -> tuple[int, int]:
+    """``total`` split into (before, after) with the odd pixel after."""
+    return total // 2, total - total // 2
+
+
+def milimed_train_window(box: tuple[int, int, int, int], shape: tuple[int, int],
+                         margin: int = TRAIN_CROP_MARGIN) -> tuple[int, int, int, int]:
+    """The image window ``(y0, x0, y1, x1)`` (end exclusive) of the team's training crop.
+
+    The short side of the cell's box is grown to the long one (the odd pixel goes right/bottom),
+    then ``margin`` is added on every side and the window is clipped to the image (so at the
+    border it is no longer square).
+
+    >>> milimed_train_window((10, 20, 14, 30), (100, 100), margin=2)
+    (5, 18, 19, 32)
+    >>> milimed_train_window((0, 0, 4, 4), (100, 100), margin=2)
+    (0, 0, 6, 6)
+    """
+    y0, x0, y1, x1 = box
+    height, width = shape
+    before, after = _centred_split(abs((y1 - y0) - (x1 - x0)))
+    if y1 - y0 > x1 - x0:
+        x0, x1 = x0 - before, x1 + after
+    else:
+        y0, y1 = y0 - before, y1 + after
+    return max(y0 - margin, 0), max(x0 - margin, 0), min(y1 + margin, height), min(x1 + margin, width)
+
+
+def milimed_train_crop(image: np.ndarray, cell_label: np.ndarray, cell_id: int, box: tuple[int, int, int, int],
+                       size: int = 512, margin: int = TRAIN_CROP_MARGIN) -> np.ndarray:
+    """The team's training crop of one cell (``image_cutter.py``): (size, size, C) uint16.
+
+    The window of :func:`milimed_train_window`; pixels of OTHER cells are zeroed, the background
+    and the cell are kept; the (clipped) window is zero-padded to a centred square (odd pixel
+    right/bottom) and resized to ``size`` with ``cv2.INTER_LINEAR``. 8-bit images are scaled to
+    16 bits (x257) first, as the team did, and the crop stays 16-bit.
+    """
+    from hpa_kernel._cv2 import cv2
+
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        image = image.astype(np.uint16) * np.uint16(257)
+    elif image.dtype != np.uint16:
+        raise ValueError(f"image dtype must be uint8 or uint16, got {image.dtype}")
+    y0, x0, y1, x1 = milimed_train_window(box, cell_label.shape, margin)
+    labels = cell_label[y0:y1, x0:x1]
+    other = (labels != 0) & (labels != cell_id)
+    window = np.where(other[:, :, None], np.uint16(0), image[y0:y1, x0:x1])
+    rows, cols = window.shape[:2]
+    before, after = _centred_split(abs(rows - cols))
+    pads = ((0, 0), (before, after)) if rows > cols else ((before, after), (0, 0))
+    square = np.pad(window, pads + ((0, 0),))
+    crop = cv2.resize(square, (size, size), interpolation=cv2.INTER_LINEAR)
+    return crop[:, :, None] if crop.ndim == 2 else crop
 
 
 def crop_cell(

@@ -64,6 +64,8 @@ __all__ = [
     "flat_edge_ratios",
     "milimed_border_values",
     "milimed_outlier_values",
+    "train_edge_multiplier",
+    "milimed_train_values",
     "TABLE_COLUMNS",
     "MILIMED_COLUMNS",
 ]
@@ -486,6 +488,38 @@ def milimed_outlier_values(
     by = table["blue_sum"].to_numpy(dtype=np.float64) * table["yellow_sum"].to_numpy(dtype=np.float64)
     outlier = candidates & ((red < red_ratio * red[candidates].mean()) | (by < by_ratio * by[candidates].mean()))
     return np.where(outlier, values * factor, values)
+
+
+def train_edge_multiplier(ratio):
+    """The team's training-cleaner multiplier of a flat-edge ratio r: 1 if r > 0.2, else 0.001.
+
+    ``code/train_cleaner.py`` of their repository (the inference cleaner,
+    :func:`flat_edge_multiplier`, is graded instead). Works elementwise.
+
+    >>> train_edge_multiplier(np.array([0.5, 0.2, 0.21])).tolist()
+    [1.0, 0.001, 1.0]
+    """
+    r = np.asarray(ratio, dtype=np.float64)
+    out = np.where(r > 0.2, 1.0, 0.001)
+    return float(out) if out.ndim == 0 else out
+
+
+def milimed_train_values(table: pd.DataFrame) -> np.ndarray:
+    """The team's training cleaner value of each cell of ONE image (the ``train_value`` column).
+
+    Per cell: 0.01 if its nucleus has no blue (``nucleus_blue_sum`` 0, which includes a cell
+    without a nucleus), else ``m(ud_ratio) * m(lr_ratio)`` with :func:`train_edge_multiplier` on
+    :func:`flat_edge_ratios`; then the outlier rule of :func:`milimed_outlier_values` (candidates
+    > 0.01, red sum < 0.077 x mean or blue x yellow sums < 0.05 x mean -> x0.001). The team's
+    train filter keeps a cell iff this value is 1 (or its image is labelled mitotic spindle).
+    """
+    if len(table) == 0:
+        return np.zeros(0)
+    ud, lr = flat_edge_ratios(table)
+    values = np.asarray(train_edge_multiplier(ud) * train_edge_multiplier(lr), dtype=np.float64)
+    no_blue = table["nucleus_blue_sum"].to_numpy(dtype=np.float64) <= 0
+    values = np.where(no_blue, 0.01, values)
+    return milimed_outlier_values(table, values)
 
 
 def score_cells(

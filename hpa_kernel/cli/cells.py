@@ -40,6 +40,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     cells.add_argument("--margin", type=int, default=0, metavar="PX", help="pixels around each cell box (default 0)")
     cells.add_argument("--max-cut", type=float, default=0.1, metavar="F",
                        help="drop cells whose nucleus is cut by more than this fraction (default 0.1)")
+    cells.add_argument("--train-crops", action=argparse.BooleanOptionalAction, default=True,
+                       help="also write the team's 16-bit training crops (train_crops/, column train_crop) of the cells "
+                       "their train filter can keep (default on)")
     par = parser.add_argument_group("parallelism")
     par.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: usable cores)")
     par.add_argument("--shard", metavar="i/n", default=None,
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         path = build_training_set(
             args.data, args.out, segmenter, config,
             BuildOptions(split=args.split, shard=_shard(args), workers=args.workers, cache_dir=args.cache,
-                         batch_size=args.batch_size, progress=not args.no_progress),
+                         batch_size=args.batch_size, progress=not args.no_progress, train_crops=args.train_crops),
         )
     logger.info("wrote %s", path)
     return 0

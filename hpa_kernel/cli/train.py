@@ -47,6 +47,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     recipe.add_argument("--lr", type=float, help="peak learning rate")
     recipe.add_argument("--input-size", type=int, help="network input side, a multiple of 32")
     recipe.add_argument("--seed", type=int, help="random seed")
+    recipe.add_argument("--train-crop", choices=("milimed2021", "kit2025"),
+                        help="training crops: the team's (column train_crop, 16-bit) or the kit's (column crop); default from the recipe")
+    recipe.add_argument("--filter-column", choices=("train_value", "penalty"),
+                        help="train filter value: the team's training cleaner or the kit's penalty (default from the recipe)")
     run_opts = parser.add_argument_group("run")
     run_opts.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA when available)")
     run_opts.add_argument("--workers", type=int, help="DataLoader worker processes")
@@ -75,6 +79,9 @@ _OVERRIDES = ("epochs", "steps_per_epoch", "batch_size", "lr", "input_size", "se
 
 def _overrides(args) -> dict:
     out = {name: getattr(args, name) for name in _OVERRIDES if getattr(args, name) is not None}
+    for name in ("train_crop", "filter_column"):
+        if getattr(args, name, None) is not None:
+            out[name] = getattr(args, name)
     if args.pretrained is not None:
         out["pretrained"] = None if args.pretrained.strip().lower() == "none" else args.pretrained
     if args.ensemble_epochs:

@@ -1,4 +1,4 @@
-"""4-channel augmentations of uint8 crops (S, S, 4), numpy and OpenCV.
+"""4-channel augmentations of uint8 or uint16 crops (S, S, 4), numpy and OpenCV.
 
 Each transform is a function ``f(crop, rng) -> crop`` of the same shape and dtype; :class:`Augmenter`
 chains them as a :class:`~hpa_kernel.training.config.AugmentConfig` says, in the order

@@ -335,6 +335,12 @@ class TrainConfig:
     train_filter : bool
         Drop cells whose cleaner value (column ``filter_column`` of ``cells.csv``) is below 1,
         except in images labelled mitotic spindle; False: keep the ``valid`` cells.
+    filter_column : str
+        ``"train_value"``: the team's training cleaner (milimed2021); ``"penalty"``: the kit's cell value.
+    train_crop : str
+        ``"kit2025"``: the kit's crops (column ``crop``, 8-bit, masked to the cell);
+        ``"milimed2021"``: the team's training crops (column ``train_crop``, 16-bit, squared box +
+        16 px, other cells zeroed, background kept).
     soft : SoftLabelConfig
         Manual score maps and their rules.
     pseudo_negative, pseudo_positive : float or None
@@ -370,6 +376,7 @@ class TrainConfig:
     ensemble_epochs: tuple[int, ...] = ()
     train_filter: bool = False
     filter_column: str = "penalty"
+    train_crop: str = "kit2025"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -399,6 +406,8 @@ class TrainConfig:
         object.__setattr__(self, "ensemble_epochs", tuple(int(e) for e in self.ensemble_epochs))
         if self.num_classes not in (NUM_CLASSES - 1, NUM_CLASSES):
             raise ValueError(f"num_classes must be {NUM_CLASSES} or {NUM_CLASSES - 1} (Negative as 1 - max), got {self.num_classes}")
+        if self.train_crop not in ("kit2025", "milimed2021"):
+            raise ValueError(f"train_crop must be 'kit2025' or 'milimed2021', got {self.train_crop!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("warmup_cosine", "epoch_cosine", "constant"):
@@ -471,8 +480,9 @@ MILIMED_SOFT = SoftLabelConfig(
 _MILIMED_BASE = TrainConfig(
     recipe="milimed2021", num_classes=NUM_CLASSES - 1, optimizer="adam", lr=3e-4, weight_decay=0.0, warmup=0.0,
     schedule="epoch_cosine", t_max=15, eta_min=1e-5, epochs=16, batch_size=32, pretrained="imagenet", drop_rate=0.2,
-    train_filter=True, sampler=SamplerConfig(kind="quota", quotas=MILIMED_QUOTAS, label_power=0.5, duplicate_min=0.9,
-                                             extra_passes={12: (0.7, 0.9, 0.9)}),
+    train_filter=True, filter_column="train_value", train_crop="milimed2021",
+    sampler=SamplerConfig(kind="quota", quotas=MILIMED_QUOTAS, label_power=0.5, duplicate_min=0.9,
+                          extra_passes={12: (0.7, 0.9, 0.9)}),
     soft=MILIMED_SOFT, pseudo_negative=0.01, pseudo_positive=0.99,
 )
 _TEAM_AUG = dict(flip=True, rotate90=False, rotate_p=1.0, rotate_max=90.0, resize_range=(0.5, 0.75), pad_max=200.0 / 512.0,

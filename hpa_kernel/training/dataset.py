@@ -47,6 +47,8 @@ __all__ = [
     "recipe_targets",
     "train_filter",
     "filter_cells",
+    "CROP_COLUMNS",
+    "use_crops",
     "CellDataset",
 ]
 
@@ -261,11 +263,44 @@ def train_filter(values: np.ndarray, label_sets, exempt_class: int = 11, min_val
     return (values >= min_value) | exempt
 
 
-def filter_cells(path: str | os.PathLike, column: str = "penalty", exempt_class: int = 11):
+#: The ``cells.csv`` column of each training crop style (``TrainConfig.train_crop``).
+CROP_COLUMNS: dict[str, str] = {"kit2025": "crop", "milimed2021": "train_crop"}
+
+
+def use_crops(table, path: str | os.PathLike, column: str = "crop"):
+    """The rows of ``table`` with a crop in ``column``, with ``crop_path`` pointing at it.
+
+    ``column`` is ``crop`` (the kit's crops) or ``train_crop`` (the team's training crops).
+    Rows without that crop are dropped (logged). A table without the column (written before
+    ``train_crop`` existed) falls back to ``crop``, with a warning.
+
+    Raises
+    ------
+    ValueError
+        If no row has that crop (naming the file).
+    """
+    path = Path(path)
+    if column not in table.columns:
+        logger.warning("%s has no %r column (rebuild it with `hpa-kernel cells` for those crops): using 'crop'", path, column)
+        column = "crop"
+    crops = table[column].fillna("").astype(str).str.strip()
+    has_crop = (crops != "").to_numpy()
+    if not has_crop.all():
+        logger.info("%s: %d of %d cells have no %r crop and are left out", path, int((~has_crop).sum()), len(table), column)
+    table = table[has_crop].reset_index(drop=True)
+    if table.empty:
+        raise ValueError(f"{path}: no cell has a {column!r} crop")
+    table["crop_path"] = [str((path.parent / c).resolve()) for c in crops[has_crop]]
+    return table
+
+
+def filter_cells(path: str | os.PathLike, column: str = "penalty", exempt_class: int = 11, crop_column: str = "crop"):
     """Read ``cells.csv`` for a recipe with the train filter: :func:`train_filter` on ``column``.
 
-    Without that column the ``valid`` flag stands in for ``value >= 1`` (with the same exemption).
-    Rows without a crop file are dropped (logged).
+    ``column`` is ``train_value`` for the team's training cleaner (milimed2021) or ``penalty``
+    (the kit's cell value). Without that column the ``valid`` flag stands in for ``value >= 1``
+    (with the same exemption). Rows without a crop in ``crop_column`` are dropped (logged), and
+    ``crop_path`` points at that crop (:func:`use_crops`).
     """
     table = read_cells_table(path, valid_only=False)
     if column in table.columns:
@@ -274,12 +309,10 @@ def filter_cells(path: str | os.PathLike, column: str = "penalty", exempt_class:
         logger.warning("%s has no %r column: the train filter uses the valid flag instead", path, column)
         values = table["valid"].to_numpy(dtype=float)
     keep = train_filter(values, table["label_ids"].tolist(), exempt_class)
-    has_crop = (table["crop"].str.strip() != "").to_numpy()
-    if (keep & ~has_crop).any():
-        logger.info("%s: %d kept cells have no crop file and are left out", path, int((keep & ~has_crop).sum()))
-    kept = table[keep & has_crop].reset_index(drop=True)
-    logger.info("train filter: %d of %d cells kept (%d exempt as class %d images)", len(kept), len(table),
-                int((keep & has_crop & (values < 1.0)).sum()), exempt_class)
+    exempt = int((keep & (values < 1.0)).sum())
+    kept = use_crops(table[keep].reset_index(drop=True), path, crop_column) if keep.any() else table[keep]
+    logger.info("train filter on %r: %d of %d cells kept (%d exempt as class %d images), %d with a %r crop", column,
+                int(keep.sum()), len(table), exempt, exempt_class, len(kept), crop_column)
     if kept.empty:
         raise ValueError(f"{path}: the train filter keeps no cell with a crop")
     return kept
@@ -287,6 +320,9 @@ def filter_cells(path: str | os.PathLike, column: str = "penalty", exempt_class:
 
 class CellDataset:
     """A map-style dataset of (crop, target): uint8 tensor (4, S, S) and float32 tensor (19,).
+
+    A 16-bit crop (the team's training crops) comes out as a float32 tensor in [0, 1]
+    (:func:`~hpa_kernel.cells.crops.unit_scale`, x / 65535); the training loop scales uint8 by 1/255.
 
     Each crop is read, resized to ``input_size`` (area interpolation when shrinking) and then
     augmented at that size by ``augment(crop, rng)``. With ``cache=True`` the resized crops are kept
@@ -308,7 +344,7 @@ class CellDataset:
         return len(self.crop_paths)
 
     def load(self, index: int) -> np.ndarray:
-        """The resized, un-augmented crop (input_size, input_size, 4) uint8."""
+        """The resized, un-augmented crop (input_size, input_size, 4), uint8 or uint16 as stored."""
         from hpa_kernel._cv2 import cv2
 
         if self._cache is not None and index in self._cache:
@@ -325,9 +361,13 @@ class CellDataset:
     def __getitem__(self, index: int):
         import torch
 
+        from hpa_kernel.cells.crops import unit_scale
+
         crop = self.load(int(index))
         if self.augment is not None:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
             crop = self.augment(crop, rng)
+        if crop.dtype == np.uint16:  # 16-bit crops (the team's) leave as float32 in [0, 1]
+            crop = unit_scale(crop)
         x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))
         return x, torch.from_numpy(self.targets[index])

@@ -209,13 +209,13 @@ def finetune_checkpoints(
     from hpa_kernel.classifier import load_config
     from hpa_kernel.training.augment import Augmenter
     from hpa_kernel.training.dataset import read_cells_table
-    from hpa_kernel.training.loop import _fit, _FitJob, _setup, _teardown, _update_manifest
+    from hpa_kernel.training.loop import _fit, _FitJob, _setup, _teardown, _update_manifest, filter_cells_for
 
     if options.resume or options.name is not None:
         raise ValueError(f"options: fine-tuning takes no resume or name, got resume={options.resume}, name={options.name!r}")
     out_dir = Path(out_dir)
     _check_checkpoints(checkpoints, out_dir)
-    table = read_cells_table(cells_csv)
+    read_cells_table(cells_csv)  # fail early on a bad table
     dist = _setup(options.device)
     out: list[Path] = []
     groups = set()
@@ -225,9 +225,9 @@ def finetune_checkpoints(
             base = _train_config_of(load_config(ckpt))
             if base.recipe != config.recipe:
                 logger.warning("%s was trained with recipe %s; fine-tuning it with the %s fine-tuning recipe", ckpt, base.recipe, config.recipe)
-            key = (base.input_size, base.recipe, base.num_classes)
-            if key not in data:
-                data[key] = _finetune_data(table, base, config, soft_labels, options.cache)
+            key = (base.input_size, base.recipe, base.num_classes, base.train_filter, base.filter_column, base.train_crop)
+            if key not in data:  # the cells and crops the checkpoint was trained on (train filter, crop style)
+                data[key] = _finetune_data(filter_cells_for(base, cells_csv), base, config, soft_labels, options.cache)
             idx, dataset = data[key]
             tc, sampler, steps = _finetune_plan(base, idx, config, dist)
             dataset.augment = Augmenter(tc.augment)

@@ -162,7 +162,7 @@ def epoch_checkpoint_name(name: str, epoch: int) -> str:
 def _normalise(x, mean, std, channels_last: bool):
     import torch
 
-    x = x.float().div_(255.0)
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()  # 16-bit crops arrive in [0, 1]
     x = (x - torch.tensor(mean, device=x.device).view(1, -1, 1, 1)) / torch.tensor(std, device=x.device).view(1, -1, 1, 1)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -244,11 +244,12 @@ def _update_manifest(out_dir: Path, group: int) -> None:
 def filter_cells_for(config: TrainConfig, cells_csv):
     """The training rows of ``cells_csv``: the train filter of the recipe, or the ``valid`` cells."""
     from hpa_kernel.classes import MITOTIC_SPINDLE
-    from hpa_kernel.training.dataset import filter_cells, read_cells_table
+    from hpa_kernel.training.dataset import CROP_COLUMNS, filter_cells, read_cells_table, use_crops
 
+    column = CROP_COLUMNS[config.train_crop]
     if config.train_filter:
-        return filter_cells(cells_csv, config.filter_column, MITOTIC_SPINDLE)
-    return read_cells_table(cells_csv)
+        return filter_cells(cells_csv, config.filter_column, MITOTIC_SPINDLE, column)
+    return use_crops(read_cells_table(cells_csv), cells_csv, column)
 
 
 def _read_labels(config: TrainConfig, soft_labels, pseudo_labels):
@@ -353,7 +354,7 @@ class _Cells:
 def _datasets(config: TrainConfig, cells_csv, inputs: TrainInputs, cache: bool) -> _Cells:
     """Read the tables and labels of a run and make its training and validation datasets."""
     from hpa_kernel.training.augment import Augmenter
-    from hpa_kernel.training.dataset import CellDataset, read_cells_table, recipe_targets
+    from hpa_kernel.training.dataset import CROP_COLUMNS, CellDataset, read_cells_table, recipe_targets, use_crops
 
     table = filter_cells_for(config, cells_csv)
     labels = _read_labels(config, inputs.soft_labels, inputs.pseudo_labels)
@@ -361,7 +362,7 @@ def _datasets(config: TrainConfig, cells_csv, inputs: TrainInputs, cache: bool) 
     k = config.num_classes
     if inputs.val_cells is not None:
         train_idx = np.arange(len(table))
-        vtable = read_cells_table(inputs.val_cells)
+        vtable = use_crops(read_cells_table(inputs.val_cells), inputs.val_cells, CROP_COLUMNS[config.train_crop])
         vtargets = recipe_targets(vtable, config, labels[0], labels[1], None).targets[:, :k]
         val_ds = CellDataset(vtable["crop_path"], vtargets, config.input_size, None, cache)
     else:
