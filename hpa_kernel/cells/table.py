@@ -108,8 +108,10 @@ def _parse_columns(df, path: Path) -> None:
         except ValueError as exc:
             raise ValueError(f"{path}: line {_line(row)}: column labels: {exc}") from None
     df["label_ids"] = labels
+    from pandas.api.types import is_numeric_dtype
+
     for column in NUMBER_COLUMNS:
-        if df[column].dtype == object:  # pandas found a field that is not a number
+        if not is_numeric_dtype(df[column]):  # pandas found a field that is not a number
             parse_column(df[column], parse_number, path=path, column=column, expected="a number")
 
 
