@@ -17,11 +17,12 @@ file whose fields hold no line break). This module imports nothing else from the
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["field_error", "parse_field", "parse_column", "read_text", "read_csv", "csv_line"]
+__all__ = ["field_error", "parse_field", "parse_column", "read_text", "read_csv", "csv_line", "json_position"]
 
 
 def csv_line(row: int) -> int:
@@ -138,3 +139,51 @@ def read_csv(path: str | os.PathLike, what: str = "CSV file", dtype: dict | None
         raise ValueError(f"{what} {path} is empty: expected a header line and one row per line") from None
     except pd.errors.ParserError as exc:
         raise ValueError(f"{what} {path} is not a well-formed CSV table: {exc}") from None
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _json_child(text: str, pos: int, key, decoder: json.JSONDecoder) -> int | None:
+    """The offset of member ``key`` (a str in an object, an int in an array) of the value at ``pos``."""
+    opening = text[pos]
+    if (opening, isinstance(key, str)) not in (("{", True), ("[", False)):
+        return None
+    pos = _skip_space(text, pos + 1)
+    index = 0
+    while pos < len(text) and text[pos] not in "}]":
+        if opening == "{":
+            name, pos = json.decoder.scanstring(text, pos + 1)
+            pos = _skip_space(text, _skip_space(text, pos) + 1)  # past the ':'
+            found = name == key
+        else:
+            found, index = index == key, index + 1
+        if found:
+            return pos
+        pos = _skip_space(text, decoder.raw_decode(text, pos)[1])
+        if pos < len(text) and text[pos] == ",":
+            pos = _skip_space(text, pos + 1)
+    return None
+
+
+def json_position(text: str, keys) -> tuple[int, int] | None:
+    r"""The (line, column) of the JSON value at ``keys`` (object keys and array indices) in ``text``.
+
+    Lines and columns count from 1; None when the path is not in the document.
+
+    >>> json_position('{"a": [1,\n  {"b": 2}]}', ("a", 1, "b"))
+    (2, 9)
+    """
+    decoder = json.JSONDecoder()
+    try:
+        pos = _skip_space(text, 0)
+        for key in keys:
+            pos = _json_child(text, pos, key, decoder)
+            if pos is None:
+                return None
+    except (ValueError, IndexError):
+        return None
+    return text.count("\n", 0, pos) + 1, pos - (text.rfind("\n", 0, pos) + 1) + 1

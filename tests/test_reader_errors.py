@@ -177,6 +177,33 @@ def test_weights_manifest_not_json_and_not_utf8(tmp_path):
     assert json.loads(text)  # the file was valid before the byte went in
 
 
+@pytest.mark.parametrize("edit, find, dotted, message", [
+    # find(lines) -> (row, column) of the value the error is about, counted from the json.dumps text
+    (lambda d: d["ensemble"]["groups"][1].update(weight="heavy"),
+     lambda lines: next((i, line.index('"heavy"')) for i, line in enumerate(lines) if '"weight": "heavy"' in line),
+     "ensemble.groups[1].weight", "weight must be a number"),
+    (lambda d: d["ensemble"]["groups"][2]["checkpoints"][1].update(sha256="abc"),  # the entry's "{", a line above its file
+     lambda lines: next((i - 1, lines[i - 1].index("{")) for i, line in enumerate(lines) if '"file": "g3_m1.pth"' in line),
+     "ensemble.groups[2].checkpoints[1]", "must be 64 hex digits"),
+    (lambda d: d["segmentation"].update(cell={"file": ""}),
+     lambda lines: next((i, line.index("{")) for i, line in enumerate(lines) if '"cell": {' in line),
+     "segmentation.cell", "non-empty 'file'"),
+])
+def test_weights_manifest_bad_value_names_line_and_column(tmp_path, edit, find, dotted, message):
+    from hpa_kernel.manifest import MANIFEST_NAME, ManifestError, default_manifest, load_manifest, write_manifest
+
+    path = write_manifest(default_manifest(), tmp_path / MANIFEST_NAME)
+    data = json.loads(path.read_text())
+    edit(data)
+    text = json.dumps(data, indent=2)
+    path.write_text(text)
+    row, offset = find(text.split("\n"))
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path, tmp_path, verify=False)
+    got = str(err.value)
+    assert got.startswith(f"{path}, line {row + 1}, column {offset + 1} ({dotted}): ") and message in got, got
+
+
 SAMPLE = "ID,ImageWidth,ImageHeight,PredictionString\na,8,8,\nb,8,8,\n"
 
 
