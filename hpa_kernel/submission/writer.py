@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
-from hpa_kernel.readers import read_text
 from hpa_kernel.submission.rle import decode_runs
 
 if TYPE_CHECKING:
@@ -159,6 +158,8 @@ def _sample_frame(sample: SampleSource, what: str, require_predictions: bool):
     name = f"{what} {path}"
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
+    from hpa_kernel.readers import read_text
+
     text = read_text(path, what)  # not UTF-8: an error naming the line and column
     try:
         frame = pd.read_csv(io.StringIO(text), dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
