@@ -9,7 +9,11 @@ travels as two datasets:
   file of exact versions and sha256 hashes, ``dataset-metadata.json`` for the Kaggle CLI and a README
   for the dataset page.
 * **weights** (:func:`bundle_weights`): the ensemble checkpoints, the segmentation weights when
-  present, and ``weights_manifest.json`` with verified hashes.
+  present, and ``weights_manifest.json`` with verified hashes. The same folder also uploads as a
+  Kaggle Model (:func:`write_model_metadata`: ``model-metadata.json``, whose description is the
+  model card, ``model-instance-metadata.json`` for ``kaggle models instances create -p DIR``, and the
+  card as ``README.md``); attached, a Model is mounted at
+  ``<Kaggle input>/<model>/pytorch/default/<version>/``, where :mod:`hpa_kernel.paths` finds it.
 
 The install on Kaggle is then ``pip install --no-index --find-links <Kaggle input>/<wheels> hpa_kernel``
 (:func:`install_command`): it adds the kit and nothing the image already has. OpenCV is not a base
@@ -49,6 +53,7 @@ __all__ = [
     "missing_requirements",
     "bundle_wheels",
     "bundle_weights",
+    "write_model_metadata",
     "install_command",
     "kaggle_wheels_dir",
 ]
@@ -240,6 +245,81 @@ def install_command(wheels_dir: str | os.PathLike) -> str:
     return " ".join(["pip install --no-index --find-links", str(wheels_dir), "--upgrade hpa_kernel"])
 
 
+_MODEL_CARD = """# hpa-kernel weights
+
+Classifier ensemble and cell-segmentation weights for the hpa-kernel submission to the Kaggle
+competition "Human Protein Atlas - Single Cell Classification" (HPA 2021). `weights_manifest.json`
+lists every file with its sha256 and the ensemble weights; the kit checks them before use.
+
+## Usage
+
+Attach this {kind} to the submission notebook (internet off) together with the wheels dataset and
+the competition data. The kit finds `weights_manifest.json` under the Kaggle input folder by
+itself, as a dataset (`<input>/{name}/`) or as a Model
+(`<input>/{name}/pytorch/{instance}/<version>/`); or pass the folder as `weights_dir`
+(`--weights` on the command line).
+
+## Files
+
+{files}
+
+Written by `hpa-kernel bundle weights` ({version}).
+"""
+
+
+def _model_card(out: Path, name: str, instance: str) -> str:
+    files = "\n".join(f"- `{p.relative_to(out).as_posix()}`" for p in sorted(out.rglob("*"))
+                      if p.is_file() and p.suffix in (".pth", ".json") and not p.name.endswith("metadata.json"))
+    return _MODEL_CARD.format(kind="dataset or Model", name=name, instance=instance, files=files or "(none)",
+                              version=__version__)
+
+
+def write_model_metadata(out: str | os.PathLike, model_id: str, instance: str = "default",
+                         license_name: str = "Apache 2.0") -> Path:
+    """Make the weights folder ``out`` uploadable as a Kaggle Model as well as a dataset.
+
+    Writes ``model-metadata.json`` (``kaggle models create -p DIR``; its ``description`` is the
+    model card), ``model-instance-metadata.json`` (``kaggle models instances create -p DIR``: the
+    PyTorch variation ``instance`` of the model ``owner/name`` = ``model_id``) and the model card as
+    ``README.md``. Attached to a notebook, the Model is mounted at
+    ``<Kaggle input>/<name>/pytorch/<instance>/<version>/``.
+
+    Parameters
+    ----------
+    out : path
+        The weights folder written by :func:`bundle_weights` (or ``bundle_milimed``).
+    model_id : str
+        ``owner/name``, as the dataset id.
+    instance : str
+        The variation's slug.
+    license_name : str
+        One of Kaggle's license names.
+
+    Returns
+    -------
+    Path
+        ``out/model-instance-metadata.json``.
+    """
+    out = Path(out)
+    owner, _, name = str(model_id).partition("/")
+    if not owner or not name or "/" in name:
+        raise ValueError(f"model_id must be OWNER/NAME, got {model_id!r}")
+    card = _model_card(out, name, instance)
+    model = {"ownerSlug": owner, "title": "hpa-kernel weights", "slug": name, "subtitle": "", "isPrivate": True,
+             "description": card, "publishTime": "", "provenanceSources": ""}
+    variation = {"ownerSlug": owner, "modelSlug": name, "instanceSlug": instance, "framework": "pyTorch",
+                 "overview": "Classifier ensemble and segmentation weights of hpa-kernel (HPA single-cell classification).",
+                 "usage": card, "licenseName": license_name, "fineTunable": False, "trainingData": [],
+                 "modelInstanceType": "Unspecified", "baseModelInstance": "", "externalBaseModelUrl": ""}
+    (out / "model-metadata.json").write_text(json.dumps(model, indent=2) + "\n")
+    (out / "README.md").write_text(card)
+    target = out / "model-instance-metadata.json"
+    target.write_text(json.dumps(variation, indent=2) + "\n")
+    logger.info("Kaggle Model metadata in %s: kaggle models create -p %s, then kaggle models instances create -p %s; "
+                "attached, it is mounted at <input>/%s/pytorch/%s/<version>/", out, out, out, name, instance)
+    return target
+
+
 def kaggle_wheels_dir(dataset_id: str) -> Path:
     """Where Kaggle mounts the wheels dataset ``owner/name``: ``name`` in :data:`hpa_kernel.paths.KAGGLE_INPUT`."""
     return KAGGLE_INPUT / dataset_id.rsplit("/", 1)[-1]
@@ -387,8 +467,9 @@ def bundle_weights(
         The manifest describing the ensemble; default ``weights_dir/weights_manifest.json``, else
         the kit's default layout (:func:`hpa_kernel.manifest.default_manifest`).
     dataset_id : str, optional
-        Kaggle dataset id for ``dataset-metadata.json``; default: the id already in
-        ``out/dataset-metadata.json``, else a placeholder.
+        Kaggle dataset id for ``dataset-metadata.json``, also the Model's ``owner/name``
+        (:func:`write_model_metadata`); default: the id already in ``out/dataset-metadata.json``,
+        else a placeholder.
 
     Returns
     -------
@@ -437,6 +518,8 @@ def bundle_weights(
     unpinned = [f.file for f in pinned.all_files(with_segmentation) if f.sha256 is None]
     if unpinned:
         raise RuntimeError(f"hashes could not be pinned for {unpinned}")
-    _write_dataset_metadata(out, "hpa-kernel weights", _dataset_id(out, dataset_id, DEFAULT_WEIGHTS_ID), "other")
+    dataset_id = _dataset_id(out, dataset_id, DEFAULT_WEIGHTS_ID)
+    _write_dataset_metadata(out, "hpa-kernel weights", dataset_id, "other")
+    write_model_metadata(out, dataset_id)
     logger.info("weights dataset %s: %d files, segmentation %s", out, len(names), "included" if with_segmentation else "absent")
     return target

@@ -138,7 +138,7 @@ def truth_training_cells(competition, out: str | os.PathLike, split: str = "trai
     Returns
     -------
     Path
-        The ``cells.csv`` (the columns of :data:`hpa_kernel.cells.builder.CSV_COLUMNS`).
+        The ``cells.csv`` (the columns of :data:`hpa_kernel.cells.table.CSV_COLUMNS`).
     """
     import pandas as pd
 

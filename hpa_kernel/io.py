@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from hpa_kernel import paths
+from hpa_kernel.readers import parse_column, read_csv, read_text
 
 __all__ = [
     "CHANNELS",
@@ -230,15 +231,18 @@ def read_json_object(path: str | os.PathLike, what: str, error: type[ValueError]
     FileNotFoundError
         If ``path`` does not exist.
     ValueError (or ``error``)
-        If the file is not valid JSON, or holds something other than an object.
+        If the file is not UTF-8 or not valid JSON (naming the line and column), or holds something
+        other than an object.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{what} {path} is not valid JSON: {exc}") from exc
+        text = read_text(path, what)
+    except ValueError as exc:  # not UTF-8: the message names the line and column
+        raise error(f"{exc}; expected JSON") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} {path}, line {exc.lineno}, column {exc.colno}: is not valid JSON: {exc.msg}") from None
     if not isinstance(data, dict):
         raise error(f"{what} {path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -277,7 +281,8 @@ class Competition:
     """A competition folder in the Kaggle layout.
 
     ``train.csv`` (ID, Label), ``sample_submission.csv`` (ID, ImageWidth, ImageHeight,
-    PredictionString), ``train/`` and ``test/``. The synthetic generator also writes the truth for
+    PredictionString; read it with :func:`hpa_kernel.submission.read_sample_submission`, which
+    knows that format), ``train/`` and ``test/``. The synthetic generator also writes the truth for
     its test images under ``truth/`` (``test_cells.csv`` and ``test_masks.npz``).
     """
 
@@ -310,25 +315,24 @@ class Competition:
         return self.truth_dir / f"{split}_masks.npz"
 
     def read_train(self):
-        """``train.csv`` as a DataFrame with a ``labels`` column of parsed class-id tuples."""
-        import pandas as pd
+        """``train.csv`` as a DataFrame with a ``labels`` column of parsed class-id tuples.
 
+        Raises
+        ------
+        FileNotFoundError
+            If ``train.csv`` does not exist.
+        ValueError
+            Naming the file, the line and the column: not UTF-8, columns other than ``ID,Label``
+            first, or a ``Label`` that is not class ids joined by ``|``.
+        """
         from hpa_kernel.classes import parse_labels
 
-        df = pd.read_csv(self.train_csv, dtype={"ID": str, "Label": str}, keep_default_na=False)
+        df = read_csv(self.train_csv, "train.csv", dtype={"ID": str, "Label": str})
         if list(df.columns[:2]) != ["ID", "Label"]:
-            raise ValueError(f"{self.train_csv}: expected columns ID,Label, got {','.join(df.columns)}")
-        df["labels"] = df["Label"].map(parse_labels)
+            raise ValueError(f"{self.train_csv}, line 1: expected columns ID,Label, got {','.join(df.columns)}")
+        df["labels"] = parse_column(df["Label"], parse_labels, path=self.train_csv, column="Label",
+                                    expected="class ids 0..18 joined by '|'")
         return df
-
-    def read_sample_submission(self):
-        """``sample_submission.csv`` as a DataFrame (ID, ImageWidth, ImageHeight, PredictionString).
-
-        Read and checked by :func:`hpa_kernel.submission.read_sample_submission`.
-        """
-        from hpa_kernel.submission import read_sample_submission
-
-        return read_sample_submission(self.sample_submission)
 
 
 def _is_competition(path: Path) -> bool:

@@ -69,7 +69,23 @@ _HEX = set("0123456789abcdef")
 
 
 class ManifestError(ValueError):
-    """The manifest is malformed, or a file it lists does not match its pinned hash."""
+    """The manifest is malformed, or a file it lists does not match its pinned hash.
+
+    ``json_path`` (keys and indices, e.g. ``("ensemble", "groups", 0)``) is the part of the
+    manifest an error is about, when known; :func:`load_manifest` turns it into a line and column.
+    """
+
+    json_path: tuple = ()
+
+
+def _located(keys: tuple, build):
+    """``build()``, with ``keys`` recorded on a :class:`ManifestError` it raises (the innermost wins)."""
+    try:
+        return build()
+    except ManifestError as exc:
+        if not exc.json_path:
+            exc.json_path = keys
+        raise
 
 
 @dataclass(frozen=True)
@@ -259,22 +275,28 @@ class Manifest:
         seg = data.get("segmentation") or {}
         if not isinstance(seg, dict) or set(seg) - {"nuclei", "cell"}:
             raise ManifestError(f"{where}: segmentation must be {{'nuclei': ..., 'cell': ...}}, got {seg!r}")
-        segmentation = SegmentationWeights(
-            **{k: WeightFile.from_dict(v, f"{where}: segmentation.{k}") for k, v in seg.items()}
-        )
+        segmentation = SegmentationWeights(**{
+            k: _located(("segmentation", k), lambda v=v, k=k: WeightFile.from_dict(v, f"{where}: segmentation.{k}"))
+            for k, v in seg.items()
+        })
         ens = data.get("ensemble")
         if not isinstance(ens, dict) or not isinstance(ens.get("groups"), list):
             raise ManifestError(f"{where}: expected 'ensemble': {{'groups': [...]}}")
-        groups = []
-        for i, g in enumerate(ens["groups"]):
-            if not isinstance(g, dict) or not {"weight", "checkpoints"} <= set(g):
-                raise ManifestError(f"{where}: group {i} needs 'weight' and 'checkpoints', got {g!r}")
-            name = str(g.get("name", f"g{i + 1}"))
-            cks = [
-                WeightFile.from_dict(c, f"{where}: group {name} checkpoint {j}", weighted=True) for j, c in enumerate(g["checkpoints"])
-            ]
-            groups.append(EnsembleGroup(name, g["weight"], tuple(cks)))
-        return cls(tuple(groups), segmentation, weights_dir, source)
+        groups = [_located(("ensemble", "groups", i), lambda i=i, g=g: _group(i, g, where)) for i, g in enumerate(ens["groups"])]
+        return _located(("ensemble", "groups"), lambda: cls(tuple(groups), segmentation, weights_dir, source))
+
+
+def _group(i: int, g, where: str) -> EnsembleGroup:
+    """Group ``i`` of the manifest's ``ensemble.groups``."""
+    if not isinstance(g, dict) or not {"weight", "checkpoints"} <= set(g):
+        raise ManifestError(f"{where}: group {i} needs 'weight' and 'checkpoints', got {g!r}")
+    name = str(g.get("name", f"g{i + 1}"))
+    cks = [
+        _located(("ensemble", "groups", i, "checkpoints", j),
+                 lambda j=j, c=c: WeightFile.from_dict(c, f"{where}: group {name} checkpoint {j}", weighted=True))
+        for j, c in enumerate(g["checkpoints"])
+    ]
+    return _located(("ensemble", "groups", i, "weight"), lambda: EnsembleGroup(name, g["weight"], tuple(cks)))
 
 
 #: The layout of :func:`default_manifest` and the team's weights within its groups (HPAsubmission
@@ -404,7 +426,10 @@ def load_manifest(
         if not path.is_file():
             raise FileNotFoundError(f"weights manifest {MANIFEST_NAME} not found in the weights folder {folder}")
     data = read_json_object(path, "weights manifest", ManifestError)
-    manifest = Manifest.from_dict(data, weights_dir=folder, source=path)
+    try:
+        manifest = Manifest.from_dict(data, weights_dir=folder, source=path)
+    except ManifestError as exc:
+        raise _with_position(exc, path) from None
     if verify:
         verify_files(manifest, segmentation=require_segmentation)
     logger.info(
@@ -416,6 +441,18 @@ def load_manifest(
         folder,
     )
     return manifest
+
+
+def _with_position(exc: ManifestError, path: Path) -> ManifestError:
+    """``exc`` naming the file, and the line and column of ``exc.json_path`` when it is known."""
+    from hpa_kernel.readers import json_position, read_text
+
+    message = str(exc).removeprefix(f"{path}: ")
+    where = json_position(read_text(path, "weights manifest"), exc.json_path) if exc.json_path else None
+    if where is None:
+        return ManifestError(f"{path}: {message}")
+    dotted = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in exc.json_path).lstrip(".")
+    return ManifestError(f"{path}, line {where[0]}, column {where[1]} ({dotted}): {message}")
 
 
 def verify_files(manifest: Manifest, segmentation: bool = True) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hpa_kernel import io
+from hpa_kernel.submission import read_sample_submission
 from hpa_kernel.classes import CLASS_NAMES, class_id, format_labels, labels_to_multihot, parse_labels
 
 
@@ -155,7 +156,7 @@ def test_competition_csv_checks(tmp_path):
     train = comp.read_train()
     assert train["labels"].tolist() == [(0, 5), ()]
     with pytest.raises(ValueError, match="ImageWidth"):
-        comp.read_sample_submission()
+        read_sample_submission(comp.sample_submission)
 
 
 def test_classes_parsing_and_formatting():

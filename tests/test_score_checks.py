@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hpa_kernel.submission.rle import decode_mask, encode_mask
-from hpa_kernel.submission import check_submission
+from hpa_kernel.submission import check_submission, read_sample_submission
 
 
 def _bomb(n_bytes: int = 64_000_000) -> str:
@@ -45,7 +45,7 @@ def test_the_bound_holds_for_the_worst_masks():
 
 def test_validator_reports_a_bomb_as_a_problem(synthetic_competition, tmp_path):
     comp = synthetic_competition
-    sample = comp.read_sample_submission()
+    sample = read_sample_submission(comp.sample_submission)
     lines = ["ID,ImageWidth,ImageHeight,PredictionString"]
     for k, (i, w, h) in enumerate(zip(sample["ID"], sample["ImageWidth"], sample["ImageHeight"])):
         lines.append(f"{i},{w},{h}," + (f"0 0.5 {_bomb(20_000_000)}" if k == 0 else ""))
@@ -64,7 +64,7 @@ def _score(args, caplog):
 
 
 def _write_submission(comp, path, conf="0.5", crlf=False, drop_last=False, extra_row=None, bom=False):
-    sample = comp.read_sample_submission()
+    sample = read_sample_submission(comp.sample_submission)
     mask = encode_mask(np.ones((int(sample["ImageHeight"].iloc[0]), int(sample["ImageWidth"].iloc[0])), bool))
     rows = [f"{i},{w},{h},3 {conf} {mask}" if k == 0 else f"{i},{w},{h},"
             for k, (i, w, h) in enumerate(zip(sample["ID"], sample["ImageWidth"], sample["ImageHeight"]))]  # fmt: skip
@@ -121,7 +121,7 @@ def test_a_row_claiming_a_huge_size_is_not_decoded(synthetic_competition, tmp_pa
     from hpa_kernel.metric import score_submission
 
     comp = synthetic_competition
-    sample = comp.read_sample_submission()
+    sample = read_sample_submission(comp.sample_submission)
     lines = ["ID,ImageWidth,ImageHeight,PredictionString"]
     for k, (i, w, h) in enumerate(zip(sample["ID"], sample["ImageWidth"], sample["ImageHeight"])):
         lines.append(f"{i},100000,100000,0 0.5 {_bomb(40_000_000)}" if k == 0 else f"{i},{w},{h},")

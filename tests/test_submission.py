@@ -293,7 +293,7 @@ def test_one_sample_reader_for_the_competition_the_writer_and_the_metric(tmp_pat
         {"ID": "b", "ImageWidth": 32, "ImageHeight": 24, "PredictionString": ""},
         {"ID": "a", "ImageWidth": 16, "ImageHeight": 8, "PredictionString": "1 0.5 x"},
     ]
-    assert Competition(tmp_path).read_sample_submission().equals(frame)
+    assert read_sample_submission(Competition(tmp_path).sample_submission).equals(frame)
     assert read_sample(path) == [("b", 32, 24), ("a", 16, 8)]
     assert _read_submission(path) == {"b": (32, 24, ""), "a": (16, 8, "1 0.5 x")}
 

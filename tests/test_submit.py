@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from hpa_kernel.segmentation.base import BaseSegmenter, SegmentationMaps
-from hpa_kernel.submission import check_submission
+from hpa_kernel.submission import check_submission, read_sample_submission
 from hpa_kernel.submission import (
     FALLBACK_PLAN,
     BudgetPlanner,
@@ -155,7 +155,7 @@ def test_full_run_predicts_every_image(synthetic_competition, weights_dir, tmp_p
     assert report.n_predicted == 3 and report.n_fallback == 0
     assert report.problems == []
     rows = _rows(report.path)
-    assert list(rows["ID"]) == list(comp.read_sample_submission()["ID"])
+    assert list(rows["ID"]) == list(read_sample_submission(comp.sample_submission)["ID"])
     tokens = rows["PredictionString"].iloc[0].split(" ")
     assert len(tokens) > 0 and len(tokens) % (3 * 19) == 0  # 19 classes per cell
     conf = np.array(tokens[1::3], dtype=float)
@@ -200,7 +200,7 @@ class FailOnCalls(BlobSegmenter):
 
 def test_limit_and_failed_image_get_fallback(synthetic_competition, weights_dir, tmp_path):
     comp = synthetic_competition
-    ids = list(comp.read_sample_submission()["ID"])
+    ids = list(read_sample_submission(comp.sample_submission)["ID"])
     config = _config(comp, weights_dir, tmp_path / "a.csv", limit=2, tta=False)
     report = run_submission(config, segmenter=FailOnCalls({1}))  # the first image fails, the third is beyond --limit
     assert report.n_predicted == 1 and list(report.fallback) == [ids[0], ids[2]]
@@ -213,7 +213,7 @@ def test_limit_and_failed_image_get_fallback(synthetic_competition, weights_dir,
 
 def test_one_bad_image_gets_the_fallback_and_a_log_line(synthetic_competition, weights_dir, tmp_path, caplog):
     comp = synthetic_competition
-    ids = list(comp.read_sample_submission()["ID"])
+    ids = list(read_sample_submission(comp.sample_submission)["ID"])
     with caplog.at_level("WARNING"):
         report = run_submission(_config(comp, weights_dir, tmp_path / "s.csv", tta=False), segmenter=FailOnCalls({2}))
     assert report.n_predicted == 2 and list(report.fallback) == [ids[1]]
@@ -243,7 +243,7 @@ def test_any_prediction_error_is_per_image(synthetic_competition, weights_dir, t
     import hpa_kernel.submission.driver as submit
 
     comp = synthetic_competition
-    first = comp.read_sample_submission()["ID"].iloc[0]
+    first = read_sample_submission(comp.sample_submission)["ID"].iloc[0]
     real = submit.predict_image
 
     def key_error_on_first(result, *args, **kwargs):

@@ -10,6 +10,7 @@ import pytest
 
 from hpa_kernel.classes import NEGATIVE, parse_labels
 from hpa_kernel.io import read_image
+from hpa_kernel.submission import read_sample_submission
 from hpa_kernel.synthetic import make_competition, render_composite, synthesize_image
 
 
@@ -33,7 +34,7 @@ def sample():
 
 def test_layout_and_csv_formats(comp):
     train = comp.read_train()
-    sub = comp.read_sample_submission()
+    sub = read_sample_submission(comp.sample_submission)
     assert len(train) == 4 and len(sub) == 2
     assert set(train["ID"]).isdisjoint(sub["ID"])
     assert (sub["ImageWidth"] == 256).all() and (sub["ImageHeight"] == 256).all()
@@ -256,13 +257,13 @@ def test_sixteen_bit(tmp_path):
     assert s.image.max() > 20000
     assert np.any(s.image % 257 != 0)  # not 8-bit data scaled up
     comp = make_competition(tmp_path, n_train=1, n_test=1, size=128, seed=0, bit_depth=16)
-    image_id = comp.read_sample_submission()["ID"][0]
+    image_id = read_sample_submission(comp.sample_submission)["ID"][0]
     assert read_image(comp.test_dir, image_id).dtype == np.uint16
 
 
 def test_non_square(tmp_path):
     comp = make_competition(tmp_path, n_train=0, n_test=2, shape=(200, 320), seed=5)
-    sub = comp.read_sample_submission()
+    sub = read_sample_submission(comp.sample_submission)
     assert (sub["ImageWidth"] == 320).all() and (sub["ImageHeight"] == 200).all()
     image = read_image(comp.test_dir, sub["ID"][0])
     assert image.shape == (200, 320, 4)
@@ -284,7 +285,7 @@ def test_rewrite_same_folder_and_stale_images(tmp_path):
     comp = make_competition(tmp_path, n_train=1, n_test=1, size=128, seed=2, overwrite=True)
     from hpa_kernel.io import list_image_ids
 
-    assert list_image_ids(comp.test_dir) == sorted(comp.read_sample_submission()["ID"])
+    assert list_image_ids(comp.test_dir) == sorted(read_sample_submission(comp.sample_submission)["ID"])
     assert list_image_ids(comp.train_dir) == sorted(comp.read_train()["ID"])
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from hpa_kernel.cells.config import CellConfig
+from hpa_kernel.cells.table import CSV_COLUMNS, parse_flag  # the schema lives with the reader; re-exported
 from hpa_kernel.io import atomic_write
 
 __all__ = [
@@ -61,10 +62,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The columns of ``cells.csv`` fixed by docs/DESIGN.md, in order.
-CSV_COLUMNS: tuple[str, ...] = (
-    "image_id", "cell_id", "crop", "y0", "x0", "y1", "x1", "area", "nucleus_cut", "outlier_score", "valid", "labels",
-)
 #: Heuristic columns written after :data:`CSV_COLUMNS`.
 EXTRA_COLUMNS: tuple[str, ...] = (
     "nucleus_area", "touches_border", "red_mean", "green_mean", "blue_mean", "yellow_mean", "by_mean",
@@ -74,29 +71,6 @@ EXTRA_COLUMNS: tuple[str, ...] = (
 )
 
 _SHARD_RE = re.compile(r"^cells\.shard-(\d+)-of-(\d+)\.csv$")
-
-
-_TRUE = frozenset({"true", "1", "yes", "t", "y"})
-_FALSE = frozenset({"false", "0", "no", "f", "n", ""})
-
-
-def parse_flag(value, where: str = "valid") -> bool:
-    """Read a boolean column of ``cells.csv`` (``True``/``False`` as written, ``1``/``0``, yes/no).
-
-    >>> parse_flag("True"), parse_flag(" 0 "), parse_flag(False)
-    (True, False, False)
-
-    Raises
-    ------
-    ValueError
-        Naming ``where`` and the value, for anything else.
-    """
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"{where}: {value!r} is not a boolean: expected True/False or 1/0")
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -3,24 +3,71 @@
 ``cells.csv`` is written by ``hpa-kernel cells`` (:mod:`hpa_kernel.cells.builder`); training
 (:mod:`hpa_kernel.training.dataset`), the labelling tool (:mod:`hpa_kernel.labelling.crops`) and the
 shard merge all read it through :func:`read_cells_table`, so they agree on what a well-formed table
-is: every column of :data:`~hpa_kernel.cells.builder.CSV_COLUMNS`, integer ``cell_id``, a strict
-boolean ``valid`` (:func:`~hpa_kernel.cells.builder.parse_flag`), a crop file for every valid cell,
-one row per ``(image_id, cell_id)`` and readable ``labels``. Every error names the file (and the
-line, counting the header as line 1).
+is: every column of :data:`CSV_COLUMNS`, integer ``cell_id``, numbers in the box and score columns,
+a strict boolean ``valid`` (:func:`parse_flag`), a crop file for every valid cell, one row per
+``(image_id, cell_id)``, readable ``labels`` and every crop inside the cells folder. Every error
+names the file, the line (counting the header as line 1) and the column.
+
+Containment: a crop path is relative to the csv's folder and must resolve, symbolic links followed,
+inside that folder (or inside the ``crops_root`` given), so that no command that reads crops
+(training, fine-tuning, pseudo-labels, labelling) opens a file elsewhere: ``..``, absolute paths
+and links pointing out are refused when the table is read, before any crop is opened.
+
+This module holds the schema of ``cells.csv`` (:data:`CSV_COLUMNS`, :func:`parse_flag`); the
+writer (:mod:`hpa_kernel.cells.builder`) builds on it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 
-from hpa_kernel.cells.builder import CSV_COLUMNS, parse_flag
 from hpa_kernel.classes import parse_labels
+from hpa_kernel.readers import parse_column, read_csv
 
-__all__ = ["read_cells_table"]
+__all__ = ["CSV_COLUMNS", "NUMBER_COLUMNS", "parse_flag", "read_cells_table"]
 
 logger = logging.getLogger(__name__)
+
+#: The columns of ``cells.csv`` fixed by docs/DESIGN.md, in order.
+CSV_COLUMNS: tuple[str, ...] = (
+    "image_id", "cell_id", "crop", "y0", "x0", "y1", "x1", "area", "nucleus_cut", "outlier_score", "valid", "labels",
+)
+#: The columns of :data:`CSV_COLUMNS` that hold numbers (an empty field reads as NaN).
+NUMBER_COLUMNS: tuple[str, ...] = ("y0", "x0", "y1", "x1", "area", "nucleus_cut", "outlier_score")
+
+_TRUE = frozenset({"true", "1", "yes", "t", "y"})
+_FALSE = frozenset({"false", "0", "no", "f", "n", ""})
+
+
+def parse_flag(value, where: str = "valid") -> bool:
+    """Read a boolean column of ``cells.csv`` (``True``/``False`` as written, ``1``/``0``, yes/no).
+
+    >>> parse_flag("True"), parse_flag(" 0 "), parse_flag(False)
+    (True, False, False)
+
+    Raises
+    ------
+    ValueError
+        Naming ``where`` and the value, for anything else.
+    """
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{where}: {value!r} is not a boolean: expected True/False or 1/0")
+
+
+def parse_number(value) -> float:
+    """A numeric field: a float, an empty field as NaN.
+
+    >>> parse_number(" 2.5"), str(parse_number(""))
+    (2.5, 'nan')
+    """
+    text = str(value).strip()
+    return float(text) if text else float("nan")
 
 
 def _line(row: int) -> int:
@@ -30,16 +77,11 @@ def _line(row: int) -> int:
 
 def _read_frame(path: Path):
     """The raw table, with the columns and file errors checked."""
-    import pandas as pd
-
     if not path.is_file():
         raise FileNotFoundError(
             f"cells file {path} not found: expected the cells table written by `hpa-kernel cells`"
         )
-    try:
-        df = pd.read_csv(path, dtype={"image_id": str, "labels": str, "crop": str}, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path} is empty; expected a header {', '.join(CSV_COLUMNS)} and one row per cell") from None
+    df = read_csv(path, "cells file", dtype={"image_id": str, "labels": str, "crop": str})
     missing = [c for c in CSV_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(
@@ -66,6 +108,25 @@ def _parse_columns(df, path: Path) -> None:
         except ValueError as exc:
             raise ValueError(f"{path}: line {_line(row)}: column labels: {exc}") from None
     df["label_ids"] = labels
+    from pandas.api.types import is_numeric_dtype
+
+    for column in NUMBER_COLUMNS:
+        if not is_numeric_dtype(df[column]):  # pandas found a field that is not a number
+            parse_column(df[column], parse_number, path=path, column=column, expected="a number")
+
+
+def _crop_path(crop: str, folder: Path, root: Path, path: Path, row: int) -> str:
+    """The resolved file of one crop; ValueError unless it lies inside ``root``."""
+    if not crop.strip():
+        return str(folder.resolve())  # an invalid cell without a crop file (checked by _check_rows)
+    resolved = (folder / crop).resolve()
+    if resolved.is_relative_to(root):
+        return str(resolved)
+    pure = PurePath(crop)
+    reason = ("an absolute path" if pure.is_absolute() else "'..' leads out of the folder" if ".." in pure.parts
+              else "a symbolic link points out of the folder")
+    raise ValueError(f"{path}, line {_line(row)}, column 'crop': expected a file inside the crops folder {root}, "
+                     f"got {crop!r}, which lies outside the crops folder ({reason}; it resolves to {resolved})")
 
 
 def _check_rows(df, path: Path) -> None:
@@ -85,7 +146,8 @@ def _check_rows(df, path: Path) -> None:
         )
 
 
-def read_cells_table(path: str | os.PathLike, valid_only: bool = True, *, allow_empty: bool = False):
+def read_cells_table(path: str | os.PathLike, valid_only: bool = True, *, allow_empty: bool = False,
+                     crops_root: str | os.PathLike | None = None):
     """Read ``cells.csv`` into a DataFrame with ``crop_path`` (absolute) and parsed ``label_ids``.
 
     Parameters
@@ -97,6 +159,8 @@ def read_cells_table(path: str | os.PathLike, valid_only: bool = True, *, allow_
     allow_empty : bool
         Return an empty table instead of raising when no (valid) row is left; the shard merge
         uses it, since a shard may hold no cell.
+    crops_root : path, optional
+        The folder every crop must lie in (symbolic links followed); default the csv's folder.
 
     Returns
     -------
@@ -112,17 +176,18 @@ def read_cells_table(path: str | os.PathLike, valid_only: bool = True, *, allow_
     ValueError
         Naming the file (and line): if it is empty, a column of ``CSV_COLUMNS`` is missing,
         ``cell_id`` is not an integer, ``valid`` is not a boolean, ``labels`` is not a label
-        field, two rows share an ``(image_id, cell_id)``, a valid cell has no crop, or (unless
-        ``allow_empty``) no (valid) cell is left.
+        field, a box or score column is not a number, two rows share an ``(image_id, cell_id)``, a
+        valid cell has no crop, a crop lies outside ``crops_root``, the file is not UTF-8, or
+        (unless ``allow_empty``) no (valid) cell is left.
     """
     path = Path(path)
     df = _read_frame(path)
     _parse_columns(df, path)
     _check_rows(df, path)
+    root = Path(crops_root if crops_root is not None else path.parent).resolve()
+    df["crop_path"] = [_crop_path(c, path.parent, root, path, row) for row, c in enumerate(df["crop"])]
     if valid_only:
         df = df[df["valid"]]
     if df.empty and not allow_empty:
         raise ValueError(f"{path}: no {'valid ' if valid_only else ''}cells in the table")
-    df = df.reset_index(drop=True)
-    df["crop_path"] = [str((path.parent / c).resolve()) for c in df["crop"]]
-    return df
+    return df.reset_index(drop=True)

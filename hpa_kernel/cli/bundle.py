@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         out = bundle_milimed(
             args.from_milimed, args.out, segmentation_dir=args.segmentation, ignore_extra=args.ignore_extra, dataset_id=args.dataset_id
         )
+        bundle.write_model_metadata(out.parent, args.dataset_id or bundle.DEFAULT_WEIGHTS_ID)
         logger.info("weights dataset written to %s", out)
         return 0
     out = bundle.bundle_weights(args.weights, args.out, manifest=args.manifest, dataset_id=args.dataset_id)

@@ -87,31 +87,18 @@ class CellTable:
     def _read(self, cells_csv: Path) -> None:
         from hpa_kernel.cells.table import read_cells_table
 
-        table = read_cells_table(cells_csv, valid_only=False)
-        for row, (image_id, cell_id, crop, labels, valid) in enumerate(
-            zip(table["image_id"], table["cell_id"], table["crop"], table["label_ids"], table["valid"])
+        table = read_cells_table(cells_csv, valid_only=False, crops_root=self.crops_dir)  # refuses crops outside
+        for image_id, cell_id, crop, path, labels, valid in zip(
+            table["image_id"], table["cell_id"], table["crop"], table["crop_path"], table["label_ids"], table["valid"]
         ):
-            where = f"{cells_csv}: line {row + 2}"
-            cell = LabelCell(image_id=image_id, cell_id=int(cell_id), crop=self._relative_crop(cells_csv.parent, crop, where),
-                             labels=labels, valid=bool(valid))
+            relative = Path(path).relative_to(self.crops_dir).as_posix() if crop.strip() else ""
+            cell = LabelCell(image_id=image_id, cell_id=int(cell_id), crop=relative, labels=labels, valid=bool(valid))
             self._by_key[cell.key] = cell
             if cell.crop:
                 self._by_crop[cell.crop] = cell
             self.cells.append(cell)
         self.cells.sort(key=lambda c: c.key)
         logger.info("%s: %d cells, crops in %s", cells_csv, len(self.cells), self.crops_dir)
-
-    def _relative_crop(self, base: Path, crop: str, where: str) -> str:
-        """The crop's path relative to the crops folder; ``""`` for an invalid cell without a crop file."""
-        if not crop.strip():
-            return ""  # the cells stage writes no crop for a cell it flags invalid (read_cells_table checks)
-        path = (base / crop).resolve()
-        if not path.is_relative_to(self.crops_dir):
-            raise ValueError(
-                f"{where}: crop {crop!r} lies outside the crops folder {self.crops_dir}; "
-                "pass the folder that holds all crops as crops_dir (--crops)"
-            )
-        return path.relative_to(self.crops_dir).as_posix()
 
     def __len__(self) -> int:
         return len(self.cells)

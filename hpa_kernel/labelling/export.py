@@ -30,6 +30,7 @@ should count only the classes of ``Judged`` for that cell.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from pathlib import Path
 from hpa_kernel.classes import CLASS_NAMES, class_id, format_labels
 from hpa_kernel.io import read_json_object
 from hpa_kernel.labelling.store import SCORES, LabelStore
+from hpa_kernel.readers import parse_field, read_text
 
 __all__ = [
     "DEFAULT_MAPPING",
@@ -212,24 +214,26 @@ def read_soft_labels(path: str | Path) -> dict[tuple[str, int], dict[int, float]
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If a column is missing or a value is out of range.
+        If a column is missing, a value is out of range or the file is not UTF-8 (naming the
+        file and the line).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"soft-label file {path} does not exist (write it with `hpa-kernel label export`)")
     out: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
-    with open(path, newline="") as f:
+    with io.StringIO(read_text(path, "soft-label file"), newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in ("image_id", "cell_id", "class_id", "soft_label") if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(SOFT_COLUMNS)}")
         for line, row in enumerate(reader, start=2):
-            try:
-                key, cid, soft = (row["image_id"], int(row["cell_id"])), class_id(row["class_id"]), float(row["soft_label"])
-            except ValueError as exc:
-                raise ValueError(f"{path}:{line}: {exc}") from None
+            where = {"path": path, "line": line}
+            key = (row["image_id"], parse_field(row["cell_id"], int, column="cell_id", expected="an integer", **where))
+            cid = parse_field(row["class_id"], class_id, column="class_id", expected="a class id 0..18 or name", **where)
+            soft = parse_field(row["soft_label"], float, column="soft_label", expected="a number in [0, 1]", **where)
             if not 0.0 <= soft <= 1.0:
-                raise ValueError(f"{path}:{line}: soft_label {soft} outside [0, 1]")
+                raise ValueError(f"{path}:{line}: soft_label {soft} outside [0, 1] "
+                                 f"(line {line}, column 'soft_label': expected a number in [0, 1])")
             out[key][cid] = soft
     return dict(out)
 

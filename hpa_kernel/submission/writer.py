@@ -158,9 +158,12 @@ def _sample_frame(sample: SampleSource, what: str, require_predictions: bool):
     name = f"{what} {path}"
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
+    from hpa_kernel.readers import read_text
+
+    text = read_text(path, what)  # not UTF-8: an error naming the line and column
     try:
-        frame = pd.read_csv(path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
-    except (ValueError, pd.errors.ParserError) as exc:  # empty, not UTF-8 (UnicodeDecodeError), malformed
+        frame = pd.read_csv(io.StringIO(text), dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as exc:  # empty, malformed
         raise ValueError(f"{name} cannot be read as CSV: {type(exc).__name__}: {exc}") from None
     if list(frame.columns) != list(SUBMISSION_HEADER):
         raise ValueError(f"{name}: expected columns {','.join(SUBMISSION_HEADER)}, got {','.join(map(str, frame.columns))}")
@@ -182,6 +185,14 @@ def _positive_int(value) -> int:
     if number <= 0:
         raise ValueError(value)
     return number
+
+
+def _is_positive_int(value) -> bool:
+    try:
+        _positive_int(value)
+    except ValueError:
+        return False
+    return True
 
 
 def read_sample_submission(sample: SampleSource, what: str = "sample submission", *, require_predictions: bool = False):
@@ -224,11 +235,13 @@ def read_sample_submission(sample: SampleSource, what: str = "sample submission"
     frame, name = _sample_frame(sample, what, require_predictions)
     ids = [str(i) for i in frame["ID"]]
     sizes = []
-    for image_id, width, height in zip(ids, frame["ImageWidth"], frame["ImageHeight"]):
+    for line, (image_id, width, height) in enumerate(zip(ids, frame["ImageWidth"], frame["ImageHeight"]), start=2):
         try:
             sizes.append((_positive_int(width), _positive_int(height)))
         except ValueError:
-            raise ValueError(f"{name}: ID {image_id}: ImageWidth {width!r} and ImageHeight {height!r} must be integers > 0") from None
+            column = "ImageHeight" if _is_positive_int(width) else "ImageWidth"
+            raise ValueError(f"{name}: ID {image_id}: ImageWidth {width!r} and ImageHeight {height!r} must be integers > 0 "
+                             f"(line {line}, column {column!r})") from None
     seen: set[str] = set()
     twice = sorted({i for i in ids if i in seen or seen.add(i)})
     if twice:

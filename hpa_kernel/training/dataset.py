@@ -33,6 +33,7 @@ from hpa_kernel.cells.builder import CSV_COLUMNS, read_crop
 from hpa_kernel.cells.table import read_cells_table  # the one reader of cells.csv, re-exported
 from hpa_kernel.classes import NUM_CLASSES, labels_to_multihot, parse_labels
 from hpa_kernel.labelling.export import read_soft_labels
+from hpa_kernel.readers import parse_column, read_csv
 
 __all__ = [
     "CELLS_COLUMNS",
@@ -63,17 +64,27 @@ def _key(image_id, cell_id) -> tuple[str, int]:
 
 
 def read_pseudo_labels(path: str | os.PathLike) -> dict[tuple[str, int], tuple[int, ...]]:
-    """Read a pseudo-label file into ``{(image_id, cell_id): class ids}``."""
-    import pandas as pd
+    """Read a pseudo-label file into ``{(image_id, cell_id): class ids}``.
 
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        Naming the file, the line and the column: not UTF-8, a column missing, a ``cell_id`` that
+        is not an integer or a ``pseudo_labels`` field that is not a label field.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pseudo-label file {path} not found (write it with `hpa-kernel train --make-pseudo-labels`)")
-    df = pd.read_csv(path, dtype={"image_id": str, "pseudo_labels": str}, keep_default_na=False)
+    df = read_csv(path, "pseudo-label file", dtype={"image_id": str, "cell_id": str, "pseudo_labels": str})
     missing = [c for c in ("image_id", "cell_id", "pseudo_labels") if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; expected image_id, cell_id, pseudo_labels")
-    return {_key(i, c): parse_labels(p) for i, c, p in zip(df["image_id"], df["cell_id"], df["pseudo_labels"])}
+    cells = parse_column(df["cell_id"], int, path=path, column="cell_id", expected="an integer")
+    labels = parse_column(df["pseudo_labels"], parse_labels, path=path, column="pseudo_labels",
+                          expected="class ids 0..18 joined by '|' (or empty)")
+    return {_key(i, c): p for i, c, p in zip(df["image_id"], cells, labels)}
 
 
 def build_targets(
@@ -137,24 +148,31 @@ def read_scores(path: str | os.PathLike) -> dict[tuple[str, int], dict[int, floa
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the ``score`` column (or another) is missing, or a score is outside 1..5.
+        Naming the file, the line and the column: the ``score`` column (or another) is missing, a
+        score is not a number in 1..5, an id is not an integer, or the file is not UTF-8.
     """
-    import pandas as pd
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"soft-label file {path} does not exist (write it with `hpa-kernel label export`)")
-    df = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
+    df = read_csv(path, "soft-label file", dtype={"image_id": str})
     missing = [c for c in ("image_id", "cell_id", "class_id", "score") if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; the recipe maps the raw scores (export with `hpa-kernel label export`)")
+    cells = parse_column(df["cell_id"], int, path=path, column="cell_id", expected="an integer")
+    classes = parse_column(df["class_id"], int, path=path, column="class_id", expected="an integer class id")
+    scores = parse_column(df["score"], _score, path=path, column="score", expected="a mean score in 1..5")
     out: dict[tuple[str, int], dict[int, float]] = {}
-    for image_id, cell_id, cid, score in zip(df["image_id"], df["cell_id"], df["class_id"], df["score"]):
-        score = float(score)
-        if not 1.0 <= score <= 5.0:
-            raise ValueError(f"{path}: score {score} of {image_id}/{cell_id} class {cid} outside 1..5")
-        out.setdefault(_key(image_id, cell_id), {})[int(cid)] = score
+    for image_id, cell_id, cid, score in zip(df["image_id"], cells, classes, scores):
+        out.setdefault(_key(image_id, cell_id), {})[cid] = score
     return out
+
+
+def _score(value) -> float:
+    """A mean score in 1..5; ValueError otherwise."""
+    score = float(value)
+    if not 1.0 <= score <= 5.0:
+        raise ValueError(value)
+    return score
 
 
 def score_to_soft(score: float, mapping: Mapping[int, float]) -> float:
@@ -304,7 +322,7 @@ def filter_cells(path: str | os.PathLike, column: str = "penalty", exempt_class:
     """
     table = read_cells_table(path, valid_only=False)
     if column in table.columns:
-        values = np.asarray(table[column], dtype=float)
+        values = np.asarray(parse_column(table[column], float, path=path, column=column, expected="a number"), dtype=float)
     else:
         logger.warning("%s has no %r column: the train filter uses the valid flag instead", path, column)
         values = table["valid"].to_numpy(dtype=float)
