@@ -83,16 +83,21 @@ def find_imagenet_weights(arch: str, explicit: str | os.PathLike | None = None, 
                           kaggle_root: Path | None = None) -> Path:
     """The ImageNet weight file of ``arch``: ``explicit``, then ``$HPA_KERNEL_WEIGHTS``, then the Kaggle input folders.
 
-    Each place is searched for the names of :func:`imagenet_file_names` through
-    :func:`hpa_kernel.paths.resolve_file`; an explicit file is taken whatever its name.
+    Each place is searched for the names of :func:`imagenet_file_names` (through
+    :func:`hpa_kernel.paths.resolve_file`); an explicit file is taken whatever its name.
 
     Raises
     ------
     FileNotFoundError
         Naming the file names, every place looked at, and ``hint`` (how to pass a file or train without one).
     """
+    names, env = imagenet_file_names(arch), os.environ.get(paths.WEIGHTS_ENV)
+    if explicit is None and env:  # the folder of $HPA_KERNEL_WEIGHTS before any Kaggle input, whichever name it holds
+        for name in names:
+            if (Path(env) / name).is_file():
+                return Path(env) / name
     errors = []
-    for name in imagenet_file_names(arch):
+    for name in names:
         try:
             return paths.resolve_file(explicit, paths.WEIGHTS_ENV, name, f"ImageNet weights of {arch}", kaggle_root, hint="")
         except FileNotFoundError as exc:
