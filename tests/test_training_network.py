@@ -320,3 +320,27 @@ def test_imagenet_weights_found_in_kaggle_input_or_env_and_a_run_loads_in_the_en
     assert (bn.eps, bn.momentum) == (1e-3, 0.01)
     assert ens.predict(np.zeros((2, 32, 32, 4), np.uint8)).shape[0] == 2
     assert offline.calls == []
+
+
+def test_the_hub_only_when_asked_by_name(monkeypatch):
+    import timm
+    import torch
+
+    from hpa_kernel.classifier import create_classifier
+
+    asked, create = [], timm.create_model
+
+    def fake_hub(name, pretrained=False, **kwargs):  # stands in for the download: a seeded random 3-channel B0
+        if pretrained:
+            asked.append(name)
+            torch.manual_seed(2)
+            return create("tf_efficientnet_b0", pretrained=False)
+        return create(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", fake_hub)
+    model = create_classifier("tf_efficientnet_b0", num_classes=18, pretrained="hub", stem="random")
+    assert asked == ["tf_efficientnet_b0.aa_in1k"]  # the AutoAugment ImageNet weights, as efficientnet_pytorch's
+    torch.manual_seed(2)
+    assert torch.equal(model.blocks[3][0].conv_pw.weight, create("tf_efficientnet_b0").blocks[3][0].conv_pw.weight)
+    create_classifier("tf_efficientnet_b0", num_classes=18)
+    assert asked == ["tf_efficientnet_b0.aa_in1k"]

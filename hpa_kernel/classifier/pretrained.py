@@ -11,7 +11,7 @@ Nothing downloads unless asked for by name. ``pretrained`` (of :func:`~.model.cr
   (efficientnet_pytorch's own ImageNet file, the team's; converted with the key map of
   :mod:`hpa_kernel.classifier.milimed`);
 * a path: that file (any name), or a folder holding one of those names;
-* ``"hub"``: timm's hub (online only; ``tf_efficientnet_b0`` takes the ``in1k`` tag, the
+* ``"hub"``: timm's hub (online only; ``tf_efficientnet_b0`` takes the ``aa_in1k`` tag, the
   AutoAugment ImageNet weights ported from TensorFlow).
 
 The 3-channel stem becomes a 4-channel one in one of two ways (``stem``): ``"adapt"``, timm's
@@ -63,7 +63,7 @@ PYTHON_HINT = ("pass pretrained=PATH (the file, or a folder holding it), pretrai
                "(online), or pretrained=None to start from random weights")
 NOTEBOOK_HINT = ("set the notebook parameter pretrained to the file's path (or a folder holding it), to \"hub\" to download "
                  "timm's weights (online), or to None to start from random weights")
-_HUB_TAGS = {"tf_efficientnet_b0": "in1k"}
+_HUB_TAGS = {"tf_efficientnet_b0": "aa_in1k"}
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 
 
