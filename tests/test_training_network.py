@@ -262,8 +262,8 @@ def test_default_recipe_offline_without_weights_fails_at_once_naming_the_places(
     monkeypatch.setattr(loop, "_datasets", lambda *a, **k: pytest.fail("the cells were read before the weights were found"))
     assert main(["train", "--cells", str(toy), "--out", str(tmp_path / "w"), "--device", "cpu", "--no-progress"]) == 1
     message = caplog.text
-    for part in ("tf_efficientnet_b0_imagenet.pth", "efficientnet-b0-355c32eb.pth", "$HPA_KERNEL_WEIGHTS (not set)", str(offline.root),
-                 "--pretrained PATH", "--pretrained none"):
+    for part in ("tf_efficientnet_b0_imagenet.pth", "efficientnet-b0-355c32eb.pth", "$HPA_KERNEL_WEIGHTS (not set)",
+                 str(offline.root), "--pretrained PATH", "--pretrained none"):
         assert part in message
     with pytest.raises(FileNotFoundError, match=r"pretrained=None"):  # the Python API speaks Python
         train_group(C.training_preset("milimed2021", 1), toy, tmp_path / "w", options=RunOptions(progress=False))
@@ -344,3 +344,11 @@ def test_the_hub_only_when_asked_by_name(monkeypatch):
     assert torch.equal(model.blocks[3][0].conv_pw.weight, create("tf_efficientnet_b0").blocks[3][0].conv_pw.weight)
     create_classifier("tf_efficientnet_b0", num_classes=18)
     assert asked == ["tf_efficientnet_b0.aa_in1k"]
+
+
+def test_finetuning_a_checkpoint_without_its_training_config_keeps_its_batchnorm():
+    from hpa_kernel.classifier.milimed import milimed_config
+    from hpa_kernel.training.finetune import _train_config_of
+
+    team = _train_config_of(milimed_config("b0-old.pt", group=1))  # a converted team checkpoint: no train_config
+    assert (team.arch, team.batchnorm, team.network_kwargs()["bn_momentum"]) == ("tf_efficientnet_b0", "efficientnet_pytorch", 0.01)

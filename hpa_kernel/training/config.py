@@ -493,7 +493,8 @@ class TrainConfig:
         if self.batchnorm not in SOURCE_FORMATS:
             raise ValueError(f"batchnorm must be one of {sorted(SOURCE_FORMATS)}, got {self.batchnorm!r}")
         if self.batchnorm == "efficientnet_pytorch" and not self.arch.startswith("tf_efficientnet"):
-            raise ValueError(f"batchnorm 'efficientnet_pytorch' needs a tf_efficientnet_* arch (TF 'same' padding), got {self.arch!r}")
+            raise ValueError(f"batchnorm 'efficientnet_pytorch' needs a tf_efficientnet_* arch (TF 'same' padding), "
+                             f"got {self.arch!r}")
         if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_rate and drop_path_rate must be in [0, 1), got {self.drop_rate} and {self.drop_path_rate}")
 
