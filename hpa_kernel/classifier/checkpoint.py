@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: Where a checkpoint's weights came from, and the ``timm.create_model`` keywords that rebuild that
 #: source's network exactly: ``efficientnet_pytorch`` files (the 2021 team's, converted by
-#: :mod:`hpa_kernel.classifier.milimed`) need BatchNorm eps 1e-3 and momentum 0.01 (= 1 - 0.99).
+#: :mod:`hpa_kernel.classifier.milimed`, and the kit's milimed2021 training, which builds their
+#: network: ``TrainConfig.batchnorm``) need BatchNorm eps 1e-3 and momentum 0.01 (= 1 - 0.99).
 SOURCE_FORMATS: dict[str, dict] = {"timm": {}, "efficientnet_pytorch": {"bn_eps": 1e-3, "bn_momentum": 0.01}}
 
 

@@ -34,13 +34,17 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help=f"training recipe (default {DEFAULT_RECIPE}: the 4th-place team's code; kit2025: this kit's earlier one)")
     recipe.add_argument("--group", type=int, choices=(1, 2, 3), default=1, help="ensemble group (default 1)")
     recipe.add_argument("--quick", action="store_true", help="the small CPU preset (64 px, 2 x 60 steps, random init)")
-    recipe.add_argument("--pretrained", metavar="PATH|imagenet|none",
-                        help="initial weights: a local timm state_dict of the architecture (3-channel ImageNet weights; the "
-                        "stem is adapted to 4 channels), 'imagenet' (timm's hub, online only) or 'none' (random); "
-                        "default from the recipe (milimed2021: imagenet)")
+    recipe.add_argument("--pretrained", metavar="PATH|imagenet|hub|none",
+                        help="initial weights: a local 3-channel ImageNet weight file (or a folder holding it), 'imagenet' "
+                        "(find tf_efficientnet_b0_imagenet.pth or efficientnet-b0-355c32eb.pth in $HPA_KERNEL_WEIGHTS, then "
+                        "the Kaggle input folders; nothing downloads), 'hub' (timm's hub, online only) or 'none' (random); "
+                        "default from the recipe (milimed2021: imagenet, with a new random 4-channel stem)")
     recipe.add_argument("--ensemble-epochs", metavar="E,E,..", help="0-based epochs whose checkpoints form the ensemble "
                         "(milimed2021 group 3: 12,13,14,15); a checkpoint is saved after every epoch")
-    recipe.add_argument("--epoch-size", type=int, help="quota sampler: cells drawn per epoch (default: the number of training cells)")
+    recipe.add_argument("--epoch-size", type=int, help="quota sampler: cells drawn per epoch (default from the recipe: "
+                        "milimed2021 316666, the team's; kit2025 the number of training cells)")
+    recipe.add_argument("--epoch-scale", type=float, help="quota sampler: multiply the epoch size by this for small data "
+                        "(e.g. 0.01: 3167 draws per milimed2021 epoch)")
     recipe.add_argument("--epochs", type=int, help="epochs")
     recipe.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch (default: cells / batch)")
     recipe.add_argument("--batch-size", type=int, help="batch size per process")
@@ -135,8 +139,13 @@ def run(args: argparse.Namespace) -> int:
             config = quick_config(args.group, args.recipe, **overrides)
         else:
             config = training_preset(args.recipe, args.group, **overrides)
-        if args.epoch_size is not None:
-            config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, epoch_size=args.epoch_size))
+        epoch = {k: v for k, v in dict(epoch_size=args.epoch_size, epoch_scale=args.epoch_scale).items() if v is not None}
+        if epoch:
+            config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, **epoch))
+        if not args.resume:  # a missing ImageNet file fails in seconds, in the command line's words
+            from hpa_kernel.classifier.pretrained import CLI_HINT, resolve_pretrained
+
+            resolve_pretrained(config.pretrained, config.arch, hint=CLI_HINT)
         inputs = TrainInputs(val_cells=args.val_cells, soft_labels=args.soft_labels, pseudo_labels=args.pseudo_labels)
         options = RunOptions(resume=args.resume, device=args.device, manifest=not args.no_manifest, progress=progress)
         checkpoints = train_group(config, args.cells, out, inputs=inputs, options=options)

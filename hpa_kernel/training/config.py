@@ -2,10 +2,12 @@
 
 Two named recipes (:func:`training_preset`), each a :class:`TrainConfig` per ensemble group:
 
-* ``"milimed2021"`` (the default of ``hpa-kernel train``): the 4th-place team's code. ImageNet B0
-  with 18 outputs (Negative is ``1 - max`` at inference), Adam 3e-4 with a per-epoch cosine
-  (``T_max`` 15, ``eta_min`` 1e-5), 16 epochs of batch 32, a checkpoint every epoch and the ensembled
-  epochs chosen by number, focal loss on probabilities (``alpha`` 1, ``gamma`` 2) or BCE, their
+* ``"milimed2021"`` (the default of ``hpa-kernel train``): the 4th-place team's code. Their network
+  (timm ``tf_efficientnet_b0``, BatchNorm eps 1e-3 and momentum 0.01, dropout 0.2, drop path 0.2,
+  ImageNet weights with a new random 4-channel stem, float32) with 18 outputs (Negative is ``1 - max``
+  at inference), Adam 3e-4 with a per-epoch cosine (``T_max`` 15, ``eta_min`` 1e-5), 16 epochs of
+  316,666 quota draws in batches of 32, a checkpoint every epoch and the ensembled epochs chosen by
+  number, focal loss (``alpha`` 1, ``gamma`` 2) or BCE on probabilities (log clamped at -100), their
   augmentations, the per-class quota sampler, the train filter, per-class soft-label maps and
   pseudo-negatives at 0.01.
 * ``"kit2025"``: this kit's own earlier choices. Random init, 19 outputs, AdamW 1e-3 with
@@ -51,6 +53,7 @@ __all__ = [
     "training_preset",
     "finetune_preset",
     "MILIMED_QUOTAS",
+    "MILIMED_EPOCH_SIZE",
     "MILIMED_SOFT",
     "MILIMED_FINETUNE_REPEATS",
     "MILIMED_VALIDATION_SOFT",
@@ -140,18 +143,29 @@ class LossConfig:
     ``form="split"`` (the kit's): ``alpha`` weights the positive term and ``1 - alpha`` the negative
     term; ``alpha=None`` weights both by 1. ``form="pt"`` (the team's): ``alpha * (1 - pt)**gamma * BCE``
     with ``pt = exp(-BCE)`` per element, ``alpha`` a plain factor (None = 1).
+
+    ``on="logits"`` (kit2025): the cross-entropy from the logits (exact at any logit).
+    ``on="probabilities"`` (milimed2021, as the team's ``F.binary_cross_entropy`` / ``nn.BCELoss``):
+    the sigmoid first, in float32, then the cross-entropy with each log clamped at -100, so a
+    saturated wrong logit (``sigmoid`` rounding to 0 or 1) costs 100 and has gradient 0 (see
+    :mod:`hpa_kernel.training.losses`). Only for ``"bce"`` and the ``"pt"`` focal form.
     """
 
     name: str = "focal"
     gamma: float = 2.0
     alpha: float | None = None
     form: str = "split"
+    on: str = "logits"
 
     def __post_init__(self):
         if self.name not in ("focal", "bce"):
             raise ValueError(f"loss name must be 'focal' or 'bce', got {self.name!r}")
         if self.form not in ("split", "pt"):
             raise ValueError(f"loss form must be 'split' or 'pt', got {self.form!r}")
+        if self.on not in ("logits", "probabilities"):
+            raise ValueError(f"loss 'on' must be 'logits' or 'probabilities', got {self.on!r}")
+        if self.on == "probabilities" and self.name == "focal" and self.form != "pt":
+            raise ValueError("loss on='probabilities' is the team's form: use it with 'bce' or the focal form 'pt'")
         if self.gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {self.gamma}")
         if self.alpha is not None:
@@ -194,7 +208,12 @@ class SamplerConfig:
         Quota: relative draws per class per epoch, ``-1`` for the Negative pool. Classes without
         cells are skipped and their share goes to the others.
     epoch_size : int or None
-        Quota: draws per epoch (all ranks together); None = ``steps_per_epoch * batch_size * world``.
+        Quota: draws per epoch (all ranks together) before ``epoch_scale``; None = the number of
+        training cells. milimed2021: 316,666, the team's (the sum of their quotas). An explicit
+        ``TrainConfig.steps_per_epoch`` overrides it (``steps_per_epoch * batch_size * world`` draws).
+    epoch_scale : float
+        Quota: the one factor that shrinks the epoch for small data (tests, a first run on few cells):
+        ``max(1, round(epoch_size * epoch_scale))`` draws per epoch (:meth:`draws_per_epoch`).
     duplicate_min : float
         Quota: a cell whose manual soft label of the class is at or above this is in that class's
         pool twice.
@@ -214,6 +233,7 @@ class SamplerConfig:
     kind: str = "weighted"
     quotas: dict = field(default_factory=dict)
     epoch_size: int | None = None
+    epoch_scale: float = 1.0
     duplicate_min: float = 0.9
     spindle_class: int = MITOTIC_SPINDLE
     spindle_repeats: int = 41
@@ -236,8 +256,18 @@ class SamplerConfig:
             raise ValueError("the quota sampler needs quotas with a positive sum")
         if self.epoch_size is not None and self.epoch_size < 1:
             raise ValueError(f"epoch_size must be >= 1 or None, got {self.epoch_size}")
+        if not self.epoch_scale > 0:
+            raise ValueError(f"epoch_scale must be > 0, got {self.epoch_scale}")
         if self.spindle_repeats < 1:
             raise ValueError(f"spindle_repeats must be >= 1, got {self.spindle_repeats}")
+
+    def draws_per_epoch(self, n_cells: int) -> int:
+        """Quota draws per epoch (all ranks): ``max(1, round((epoch_size or n_cells) * epoch_scale))``.
+
+        >>> SamplerConfig(kind="quota", quotas={0: 1.0}, epoch_size=316_666, epoch_scale=0.01).draws_per_epoch(50)
+        3167
+        """
+        return max(1, round((self.epoch_size or n_cells) * self.epoch_scale))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -322,9 +352,24 @@ class TrainConfig:
         :func:`epoch_cosine_lr` with ``t_max`` and ``eta_min``, constant within the epoch.
         ``"constant"``: ``lr`` throughout.
     pretrained : str or None
-        None: random initialisation. ``"imagenet"``: timm's ImageNet weights (downloaded by timm,
-        online only). A path: those weights from a local file (a timm state_dict of ``arch`` with
-        3 input channels; timm adapts the stem to 4).
+        None: random initialisation. ``"imagenet"``: ImageNet weights from a local file found by
+        name (``$HPA_KERNEL_WEIGHTS``, then the Kaggle input folders; ``tf_efficientnet_b0_imagenet.pth``
+        or efficientnet_pytorch's ``efficientnet-b0-355c32eb.pth``; see
+        :mod:`hpa_kernel.classifier.pretrained`); nothing downloads and a missing file fails before
+        training. A path: that file (or a folder holding one of those names). ``"hub"``: timm's hub
+        (online only).
+    stem : str
+        How the 3-channel ImageNet stem becomes 4 channels: ``"adapt"`` (timm's ``adapt_input_conv``,
+        kit2025) or ``"random"`` (a new randomly initialised stem, ImageNet everywhere else: the team's
+        ``from_pretrained(..., in_channels=4)``). Unused without ``pretrained``.
+    batchnorm : str
+        BatchNorm settings, a key of :data:`hpa_kernel.classifier.checkpoint.SOURCE_FORMATS`:
+        ``"timm"`` (timm's defaults for ``arch``: momentum 0.1, eps 1e-5, or 1e-3 for ``tf_*``) or
+        ``"efficientnet_pytorch"`` (eps 1e-3, PyTorch momentum 0.01 = 1 - the TF decay 0.99, the
+        team's; needs a ``tf_efficientnet_*`` arch). Recorded as the checkpoint's ``source_format``,
+        so inference rebuilds the same network.
+    drop_path_rate : float
+        Stochastic depth (efficientnet_pytorch's ``drop_connect_rate``), growing linearly over the blocks.
     n_checkpoints : int
         Snapshots kept for the ensemble (see :func:`snapshot_steps`) when ``ensemble_epochs`` is empty.
     snapshot_fraction : float
@@ -350,7 +395,8 @@ class TrainConfig:
         Fraction of the images held out for the per-epoch validation mAP when no validation table
         is given (0 = no validation).
     amp, channels_last : bool
-        Mixed precision and channels-last memory on CUDA (ignored on the CPU).
+        Mixed precision (float16 autocast) and channels-last memory on CUDA (ignored on the CPU).
+        milimed2021 trains in float32, as the team did.
     workers : int
         DataLoader worker processes.
     """
@@ -371,6 +417,9 @@ class TrainConfig:
     t_max: int = 15
     eta_min: float = 1e-5
     pretrained: str | None = None
+    stem: str = "adapt"
+    batchnorm: str = "timm"
+    drop_path_rate: float = 0.0
     n_checkpoints: int = 1
     snapshot_fraction: float = 0.3
     ensemble_epochs: tuple[int, ...] = ()
@@ -442,6 +491,34 @@ class TrainConfig:
             raise ValueError(f"mean and std need 4 values (std > 0), got {self.mean} and {self.std}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        self._check_network()
+
+    def _check_network(self) -> None:
+        from hpa_kernel.classifier.checkpoint import SOURCE_FORMATS
+        from hpa_kernel.classifier.pretrained import STEMS
+
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.batchnorm not in SOURCE_FORMATS:
+            raise ValueError(f"batchnorm must be one of {sorted(SOURCE_FORMATS)}, got {self.batchnorm!r}")
+        if self.batchnorm == "efficientnet_pytorch" and not self.arch.startswith("tf_efficientnet"):
+            raise ValueError(f"batchnorm 'efficientnet_pytorch' needs a tf_efficientnet_* arch (TF 'same' padding), "
+                             f"got {self.arch!r}")
+        if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_rate and drop_path_rate must be in [0, 1), got {self.drop_rate} and {self.drop_path_rate}")
+
+    def network_kwargs(self) -> dict:
+        """The ``timm.create_model`` keywords of the network (dropout, stochastic depth, BatchNorm).
+
+        >>> training_preset("milimed2021", 1).network_kwargs()
+        {'drop_rate': 0.2, 'drop_path_rate': 0.2, 'bn_eps': 0.001, 'bn_momentum': 0.01}
+        """
+        from hpa_kernel.classifier.checkpoint import SOURCE_FORMATS
+
+        out = {"drop_rate": self.drop_rate}
+        if self.drop_path_rate:
+            out["drop_path_rate"] = self.drop_path_rate
+        return {**out, **SOURCE_FORMATS[self.batchnorm]}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -477,28 +554,37 @@ MILIMED_SOFT = SoftLabelConfig(
     unscored_value=0.69, unscored_classes=(1, 8, 9, 15), exclusive_class=MITOTIC_SPINDLE, exclusive_min=0.2,
 )
 
+#: The team's draws per epoch: the sum of their per-class quotas (9,896 batches of 32).
+MILIMED_EPOCH_SIZE = int(sum(MILIMED_QUOTAS.values()))
+
+# The team's network (efficientnet_pytorch 0.7.1, ``EfficientNet.from_pretrained('efficientnet-b0',
+# in_channels=4, num_classes=18)``): TF "same" padding (timm's tf_ variant), BatchNorm eps 1e-3 and
+# momentum 0.01, dropout 0.2, drop_connect 0.2, ImageNet weights with a new random 4-channel stem, fp32.
 _MILIMED_BASE = TrainConfig(
     recipe="milimed2021", num_classes=NUM_CLASSES - 1, optimizer="adam", lr=3e-4, weight_decay=0.0, warmup=0.0,
     schedule="epoch_cosine", t_max=15, eta_min=1e-5, epochs=16, batch_size=32, pretrained="imagenet", drop_rate=0.2,
+    arch="tf_efficientnet_b0", stem="random", batchnorm="efficientnet_pytorch", drop_path_rate=0.2, amp=False,
     train_filter=True, filter_column="train_value", train_crop="milimed2021",
     sampler=SamplerConfig(kind="quota", quotas=MILIMED_QUOTAS, label_power=0.5, duplicate_min=0.9,
-                          extra_passes={12: (0.7, 0.9, 0.9)}),
+                          extra_passes={12: (0.7, 0.9, 0.9)}, epoch_size=MILIMED_EPOCH_SIZE),
     soft=MILIMED_SOFT, pseudo_negative=0.01, pseudo_positive=0.99,
 )
 _TEAM_AUG = dict(flip=True, rotate90=False, rotate_p=1.0, rotate_max=90.0, resize_range=(0.5, 0.75), pad_max=200.0 / 512.0,
                  resize_last=True, rotate_nearest=True)
+# Their losses run on probabilities: F.binary_cross_entropy / nn.BCELoss, each log clamped at -100.
+_TEAM_FOCAL = LossConfig("focal", 2.0, 1.0, "pt", on="probabilities")
 
 # The groups follow the manifest's layout (1, 2, 4 checkpoints; hpa_kernel.manifest.DEFAULT_LAYOUT)
 # and the team's notebook: group 1 is their "old" model (one checkpoint), group 2 "resize + pad"
 # (epochs 12 and 13, weighted 0.5/0.5 at inference) and group 3 "resize" (epochs 12-15, weighted
 # 0.2/0.3/0.3/0.2). BCE stays with the resize + pad augmentations, as in the kit's groups.
 _MILIMED_GROUPS: dict[int, TrainConfig] = {
-    1: dataclasses.replace(_MILIMED_BASE, group=1, augment=AugmentConfig(**_TEAM_AUG), loss=LossConfig("focal", 2.0, 1.0, "pt"),
+    1: dataclasses.replace(_MILIMED_BASE, group=1, augment=AugmentConfig(**_TEAM_AUG), loss=_TEAM_FOCAL,
                            ensemble_epochs=(15,), n_checkpoints=1),
     2: dataclasses.replace(_MILIMED_BASE, group=2, augment=AugmentConfig(**_TEAM_AUG, resize_p=0.3, pad_p=0.3),
-                           loss=LossConfig("bce"), ensemble_epochs=(12, 13), n_checkpoints=2),
+                           loss=LossConfig("bce", on="probabilities"), ensemble_epochs=(12, 13), n_checkpoints=2),
     3: dataclasses.replace(_MILIMED_BASE, group=3, augment=AugmentConfig(**_TEAM_AUG, resize_p=0.4),
-                           loss=LossConfig("focal", 2.0, 1.0, "pt"), ensemble_epochs=(12, 13, 14, 15), n_checkpoints=4),
+                           loss=_TEAM_FOCAL, ensemble_epochs=(12, 13, 14, 15), n_checkpoints=4),
 }
 
 #: The named training recipes: ``{name: {group: TrainConfig}}``.

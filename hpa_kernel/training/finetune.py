@@ -109,7 +109,7 @@ def _train_config_of(ckpt_config) -> TrainConfig:
         return TrainConfig.from_dict(saved)
     logger.warning("checkpoint has no training config; using group %s defaults", ckpt_config.group)
     return group_config(ckpt_config.group or 1, arch=ckpt_config.arch, input_size=ckpt_config.input_size,
-                        mean=ckpt_config.mean, std=ckpt_config.std)
+                        mean=ckpt_config.mean, std=ckpt_config.std, batchnorm=ckpt_config.source_format)
 
 
 def _finetune_list(ts, config: FinetuneConfig) -> np.ndarray:

@@ -271,11 +271,14 @@ def _make_sampler(config: TrainConfig, ts, train_idx, dist):
 
     s, batch = config.sampler, config.batch_size
     if s.kind == "quota":
-        size = s.epoch_size or len(train_idx)
-        steps = config.steps_per_epoch or max(1, math.ceil(size / (batch * dist.world)))
+        if config.steps_per_epoch:
+            per_rank, steps = config.steps_per_epoch * batch, config.steps_per_epoch
+        else:  # the epoch's draws shared by the ranks; the last batch may be short (the team's drop_last=False)
+            per_rank = math.ceil(s.draws_per_epoch(len(train_idx)) / dist.world)
+            steps = math.ceil(per_rank / batch)
         pools = quota_pools(ts.labels[train_idx], ts.targets[train_idx], ts.manual[train_idx], s.quotas, NEGATIVE,
                             QuotaRules(s.duplicate_min, s.spindle_class, s.spindle_repeats, s.extra_passes))
-        sampler = QuotaSampler(pools, s.quotas, acceptance_of(ts.labels[train_idx], s.label_power), steps * batch,
+        sampler = QuotaSampler(pools, s.quotas, acceptance_of(ts.labels[train_idx], s.label_power), per_rank,
                                SamplerShard(dist.world, dist.rank, config.seed), no_test=(s.spindle_class,))
         logger.info("quota sampler: %s draws per epoch by class (-1 = Negative)", sampler.counts)
         return sampler, steps, None
@@ -407,6 +410,10 @@ def train_group(
     if not isinstance(inputs, TrainInputs) or not isinstance(options, RunOptions):
         raise ValueError(f"inputs must be a TrainInputs and options a RunOptions, got {type(inputs).__name__} and "
                          f"{type(options).__name__}")
+    if not options.resume:  # a missing ImageNet file fails now, before the cells are read (nothing downloads)
+        from hpa_kernel.classifier.pretrained import resolve_pretrained
+
+        resolve_pretrained(config.pretrained, config.arch)
     cache = config.input_size <= 128 if options.cache is None else options.cache
     cells = _datasets(config, cells_csv, inputs, cache)
     dist = _setup(options.device)
@@ -521,7 +528,8 @@ def _build(job: _FitJob, dist: _Dist) -> _Run:
     cuda = dist.device.type == "cuda"
     torch.manual_seed(config.seed)
     pretrained = config.pretrained if job.init_state is None and not job.resume else None
-    model = create_classifier(config.arch, in_chans=4, num_classes=config.num_classes, drop_rate=config.drop_rate, pretrained=pretrained)
+    model = create_classifier(config.arch, in_chans=4, num_classes=config.num_classes, pretrained=pretrained, stem=config.stem,
+                              **config.network_kwargs())
     if job.init_state is not None:
         model.load_state_dict(job.init_state)
     model.to(dist.device)
@@ -588,7 +596,7 @@ def _save_snapshot(run: _Run, k: int | None, epoch: int, step: int, path: Path |
     cfg = CheckpointConfig(
         arch=config.arch, num_classes=config.num_classes, input_size=config.input_size, mean=config.mean, std=config.std,
         group=config.group, augmentation=config.augment.to_dict(), loss=config.loss.to_dict(), epoch=epoch, step=step,
-        recipe=config.recipe,
+        recipe=config.recipe, source_format=config.batchnorm,
         extra={"name": job.name, "snapshot": k, "snapshot_steps": run.snaps, "ensemble_epochs": list(config.ensemble_epochs),
                "epoch_index": epoch - 1, "total_steps": run.total, "world_size": run.dist.world, "train_config": config.to_dict(),
                **(job.extra or {})},
