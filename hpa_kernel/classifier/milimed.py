@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpa_kernel.classifier.checkpoint import SOURCE_FORMATS, CheckpointConfig, save_checkpoint
+from hpa_kernel.classifier.keymap import milimed_key_map
 from hpa_kernel.io import CHANNELS, atomic_write
 
 __all__ = [
@@ -69,11 +70,7 @@ RECIPE = "milimed2021"
 SOURCE_FORMAT = "efficientnet_pytorch"
 INPUT_SIZE = 512
 #: Blocks per stage of EfficientNet-B0 (both libraries): 16 blocks, flat-numbered by efficientnet_pytorch.
-B0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 SEGMENTATION_FILES = ("dpn_unet_nuclei_v1.pth", "dpn_unet_cell_3ch_v1.pth")
-
-_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
 
 @dataclass(frozen=True)
 class MilimedGroup:
@@ -93,42 +90,6 @@ MILIMED_GROUPS: tuple[MilimedGroup, ...] = (
     MilimedGroup("resize_and_pad", 0.4, tuple((f"b0-resize-and-pad-epoch-{e}-finetuned.pt", 0.5) for e in (12, 13))),
     MilimedGroup("old", 0.2, (("b0-old.pt", 1.0),)),
 )
-
-
-def _block_map(index: int, stage: int, pos: int) -> dict[str, str]:
-    """efficientnet_pytorch ``_blocks.index.*`` -> timm ``blocks.stage.pos.*`` for one block."""
-    src, dst = f"_blocks.{index}.", f"blocks.{stage}.{pos}."
-    if index == 0:  # expand ratio 1: timm's DepthwiseSeparableConv
-        convs = {"_depthwise_conv": "conv_dw", "_project_conv": "conv_pw"}
-        bns = {"_bn1": "bn1", "_bn2": "bn2"}
-    else:  # timm's InvertedResidual
-        convs = {"_expand_conv": "conv_pw", "_depthwise_conv": "conv_dw", "_project_conv": "conv_pwl"}
-        bns = {"_bn0": "bn1", "_bn1": "bn2", "_bn2": "bn3"}
-    out = {f"{src}{a}.weight": f"{dst}{b}.weight" for a, b in convs.items()}
-    out.update({f"{src}{a}.{p}": f"{dst}{b}.{p}" for a, b in bns.items() for p in _BN})
-    for a, b in (("_se_reduce", "se.conv_reduce"), ("_se_expand", "se.conv_expand")):
-        out.update({f"{src}{a}.{p}": f"{dst}{b}.{p}" for p in ("weight", "bias")})
-    return out
-
-
-def milimed_key_map() -> dict[str, str]:
-    """Every ``efficientnet_pytorch`` B0 key (with the team's ``_fc.0`` head) and its timm name.
-
-    >>> m = milimed_key_map()
-    >>> len(m), m["_blocks.1._expand_conv.weight"], m["_fc.0.bias"]
-    (360, 'blocks.1.0.conv_pw.weight', 'classifier.bias')
-    """
-    out = {"_conv_stem.weight": "conv_stem.weight"}
-    out.update({f"_bn0.{p}": f"bn1.{p}" for p in _BN})
-    index = 0
-    for stage, depth in enumerate(B0_STAGE_DEPTHS):
-        for pos in range(depth):
-            out.update(_block_map(index, stage, pos))
-            index += 1
-    out["_conv_head.weight"] = "conv_head.weight"
-    out.update({f"_bn1.{p}": f"bn2.{p}" for p in _BN})
-    out.update({"_fc.0.weight": "classifier.weight", "_fc.0.bias": "classifier.bias"})
-    return out
 
 
 def milimed_config(source: str | os.PathLike | None = None, **overrides) -> CheckpointConfig:

@@ -147,7 +147,7 @@ def _load_file(path: Path) -> dict:
 
 def _from_efficientnet_pytorch(state: dict, path: Path) -> dict:
     """efficientnet_pytorch B0 names -> timm names (the 1000-class ``_fc`` head dropped)."""
-    from hpa_kernel.classifier.milimed import milimed_key_map
+    from hpa_kernel.classifier.keymap import milimed_key_map
 
     mapping = milimed_key_map()
     out = {}
