@@ -125,7 +125,8 @@ def write_crop(path: str | Path, crop: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(crop))
     if not ok:
         raise ValueError(f"cannot encode the crop for {path}")
-    atomic_write(path, buf.tofile)
+    # a Python write: a full disk raises OSError(ENOSPC), where numpy's tofile gives only "n requested and m written"
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.tobytes()), needed_bytes=buf.nbytes)
 
 
 def read_crop(path: str | Path) -> np.ndarray:

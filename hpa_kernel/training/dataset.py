@@ -60,13 +60,22 @@ def _key(image_id, cell_id) -> tuple[str, int]:
     return str(image_id), int(cell_id)
 
 
+def _how_to_make_pseudo_labels() -> str:
+    """The command line's or the notebook's way to write a pseudo-label file."""
+    from hpa_kernel.options import current_style
+
+    if current_style() == "cli":
+        return "`hpa-kernel train --make-pseudo-labels CSV`"
+    return "the pseudo_labels notebook, or hpa_kernel.training.make_pseudo_labels"
+
+
 def read_pseudo_labels(path: str | os.PathLike) -> dict[tuple[str, int], tuple[int, ...]]:
     """Read a pseudo-label file into ``{(image_id, cell_id): class ids}``."""
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pseudo-label file {path} not found (write it with `hpa-kernel train --make-pseudo-labels`)")
+        raise FileNotFoundError(f"pseudo-label file {path} not found (write it with {_how_to_make_pseudo_labels()})")
     df = pd.read_csv(path, dtype={"image_id": str, "pseudo_labels": str}, keep_default_na=False)
     missing = [c for c in ("image_id", "cell_id", "pseudo_labels") if c not in df.columns]
     if missing:

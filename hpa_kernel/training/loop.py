@@ -38,7 +38,9 @@ from typing import Callable
 import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
+from hpa_kernel.diskspace import torch_save
 from hpa_kernel.io import atomic_write
+from hpa_kernel.options import say_option
 from hpa_kernel.training.config import TrainConfig, epoch_cosine_lr, snapshot_steps
 
 __all__ = [
@@ -541,7 +543,7 @@ def _restore(run: _Run) -> tuple[int, int, np.ndarray | None]:
     job, total = run.job, run.total
     last_path = job.last_path
     if not last_path.is_file():
-        raise FileNotFoundError(f"resume: {last_path} not found (train without --resume first)")
+        raise FileNotFoundError(f"resume: {last_path} not found (train without {say_option('resume', True)} first)")
     state = torch.load(last_path, map_location="cpu", weights_only=True)
     if state.get("format") != _RESUME_FORMAT or state.get("config") != _config_json(job.config):
         raise ValueError(f"resume: {last_path} was written by a different training config; "
@@ -673,7 +675,7 @@ def _end_epoch(run: _Run, epoch: int, step: int, stats, recall: np.ndarray, t0: 
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
         "torch_rng": torch.get_rng_state(), "recall": None if recall is None else [float(r) for r in recall],
     }
-    atomic_write(job.last_path, lambda tmp: torch.save(state, tmp))
+    atomic_write(job.last_path, lambda tmp: torch_save(state, tmp))
 
 
 def _fit(job: _FitJob, dist: _Dist) -> list[Path]:
