@@ -678,6 +678,25 @@ def _end_epoch(run: _Run, epoch: int, step: int, stats, recall: np.ndarray, t0: 
     atomic_write(job.last_path, lambda tmp: torch_save(state, tmp))
 
 
+def _trim_log(path: Path, epochs_done: int) -> None:
+    """On resume: keep the log lines of the epochs in the resume state, dropping those of an epoch that
+    was logged but not saved (a kill or a full disk between the two) and a half-written last line."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= epochs_done:
+            kept.append(line)
+    text = "".join(f"{line}\n" for line in kept)
+    if text != path.read_text(errors="replace"):
+        logger.info("resume: %s trimmed to the %d epoch(s) of the resume state", path, len(kept))
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
 def _fit(job: _FitJob, dist: _Dist) -> list[Path]:
     """The training loop shared by :func:`train_group` and fine-tuning; returns the snapshot paths."""
     import torch
@@ -691,6 +710,8 @@ def _fit(job: _FitJob, dist: _Dist) -> list[Path]:
         torch.manual_seed(job.config.seed + 1_000_003 * dist.rank + step)
     if not job.resume and dist.main and job.log_path.is_file():
         job.log_path.unlink()
+    if job.resume and dist.main:
+        _trim_log(job.log_path, start_epoch)
     run = _with_loader(run)
     for epoch in range(start_epoch, job.config.epochs):
         if job.on_recall is not None:
