@@ -20,7 +20,9 @@ from test_submit import BlobSegmenter, _config, weights_dir  # noqa: F401 - fixt
 from hpa_kernel.cli import main
 from hpa_kernel.submission import check_submission, run_submission, write_submission
 
-ROOT = Path(__file__).resolve().parents[1]
+import hpa_kernel
+
+ROOT = Path(hpa_kernel.__file__).resolve().parents[1]  # the kit under test, for the subprocess
 MASK = "eNoLCAgIMAEABJkBdQ=="  # a valid EncodedMask token (the writer's doctest)
 
 
