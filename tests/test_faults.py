@@ -163,6 +163,22 @@ def test_full_disk_in_train_then_resume_gives_identical_checkpoints(tmp_path, mo
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # epoch 2 was logged before its state failed: not twice
 
 
+def test_full_disk_in_label_export_keeps_the_old_file(tmp_path, monkeypatch, caplog):
+    from test_labelling_store import _scored_store
+
+    _scored_store(tmp_path / "labels.sqlite").close()
+    out_dir = tmp_path / "export"
+    out_dir.mkdir()
+    soft = out_dir / "soft.csv"
+    soft.write_text("image_id,cell_id,class_id,soft_label,score,n_labellers\n")
+    install(monkeypatch, out_dir, FakeDisk(free=20))
+    with caplog.at_level(logging.ERROR):
+        assert main(["label", "export", "--db", str(tmp_path / "labels.sqlite"), "--out", str(soft)]) == 1
+    assert any("disk is full" in m and str(soft) in m for m in _errors(caplog))
+    assert soft.read_text() == "image_id,cell_id,class_id,soft_label,score,n_labellers\n"
+    assert _debris(out_dir) == []
+
+
 def test_disk_full_error_names_the_file_and_the_space(tmp_path):
     import errno
 
