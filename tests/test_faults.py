@@ -122,28 +122,48 @@ def test_full_disk_in_cells_leaves_no_half_crop_and_the_rerun_completes(comp, tm
     assert all((out / c).is_file() for c in table["crop"] if c)
 
 
-def _train_argv(toy, out, *extra):
+def _train_argv(toy, out, *extra, epochs=3):
     return ["train", "--cells", str(toy), "--recipe", "kit2025", "--group", "2", "--out", str(out), "--input-size", "32",
-            "--batch-size", "4", "--epochs", "2", "--steps-per-epoch", "1", "--device", "cpu", "--no-progress", *extra]
+            "--batch-size", "4", "--epochs", str(epochs), "--steps-per-epoch", "1", "--device", "cpu", "--no-progress", *extra]
 
 
-def test_full_disk_in_train_then_resume_gives_identical_checkpoints(tmp_path, monkeypatch, caplog):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(toy cells.csv, an uninterrupted 3-epoch training run's folder, the files it wrote with their sizes, in order)."""
     import torch
     from toy_training import make_toy_cells
 
     torch.set_num_threads(1)
-    toy = make_toy_cells(tmp_path / "toy", n_images=5, cells_per_image=3, size=48, seed=7)
-    reference = tmp_path / "runs" / "reference"
-    counted = install(monkeypatch, tmp_path / "runs", FakeDisk())
-    assert main(_train_argv(toy, reference)) == 0
-    states = [k for k, (path, _) in enumerate(counted.writes) if "last.pt" in path.name]
-    assert len(states) == 2  # one resume state per epoch
-    last = states[-1]  # the disk fills half-way through the resume state of epoch 2
-    free = sum(n for _, n in counted.writes[:last]) + counted.writes[last][1] // 2
+    root = tmp_path_factory.mktemp("trained")
+    toy = make_toy_cells(root / "toy", n_images=5, cells_per_image=3, size=48, seed=7)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        counted = install(monkeypatch, root / "reference", FakeDisk())
+        assert main(_train_argv(toy, root / "reference")) == 0
+    return toy, root / "reference", counted.writes
 
-    out = tmp_path / "runs" / "interrupted"
+
+def _same_checkpoints(reference: Path, out: Path) -> None:
+    import torch
+
+    names = sorted(p.name for p in reference.glob("*.pth"))
+    assert len(names) >= 2 and names == sorted(p.name for p in out.glob("*.pth"))
+    for name in names:
+        a, b = torch.load(reference / name, weights_only=True), torch.load(out / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_full_disk_in_train_then_resume_gives_identical_checkpoints(trained, tmp_path, monkeypatch, caplog):
+    import torch
+
+    toy, reference, writes = trained
+    states = [k for k, (path, _) in enumerate(writes) if "last.pt" in path.name]
+    assert len(states) == 3  # one resume state per epoch
+    last = states[-1]  # the disk fills half-way through the resume state of epoch 3
+    free = sum(n for _, n in writes[:last]) + writes[last][1] // 2
+
+    out = tmp_path / "interrupted"
     disk = FakeDisk(free=free)
-    install(monkeypatch, tmp_path / "runs", disk)
+    install(monkeypatch, out, disk)
     with caplog.at_level(logging.ERROR):
         assert main(_train_argv(toy, out)) == 1
     message = " ".join(_errors(caplog))
@@ -154,13 +174,9 @@ def test_full_disk_in_train_then_resume_gives_identical_checkpoints(tmp_path, mo
 
     disk.free = None
     assert main(_train_argv(toy, out, "--resume")) == 0
-    names = sorted(p.name for p in reference.glob("*.pth"))
-    assert names and names == sorted(p.name for p in out.glob("*.pth"))
-    for name in names:
-        a, b = torch.load(reference / name, weights_only=True), torch.load(out / name, weights_only=True)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    _same_checkpoints(reference, out)
     lines = (out / "runs" / "g2" / "log.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # epoch 2 was logged before its state failed: not twice
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]  # epoch 3 was logged before its state failed: not twice
 
 
 def test_full_disk_in_label_export_keeps_the_old_file(tmp_path, monkeypatch, caplog):
@@ -177,6 +193,49 @@ def test_full_disk_in_label_export_keeps_the_old_file(tmp_path, monkeypatch, cap
     assert any("disk is full" in m and str(soft) in m for m in _errors(caplog))
     assert soft.read_text() == "image_id,cell_id,class_id,soft_label,score,n_labellers\n"
     assert _debris(out_dir) == []
+
+
+_STOP_AFTER_EPOCH_1 = """
+import sys, time
+import hpa_kernel.training.loop as loop
+
+real_end_epoch = loop._end_epoch
+
+def end_epoch(run, epoch, *args):
+    real_end_epoch(run, epoch, *args)
+    if epoch == 0:  # epoch 1 and its resume state are saved: wait for the kill
+        print("EPOCH 1 SAVED", flush=True)
+        time.sleep(600)
+
+loop._end_epoch = end_epoch
+from hpa_kernel.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_training_then_resume_gives_bit_identical_checkpoints(trained, tmp_path):
+    import torch
+
+    toy, reference, _ = trained
+    out = tmp_path / "killed"
+    argv = lambda folder: _train_argv(toy, folder)  # noqa: E731
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _STOP_AFTER_EPOCH_1, *argv(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    watchdog = threading.Timer(240, proc.kill)
+    watchdog.start()
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "EPOCH 1 SAVED", line
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.stdout.close()
+    assert torch.load(out / "runs" / "g2" / "last.pt", weights_only=True)["epoch"] == 1
+    assert main(argv(out) + ["--resume"]) == 0
+    _same_checkpoints(reference, out)  # as the same run never interrupted
 
 
 def test_disk_full_error_names_the_file_and_the_space(tmp_path):
