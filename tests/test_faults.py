@@ -352,6 +352,17 @@ def test_budget_shorter_than_the_model_loading_loads_nothing(comp, weights_dir, 
     assert report.n_predicted == 0 and report.n_fallback == 2
     assert all(reason.startswith("budget") for reason in report.fallback.values())
     assert check_submission(report.path, comp.sample_submission).ok
+    # start-up spent the budget (a run started 3 s ago, 2.5 s budget): not even the weights are read
+    import hpa_kernel.submission.driver as driver
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the weights were resolved after the budget was spent")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(driver, "resolve_weights", unread)
+        report = run_submission(_config(comp, weights_dir, tmp_path / "u.csv", budget_s=2.5, reserve_s=2.0), clock=lambda: 50.0,
+                                segmenter=BlobSegmenter(), started=47.0)  # fmt: skip
+    assert report.n_predicted == 0 and check_submission(report.path, comp.sample_submission).ok
     # with time for it, the models are loaded
     with pytest.raises(Loaded):
         run_submission(_config(comp, weights_dir, tmp_path / "t.csv", budget_s=60.0, reserve_s=2.0), clock=lambda: 50.0,
