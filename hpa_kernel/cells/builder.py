@@ -371,6 +371,7 @@ def merge_shards(out: str | os.PathLike, config: CellConfig | None = None) -> Pa
     if fails:
         _write_csv(pd.concat(fails, ignore_index=True), out / "failures.csv")
     if reference is not None:
-        (out / "outlier_reference.json").write_text(json.dumps(reference.to_dict(), indent=1))
+        text = json.dumps(reference.to_dict(), indent=1)
+        atomic_write(out / "outlier_reference.json", lambda tmp: tmp.write_text(text))
     logger.info("cells: merged %d shard(s), %d cells (%d valid) -> %s", n, len(cells), int(cells["valid"].sum()) if len(cells) else 0, path)
     return path
