@@ -557,7 +557,7 @@ def run_submission(
 def _predict(run: _Run, writer: _SubmissionWriter, segmenter=None) -> tuple[str | None, list[ImageOutcome]]:
     """Resolve the weights, plan the budget, load the models when there is work, and predict.
 
-    Returns the segmenter's name for the report (None when start-up left no time) and the outcome
+    Returns the segmenter's name for the report (the one asked for, or None, when start-up left no time) and the outcome
     of every image processed; each predicted row goes to ``writer`` as it comes (an image finished
     after the deadline is refused by the writer and becomes a fallback outcome).
     """
@@ -565,7 +565,7 @@ def _predict(run: _Run, writer: _SubmissionWriter, segmenter=None) -> tuple[str 
     if writer.closed or run.elapsed() >= config.budget_s - config.reserve:
         # start-up spent the budget: stop now rather than hash weights and import the segmenter
         logger.warning("budget: start-up took %.1f s of the %.1f s budget; no model is loaded", run.elapsed(), config.budget_s)
-        return None, []
+        return config.segmenter, []
     weights = resolve_weights(config.weights, config.segmenter, custom_segmenter=segmenter is not None)
     if segmenter is None:
         _log_runtime(config, weights.segmenter)
