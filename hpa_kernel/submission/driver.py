@@ -557,9 +557,9 @@ def run_submission(
 def _predict(run: _Run, writer: _SubmissionWriter, segmenter=None) -> tuple[str | None, list[ImageOutcome]]:
     """Resolve the weights, plan the budget, load the models when there is work, and predict.
 
-    Returns the segmenter's name for the report (the one asked for, or None, when start-up left no time) and the outcome
-    of every image processed; each predicted row goes to ``writer`` as it comes (an image finished
-    after the deadline is refused by the writer and becomes a fallback outcome).
+    Returns the segmenter's name for the report (when start-up left no time: the one asked for,
+    or None) and the outcome of every image processed; each predicted row goes to ``writer`` as it
+    comes (an image finished after the deadline is refused by the writer and becomes a fallback outcome).
     """
     config = run.config
     if writer.closed or run.elapsed() >= config.budget_s - config.reserve:
