@@ -357,14 +357,14 @@ class _SubmissionWriter:
         """Write the rows so far as a partial file; False (nothing written) when keeping a previous file or closed."""
         return False if self.keep else self.write()
 
-    def abort(self) -> bool:
+    def abort(self) -> None:
         """After an error: write the rows so far a last time, unless a previous complete file is kept; close."""
         self.cancel()
         if not self.keep:
-            return self.write(final=True)
+            self.write(final=True)
+            return
         with self.lock:
             self.closed = True
-        return False
 
     def close_at(self, seconds: float) -> None:
         """Write the rows a last time after ``seconds`` real seconds, unless :meth:`cancel` comes first."""
@@ -536,9 +536,10 @@ def run_submission(
     except BaseException:
         # keep what was predicted before the error (or Ctrl-C), the other rows with the fallback;
         # or, where a previous complete file is kept, leave that file as it is
-        if writer.abort():
+        writer.abort()
+        if writer.final_rows is not None:  # written now, or by the deadline timer before the error
             logger.error("the run stopped early; %s holds the %d images predicted so far", config.out, len(writer.final_rows))
-        elif writer.keep:
+        else:
             logger.error("the run stopped early; the previous %s is kept unchanged", config.out)
         raise
     writer.cancel()
