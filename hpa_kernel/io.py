@@ -207,17 +207,30 @@ def write_image(folder: str | Path, image_id: str, image: np.ndarray, ext: str =
     return out
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], needed_bytes: int | None = None) -> Path:
     """Write ``path`` through a temporary file in the same folder, then rename it into place.
 
     ``write(tmp)`` puts the content at the temporary path. Readers see the old file or the new one,
     never a partial one, and a failed write leaves no temporary file behind. Returns ``path``.
+
+    Raises
+    ------
+    hpa_kernel.diskspace.DiskFullError
+        When the disk or the quota is full (``ENOSPC``, ``EDQUOT``); it names ``path`` and
+        ``needed_bytes`` (the size of the content, where the caller knows it).
     """
+    from hpa_kernel.diskspace import disk_full_error, is_disk_full
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        tmp.unlink(missing_ok=True)
+        raise disk_full_error(exc, path, needed_bytes) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from hpa_kernel import paths
 from hpa_kernel.io import atomic_write, read_json_object
+from hpa_kernel.options import say_option
 
 __all__ = [
     "MANIFEST_NAME",
@@ -358,8 +359,8 @@ def _manifest_folder(path: Path) -> Path:
     if env and Path(env).resolve() != folder.resolve():
         logger.warning(
             "weights manifest %s given: its folder %s is the weights folder; $%s=%s is ignored "
-            "(pass weights_dir / --weights to use another folder)",
-            path, folder, paths.WEIGHTS_ENV, env,
+            "(set %s to use another folder)",
+            path, folder, paths.WEIGHTS_ENV, env, say_option("weights"),
         )
     return folder
 

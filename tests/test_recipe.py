@@ -283,10 +283,10 @@ def test_ensemble_refuses_a_checkpoint_that_does_not_fit_the_recipe(tmp_path):
     path = tmp_path / "g1_m0.pth"
     path.write_bytes(b"never read: the config is checked first")
     (tmp_path / "g1_m0.json").write_text(json.dumps(CheckpointConfig(arch="resnet18", input_size=32).to_dict()))
-    with pytest.raises(ValueError, match=r"g1_m0.pth has 19 outputs, but recipe milimed2021 expects 18; pass --recipe kit2025"):
+    with pytest.raises(ValueError, match=r'g1_m0.pth has 19 outputs, but recipe milimed2021 expects 18; set recipe = "kit2025"'):
         Ensemble.from_checkpoints([[path]], [1.0])
     (tmp_path / "g1_m0.json").write_text(json.dumps(CheckpointConfig(arch="resnet18", input_size=32, num_classes=18).to_dict()))
-    with pytest.raises(ValueError, match=r"has 18 outputs, but recipe kit2025 expects 19; pass --recipe milimed2021"):
+    with pytest.raises(ValueError, match=r'has 18 outputs, but recipe kit2025 expects 19; set recipe = "milimed2021"'):
         Ensemble.from_checkpoints([[path]], [1.0], recipe="kit2025")
 
 

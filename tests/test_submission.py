@@ -299,8 +299,7 @@ def test_one_sample_reader_for_the_competition_the_writer_and_the_metric(tmp_pat
 
 
 @pytest.mark.parametrize("text, match", [
-    ("ID,ImageHeight,ImageWidth,PredictionString\na,8,8,\n", "expected columns ID,ImageWidth,ImageHeight,PredictionString"),
-    ("ID,ImageWidth,ImageHeight,PredictionString,Extra\na,8,8,,\n", "expected columns"),
+    ("ID,ImageHeight,PredictionString\na,8,\n", "expected columns ID,ImageWidth,ImageHeight,PredictionString.*missing ImageWidth"),
     ("ID,ImageWidth,ImageHeight,PredictionString\na,8.5,8,\n", "ID a: ImageWidth 8.5 .*integers > 0"),
     ("ID,ImageWidth,ImageHeight,PredictionString\na,0,8,\n", "ID a: ImageWidth 0 .*integers > 0"),
     ("ID,ImageWidth,ImageHeight,PredictionString\na,8,8,\nb,8,8,\na,8,8,\n", "more than once: a$"),

@@ -46,7 +46,7 @@ def test_resolved_weights_carry_the_manifest_layout(weights_dir):  # noqa: F811
     assert weights.checkpoint_paths == tuple(tuple(p) for p in manifest.checkpoint_paths())
     assert all(p.is_file() for group in weights.checkpoint_paths for p in group)
     assert resolve_weights(weights_dir, None, custom_segmenter=True).segmenter == "custom"
-    with pytest.raises(FileNotFoundError, match="pass --segmenter classic explicitly"):
+    with pytest.raises(FileNotFoundError, match='set segmenter = "classic" explicitly'):
         resolve_weights(weights_dir, None)
     with pytest.raises(ValueError, match="no segmentation weights"):
         weights.segmenter_kwargs()

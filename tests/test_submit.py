@@ -278,7 +278,7 @@ def test_runtime_report_reaches_the_main_log(synthetic_competition, weights_dir,
 
 def test_hpa_segmenter_needs_its_weights_or_an_explicit_classic(synthetic_competition, weights_dir, tmp_path):
     comp = synthetic_competition
-    with pytest.raises(FileNotFoundError, match="pass --segmenter classic explicitly"):
+    with pytest.raises(FileNotFoundError, match='set segmenter = "classic" explicitly'):
         run_submission(_config(comp, weights_dir, tmp_path / "s.csv", segmenter=None))
     with pytest.raises(FileNotFoundError, match="dpn_unet_nuclei_v1.pth"):
         run_submission(_config(comp, weights_dir, tmp_path / "s.csv", segmenter="hpa"))

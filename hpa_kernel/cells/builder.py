@@ -108,7 +108,8 @@ def write_crop(path: str | Path, crop: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(crop))
     if not ok:
         raise ValueError(f"cannot encode the crop for {path}")
-    atomic_write(path, buf.tofile)
+    # a Python write: a full disk raises OSError(ENOSPC), where numpy's tofile gives only "n requested and m written"
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.tobytes()), needed_bytes=buf.nbytes)
 
 
 def read_crop(path: str | Path) -> np.ndarray:
@@ -407,6 +408,7 @@ def merge_shards(out: str | os.PathLike, config: CellConfig | None = None) -> Pa
     if fails:
         _write_csv(pd.concat(fails, ignore_index=True), out / "failures.csv")
     if reference is not None:
-        (out / "outlier_reference.json").write_text(json.dumps(reference.to_dict(), indent=1))
+        text = json.dumps(reference.to_dict(), indent=1)
+        atomic_write(out / "outlier_reference.json", lambda tmp: tmp.write_text(text))
     logger.info("cells: merged %d shard(s), %d cells (%d valid) -> %s", n, len(cells), int(cells["valid"].sum()) if len(cells) else 0, path)
     return path

@@ -98,7 +98,15 @@ class CellCache:
         return self.path(key).is_file()
 
     def save(self, key: str, nuclei_label: np.ndarray, cell_label: np.ndarray, table) -> Path:
-        """Write one entry atomically; returns its path."""
+        """Write one entry atomically; returns its path.
+
+        Raises
+        ------
+        hpa_kernel.diskspace.DiskFullError
+            When the disk is full; no entry and no temporary file is left.
+        """
+        from hpa_kernel.diskspace import disk_full_error, is_disk_full
+
         arrays = {"nuclei": np.asarray(nuclei_label), "cell": np.asarray(cell_label)}
         columns = list(table.columns)
         arrays["columns"] = np.array(columns, dtype=np.str_)
@@ -112,6 +120,11 @@ class CellCache:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            tmp.unlink(missing_ok=True)
+            raise disk_full_error(exc, final) from exc
         finally:
             if tmp.exists():
                 tmp.unlink()

@@ -295,6 +295,16 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
+def _save_to_cache(cache, task: _Task, nuclei_label, cell_label, table) -> None:
+    """Write the cache entry; a full disk only loses the entry (the cache is an optimisation), with a warning."""
+    from hpa_kernel.diskspace import DiskFullError
+
+    try:
+        cache.save(task.key, nuclei_label, cell_label, table)
+    except DiskFullError as exc:
+        logger.warning("image %s: not cached (%s); it will be segmented again on a rerun", task.image_id, exc)
+
+
 def _run_task(task: _Task) -> ImageCells:
     """The worker side: labels (post-processing or cache), table, crops, encoding, cache write."""
     from hpa_kernel.cells.cache import CacheError, CellCache
@@ -323,7 +333,7 @@ def _run_task(task: _Task) -> ImageCells:
             )
         table = score_cells(image, nuclei_label, cell_label, task.config, task.reference)
         if cache is not None:
-            cache.save(task.key, nuclei_label, cell_label, table)
+            _save_to_cache(cache, task, nuclei_label, cell_label, table)
         from_cache = False
     result = process_image(
         task.image_id, image, nuclei_label, cell_label, task.config, table=table,

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
+from hpa_kernel.diskspace import torch_save
 from hpa_kernel.io import CHANNELS, atomic_write, read_json_object
 
 __all__ = ["CheckpointConfig", "config_path_for", "save_checkpoint", "load_config", "load_checkpoint", "prepare_batch"]
@@ -104,15 +105,13 @@ def save_checkpoint(model, config: CheckpointConfig, path: str | os.PathLike) ->
     A DistributedDataParallel/DataParallel wrapper is unwrapped first. Both files are written
     atomically. Returns the two paths.
     """
-    import torch
-
     path = Path(path)
     if path.suffix != ".pth":
         raise ValueError(f"checkpoint path must end in .pth, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch_save(state, tmp))
     cfg_path = config_path_for(path)
     text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
     atomic_write(cfg_path, lambda tmp: tmp.write_text(text))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hpa_kernel.classifier.checkpoint import CheckpointConfig, load_checkpoint, prepare_batch
+from hpa_kernel.options import say_option
 from hpa_kernel.recipe import InferenceRecipe, get_recipe, recipes_for_outputs
 
 __all__ = ["TTA_VIEWS", "DEFAULT_TTA", "Member", "Ensemble", "resolve_tta"]
@@ -281,7 +282,7 @@ def _check_fits(member: Member, recipe: InferenceRecipe) -> None:
         return
     others = recipes_for_outputs(found)
     fix = (
-        f"pass --recipe {others[0]} (recipe='{others[0]}') for {found}-output checkpoints"
+        f"set {say_option('recipe', others[0])} for {found}-output checkpoints"
         if others
         else f"use checkpoints with {recipe.num_outputs} outputs"
     )

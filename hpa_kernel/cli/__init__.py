@@ -15,6 +15,8 @@ import sys
 import time
 
 from hpa_kernel import __version__
+from hpa_kernel.diskspace import DiskFullError, is_disk_full
+from hpa_kernel.options import option_style
 
 # Sub-command modules, in the order they appear in --help.
 COMMANDS = (
@@ -63,6 +65,12 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+def _disk_full_message(exc: OSError) -> str:
+    """One line for a full disk: what could not be written, and how to go on."""
+    text = str(exc) if isinstance(exc, DiskFullError) else f"the disk is full: could not write {exc.filename or 'a file'}"
+    return f"{text}. Free some space and run the same command again: it continues where this run stopped (see the README, 'When something goes wrong')"
+
+
 def main(argv: list[str] | None = None) -> int:
     invoked_at = time.monotonic()
     parser = build_parser()
@@ -75,9 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(args.verbose, args.quiet)
     try:
-        result = args.func(args)
+        with option_style("cli"):
+            result = args.func(args)
     except (FileNotFoundError, ValueError) as exc:
         logging.getLogger("hpa_kernel").error("%s", exc)
+        return 1
+    except OSError as exc:  # a full disk: one line, no traceback; other OS errors keep theirs
+        if not is_disk_full(exc):
+            raise
+        logging.getLogger("hpa_kernel").error("%s", _disk_full_message(exc))
         return 1
     except KeyboardInterrupt:
         logging.getLogger("hpa_kernel").error("interrupted")

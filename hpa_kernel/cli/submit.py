@@ -60,14 +60,16 @@ def register(subparsers) -> argparse.ArgumentParser:
 def write_report(report, path) -> None:
     """Write a :class:`~hpa_kernel.submission.SubmitReport` as JSON (ids of the fallback rows with their reasons)."""
     import json
-    from pathlib import Path
+
+    from hpa_kernel.io import atomic_write
 
     data = {
         "path": str(report.path), "n_images": report.n_images, "n_predicted": report.n_predicted,
         "fallback": dict(report.fallback), "plans": dict(report.plans), "segmenter": report.segmenter,
         "elapsed_s": round(report.elapsed_s, 3), "problems": None if report.problems is None else [str(p) for p in report.problems],
     }
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     logger.info("report written to %s", path)
 
 

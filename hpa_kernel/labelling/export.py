@@ -176,15 +176,19 @@ def soft_label_rows(
 
 
 def _write_csv(out: str | Path, columns, rows) -> Path:
+    """Write the CSV atomically: a failed write (a full disk included) leaves the previous file and no temporary one."""
+    from hpa_kernel.io import atomic_write
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out)
-    return out
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic_write(out, write)
 
 
 def write_soft_labels(

@@ -17,7 +17,11 @@ the cells pipeline, and the classifier time per cell and forward pass):
 A valid ``submission.csv`` exists from the start (every row the fallback, written before any model
 is loaded), is rewritten every ``checkpoint_every_s`` seconds, and is written a last time with a
 ``reserve_s`` margin before the budget ends: a timer writes it then even if the run is still busy
-loading models or with one slow image, and nothing is written after it. Run as a program,
+loading models or with one slow image, and nothing is written after it. Where ``out`` already
+holds a complete submission of the same sample (a rerun), that file is kept instead, untouched
+until the final write: a rerun that is killed or fails leaves it as it was. The models are loaded
+only when the time left covers an estimate of their loading (:func:`load_estimate_s`); otherwise
+every row gets the fallback and the file is written within the budget. Run as a program,
 ``hpa-kernel submit`` counts the budget from the process start (imports and start-up included). A fallback row is an empty PredictionString ("no
 detections", :data:`hpa_kernel.submission.writer.FALLBACK_PREDICTION`), given to images that failed (logged
 with the reason) and to those that the budget did not reach.
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpa_kernel.options import say_option
 from hpa_kernel.recipe import DEFAULT_RECIPE, InferenceRecipe, get_recipe
 from hpa_kernel.submission.budget import BudgetPlanner, CostEstimates, CostTracker, Plan, plan_ladder
 from hpa_kernel.submission.weights import ResolvedWeights, resolve_weights
@@ -54,6 +59,8 @@ __all__ = [
     "SubmitReport",
     "run_submission",
     "process_start_monotonic",
+    "holds_complete_submission",
+    "load_estimate_s",
     "runtime_report",
     "predict_image",
 ]
@@ -310,11 +317,16 @@ class _SubmissionWriter:
     at the deadline (real seconds), writes the rows predicted so far a last time and closes the
     writer; later rows and writes (from a run still busy loading models or predicting an image) are
     refused, so the last write is never late.
+
+    With ``keep`` (``out`` already holds a complete submission of the same sample), the file is not
+    touched until the final write: no placeholder, no partial checkpoints, and after an error the
+    previous file stays as it was.
     """
 
-    def __init__(self, samples, out: Path):
+    def __init__(self, samples, out: Path, keep: bool = False):
         self.samples = samples
         self.out = out
+        self.keep = keep
         self.lock = threading.Lock()
         self.closed = False
         self.rows: dict[str, str] = {}
@@ -341,11 +353,31 @@ class _SubmissionWriter:
                 self.final_rows = snapshot
             return True
 
+    def checkpoint(self) -> bool:
+        """Write the rows so far as a partial file; False (nothing written) when keeping a previous file or closed."""
+        return False if self.keep else self.write()
+
+    def abort(self) -> None:
+        """After an error: write the rows so far a last time, unless a previous complete file is kept; close."""
+        self.cancel()
+        if not self.keep:
+            self.write(final=True)
+            return
+        with self.lock:
+            self.closed = True
+
     def close_at(self, seconds: float) -> None:
         """Write the rows a last time after ``seconds`` real seconds, unless :meth:`cancel` comes first."""
 
         def fire():
-            if self.write(final=True):
+            from hpa_kernel.diskspace import DiskFullError
+
+            try:
+                wrote = self.write(final=True)
+            except DiskFullError as exc:  # in this thread: logged, not a traceback; the main thread's write reports it
+                logger.error("deadline: %s", exc)
+                return
+            if wrote:
                 logger.warning("deadline: wrote %s with the %d images predicted so far; later results are dropped", self.out, len(self.final_rows))
 
         self._timer = threading.Timer(max(0.0, seconds), fire)
@@ -355,6 +387,30 @@ class _SubmissionWriter:
     def cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+
+
+def holds_complete_submission(out: Path, samples: Sequence[tuple[str, int, int]]) -> bool:
+    """True when ``out`` is a complete ``submission.csv`` of ``samples``: the header, then one line per
+    sample row with its ID, ImageWidth and ImageHeight, in order, and nothing else.
+
+    A light check (the PredictionStrings are not decoded): enough to know that a rerun would
+    replace a finished file, which it then keeps until its own file is complete.
+    """
+    from hpa_kernel.submission.writer import SUBMISSION_HEADER
+
+    if not out.is_file():
+        return False
+    try:
+        with open(out, encoding="ascii", newline="") as fh:
+            if fh.readline() != ",".join(SUBMISSION_HEADER) + "\n":
+                return False
+            for image_id, width, height in samples:
+                line = fh.readline()
+                if not line.endswith("\n") or line.count(",") != 3 or line.split(",")[:3] != [image_id, str(width), str(height)]:
+                    return False
+            return fh.readline() == ""
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def process_start_monotonic() -> float:
@@ -464,21 +520,27 @@ def run_submission(
     limited = ids if config.limit is None else ids[: config.limit]
     refused = _refused_ids(limited)
     todo = tuple(image_id for image_id in limited if image_id not in refused)
-    writer = _SubmissionWriter(samples, config.out)
-    writer.write()  # a valid file from the start
+    writer = _SubmissionWriter(samples, config.out, keep=holds_complete_submission(config.out, samples))
+    if writer.keep:
+        logger.info("%s holds a complete submission of this sample: it is kept until this run's file is complete "
+                    "(no placeholder, no partial checkpoints); budget %.0f s, reserve %.0f s", config.out, config.budget_s, config.reserve)
+    else:
+        writer.write()  # a valid file from the start
+        logger.info("wrote the initial all-fallback %s (%d rows); budget %.0f s, reserve %.0f s",
+                    config.out, len(ids), config.budget_s, config.reserve)
     if clock is time.monotonic:
         writer.close_at(config.budget_s - config.reserve - elapsed())
-    logger.info(
-        "wrote the initial all-fallback %s (%d rows); budget %.0f s, reserve %.0f s", config.out, len(ids), config.budget_s, config.reserve
-    )
     run = _Run(config, competition, todo, {image_id: (width, height) for image_id, width, height in samples}, elapsed)
     try:
         segmenter_name, outcomes = _predict(run, writer, segmenter)
     except BaseException:
-        # keep what was predicted before the error (or Ctrl-C); the other rows get the fallback
-        writer.cancel()
-        writer.write(final=True)
-        logger.error("the run stopped early; %s holds the %d images predicted so far", config.out, len(writer.final_rows))
+        # keep what was predicted before the error (or Ctrl-C), the other rows with the fallback;
+        # or, where a previous complete file is kept, leave that file as it is
+        writer.abort()
+        if writer.final_rows is not None:  # written now, or by the deadline timer before the error
+            logger.error("the run stopped early; %s holds the %d images predicted so far", config.out, len(writer.final_rows))
+        else:
+            logger.error("the run stopped early; the previous %s is kept unchanged", config.out)
         raise
     writer.cancel()
     writer.write(final=True)  # False when the deadline timer wrote it: its rows are the final ones
@@ -493,14 +555,18 @@ def run_submission(
     return report
 
 
-def _predict(run: _Run, writer: _SubmissionWriter, segmenter=None) -> tuple[str, list[ImageOutcome]]:
+def _predict(run: _Run, writer: _SubmissionWriter, segmenter=None) -> tuple[str | None, list[ImageOutcome]]:
     """Resolve the weights, plan the budget, load the models when there is work, and predict.
 
-    Returns the segmenter's name for the report and the outcome of every image processed; each
-    predicted row goes to ``writer`` as it comes (an image finished after the deadline is refused
-    by the writer and becomes a fallback outcome).
+    Returns the segmenter's name for the report (when start-up left no time: the one asked for,
+    or None) and the outcome of every image processed; each predicted row goes to ``writer`` as it
+    comes (an image finished after the deadline is refused by the writer and becomes a fallback outcome).
     """
     config = run.config
+    if writer.closed or run.elapsed() >= config.budget_s - config.reserve:
+        # start-up spent the budget: stop now rather than hash weights and import the segmenter
+        logger.warning("budget: start-up took %.1f s of the %.1f s budget; no model is loaded", run.elapsed(), config.budget_s)
+        return config.segmenter, []
     weights = resolve_weights(config.weights, config.segmenter, custom_segmenter=segmenter is not None)
     if segmenter is None:
         _log_runtime(config, weights.segmenter)
@@ -515,8 +581,28 @@ def _predict(run: _Run, writer: _SubmissionWriter, segmenter=None) -> tuple[str,
     planner = BudgetPlanner(config.budget_s, len(run.todo), config.reserve, ladder)
     if not run.todo or planner.choose(run.elapsed(), 0, CostEstimates()).fallback:
         return segmenter_name, []
+    loading, left = load_estimate_s(weights, segmenter is None), planner.time_left(run.elapsed())
+    if loading * planner.safety > left:
+        logger.warning("budget: %.1f s left, loading the models takes about %.1f s; no image is predicted", left, loading)
+        return segmenter_name, []
     models = _load_models(config, weights, segmenter)
     return segmenter_name, _record(run, writer, _predict_images(run, models, planner, lambda: writer.closed))
+
+
+#: The prior of :func:`load_estimate_s`: seconds to build the models, plus reading their files at this rate.
+LOAD_BASE_S = 1.0
+LOAD_BYTES_PER_S = 200e6
+
+
+def load_estimate_s(weights: ResolvedWeights, with_segmentation: bool = True) -> float:
+    """A conservative prior of the seconds that loading the models takes, before anything is measured:
+    :data:`LOAD_BASE_S` plus the weight files (checkpoints and, with ``with_segmentation``, the
+    segmentation files) read at :data:`LOAD_BYTES_PER_S`."""
+    files = [p for group in weights.checkpoint_paths for p in group]
+    if with_segmentation and weights.segmentation_paths is not None:
+        files += list(weights.segmentation_paths)
+    size = sum(p.stat().st_size for p in files if p.is_file())
+    return LOAD_BASE_S + size / LOAD_BYTES_PER_S
 
 
 def _record(run: _Run, writer: _SubmissionWriter, outcomes: Iterable[ImageOutcome]) -> list[ImageOutcome]:
@@ -531,9 +617,9 @@ def _record(run: _Run, writer: _SubmissionWriter, outcomes: Iterable[ImageOutcom
         if writer.closed:
             break
         if run.elapsed() - last_checkpoint >= run.config.checkpoint_every_s:
-            writer.write()
+            if writer.checkpoint():
+                logger.info("checkpoint: %s with %d predicted images", run.config.out, len(writer.rows))
             last_checkpoint = run.elapsed()
-            logger.info("checkpoint: %s with %d predicted images", run.config.out, len(writer.rows))
     return recorded
 
 
@@ -618,7 +704,7 @@ def _fallback_reasons(
     ``--limit``, and those the budget did not reach."""
     fallback = dict(refused)
     fallback.update((o.image_id, o.reason) for o in outcomes if o.reason is not None)
-    fallback.update((image_id, "limit: beyond --limit") for image_id in beyond_limit)
+    fallback.update((image_id, f"limit: beyond {say_option('limit')}") for image_id in beyond_limit)
     processed = {o.image_id for o in outcomes}
     fallback.update((image_id, "budget: not reached before the deadline") for image_id in todo if image_id not in processed)
     return fallback

@@ -88,10 +88,12 @@ def _choose_segmenter(requested: str | None, manifest: Manifest) -> str:
         return "classic"
     if manifest.segmentation_present():
         return "hpa"
+    from hpa_kernel.options import say_option
+
     names = ", ".join(f.file for f in manifest.segmentation.files())
     raise FileNotFoundError(
         f"the HPA segmentation weights ({names}) are not in the weights folder {manifest.weights_dir}; "
-        "attach them, or pass --segmenter classic explicitly to use the weight-free classic segmenter"
+        f"attach them, or set {say_option('segmenter', 'classic')} explicitly to use the weight-free classic segmenter"
     )
 
 
@@ -117,7 +119,8 @@ def resolve_weights(
     ------
     FileNotFoundError
         The weights folder, the manifest or a file the run needs is missing (the message names it;
-        for the segmentation files it also names ``--segmenter classic``).
+        for the segmentation files it also names the classic segmenter, as
+        :func:`hpa_kernel.options.say_option` spells it for the caller).
     ManifestError
         The manifest is malformed, or a checkpoint's sha256 differs from the pinned one.
     """

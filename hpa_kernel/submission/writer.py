@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
+from hpa_kernel.diskspace import DiskFullError, is_disk_full
 from hpa_kernel.submission.rle import decode_runs
 
 if TYPE_CHECKING:
@@ -165,9 +166,15 @@ def _sample_frame(sample: SampleSource, what: str, require_predictions: bool):
         frame = pd.read_csv(io.StringIO(text), dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as exc:  # empty, malformed
         raise ValueError(f"{name} cannot be read as CSV: {type(exc).__name__}: {exc}") from None
-    if list(frame.columns) != list(SUBMISSION_HEADER):
-        raise ValueError(f"{name}: expected columns {','.join(SUBMISSION_HEADER)}, got {','.join(map(str, frame.columns))}")
-    return frame, name
+    # the four columns by name, in any order; others (e.g. Kaggle's "Usage") are ignored
+    missing = [c for c in SUBMISSION_HEADER if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name}: expected columns {','.join(SUBMISSION_HEADER)}, got {','.join(map(str, frame.columns))} "
+                         f"(missing {','.join(missing)})")
+    extra = [str(c) for c in frame.columns if c not in SUBMISSION_HEADER]
+    if extra:
+        logger.info("%s: the column(s) %s are ignored; only %s are read", name, ",".join(extra), ",".join(SUBMISSION_HEADER))
+    return frame[list(SUBMISSION_HEADER)], name
 
 
 def _positive_int(value) -> int:
@@ -201,7 +208,8 @@ def read_sample_submission(sample: SampleSource, what: str = "sample submission"
     Parameters
     ----------
     sample : path or DataFrame
-        A file must have exactly the header ``ID,ImageWidth,ImageHeight,PredictionString``. A
+        A file must have the columns ``ID,ImageWidth,ImageHeight,PredictionString``, read by
+        name; other columns (Kaggle's ``Usage``) are ignored, which is logged. A
         DataFrame (an in-memory sample) needs ``ID``, ``ImageWidth`` and ``ImageHeight`` and
         ``PredictionString`` when ``require_predictions``, and no other column.
     what : str
@@ -352,6 +360,14 @@ def _check_prediction_text(image_id: str, text: str) -> None:
         raise ValueError(f"prediction of image {image_id} is not single-space separated triples: {problems[0]}")
 
 
+def _csv_bytes(rows: Mapping[str, str], samples: list[tuple[str, int, int]], fallback: str) -> int:
+    """The size in bytes of the file :func:`write_submission` writes (ASCII, one byte per character)."""
+    size = len(",".join(SUBMISSION_HEADER)) + 1
+    for image_id, width, height in samples:
+        size += len(f"{image_id},{width},{height},") + len(rows.get(image_id, fallback)) + 1
+    return size
+
+
 def write_submission(
     rows: Mapping[str, str],
     sample: SampleSource,
@@ -384,6 +400,8 @@ def write_submission(
     ValueError
         If ``rows`` has IDs that are not in the sample, a PredictionString is malformed, or ``out``
         is an existing folder.
+    hpa_kernel.diskspace.DiskFullError
+        If the disk is full; ``out`` is left as it was and no temporary file remains.
     """
     if Path(out).is_dir():
         raise ValueError(f"out: {out} is a folder; expected the path of the CSV file to write, e.g. {Path(out) / 'submission.csv'}")
@@ -413,8 +431,10 @@ def write_submission(
                     n_fallback += 1
                 fh.write(f"{image_id},{width},{height},{text}\n")
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise DiskFullError(out, _csv_bytes(rows, samples, fallback)) from exc
         raise
     logger.info("wrote %s: %d rows, %d with the fallback", out, len(samples), n_fallback)
     return out

@@ -63,6 +63,15 @@ def _key(image_id, cell_id) -> tuple[str, int]:
     return str(image_id), int(cell_id)
 
 
+def _how_to_make_pseudo_labels() -> str:
+    """The command line's or the notebook's way to write a pseudo-label file."""
+    from hpa_kernel.options import current_style
+
+    if current_style() == "cli":
+        return "`hpa-kernel train --make-pseudo-labels CSV`"
+    return "the pseudo_labels notebook, or hpa_kernel.training.make_pseudo_labels"
+
+
 def read_pseudo_labels(path: str | os.PathLike) -> dict[tuple[str, int], tuple[int, ...]]:
     """Read a pseudo-label file into ``{(image_id, cell_id): class ids}``.
 
@@ -76,7 +85,7 @@ def read_pseudo_labels(path: str | os.PathLike) -> dict[tuple[str, int], tuple[i
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pseudo-label file {path} not found (write it with `hpa-kernel train --make-pseudo-labels`)")
+        raise FileNotFoundError(f"pseudo-label file {path} not found (write it with {_how_to_make_pseudo_labels()})")
     df = read_csv(path, "pseudo-label file", dtype={"image_id": str, "cell_id": str, "pseudo_labels": str})
     missing = [c for c in ("image_id", "cell_id", "pseudo_labels") if c not in df.columns]
     if missing:

@@ -38,7 +38,9 @@ from typing import Callable
 import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
+from hpa_kernel.diskspace import torch_save
 from hpa_kernel.io import atomic_write
+from hpa_kernel.options import say_option
 from hpa_kernel.training.config import TrainConfig, epoch_cosine_lr, snapshot_steps
 
 __all__ = [
@@ -550,7 +552,7 @@ def _restore(run: _Run) -> tuple[int, int, np.ndarray | None]:
     job, total = run.job, run.total
     last_path = job.last_path
     if not last_path.is_file():
-        raise FileNotFoundError(f"resume: {last_path} not found (train without --resume first)")
+        raise FileNotFoundError(f"resume: {last_path} not found (train without {say_option('resume', True)} first)")
     state = torch.load(last_path, map_location="cpu", weights_only=True)
     if state.get("format") != _RESUME_FORMAT or state.get("config") != _config_json(job.config):
         raise ValueError(f"resume: {last_path} was written by a different training config; "
@@ -682,7 +684,26 @@ def _end_epoch(run: _Run, epoch: int, step: int, stats, recall: np.ndarray, t0: 
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
         "torch_rng": torch.get_rng_state(), "recall": None if recall is None else [float(r) for r in recall],
     }
-    atomic_write(job.last_path, lambda tmp: torch.save(state, tmp))
+    atomic_write(job.last_path, lambda tmp: torch_save(state, tmp))
+
+
+def _trim_log(path: Path, epochs_done: int) -> None:
+    """On resume: keep the log lines of the epochs in the resume state, dropping those of an epoch that
+    was logged but not saved (a kill or a full disk between the two) and a half-written last line."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= epochs_done:
+            kept.append(line)
+    text = "".join(f"{line}\n" for line in kept)
+    if text != path.read_text(errors="replace"):
+        logger.info("resume: %s trimmed to the %d epoch(s) of the resume state", path, len(kept))
+        atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _fit(job: _FitJob, dist: _Dist) -> list[Path]:
@@ -698,6 +719,8 @@ def _fit(job: _FitJob, dist: _Dist) -> list[Path]:
         torch.manual_seed(job.config.seed + 1_000_003 * dist.rank + step)
     if not job.resume and dist.main and job.log_path.is_file():
         job.log_path.unlink()
+    if job.resume and dist.main:
+        _trim_log(job.log_path, start_epoch)
     run = _with_loader(run)
     for epoch in range(start_epoch, job.config.epochs):
         if job.on_recall is not None:

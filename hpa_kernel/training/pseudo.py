@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from hpa_kernel.classes import NEGATIVE, NUM_CLASSES, format_labels
+from hpa_kernel.io import atomic_write
 from hpa_kernel.training.config import PseudoLabelConfig
 
 __all__ = ["PSEUDO_COLUMNS", "train_pseudo_labeller", "predict_cells", "apply_pseudo_rules", "make_pseudo_labels"]
@@ -134,7 +135,7 @@ def make_pseudo_labels(cells_csv: str | os.PathLike, checkpoint: str | os.PathLi
     }, columns=list(PSEUDO_COLUMNS))
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out_csv, index=False)
+    atomic_write(out_csv, lambda tmp: df.to_csv(tmp, index=False))
     n_drop = int((df["dropped"] != "").sum())
     n_add = int((df["added"] != "").sum())
     logger.info("pseudo-labels: %d cells, %d lost a label, %d gained class %d -> %s", len(df), n_drop, n_add,
