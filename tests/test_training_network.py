@@ -265,7 +265,7 @@ def test_default_recipe_offline_without_weights_fails_at_once_naming_the_places(
     for part in ("tf_efficientnet_b0_imagenet.pth", "efficientnet-b0-355c32eb.pth", "$HPA_KERNEL_WEIGHTS (not set)",
                  str(offline.root), "--pretrained PATH", "--pretrained none"):
         assert part in message
-    with pytest.raises(FileNotFoundError, match=r"pretrained=None"):  # the Python API speaks Python
+    with pytest.raises(FileNotFoundError, match=r"pretrained = None"):  # the Python API speaks Python
         train_group(C.training_preset("milimed2021", 1), toy, tmp_path / "w", options=RunOptions(progress=False))
     assert offline.calls == [] and not (tmp_path / "w").exists()
 
@@ -278,7 +278,7 @@ def test_training_notebook_offline_error_names_its_parameter(offline, tmp_path):
     assert namespace["pretrained"] == "imagenet"
     with pytest.raises(FileNotFoundError) as info:
         exec(code[1], namespace)  # derived values: the weights are looked for before any training
-    assert "notebook parameter pretrained" in str(info.value) and "--pretrained" not in str(info.value)
+    assert 'pretrained = "PATH"' in str(info.value) and "--pretrained" not in str(info.value)
     assert "tf_efficientnet_b0_imagenet.pth" in str(info.value) and offline.calls == []
 
 

@@ -29,15 +29,14 @@ import os
 from pathlib import Path
 
 from hpa_kernel import paths
+from hpa_kernel.options import say_option
 
 __all__ = [
     "IMAGENET",
     "HUB",
     "STEMS",
     "EFFICIENTNET_PYTORCH_FILE",
-    "CLI_HINT",
-    "PYTHON_HINT",
-    "NOTEBOOK_HINT",
+    "missing_weights_hint",
     "imagenet_file_names",
     "find_imagenet_weights",
     "resolve_pretrained",
@@ -56,15 +55,23 @@ HUB = "hub"
 STEMS = ("adapt", "random")
 #: efficientnet_pytorch 0.7's ImageNet B0 file, the one the team's ``from_pretrained`` loaded.
 EFFICIENTNET_PYTORCH_FILE = "efficientnet-b0-355c32eb.pth"
-#: How to get past a missing file, in the words of the command line and of Python (and the notebooks).
-CLI_HINT = ("pass --pretrained PATH (the file, or a folder holding it), --pretrained hub to download timm's weights "
-            "(online), or --pretrained none to start from random weights")
-PYTHON_HINT = ("pass pretrained=PATH (the file, or a folder holding it), pretrained='hub' to download timm's weights "
-               "(online), or pretrained=None to start from random weights")
-NOTEBOOK_HINT = ("set the notebook parameter pretrained to the file's path (or a folder holding it), to \"hub\" to download "
-                 "timm's weights (online), or to None to start from random weights")
 _HUB_TAGS = {"tf_efficientnet_b0": "aa_in1k"}
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+
+
+def missing_weights_hint() -> str:
+    """How to get past a missing file, in the caller's words (:func:`hpa_kernel.options.say_option`).
+
+    >>> from hpa_kernel.options import option_style
+    >>> with option_style("cli"):
+    ...     missing_weights_hint().split(" (")[0]
+    'set --pretrained PATH'
+    >>> missing_weights_hint().split(" (")[0]
+    'set pretrained = "PATH"'
+    """
+    return (f"set {say_option('pretrained', 'PATH')} (the file, or a folder holding it), "
+            f"{say_option('pretrained', HUB)} to download timm's weights (online), "
+            f"or {say_option('pretrained', None)} to start from random weights")
 
 
 def imagenet_file_names(arch: str) -> tuple[str, ...]:
@@ -79,8 +86,7 @@ def imagenet_file_names(arch: str) -> tuple[str, ...]:
     return names + ((EFFICIENTNET_PYTORCH_FILE,) if arch == "tf_efficientnet_b0" else ())
 
 
-def find_imagenet_weights(arch: str, explicit: str | os.PathLike | None = None, *, hint: str = PYTHON_HINT,
-                          kaggle_root: Path | None = None) -> Path:
+def find_imagenet_weights(arch: str, explicit: str | os.PathLike | None = None, *, kaggle_root: Path | None = None) -> Path:
     """The ImageNet weight file of ``arch``: ``explicit``, then ``$HPA_KERNEL_WEIGHTS``, then the Kaggle input folders.
 
     Each place is searched for the names of :func:`imagenet_file_names` (through
@@ -89,7 +95,7 @@ def find_imagenet_weights(arch: str, explicit: str | os.PathLike | None = None, 
     Raises
     ------
     FileNotFoundError
-        Naming the file names, every place looked at, and ``hint`` (how to pass a file or train without one).
+        Naming the file names, every place looked at, and how to pass a file or train without one.
     """
     names, env = imagenet_file_names(arch), os.environ.get(paths.WEIGHTS_ENV)
     if explicit is None and env:  # the folder of $HPA_KERNEL_WEIGHTS before any Kaggle input, whichever name it holds
@@ -102,10 +108,10 @@ def find_imagenet_weights(arch: str, explicit: str | os.PathLike | None = None, 
             return paths.resolve_file(explicit, paths.WEIGHTS_ENV, name, f"ImageNet weights of {arch}", kaggle_root, hint="")
         except FileNotFoundError as exc:
             errors.append(str(exc).strip())
-    raise FileNotFoundError(" ".join(errors) + f" To train without the internet, {hint}.")
+    raise FileNotFoundError(" ".join(errors) + f" To train without the internet, {missing_weights_hint()}.")
 
 
-def resolve_pretrained(pretrained, arch: str, *, hint: str = PYTHON_HINT, kaggle_root: Path | None = None) -> str | None:
+def resolve_pretrained(pretrained, arch: str, *, kaggle_root: Path | None = None) -> str | None:
     """``pretrained`` with ``"imagenet"`` (or a folder) replaced by the file found: None, ``"hub"`` or a file path.
 
     Fails at once (no download, no network) when the file is not found; see :func:`find_imagenet_weights`.
@@ -116,12 +122,13 @@ def resolve_pretrained(pretrained, arch: str, *, hint: str = PYTHON_HINT, kaggle
     if pretrained is None or pretrained is False:
         return None
     if pretrained is True:
-        raise ValueError(f"pretrained=True is ambiguous: {hint}, or pretrained={IMAGENET!r} for a local file found by name")
+        raise ValueError(f"pretrained=True is ambiguous: {missing_weights_hint()}, or {say_option('pretrained', IMAGENET)} "
+                         "for a local file found by name")
     text = str(pretrained)
     if text.strip().lower() == HUB:
         return HUB
     explicit = None if text.strip().lower() == IMAGENET else text
-    return str(find_imagenet_weights(arch, explicit, hint=hint, kaggle_root=kaggle_root))
+    return str(find_imagenet_weights(arch, explicit, kaggle_root=kaggle_root))
 
 
 def _load_file(path: Path) -> dict:
@@ -189,7 +196,7 @@ def hub_state(arch: str) -> dict:
     try:
         return timm.create_model(name, pretrained=True).state_dict()
     except OSError as exc:
-        raise ValueError(f"cannot fetch the ImageNet weights of {arch} from timm's hub ({exc}); {CLI_HINT}") from exc
+        raise ValueError(f"cannot fetch the ImageNet weights of {arch} from timm's hub ({exc}); {missing_weights_hint()}") from exc
 
 
 def load_imagenet(model, state: dict, *, stem: str = "adapt", source: str | os.PathLike = "ImageNet weights"):

@@ -143,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
         if epoch:
             config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, **epoch))
         if not args.resume:  # a missing ImageNet file fails in seconds, in the command line's words
-            from hpa_kernel.classifier.pretrained import CLI_HINT, resolve_pretrained
+            from hpa_kernel.classifier.pretrained import resolve_pretrained
 
-            resolve_pretrained(config.pretrained, config.arch, hint=CLI_HINT)
+            resolve_pretrained(config.pretrained, config.arch)
         inputs = TrainInputs(val_cells=args.val_cells, soft_labels=args.soft_labels, pseudo_labels=args.pseudo_labels)
         options = RunOptions(resume=args.resume, device=args.device, manifest=not args.no_manifest, progress=progress)
         checkpoints = train_group(config, args.cells, out, inputs=inputs, options=options)
