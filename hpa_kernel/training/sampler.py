@@ -210,7 +210,8 @@ def quota_pools(labels: np.ndarray, targets: np.ndarray, manual: np.ndarray, quo
     targets : array (N, 19)
         The training targets (for the duplicates and the spindle positives).
     manual : bool array (N, 19)
-        Where a manual score set the target.
+        Where a manual score set the target, or (the team's ``SamplerConfig.duplicate_source="any"``)
+        where any label rule did: only these soft labels count for the duplicates and passes.
     quotas : mapping
         The quota keys to build.
     trained : int
