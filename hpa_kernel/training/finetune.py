@@ -129,16 +129,22 @@ def _repeatable(ts, config: FinetuneConfig) -> np.ndarray:
     rep = ts.manual.copy()
     for c in config.rule_classes:
         rep[:, c] |= ts.relabelled[:, c]
-    rep &= ~np.isin(np.round(ts.targets, 6), config.skip_values)
-    for c, values in config.undecided.items():
-        rep[:, c] &= ~np.isin(np.round(ts.targets[:, c], 6), values)
+    values = _soft(ts.targets)
+    rep &= ~np.isin(values, config.skip_values)
+    for c, undecided in config.undecided.items():
+        rep[:, c] &= ~np.isin(values[:, c], undecided)
     return rep
+
+
+def _soft(targets: np.ndarray) -> np.ndarray:
+    """The targets as the soft labels were written (float32 0.51 is 0.50999999)."""
+    return np.round(np.asarray(targets, dtype=np.float64), 6)
 
 
 def _duplicates(ts, config: FinetuneConfig) -> np.ndarray:
     dup = np.zeros_like(ts.labels)
     for c, v in config.duplicate_at.items():
-        dup[:, c] = ts.relabelled[:, c] & (np.round(ts.targets[:, c], 6) == round(v, 6))
+        dup[:, c] = ts.relabelled[:, c] & (_soft(ts.targets[:, c]) == round(v, 6))
     return dup
 
 
@@ -207,7 +213,7 @@ def _borrowed(base: TrainConfig, config: FinetuneConfig, inputs: FinetuneInputs,
     ts = recipe_targets(table, base, *_read_labels(base, inputs.soft_labels, inputs.pseudo_labels, inputs.antibody_marks))
     member = np.zeros_like(ts.labels)
     for c, v in config.train_min.items():
-        member[:, c] = ts.labels[:, c] & (ts.targets[:, c] >= v)
+        member[:, c] = ts.labels[:, c] & (_soft(ts.targets[:, c]) >= v)
     fresh = np.array([(str(i), int(c)) not in val_keys for i, c in zip(table["image_id"], table["cell_id"])], bool)
     rows = np.flatnonzero(member.any(axis=1) & fresh)
     logger.info("fine-tuning borrows %d training cells of classes %s", len(rows), sorted(config.train_min))
