@@ -6,8 +6,9 @@ Two named recipes (:func:`training_preset`), each a :class:`TrainConfig` per ens
   with 18 outputs (Negative is ``1 - max`` at inference), Adam 3e-4 with a per-epoch cosine
   (``T_max`` 15, ``eta_min`` 1e-5), 16 epochs of batch 32, a checkpoint every epoch and the ensembled
   epochs chosen by number, focal loss on probabilities (``alpha`` 1, ``gamma`` 2) or BCE, their
-  augmentations, the per-class quota sampler, the train filter, per-class soft-label maps and
-  pseudo-negatives at 0.01.
+  augmentations, the per-class quota sampler, the train filter, per-class soft-label maps,
+  pseudo-negatives at 0.01 and positives at 0.99 for the team's classes, and the class-6 antibody
+  rule (:data:`MILIMED_LABELS`).
 * ``"kit2025"``: this kit's own earlier choices. Random init, 19 outputs, AdamW 1e-3 with
   warm-up and a per-step cosine, snapshots over the last steps, rotations of +-180 degrees, the
   recall-weighted sampler, pseudo-negatives at 0 and one soft-label map.
