@@ -92,7 +92,8 @@ def _all_class_cells():
     for c in range(18):
         labels[2 * c:2 * c + 2, c] = True
     labels[36:, 18] = True
-    return SimpleNamespace(labels=labels, targets=labels.astype(float), manual=np.zeros_like(labels))
+    return SimpleNamespace(labels=labels, targets=labels.astype(float), manual=np.zeros_like(labels),
+                           relabelled=np.zeros_like(labels))
 
 
 @pytest.mark.parametrize("scale, world, per_rank, steps", [

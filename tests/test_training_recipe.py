@@ -235,7 +235,10 @@ def test_pseudo_negatives_keep_the_label_at_0_01():
     k = recipe_targets(table, C.training_preset("kit2025", 1), pseudo_labels=pseudo)
     assert k.targets[0, 5] == 0.0 and not k.labels[0, 5]
     added = recipe_targets(_table([("a", 1, (0,))]), C.training_preset("milimed2021", 1), pseudo_labels={("a", 1): (0, 11)})
-    assert added.targets[0, 11] == pytest.approx(0.99) and added.labels[0, 11]
+    assert added.targets[0, 11] == 0.0 and not added.labels[0, 11]  # milimed2021: positives of class 6 only
+    broad = dataclasses.replace(C.training_preset("milimed2021", 1), labels=C.LabelRules("all"))
+    added = recipe_targets(_table([("a", 1, (0,))]), broad, pseudo_labels={("a", 1): (0, 11)})
+    assert added.targets[0, 11] == pytest.approx(0.99) and added.labels[0, 11]  # the kit's scope: every class
 
 
 def test_train_filter_drops_penalised_cells_except_in_spindle_images(tmp_path):

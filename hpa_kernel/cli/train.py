@@ -29,6 +29,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--val-cells", metavar="CSV", help="validation cells.csv (default: hold out images by the config's val_fraction)")
     data.add_argument("--soft-labels", metavar="CSV", help="manual soft labels from `hpa-kernel label export`")
     data.add_argument("--pseudo-labels", metavar="CSV", help="pseudo labels from --make-pseudo-labels")
+    data.add_argument("--antibody-marks", metavar="CSV", help="class-6 antibody marks (image_id,antibody,mark): milimed2021 "
+                      "gives the class-6 cells of a flagged antibody 0.51, the others 1.0")
     recipe = parser.add_argument_group("recipe (defaults from --recipe and --group)")
     recipe.add_argument("--recipe", choices=sorted(PRESETS), default=DEFAULT_RECIPE,
                         help=f"training recipe (default {DEFAULT_RECIPE}: the 4th-place team's code; kit2025: this kit's earlier one)")
@@ -73,7 +75,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                     help="train the under-fit ResNet18 labeller on --cells and write pseudo labels to CSV (no group training)")
     ps.add_argument("--pseudo-checkpoint", metavar="PTH", help="use this labeller checkpoint instead of training one")
     ps.add_argument("--negative-threshold", type=float, default=0.3, help="drop an image label below this probability (0.3)")
-    ps.add_argument("--positive-threshold", type=float, default=0.9, help="add mitotic spindle at or above this (0.9)")
+    ps.add_argument("--positive-threshold", type=float, default=0.9,
+                    help="add the positive class at or above this (0.9); the class: 6 under milimed2021, 11 under kit2025")
     parser.set_defaults(func=run)
     return parser
 
@@ -109,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hpa_kernel.training import (
+        FinetuneInputs,
         PseudoLabelConfig,
         RunOptions,
         TrainInputs,
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     overrides = _overrides(args)
     if args.make_pseudo_labels:
-        base = PseudoLabelConfig()
+        base = PseudoLabelConfig(positive_class=6 if args.recipe == "milimed2021" else 11)  # the team's positives: class 6
         train = dataclasses.replace(base.train, **{k: v for k, v in overrides.items() if k not in ("pretrained", "ensemble_epochs")})
         pcfg = dataclasses.replace(base, train=train, negative_threshold=args.negative_threshold,
                                    positive_threshold=args.positive_threshold)
@@ -146,16 +150,18 @@ def run(args: argparse.Namespace) -> int:
             from hpa_kernel.classifier.pretrained import resolve_pretrained
 
             resolve_pretrained(config.pretrained, config.arch)
-        inputs = TrainInputs(val_cells=args.val_cells, soft_labels=args.soft_labels, pseudo_labels=args.pseudo_labels)
+        inputs = TrainInputs(val_cells=args.val_cells, soft_labels=args.soft_labels, pseudo_labels=args.pseudo_labels,
+                             antibody_marks=args.antibody_marks)
         options = RunOptions(resume=args.resume, device=args.device, manifest=not args.no_manifest, progress=progress)
         checkpoints = train_group(config, args.cells, out, inputs=inputs, options=options)
         if _is_main():
             sys.stdout.write("\n".join(str(p) for p in checkpoints) + "\n")
     if args.finetune_cells:
         fcfg = _finetune_config(args)
-        tuned = finetune_checkpoints(checkpoints, args.finetune_cells, out / "finetuned", soft_labels=args.soft_labels,
-                                     config=fcfg, options=RunOptions(device=args.device, manifest=not args.no_manifest,
-                                                                     progress=progress))
+        inputs = FinetuneInputs(soft_labels=args.soft_labels, pseudo_labels=args.pseudo_labels,
+                                antibody_marks=args.antibody_marks, train_cells=args.cells)
+        tuned = finetune_checkpoints(checkpoints, args.finetune_cells, out / "finetuned", config=fcfg, inputs=inputs,
+                                     options=RunOptions(device=args.device, manifest=not args.no_manifest, progress=progress))
         if _is_main():
             sys.stdout.write("\n".join(str(p) for p in tuned) + "\n")
     elif args.init:

@@ -27,6 +27,7 @@ from hpa_kernel.training.config import (
     PRESETS,
     AugmentConfig,
     FinetuneConfig,
+    LabelRules,
     LossConfig,
     PseudoLabelConfig,
     SamplerConfig,
@@ -38,7 +39,7 @@ from hpa_kernel.training.config import (
     snapshot_steps,
     training_preset,
 )
-from hpa_kernel.training.finetune import class_finetune_indices, finetune_checkpoints, finetune_indices
+from hpa_kernel.training.finetune import FinetuneInputs, class_finetune_indices, finetune_checkpoints, finetune_indices
 from hpa_kernel.training.loop import RunOptions, TrainInputs, checkpoint_name, train_group
 from hpa_kernel.training.pseudo import apply_pseudo_rules, make_pseudo_labels, train_pseudo_labeller
 
@@ -47,6 +48,8 @@ __all__ = [
     "PRESETS",
     "AugmentConfig",
     "FinetuneConfig",
+    "FinetuneInputs",
+    "LabelRules",
     "LossConfig",
     "PseudoLabelConfig",
     "RunOptions",

@@ -8,8 +8,9 @@ Two named recipes (:func:`training_preset`), each a :class:`TrainConfig` per ens
   at inference), Adam 3e-4 with a per-epoch cosine (``T_max`` 15, ``eta_min`` 1e-5), 16 epochs of
   316,666 quota draws in batches of 32, a checkpoint every epoch and the ensembled epochs chosen by
   number, focal loss (``alpha`` 1, ``gamma`` 2) or BCE on probabilities (log clamped at -100), their
-  augmentations, the per-class quota sampler, the train filter, per-class soft-label maps and
-  pseudo-negatives at 0.01.
+  augmentations, the per-class quota sampler, the train filter, per-class soft-label maps,
+  pseudo-negatives at 0.01 and positives at 0.99 for the team's classes, and the class-6 antibody
+  rule (:data:`MILIMED_LABELS`).
 * ``"kit2025"``: this kit's own earlier choices. Random init, 19 outputs, AdamW 1e-3 with
   warm-up and a per-step cosine, snapshots over the last steps, rotations of +-180 degrees, the
   recall-weighted sampler, pseudo-negatives at 0 and one soft-label map.
@@ -50,6 +51,8 @@ __all__ = [
     "PRESETS",
     "DEFAULT_RECIPE",
     "SoftLabelConfig",
+    "LabelRules",
+    "MILIMED_LABELS",
     "training_preset",
     "finetune_preset",
     "MILIMED_QUOTAS",
@@ -215,8 +218,11 @@ class SamplerConfig:
         Quota: the one factor that shrinks the epoch for small data (tests, a first run on few cells):
         ``max(1, round(epoch_size * epoch_scale))`` draws per epoch (:meth:`draws_per_epoch`).
     duplicate_min : float
-        Quota: a cell whose manual soft label of the class is at or above this is in that class's
-        pool twice.
+        Quota: a cell whose soft label of the class is at or above this is in that class's pool twice.
+    duplicate_source : str
+        Quota: which soft labels count for the duplicates and the extra passes: ``"manual"`` (the
+        manual scores) or ``"any"`` (the team's: also the class-6 antibody rule's 1.0 and the 0.99
+        positive pseudo-labels; a plain image label never counts).
     spindle_class, spindle_repeats : int
         Quota: the class whose positives (target > 0) are repeated ``spindle_repeats`` times in
         its pool (those manually scored >= 0.99 three times as often), drawn without the acceptance test.
@@ -235,6 +241,7 @@ class SamplerConfig:
     epoch_size: int | None = None
     epoch_scale: float = 1.0
     duplicate_min: float = 0.9
+    duplicate_source: str = "manual"
     spindle_class: int = MITOTIC_SPINDLE
     spindle_repeats: int = 41
     extra_passes: dict = field(default_factory=dict)
@@ -242,6 +249,8 @@ class SamplerConfig:
     def __post_init__(self):
         object.__setattr__(self, "quotas", {int(k): float(v) for k, v in dict(self.quotas).items()})
         object.__setattr__(self, "extra_passes", {int(k): tuple(float(t) for t in v) for k, v in dict(self.extra_passes).items()})
+        if self.duplicate_source not in ("manual", "any"):
+            raise ValueError(f"duplicate_source must be 'manual' or 'any', got {self.duplicate_source!r}")
         if self.kind not in ("weighted", "quota"):
             raise ValueError(f"sampler kind must be 'weighted' or 'quota', got {self.kind!r}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -320,6 +329,68 @@ class SoftLabelConfig:
         return dataclasses.asdict(self)
 
 
+#: The team's pseudo-label classes (``code/data_prep.py``): ``auto-relabel`` negatives (before the
+#: manual maps), ``auto-relabel2`` negatives (after them: the 0.01 overrides a manual score) and the
+#: positive pseudo-labels (class 6 at 0.99). Never 8, 9, 11, 15, 16.
+MILIMED_PSEUDO_BEFORE: tuple[int, ...] = (0, 2, 3, 4, 5, 6, 7, 10, 13, 14, 17)
+MILIMED_PSEUDO_AFTER: tuple[int, ...] = (1, 6, 12)
+MILIMED_PSEUDO_POSITIVE: tuple[int, ...] = (6,)
+
+
+@dataclass(frozen=True)
+class LabelRules:
+    """Which pseudo labels count, in which order, and the class-6 antibody rule.
+
+    Parameters
+    ----------
+    pseudo_scope : str
+        ``"all"`` (the kit's): every dropped label gets ``pseudo_negative`` and every added one
+        ``pseudo_positive``, before the manual scores. ``"milimed2021"``: only the team's classes
+        (:data:`MILIMED_PSEUDO_BEFORE`, :data:`MILIMED_PSEUDO_AFTER`, :data:`MILIMED_PSEUDO_POSITIVE`).
+    pseudo_overrides_manual : bool
+        The ``MILIMED_PSEUDO_AFTER`` negatives come after the manual scores and override them
+        (training); False applies them before (fine-tuning, where the validation scores came last).
+    antibody_class : int or None
+        The class of the antibody rule (6, ``relabel_me6``): its labelled cells get
+        ``antibody_values[0]`` (0.51) in images of a flagged antibody, else ``antibody_values[1]``
+        (1.0), both counted as relabelled (duplicated in the sampler at >= 0.9). None: off.
+    antibody_values : (float, float)
+
+    Examples
+    --------
+    >>> [sorted(s) for s in LabelRules("milimed2021").pseudo_classes()][1:]
+    [[1, 6, 12], [6]]
+    """
+
+    pseudo_scope: str = "all"
+    pseudo_overrides_manual: bool = True
+    antibody_class: int | None = None
+    antibody_values: tuple[float, float] = (0.51, 1.0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "antibody_values", tuple(float(v) for v in self.antibody_values))
+        if self.pseudo_scope not in ("all", "milimed2021"):
+            raise ValueError(f"pseudo_scope must be 'all' or 'milimed2021', got {self.pseudo_scope!r}")
+        if self.antibody_class is not None and not 0 <= self.antibody_class < NUM_CLASSES:
+            raise ValueError(f"antibody_class must be a class id 0..{NUM_CLASSES - 1} or None, got {self.antibody_class}")
+        if len(self.antibody_values) != 2 or any(not 0.0 <= v <= 1.0 for v in self.antibody_values):
+            raise ValueError(f"antibody_values must be two soft labels (flagged, other) in [0, 1], got {self.antibody_values}")
+
+    def pseudo_classes(self) -> tuple[frozenset, frozenset, frozenset]:
+        """(negatives before the manual scores, negatives after them, positives) of the scope."""
+        if self.pseudo_scope == "all":
+            every = frozenset(range(NUM_CLASSES))
+            return every, frozenset(), every
+        return frozenset(MILIMED_PSEUDO_BEFORE), frozenset(MILIMED_PSEUDO_AFTER), frozenset(MILIMED_PSEUDO_POSITIVE)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#: The team's label rules: their pseudo-label classes and ``relabel_me6``.
+MILIMED_LABELS = LabelRules(pseudo_scope="milimed2021", antibody_class=6)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run of one ensemble group.
@@ -391,6 +462,8 @@ class TrainConfig:
     pseudo_negative, pseudo_positive : float or None
         Targets of the labels the pseudo-labeller dropped and added. ``pseudo_negative`` None:
         the pseudo labels replace the cell's labels (a dropped label is 0).
+    labels : LabelRules
+        The pseudo-label scope and order, and the class-6 antibody rule.
     val_fraction : float
         Fraction of the images held out for the per-epoch validation mAP when no validation table
         is given (0 = no validation).
@@ -432,6 +505,7 @@ class TrainConfig:
     soft: SoftLabelConfig = field(default_factory=SoftLabelConfig)
     pseudo_negative: float | None = None
     pseudo_positive: float = 1.0
+    labels: LabelRules = field(default_factory=LabelRules)
     val_fraction: float = 0.1
     mean: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
@@ -452,6 +526,8 @@ class TrainConfig:
             object.__setattr__(self, "sampler", SamplerConfig(**self.sampler))
         if isinstance(self.soft, dict):
             object.__setattr__(self, "soft", SoftLabelConfig(**self.soft))
+        if isinstance(self.labels, dict):
+            object.__setattr__(self, "labels", LabelRules(**self.labels))
         object.__setattr__(self, "ensemble_epochs", tuple(int(e) for e in self.ensemble_epochs))
         if self.num_classes not in (NUM_CLASSES - 1, NUM_CLASSES):
             raise ValueError(f"num_classes must be {NUM_CLASSES} or {NUM_CLASSES - 1} (Negative as 1 - max), got {self.num_classes}")
@@ -566,8 +642,8 @@ _MILIMED_BASE = TrainConfig(
     arch="tf_efficientnet_b0", stem="random", batchnorm="efficientnet_pytorch", drop_path_rate=0.2, amp=False,
     train_filter=True, filter_column="train_value", train_crop="milimed2021",
     sampler=SamplerConfig(kind="quota", quotas=MILIMED_QUOTAS, label_power=0.5, duplicate_min=0.9,
-                          extra_passes={12: (0.7, 0.9, 0.9)}, epoch_size=MILIMED_EPOCH_SIZE),
-    soft=MILIMED_SOFT, pseudo_negative=0.01, pseudo_positive=0.99,
+                          extra_passes={12: (0.7, 0.9, 0.9)}, epoch_size=MILIMED_EPOCH_SIZE, duplicate_source="any"),
+    soft=MILIMED_SOFT, pseudo_negative=0.01, pseudo_positive=0.99, labels=MILIMED_LABELS,
 )
 _TEAM_AUG = dict(flip=True, rotate90=False, rotate_p=1.0, rotate_max=90.0, resize_range=(0.5, 0.75), pad_max=200.0 / 512.0,
                  resize_last=True, rotate_nearest=True)
@@ -702,6 +778,15 @@ class FinetuneConfig:
     ``soft`` (milimed2021: the team's validation-set score maps) replaces the checkpoint's score maps
     for the fine-tuning targets; manual values in ``undecided`` (``{class: values}``, the team's
     0.5 of classes 8, 9, 12, 15) are not repeated.
+
+    The team's composition (milimed2021; each an ablation switch): ``duplicate_at`` (``{6: 1.0}``)
+    adds the cells of class ``c`` whose relabelled target equals the value once more before the
+    repeats; for ``rule_classes`` (6) a target set by a label rule (not only a manual score) is
+    repeated too, except at ``skip_values`` (0.01, 0.51, 0.99: pseudo labels and the flagged
+    antibodies); ``train_min`` (``{11: 0.9, 15: 0.9}``) adds the *training* cells of ``c`` whose
+    training target is >= the value (once, not repeated); validation cells labelled with an
+    ``exclude_classes`` class (11) are left out; ``manual_last`` applies the validation scores
+    after every pseudo label (the team relabelled the validation cells last).
     """
 
     epoch_size: int = 200_000
@@ -716,8 +801,19 @@ class FinetuneConfig:
     constant_lr: bool = False
     soft: SoftLabelConfig | None = None
     undecided: dict = field(default_factory=dict)
+    duplicate_at: dict = field(default_factory=dict)
+    rule_classes: tuple[int, ...] = ()
+    skip_values: tuple[float, ...] = ()
+    train_min: dict = field(default_factory=dict)
+    exclude_classes: tuple[int, ...] = ()
+    manual_last: bool = False
 
     def __post_init__(self):
+        for name in ("duplicate_at", "train_min"):
+            object.__setattr__(self, name, {int(k): float(v) for k, v in dict(getattr(self, name)).items()})
+        object.__setattr__(self, "rule_classes", tuple(int(c) for c in self.rule_classes))
+        object.__setattr__(self, "exclude_classes", tuple(int(c) for c in self.exclude_classes))
+        object.__setattr__(self, "skip_values", tuple(float(v) for v in self.skip_values))
         if isinstance(self.soft, dict):
             object.__setattr__(self, "soft", SoftLabelConfig(**self.soft))
         object.__setattr__(self, "undecided", {int(k): tuple(float(x) for x in v) for k, v in dict(self.undecided).items()})
@@ -751,12 +847,15 @@ MILIMED_VALIDATION_SOFT = dataclasses.replace(
                 7: {1: 0.0, 2: 0.2, 3: 0.75, 4: 1.0, 5: 1.0}, 9: {1: 0.0, 2: 0.0, 3: 0.5, 4: 1.0, 5: 1.0},
                 10: {1: 0.0, 2: 0.0, 3: 0.8, 4: 1.0, 5: 1.0}, 17: {1: 0.0, 2: 0.5, 3: 1.0, 4: 1.0, 5: 1.0},
                 11: MILIMED_SOFT.class_maps[11]},
+    unscored_classes=(1, 8, 9, 12, 15),  # fine-tuning keeps class 12's 0.69 (no sampler resets it)
 )
 
 _FINETUNE_PRESETS: dict[str, FinetuneConfig] = {
     "milimed2021": FinetuneConfig(recipe="milimed2021", lr=3e-5, batch_size=16, constant_lr=True,
                                   class_repeats=MILIMED_FINETUNE_REPEATS, class_fraction={17: 0.25}, class_multiply={11: 4},
-                                  soft=MILIMED_VALIDATION_SOFT, undecided={c: (0.5,) for c in (8, 9, 12, 15)}),
+                                  soft=MILIMED_VALIDATION_SOFT, undecided={c: (0.5,) for c in (8, 9, 12, 15)},
+                                  duplicate_at={6: 1.0}, rule_classes=(6,), skip_values=(0.01, 0.51, 0.99),
+                                  train_min={11: 0.9, 15: 0.9}, exclude_classes=(11,), manual_last=True),
     "kit2025": FinetuneConfig(),
 }
 

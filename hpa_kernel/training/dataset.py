@@ -46,6 +46,7 @@ __all__ = [
     "score_to_soft",
     "TargetSet",
     "recipe_targets",
+    "read_antibody_marks",
     "train_filter",
     "filter_cells",
     "CROP_COLUMNS",
@@ -207,12 +208,16 @@ class TargetSet:
         Where a manual score set the target.
     source : str array (N,)
         ``"image"``, ``"pseudo"`` or ``"manual"``.
+    relabelled : bool array (N, 19)
+        Where a rule (manual score, class-6 antibody rule, pseudo label, unscored value) set the
+        target; a plain image label is not relabelled.
     """
 
     targets: np.ndarray
     labels: np.ndarray
     manual: np.ndarray
     source: np.ndarray
+    relabelled: np.ndarray
 
 
 def _manual_values(key, config, soft_labels, scores) -> dict[int, float]:
@@ -222,59 +227,147 @@ def _manual_values(key, config, soft_labels, scores) -> dict[int, float]:
     return dict(soft_labels.get(key, {})) if soft_labels else {}
 
 
-def recipe_targets(table, config, soft_labels=None, scores=None, pseudo_labels=None) -> TargetSet:
-    """Per-cell targets under a training recipe (:class:`~.config.TrainConfig`).
+def read_antibody_marks(path: str | os.PathLike, keep_mark: int = 3) -> set[str]:
+    """The images of flagged antibodies, for the class-6 rule (:class:`~.config.LabelRules`).
 
-    1. The image labels are 1. With pseudo labels and ``config.pseudo_negative`` None, the pseudo
-       labels replace them; otherwise a label the labeller dropped is kept with target
-       ``pseudo_negative`` (0.01) and an added one gets ``pseudo_positive``.
-    2. Manual scores (``scores``, mapped with ``config.soft``'s maps) or, without maps, the export's
+    The file is a CSV with columns ``image_id, antibody, mark``: one row per image with its antibody
+    (the folder of the image in the public HPA ``kaggle_2021.tsv``; blank = the image is its own
+    antibody), ``mark`` blank or an integer (the team's ``relabel/6.txt``). The latest mark of an
+    image wins; a mark other than ``keep_mark`` (3) flags its antibody, and every image of a flagged
+    antibody is returned.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        If the file is missing, lacks a column or has a mark that is not an integer.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"antibody marks file {path} not found")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in ("image_id", "antibody", "mark") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected image_id, antibody, mark")
+    antibody, latest = {}, {}
+    for image_id, ab, mark in zip(df["image_id"], df["antibody"], df["mark"]):
+        antibody[image_id] = ab.strip() or image_id
+        if mark.strip():
+            if not mark.strip().lstrip("-").isdigit():
+                raise ValueError(f"{path}: mark {mark!r} of image {image_id} is not an integer")
+            latest[image_id] = int(mark)
+    flagged = {antibody[i] for i, m in latest.items() if m != keep_mark}
+    return {i for i, ab in antibody.items() if ab in flagged}
+
+
+@dataclass
+class _CellLabels:
+    """The labels and targets of one cell while the rules run (a row of :class:`TargetSet`)."""
+
+    own: set
+    targets: np.ndarray
+    manual: np.ndarray
+    relabelled: np.ndarray
+
+
+def _pseudo_rules(cell: _CellLabels, kept: set, config, scope) -> set:
+    """Apply the pseudo positives and the early negatives; return the late negatives (classes)."""
+    before, after, positive = scope
+    dropped = cell.own - kept
+    if config.pseudo_negative is None:  # the pseudo labels replace the image labels
+        cell.targets[sorted(dropped)] = 0.0
+        cell.relabelled[sorted(dropped)] = False
+        cell.targets[sorted(kept - cell.own)] = 1.0
+        cell.own = set(kept)
+        return set()
+    added = sorted((kept - cell.own) & positive)
+    cell.targets[added] = config.pseudo_positive
+    cell.relabelled[added] = True
+    cell.own |= set(added)
+    early = sorted(dropped & before)
+    cell.targets[early] = config.pseudo_negative
+    cell.relabelled[early] = True
+    return dropped & after
+
+
+def _manual_rules(cell: _CellLabels, values: dict, soft) -> None:
+    """The manual soft labels and the exclusive (mitotic spindle) rule."""
+    cell.own |= set(values)
+    if soft.exclusive_min is not None and values.get(soft.exclusive_class, -1.0) >= soft.exclusive_min:
+        cell.own = {soft.exclusive_class}
+        cell.targets[:] = 0.0
+        cell.relabelled[:] = False
+    for c, v in values.items():
+        cell.targets[c] = v
+        cell.manual[c] = cell.relabelled[c] = True
+
+
+def _late_negatives(cell: _CellLabels, late: set, value: float) -> None:
+    late = sorted(late & cell.own)
+    cell.targets[late] = value
+    cell.manual[late] = False
+    cell.relabelled[late] = True
+
+
+def recipe_targets(table, config, soft_labels=None, scores=None, pseudo_labels=None, marked=None) -> TargetSet:
+    """Per-cell targets under a training recipe (:class:`~.config.TrainConfig`), in the team's order.
+
+    1. The image labels are 1. ``config.labels.antibody_class`` (6): its labelled cells get 0.51
+       in the images of ``marked`` (:func:`read_antibody_marks`), else 1.0.
+    2. Pseudo labels. ``config.pseudo_negative`` None: they replace the image labels. Otherwise an
+       added label of the scope's positive classes gets ``pseudo_positive`` (0.99), and a dropped
+       label of its early classes is kept with target ``pseudo_negative`` (0.01)
+       (``config.labels.pseudo_scope``: every class, or the team's lists).
+    3. Manual scores (``scores``, mapped with ``config.soft``'s maps) or, without maps, the export's
        ``soft_labels`` set their classes and add them to the labels.
-    3. ``config.soft.exclusive_min``: a manual mitotic-spindle value at or above it makes 11 the
+    4. ``config.soft.exclusive_min``: a manual mitotic-spindle value at or above it makes 11 the
        only label (other targets 0 unless manually scored).
-    4. ``config.soft.unscored_value``: a labelled cell of ``unscored_classes`` (1, 8, 9, 15)
+    5. The late pseudo-negatives (the team's 1, 6, 12) set 0.01 and override a manual score; with
+       ``config.labels.pseudo_overrides_manual`` False they come before step 3.
+    6. ``config.soft.unscored_value``: a labelled cell of ``unscored_classes`` (1, 8, 9, 15)
        without a manual score for the class gets it (0.69) where its target is >= 0.5 and the file
        scores that class.
+
+    ``TargetSet.relabelled`` marks the targets a rule set (steps 1-6, not a plain image label): the
+    team's "soft label from any source".
     """
-    soft_labels, scores, pseudo_labels = soft_labels or {}, scores, pseudo_labels or {}
-    soft = config.soft
+    soft_labels, scores, pseudo_labels, marked = soft_labels or {}, scores, pseudo_labels or {}, marked or set()
+    soft, rules = config.soft, config.labels
+    scope = rules.pseudo_classes()
     scored = {c for d in (scores if scores is not None and soft.default_map is not None else soft_labels).values() for c in d}
     n = len(table)
-    targets = np.zeros((n, NUM_CLASSES), np.float32)
-    labels = np.zeros((n, NUM_CLASSES), bool)
-    manual = np.zeros((n, NUM_CLASSES), bool)
-    source = np.full(n, "image", dtype=object)
+    out = TargetSet(np.zeros((n, NUM_CLASSES), np.float32), np.zeros((n, NUM_CLASSES), bool), np.zeros((n, NUM_CLASSES), bool),
+                    np.full(n, "image", dtype=object), np.zeros((n, NUM_CLASSES), bool))
     for i, (image_id, cell_id, image_labels) in enumerate(zip(table["image_id"], table["cell_id"], table["label_ids"])):
         key = _key(image_id, cell_id)
-        own = set(image_labels)
+        cell = _CellLabels(set(image_labels), out.targets[i], out.manual[i], out.relabelled[i])
+        cell.targets[sorted(cell.own)] = 1.0
+        ac = rules.antibody_class
+        if ac is not None and ac in cell.own:
+            cell.targets[ac] = rules.antibody_values[0] if str(image_id) in marked else rules.antibody_values[1]
+            cell.relabelled[ac] = True
+        late = set()
         if key in pseudo_labels:
-            source[i] = "pseudo"
-            kept = set(pseudo_labels[key])
-            if config.pseudo_negative is None:
-                own = kept
-            else:
-                targets[i, sorted(own - kept)] = config.pseudo_negative
-                targets[i, sorted(kept - own)] = config.pseudo_positive
-                targets[i, sorted(own & kept)] = 1.0
-                own |= kept
-        if config.pseudo_negative is None or key not in pseudo_labels:
-            targets[i, sorted(own)] = 1.0
+            out.source[i] = "pseudo"
+            late = _pseudo_rules(cell, set(pseudo_labels[key]), config, scope)
+            if not rules.pseudo_overrides_manual:
+                _late_negatives(cell, late, config.pseudo_negative)
+                late = set()
         values = _manual_values(key, config, soft_labels, scores)
         if values:
-            source[i] = "manual"
-            own |= set(values)
-            if soft.exclusive_min is not None and values.get(soft.exclusive_class, -1.0) >= soft.exclusive_min:
-                own = {soft.exclusive_class}
-                targets[i] = 0.0
-            for c, v in values.items():
-                targets[i, c] = v
-                manual[i, c] = True
-        labels[i, sorted(own)] = True
+            out.source[i] = "manual"
+            _manual_rules(cell, values, soft)
+        if late:
+            _late_negatives(cell, late, config.pseudo_negative)
+        out.labels[i, sorted(cell.own)] = True
         if soft.unscored_value is not None:
             for c in soft.unscored_classes:
-                if labels[i, c] and not manual[i, c] and c in scored and targets[i, c] >= 0.5:
-                    targets[i, c] = soft.unscored_value
-    return TargetSet(targets, labels, manual, source.astype(str))
+                if c in cell.own and not cell.manual[c] and c in scored and cell.targets[c] >= 0.5:
+                    cell.targets[c] = soft.unscored_value
+                    cell.relabelled[c] = True
+    out.source = out.source.astype(str)
+    return out
 
 
 def train_filter(values: np.ndarray, label_sets, exempt_class: int = 11, min_value: float = 1.0) -> np.ndarray:

@@ -254,14 +254,17 @@ def filter_cells_for(config: TrainConfig, cells_csv):
     return use_crops(read_cells_table(cells_csv), cells_csv, column)
 
 
-def _read_labels(config: TrainConfig, soft_labels, pseudo_labels):
-    """(soft labels, raw scores or None, pseudo labels) from the files given."""
-    from hpa_kernel.training.dataset import read_pseudo_labels, read_scores, read_soft_labels
+def _read_labels(config: TrainConfig, soft_labels, pseudo_labels, antibody_marks=None):
+    """(soft labels, raw scores or None, pseudo labels, images of flagged antibodies) from the files given."""
+    from hpa_kernel.training.dataset import read_antibody_marks, read_pseudo_labels, read_scores, read_soft_labels
 
     soft = read_soft_labels(soft_labels) if soft_labels is not None else None
     scores = read_scores(soft_labels) if soft_labels is not None and config.soft.default_map is not None else None
     pseudo = read_pseudo_labels(pseudo_labels) if pseudo_labels is not None else None
-    return soft, scores, pseudo
+    marked = read_antibody_marks(antibody_marks) if antibody_marks is not None else None
+    if marked is None and config.labels.antibody_class is not None:
+        logger.info("no antibody marks: every class-%d cell gets %s", config.labels.antibody_class, config.labels.antibody_values[1])
+    return soft, scores, pseudo, marked
 
 
 def _make_sampler(config: TrainConfig, ts, train_idx, dist):
@@ -278,7 +281,8 @@ def _make_sampler(config: TrainConfig, ts, train_idx, dist):
         else:  # the epoch's draws shared by the ranks; the last batch may be short (the team's drop_last=False)
             per_rank = math.ceil(s.draws_per_epoch(len(train_idx)) / dist.world)
             steps = math.ceil(per_rank / batch)
-        pools = quota_pools(ts.labels[train_idx], ts.targets[train_idx], ts.manual[train_idx], s.quotas, NEGATIVE,
+        relabelled = ts.relabelled if s.duplicate_source == "any" else ts.manual  # which soft labels are duplicated
+        pools = quota_pools(ts.labels[train_idx], ts.targets[train_idx], relabelled[train_idx], s.quotas, NEGATIVE,
                             QuotaRules(s.duplicate_min, s.spindle_class, s.spindle_repeats, s.extra_passes))
         sampler = QuotaSampler(pools, s.quotas, acceptance_of(ts.labels[train_idx], s.label_power), per_rank,
                                SamplerShard(dist.world, dist.rank, config.seed), no_test=(s.spindle_class,))
@@ -308,11 +312,15 @@ class TrainInputs:
     soft_labels, pseudo_labels : path, optional
         Manual soft labels (``hpa-kernel label export``) and pseudo labels
         (:func:`~.pseudo.make_pseudo_labels`) that replace the image-level targets.
+    antibody_marks : path, optional
+        The class-6 antibody marks (:func:`~.dataset.read_antibody_marks`); without them every
+        class-6 cell gets 1.0 under milimed2021.
     """
 
     val_cells: str | os.PathLike | None = None
     soft_labels: str | os.PathLike | None = None
     pseudo_labels: str | os.PathLike | None = None
+    antibody_marks: str | os.PathLike | None = None
 
 
 @dataclass(frozen=True)
@@ -362,13 +370,13 @@ def _datasets(config: TrainConfig, cells_csv, inputs: TrainInputs, cache: bool) 
     from hpa_kernel.training.dataset import CROP_COLUMNS, CellDataset, read_cells_table, recipe_targets, use_crops
 
     table = filter_cells_for(config, cells_csv)
-    labels = _read_labels(config, inputs.soft_labels, inputs.pseudo_labels)
+    labels = _read_labels(config, inputs.soft_labels, inputs.pseudo_labels, inputs.antibody_marks)
     ts = recipe_targets(table, config, *labels)
     k = config.num_classes
     if inputs.val_cells is not None:
         train_idx = np.arange(len(table))
         vtable = use_crops(read_cells_table(inputs.val_cells), inputs.val_cells, CROP_COLUMNS[config.train_crop])
-        vtargets = recipe_targets(vtable, config, labels[0], labels[1], None).targets[:, :k]
+        vtargets = recipe_targets(vtable, config, labels[0], labels[1], None, labels[3]).targets[:, :k]
         val_ds = CellDataset(vtable["crop_path"], vtargets, config.input_size, None, cache)
     else:
         train_idx, val_idx = _split_by_image(table, config.val_fraction, config.seed)

@@ -6,9 +6,11 @@ patterns, not yet the weak labels of each cell. Its probabilities ``p`` then rel
 
 * **negative rule**: an image label ``c`` of the cell is dropped when ``p[c] < negative_threshold``
   (0.3). A cell may end up with no label; its target is then all zero.
-* **positive rule** (mitotic spindle, class 11): in an image whose labels lack class 11, the cell
-  gets class 11 when ``p[11] >= positive_threshold``; a Negative (18) label of that cell is removed,
-  since Negative excludes every other class.
+* **positive rule** (``positive_class``; mitotic spindle, 11, by default; ``hpa-kernel train
+  --recipe milimed2021`` uses 6, the class of the team's positive pseudo-labels): in an image whose
+  labels lack the class, the cell gets it when ``p[c] >= positive_threshold``; a Negative (18)
+  label of that cell is removed, since Negative excludes every other class. Which added and dropped
+  labels training uses, and in which order, is ``TrainConfig.labels`` (:class:`~.config.LabelRules`).
 
 The new labels file (:func:`make_pseudo_labels`) has one row per cell with its provenance:
 ``image_id, cell_id, labels`` (the image labels), ``pseudo_labels``, ``dropped``, ``added``,

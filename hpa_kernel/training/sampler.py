@@ -210,7 +210,8 @@ def quota_pools(labels: np.ndarray, targets: np.ndarray, manual: np.ndarray, quo
     targets : array (N, 19)
         The training targets (for the duplicates and the spindle positives).
     manual : bool array (N, 19)
-        Where a manual score set the target.
+        Where a manual score set the target, or (the team's ``SamplerConfig.duplicate_source="any"``)
+        where any label rule did: only these soft labels count for the duplicates and passes.
     quotas : mapping
         The quota keys to build.
     trained : int
@@ -226,7 +227,7 @@ def quota_pools(labels: np.ndarray, targets: np.ndarray, manual: np.ndarray, quo
     {1: [0, 1, 1], -1: [2]}
     """
     labels = np.asarray(labels, dtype=bool)
-    targets = np.asarray(targets, dtype=float)
+    targets = np.round(np.asarray(targets, dtype=float), 6)  # float32 0.9 is 0.89999998: compare the soft labels as written
     manual = np.asarray(manual, dtype=bool)
     if labels.ndim != 2 or targets.shape != labels.shape or manual.shape != labels.shape:
         raise ValueError(f"labels, targets and manual must have one shape (N, C), got {labels.shape}, {targets.shape}, {manual.shape}")
