@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # hypothesis is a dev extra; the tests that use it import it themselves
+    _hypothesis_settings = None
+
+if _hypothesis_settings is not None:
+    # "ci": the same examples on every run (derandomised, no example database), so a CI failure is
+    # reproducible and a pass is not luck; "dev" (local default) and "nightly" draw new examples.
+    # Choose with HYPOTHESIS_PROFILE; default "ci" when $CI is set. Deadlines are off everywhere: a
+    # loaded machine must not fail a property test on time.
+    _hypothesis_settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+    # (Hypothesis's own "default" is the parent: in CI its current default is already derandomised)
+    _default = _hypothesis_settings.get_profile("default")
+    _hypothesis_settings.register_profile("dev", parent=_default, derandomize=False, deadline=None)
+    _hypothesis_settings.register_profile("nightly", parent=_default, derandomize=False, deadline=None, max_examples=1000)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI", "").lower() in ("true", "1") else "dev"))
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"

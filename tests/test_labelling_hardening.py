@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -64,20 +63,20 @@ def test_deeply_nested_json_is_a_400(server):
     assert client.get("/")[0] == 200
 
 
-def test_stalled_request_and_connection_close_do_not_hold_the_connection(server):
+def test_stalled_request_and_connection_close_do_not_hold_the_connection(server, monkeypatch):
     srv, client, store = server
-    with socket.create_connection(("127.0.0.1", client.port), timeout=15) as sock:
+    # the server's 1 s timeout drops a stalled request; without it the client's 120 s timeout fails the test
+    with socket.create_connection(("127.0.0.1", client.port), timeout=120) as sock:
         sock.sendall(f"POST /api/score HTTP/1.1\r\nHost: 127.0.0.1:{client.port}\r\nContent-Type: application/json\r\n"
                      f"Content-Length: 100\r\n\r\n{{".encode())  # fmt: skip
-        t0 = time.monotonic()
         while sock.recv(4096):
             pass  # the server answers (or not) and closes
-        assert time.monotonic() - t0 < 10
+    # now a server timeout far above the client's: only Connection: close can end the stream in time
+    monkeypatch.setattr(srv.RequestHandlerClass, "timeout", 600.0)
     body = json.dumps(BODY).encode()
-    with socket.create_connection(("127.0.0.1", client.port), timeout=15) as sock:
+    with socket.create_connection(("127.0.0.1", client.port), timeout=60) as sock:
         sock.sendall(f"POST /api/score HTTP/1.1\r\nHost: 127.0.0.1:{client.port}\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)  # fmt: skip
-        sock.settimeout(0.9)  # below the server's 1 s timeout: only Connection: close ends the stream this soon
         reply = b""
         while chunk := sock.recv(65536):
             reply += chunk
@@ -95,9 +94,12 @@ def test_make_server_checks_its_timeout(tmp_path):
     store.close()
 
 
-def test_a_burst_of_parallel_requests_is_served(server):
+def test_a_burst_of_parallel_requests_is_served(server, monkeypatch):
     srv, client, store = server
     assert srv.request_queue_size >= 128
+    # on a loaded machine a client thread may connect and send its request seconds later: the
+    # test is about the listen backlog, not the (here 1 s) idle timeout
+    monkeypatch.setattr(srv.RequestHandlerClass, "timeout", 120.0)
 
     def get(_):
         try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import http.client
 import json
+import queue
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +39,14 @@ def write_cells(root: Path) -> Path:
 
 
 class Client:
-    def __init__(self, port: int):
+    """HTTP client of the test server; every socket has a timeout (a hung server fails the test)."""
+
+    def __init__(self, port: int, timeout: float = 60.0):
         self.port = port
+        self.timeout = timeout
 
     def request(self, method: str, path: str, body=None, headers=None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
         try:
             headers = dict(headers or {})
             if body is not None and not isinstance(body, (bytes, str)):
@@ -65,7 +70,7 @@ class Client:
     def raw(self, data: bytes) -> int:
         """Send raw bytes; return the status code of the reply. ``Host: x`` becomes this server's address."""
         data = data.replace(b"Host: x\r\n", f"Host: 127.0.0.1:{self.port}\r\n".encode())
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout) as sock:
             sock.sendall(data)
             reply = b""
             while b"\r\n" not in reply:
@@ -313,24 +318,35 @@ def test_cli_serves_until_interrupted(tmp_path):
          "--db", str(db), "--port", "0", "--user", "cli-user"],
         stderr=subprocess.PIPE, text=True,
     )
-    try:
-        lines = []
+    lines: queue.Queue = queue.Queue()
+
+    def pump():  # stderr lines into the queue, then None at its end; the test reads them with a deadline
         for line in proc.stderr:
-            lines.append(line)
-            found = re.search(r"open http://127\.0\.0\.1:(\d+)/", line)
-            if found:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        seen, found, deadline = [], None, time.monotonic() + 120  # a server that never says where it listens fails
+        while found is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
                 break
-        assert found, "".join(lines)
+            if line is None:
+                break
+            seen.append(line)
+            found = re.search(r"open http://127\.0\.0\.1:(\d+)/", line)
+        assert found, "".join(seen)
         client = Client(int(found.group(1)))
         status, state = client.get("/api/state")
         assert status == 200 and state["labeller"] == "cli-user" and state["progress"]["total"] == 4
         assert _score(client, _cell(state), 5)[0] == 200
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        proc.stderr.close()
     with LabelStore(db) as store:
         assert store.answered(11, "cli-user") == {("img_a", 1): 5}

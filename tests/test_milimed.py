@@ -1,4 +1,4 @@
-"""The 2021 4th-place team's checkpoints: the kit's network equals efficientnet_pytorch's, and the bundle.
+"""The 2021 4th-place team's checkpoints: the kit's network equals efficientnet_pytorch's.
 
 The reference is the real implementation (``efficientnet-pytorch``, a test-only dependency): the
 team's network, built with ``from_name`` (nothing downloads), with seeded random weights including
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 
 import numpy as np
 import pytest
@@ -20,11 +19,11 @@ nn = torch.nn
 
 from hpa_kernel.classifier import load_checkpoint, prepare_batch  # noqa: E402
 from hpa_kernel.classifier import milimed  # noqa: E402
-from hpa_kernel.manifest import sha256_of  # noqa: E402
+# the bundle's fixtures need no efficientnet_pytorch; its tests live in test_milimed_bundle.py
+from test_milimed_bundle import bundled, segmentation_files, seven_files  # noqa: E402, F401 - fixtures
 
 logger = logging.getLogger(__name__)
 TOLERANCE = 1e-5
-SEVEN = [name for g in milimed.MILIMED_GROUPS for name, _ in g.checkpoints]
 
 
 def team_network(seed: int = 0):
@@ -166,90 +165,6 @@ def test_refuses_a_pickled_model(team_file, tmp_path):
     torch.save(team_file[1], bad)  # the module object, not a state_dict: weights_only refuses it
     with pytest.raises(ValueError, match=r"whole-model\.pt.*weights_only=True"):
         milimed.load_milimed(bad)
-
-
-# -- the bundle -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def seven_files(team_file, tmp_path_factory):
-    """The seven team files: one network, each file with its own head bias (so a mix-up shows)."""
-    folder = tmp_path_factory.mktemp("cropytorchmodels")
-    base = team_file[1].state_dict()
-    for i, name in enumerate(SEVEN):
-        state = dict(base)
-        state["_fc.0.bias"] = base["_fc.0.bias"] + float(i)
-        torch.save(state, folder / name)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def segmentation_files(tmp_path_factory):
-    """Stand-ins for the official DPN-UNet files, in their own folder as on Kaggle (copied, not loaded)."""
-    folder = tmp_path_factory.mktemp("hpasegweights")
-    for name in milimed.SEGMENTATION_FILES:
-        (folder / name).write_bytes(name.encode() * 10)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def bundled(seven_files, segmentation_files, tmp_path_factory):
-    from hpa_kernel.cli import main
-
-    out = tmp_path_factory.mktemp("dataset")
-    argv = ["bundle", "weights", "--from-milimed", str(seven_files), "--segmentation", str(segmentation_files), "--out", str(out)]
-    assert main(argv) == 0
-    return out
-
-
-def test_bundle_from_milimed_writes_the_team_ensemble(seven_files, segmentation_files, bundled):
-    manifest = json.loads((bundled / "weights_manifest.json").read_text())
-    groups = manifest["ensemble"]["groups"]
-    assert [(g["name"], g["weight"]) for g in groups] == [("resize", 0.4), ("resize_and_pad", 0.4), ("old", 0.2)]
-    assert [[c["weight"] for c in g["checkpoints"]] for g in groups] == [[0.2, 0.3, 0.3, 0.2], [0.5, 0.5], [1.0]]
-    files = [c["file"] for g in groups for c in g["checkpoints"]]
-    assert files == [name.replace(".pt", ".pth") for name in SEVEN]
-    for g in groups:
-        for c in g["checkpoints"]:
-            assert c["sha256"] == sha256_of(bundled / c["file"])
-    for key, name in zip(("nuclei", "cell"), milimed.SEGMENTATION_FILES, strict=True):
-        assert manifest["segmentation"][key] == {"file": name, "sha256": sha256_of(segmentation_files / name)}
-        assert (bundled / name).read_bytes() == (segmentation_files / name).read_bytes()
-    for name in SEVEN:
-        converted = torch.load(bundled / name.replace(".pt", ".pth"), weights_only=True)
-        source = torch.load(seven_files / name, weights_only=True)
-        assert torch.equal(converted["classifier.bias"], source["_fc.0.bias"]), name
-        config = json.loads((bundled / name.replace(".pt", ".json")).read_text())
-        assert (config["recipe"], config["source_format"], config["extra"]["source_file"]) == ("milimed2021", "efficientnet_pytorch", name)
-    model, config = load_checkpoint(bundled / "b0-resize-epoch-14-finetuned.pth")
-    assert (config.epoch, config.num_classes, type(model).__name__) == (14, 18, "EfficientNet")
-
-
-def test_bundle_from_milimed_names_a_missing_file(seven_files, tmp_path):
-    src = tmp_path / "src"
-    shutil.copytree(seven_files, src)
-    (src / "b0-resize-and-pad-epoch-13-finetuned.pt").unlink()
-    with pytest.raises(FileNotFoundError, match="lacks b0-resize-and-pad-epoch-13-finetuned.pt"):
-        milimed.bundle_milimed(src, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_bundle_from_milimed_refuses_an_extra_file(seven_files, tmp_path):
-    src = tmp_path / "src"
-    shutil.copytree(seven_files, src)
-    shutil.copy(src / "b0-old.pt", src / "b4-old.pt")
-    with pytest.raises(ValueError, match=r"not the team's seven: b4-old\.pt.*--ignore-extra"):
-        milimed.bundle_milimed(src, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_bundled_manifest_loads_and_verifies(bundled):
-    from hpa_kernel.manifest import load_manifest
-
-    manifest = load_manifest(bundled / "weights_manifest.json", bundled, verify=True, require_segmentation=True)
-    assert manifest.weights == (0.4, 0.4, 0.2)
-    assert [len(g.checkpoints) for g in manifest.groups] == [4, 2, 1]
-    assert manifest.checkpoint_weights == ((0.2, 0.3, 0.3, 0.2), (0.5, 0.5), (1.0,))
 
 
 @pytest.mark.slow

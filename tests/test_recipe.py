@@ -11,7 +11,7 @@ import pytest
 
 from hpa_kernel.cells import score_cells
 from hpa_kernel.cells.heuristics import flat_edge_multiplier, flat_edge_ratios, milimed_outlier_values
-from hpa_kernel.confidence import cell_values, clean_cell_blend, final_confidence, recipe_confidence, with_negative
+from hpa_kernel.confidence import cell_values, clean_cell_blend, recipe_confidence, with_negative
 from hpa_kernel.manifest import ManifestError, Manifest, default_manifest
 from hpa_kernel.recipe import InferenceRecipe, get_recipe
 
@@ -97,17 +97,15 @@ def test_flat_edge_ratios_of_a_nucleus_cut_by_the_top_border():
     assert cell_values(whole, border_only)[0] == 1.0  # a disc: first/last rows are 1 px of 17 -> ratio 16/17
 
 
-def test_border_cleaner_on_real_masks():
+def test_border_cleaner_on_real_masks(reference):
     """HPA masks of 1000_A12_2 (cells 1, 11, 15, 20, 21 touch the border): interior nuclei keep 1;
     cell 1's nucleus, cut straight along 188 px, gets the 0.001 floor of m(r)."""
     import cv2
 
-    folder = "../shared/reference/real/1000_A12_2_"
-    nuclei = cv2.imread(folder + "nucleimask.png", cv2.IMREAD_UNCHANGED)
-    cells = cv2.imread(folder + "cellmask.png", cv2.IMREAD_UNCHANGED)
-    green = cv2.imread(folder + "green.png", cv2.IMREAD_UNCHANGED)
-    if nuclei is None or cells is None or green is None:
-        pytest.skip("reference masks not found")
+    folder = reference / "real"
+    nuclei, cells, green = (cv2.imread(str(folder / f"1000_A12_2_{name}.png"), cv2.IMREAD_UNCHANGED)
+                            for name in ("nucleimask", "cellmask", "green"))
+    assert nuclei is not None and cells is not None and green is not None, f"reference masks of 1000_A12_2 unreadable in {folder}"
     table = score_cells(np.stack([green] * 4, axis=-1), nuclei, cells)
     v = pd.Series(cell_values(table, dataclasses.replace(MILIMED, outlier_cleaner=None)), index=table.cell_id)
     assert v[1] == pytest.approx(0.001)
@@ -209,13 +207,20 @@ def test_order_of_operations_penalty_before_blend():
 
 
 def test_kit2025_is_the_kits_earlier_behaviour(tiny_scene):
-    """kit2025 == final_confidence(valid, penalty) of the cells table, 19 learned outputs."""
+    """kit2025: (0.7 p + 0.3 mean(p over the image's *other* valid cells, own p if none)) x penalty,
+    over the 19 learned outputs; the expectation is written out here (numpy), not taken from the kit."""
     image, nuclei, cells = tiny_scene
     table = score_cells(image, nuclei, cells)
+    table.loc[table.index[0], "valid"] = False  # an invalid cell: left out of the others' image term
     assert table["penalty"].lt(1).any()
     rng = np.random.default_rng(0)
     p = rng.uniform(0, 1, size=(len(table), 19))
-    expected = final_confidence(p, table["valid"].to_numpy(bool), table["penalty"].to_numpy(float))
+    valid, penalty = table["valid"].to_numpy(bool), table["penalty"].to_numpy(float)
+    expected = np.empty_like(p)
+    for i in range(len(p)):
+        others = valid & (np.arange(len(p)) != i)
+        image_term = p[others].mean(axis=0) if others.any() else p[i]
+        expected[i] = (0.7 * p[i] + 0.3 * image_term) * penalty[i]
     np.testing.assert_allclose(recipe_confidence(p, table, "kit2025"), expected, atol=1e-6)
     with pytest.raises(ValueError, match=r"probs must have shape \(N, 18\) for recipe milimed2021"):
         recipe_confidence(p, table)

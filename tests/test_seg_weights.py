@@ -273,12 +273,13 @@ def test_official_layout_file_loads_strictly_and_reproduces_reference(tmp_path, 
     assert len(loaded.state_dict) == 595
     assert len(loaded.batchnorm_training) == 96 and not loaded.batchnorm_per_image
     assert not any(net.batchnorm_stats().values())
+    # the reference logits of the original pytorch_zoo DPNUnet with the README's weight fill
+    # (float64 run); float32 differs by up to 2e-5 there (logits_a_float32_run)
     ref = np.load(reference / "segmentation" / "dpn_unet_forward.npz")
-    x = torch.from_numpy(ref["input_b"][:, :, :96, :128].copy())
+    x = torch.from_numpy(ref["input_b"].copy())
     with torch.no_grad():
-        got = net(x)
-        want = filled_dpn_unet(x)
-    assert torch.equal(got, want)
+        got = net(x)[0].double().numpy()
+    np.testing.assert_allclose(got, ref["logits_b"], rtol=0, atol=1e-4)
 
 
 def test_pickled_train_mode_gives_per_image_batchnorm(tmp_path, filled_dpn_unet):
