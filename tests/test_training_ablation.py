@@ -1,0 +1,65 @@
+"""The training ablation: each variant switches exactly one team element back to the kit's choice."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from hpa_kernel.training.ablation import TrainingAblationConfig, TrainingAblationResult, training_ablation_variants
+
+
+def _flat(config) -> dict:
+    """Every field of a TrainConfig, nested configs as 'outer.inner'."""
+    out = {}
+    for name, value in dataclasses.asdict(config).items():
+        if isinstance(value, dict) and name in ("augment", "loss", "sampler", "soft"):
+            out.update({f"{name}.{k}": v for k, v in value.items()})
+        else:
+            out[name] = value
+    return out
+
+
+# The kit's choice of each element, written from the kit2025 preset's documented values.
+EXPECTED = {
+    "kit train filter": {"filter_column": ("train_value", "penalty")},
+    "kit training crops": {"train_crop": ("milimed2021", "kit2025")},
+    "kit network (adapted stem, timm BN, no drop path)": {
+        "stem": ("random", "adapt"), "batchnorm": ("efficientnet_pytorch", "timm"), "drop_path_rate": (0.2, 0.0),
+    },
+    "loss on logits": {"loss.on": ("probabilities", "logits")},
+    "epoch = number of cells": {"sampler.epoch_size": (316_666, None)},
+}
+
+
+@pytest.mark.parametrize("group", [1, 2, 3])
+def test_each_variant_switches_exactly_its_fields(group):
+    variants = training_ablation_variants("milimed2021", group, input_size=64, epochs=2)
+    assert list(variants) == ["recipe", *EXPECTED]
+    base = _flat(variants["recipe"])
+    assert base["input_size"] == 64 and base["epochs"] == 2  # the overrides reach every variant
+    for name, fields in EXPECTED.items():
+        flat = _flat(variants[name])
+        differs = {k: (base[k], flat[k]) for k in base if flat[k] != base[k]}
+        assert differs == fields, name
+
+
+def test_the_kit_recipe_has_nothing_to_switch_back():
+    assert list(training_ablation_variants("kit2025", 1)) == ["recipe"]
+
+
+def test_config_checks_its_arguments(tmp_path):
+    with pytest.raises(ValueError, match="seeds"):
+        TrainingAblationConfig(tmp_path, tmp_path, tmp_path, seeds=())
+    with pytest.raises(ValueError, match="seed"):
+        TrainingAblationConfig(tmp_path, tmp_path, tmp_path, overrides={"seed": 3})
+    with pytest.raises(ValueError, match="group"):
+        TrainingAblationConfig(tmp_path, tmp_path, tmp_path, group=4)
+
+
+def test_markdown_reports_the_change_against_the_first_row():
+    result = TrainingAblationResult([("recipe", {"box": 0.5, "mask": 0.25}, 10.0),
+                                     ("loss on logits", {"box": 0.375, "mask": 0.5}, 12.4)], 2, 9)
+    lines = result.markdown().splitlines()
+    assert lines[2] == "| recipe | 0.5000 |  | 0.2500 |  | 10 |"
+    assert lines[3] == "| loss on logits | 0.3750 | -0.1250 | 0.5000 | +0.2500 | 12 |"
