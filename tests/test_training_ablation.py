@@ -63,3 +63,24 @@ def test_markdown_reports_the_change_against_the_first_row():
     lines = result.markdown().splitlines()
     assert lines[2] == "| recipe | 0.5000 |  | 0.2500 |  | 10 |"
     assert lines[3] == "| loss on logits | 0.3750 | -0.1250 | 0.5000 | +0.2500 | 12 |"
+
+
+@pytest.mark.slow  # 3 minutes on the loaded 2-core machine (seven B0 builds and a cells run)
+def test_training_mode_smoke(tmp_path):
+    """Every variant trains one step on a two-image competition and is scored in both IoU modes."""
+    from hpa_kernel.demo import build_training_cells
+    from hpa_kernel.synthetic import make_competition
+    from hpa_kernel.training.ablation import run_training_ablation
+
+    comp = make_competition(tmp_path / "data", n_train=2, n_test=1, size=256, seed=7)
+    cells = build_training_cells(comp, tmp_path / "cells", crop_size=32, workers=0)
+    sizes = dict(input_size=32, batch_size=2, epochs=1, steps_per_epoch=1, pretrained=None, val_fraction=0.0,
+                 amp=False, channels_last=False, workers=0)
+    config = TrainingAblationConfig(cells, comp.root, tmp_path / "out", overrides=sizes, seeds=(0, 1))
+    result = run_training_ablation(config)
+    names = [row[0] for row in result.rows]
+    assert names == ["the recipe (milimed2021, seed 0)", "the recipe (milimed2021, seed 1)", *EXPECTED]
+    for _, scores, _ in result.rows:
+        assert set(scores) == {"box", "mask"} and all(0.0 <= s <= 1.0 for s in scores.values())
+    assert (tmp_path / "out" / "training_ablation.md").read_text().count("\n") == 2 + len(names)
+    assert sorted(p.name for p in (tmp_path / "out").glob("variant*.csv")) == [f"variant{k}.csv" for k in range(len(names))]
