@@ -84,3 +84,25 @@ def test_training_mode_smoke(tmp_path):
         assert set(scores) == {"box", "mask"} and all(0.0 <= s <= 1.0 for s in scores.values())
     assert (tmp_path / "out" / "training_ablation.md").read_text().count("\n") == 2 + len(names)
     assert sorted(p.name for p in (tmp_path / "out").glob("variant*.csv")) == [f"variant{k}.csv" for k in range(len(names))]
+
+
+def test_cli_ablate_train_cells_runs_the_training_ablation(tmp_path, monkeypatch, capsys):
+    from hpa_kernel import cli
+    from hpa_kernel.training import ablation
+
+    seen = []
+
+    def fake(config):
+        seen.append(config)
+        return TrainingAblationResult([("recipe", {"box": 0.5, "mask": 0.25}, 1.0)], 1, 3)
+
+    monkeypatch.setattr(ablation, "run_training_ablation", fake)
+    args = ["ablate", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--train-cells", str(tmp_path / "c.csv"),
+            "--group", "2", "--seeds", "0", "5", "--epochs", "3", "--input-size", "64", "--device", "cpu"]
+    assert cli.main(args) == 0
+    (config,) = seen
+    assert (config.cells_csv, config.data, config.group, config.seeds) == (tmp_path / "c.csv", tmp_path / "d", 2, (0, 5))
+    assert config.overrides == {"epochs": 3, "input_size": 64} and config.device == "cpu"
+    assert "| recipe | 0.5000 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--weights is required"):
+        cli.main(["ablate", "--data", str(tmp_path / "d")])

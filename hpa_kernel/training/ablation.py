@@ -93,6 +93,8 @@ class TrainingAblationConfig:
         :class:`TrainConfig` fields applied to every variant (sizes, lengths).
     seeds : tuple of int
         The full recipe is trained once per seed (the spread is the noise); variants use the first.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, for training and scoring.
     """
 
     cells_csv: Path
@@ -102,6 +104,7 @@ class TrainingAblationConfig:
     group: int = 1
     overrides: dict = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
+    device: str = "cpu"
 
     def __post_init__(self):
         for name in ("cells_csv", "data", "out"):
@@ -151,14 +154,14 @@ def _test_cells(competition, image_ids, crop_size: int) -> dict:
     return images
 
 
-def _score(paths, images, competition, truth, out: Path, recipe) -> dict:
+def _score(paths, images, competition, truth, out: Path, recipe, device: str) -> dict:
     """mAP per IoU mode of the ensemble of ``paths`` (one group) under the inference ``recipe``."""
     from hpa_kernel.classifier import Ensemble
     from hpa_kernel.confidence import recipe_confidence
     from hpa_kernel.metric import score_submission
     from hpa_kernel.submission import prediction_string_for_cells, write_submission
 
-    ensemble = Ensemble.from_checkpoints([list(paths)], [1.0], "cpu", recipe=recipe)
+    ensemble = Ensemble.from_checkpoints([list(paths)], [1.0], device, recipe=recipe)
     predictions = {}
     for image_id, (table, encoded, crops) in images.items():
         if not len(table):
@@ -199,9 +202,9 @@ def run_training_ablation(config: TrainingAblationConfig) -> TrainingAblationRes
     for k, (name, train_config) in enumerate(runs):
         t = time.process_time()
         paths = train_group(train_config, config.cells_csv, config.out / f"variant{k}",
-                            options=RunOptions(device="cpu", manifest=False))
+                            options=RunOptions(device=config.device, manifest=False))
         cpu = time.process_time() - t
-        scores = _score(paths, images, competition, truth, config.out / f"variant{k}.csv", recipe)
+        scores = _score(paths, images, competition, truth, config.out / f"variant{k}.csv", recipe, config.device)
         rows.append((name, scores, cpu))
         logger.info("%s: %s, %.0f CPU s", name, ", ".join(f"mAP {m} {s:.4f}" for m, s in scores.items()), cpu)
     result = TrainingAblationResult(rows, len(images), int(sum(len(v[0]) for v in images.values())))
