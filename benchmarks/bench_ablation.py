@@ -14,7 +14,8 @@ competition (``--n-train`` / ``--n-test`` images, seed 2021), its cells table bu
 kinds), then group 1 of milimed2021 trained per variant (64 px, batch 16, random init,
 the preset's Adam with lr 3e-3, ``--epochs`` epochs of ``--draws`` quota draws, i.e. ``epoch_scale``
 = draws / 316,666; the "epoch = number of cells" variant then draws ``n_cells * epoch_scale``) and
-scored with the milimed2021 inference recipe; the recipe is trained once per ``--seeds``.
+scored with the milimed2021 inference recipe; the recipe is trained once per ``--seeds``. The
+defaults (24 / 12 images, 4 epochs of 256 draws, seeds 0 1 2) took 183 CPU s (RESULTS.md).
 
     PYTHONPATH=. python benchmarks/bench_ablation.py --training --out /tmp/training_ablation
 
@@ -95,11 +96,11 @@ def main() -> None:
     parser.add_argument("--out", default="ablation_bench", help="output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--training", action="store_true", help="the training ablation instead of the inference one")
-    parser.add_argument("--n-train", type=int, default=20, help="--training: train images (>= 19 covers the classes)")
-    parser.add_argument("--n-test", type=int, default=6, help="--training: test images")
-    parser.add_argument("--draws", type=int, default=192, help="--training: quota draws per epoch of the recipe")
-    parser.add_argument("--epochs", type=int, default=2, help="--training: epochs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="--training: seeds of the full recipe")
+    parser.add_argument("--n-train", type=int, default=24, help="--training: train images (>= 19 covers the classes)")
+    parser.add_argument("--n-test", type=int, default=12, help="--training: test images")
+    parser.add_argument("--draws", type=int, default=256, help="--training: quota draws per epoch of the recipe")
+    parser.add_argument("--epochs", type=int, default=4, help="--training: epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--training: seeds of the full recipe")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
