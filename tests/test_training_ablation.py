@@ -65,7 +65,7 @@ def test_markdown_reports_the_change_against_the_first_row():
     assert lines[3] == "| loss on logits | 0.3750 | -0.1250 | 0.5000 | +0.2500 | 12 |"
 
 
-@pytest.mark.slow  # 3 minutes on the loaded 2-core machine (seven B0 builds and a cells run)
+@pytest.mark.slow  # 43 s to 3 min on the shared 2-core machine (seven B0 builds and a cells run)
 def test_training_mode_smoke(tmp_path):
     """Every variant trains one step on a two-image competition and is scored in both IoU modes."""
     from hpa_kernel.demo import build_training_cells
