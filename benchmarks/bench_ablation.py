@@ -9,6 +9,16 @@ ablated with :func:`hpa_kernel.ablation.run_ablation` (classic segmenter, in pro
 
     PYTHONPATH=. python benchmarks/bench_ablation.py --out /tmp/ablation
 
+``--training``: the training ablation (:mod:`hpa_kernel.training.ablation`). A small synthetic
+competition (``--n-train`` / ``--n-test`` images, seed 2021), its cells table built once (both crop
+kinds), then group 1 of milimed2021 trained per variant (64 px, batch 16, random init,
+the preset's Adam with lr 3e-3, ``--epochs`` epochs of ``--draws`` quota draws, i.e. ``epoch_scale``
+= draws / 316,666; the "epoch = number of cells" variant then draws ``n_cells * epoch_scale``) and
+scored with the milimed2021 inference recipe; the recipe is trained once per ``--seeds``. The
+defaults (24 / 12 images, 4 epochs of 256 draws, seeds 0 1 2) took 183 CPU s (RESULTS.md).
+
+    PYTHONPATH=. python benchmarks/bench_ablation.py --training --out /tmp/training_ablation
+
 Synthetic data cannot decide between recipes: the table shows what the tool reports, not which
 recipe is better on real images.
 """
@@ -16,6 +26,7 @@ recipe is better on real images.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -52,13 +63,52 @@ def derive_18_outputs(src: Path, dst: Path) -> Path:
     return dst
 
 
+def training_overrides(draws: int, epochs: int, input_size: int = 64, batch_size: int = 16) -> dict:
+    """The bench's TrainConfig overrides: sizes and lengths only, no element of the recipe touched."""
+    from hpa_kernel.training.config import MILIMED_EPOCH_SIZE, training_preset
+
+    sampler = training_preset("milimed2021", 1).sampler
+    return dict(input_size=input_size, batch_size=batch_size, epochs=epochs, steps_per_epoch=None, lr=3e-3,
+                pretrained=None, val_fraction=0.0, amp=False, channels_last=False, workers=0,
+                sampler=dataclasses.replace(sampler, epoch_scale=draws / MILIMED_EPOCH_SIZE))
+
+
+def run_training(args) -> None:
+    """The ``--training`` mode (see the module doc)."""
+    from hpa_kernel.demo import build_training_cells, make_demo_competition
+    from hpa_kernel.training.ablation import TrainingAblationConfig, run_training_ablation
+
+    out = Path(args.out)
+    t, cpu = time.perf_counter(), time.process_time()
+    comp = make_demo_competition(out / "data", n_train=args.n_train, n_test=args.n_test)
+    cells_csv = build_training_cells(comp, out / "train_cells", crop_size=64, workers=0)
+    logger.info("data and cells: %.0f s wall, %.0f CPU s", time.perf_counter() - t, time.process_time() - cpu)
+    config = TrainingAblationConfig(cells_csv, comp.root, out / "training", overrides=training_overrides(args.draws, args.epochs),
+                                    seeds=tuple(args.seeds))
+    result = run_training_ablation(config)
+    print(f"\nmilimed2021 group 1: {args.n_train} train / {result.n_images} test images, {result.n_cells} test cells; "
+          f"{time.perf_counter() - t:.0f} s wall, {time.process_time() - cpu:.0f} CPU s in all; "
+          f"load average {os.getloadavg()[0]:.1f}\n{result.markdown()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="ablation_bench", help="output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--training", action="store_true", help="the training ablation instead of the inference one")
+    parser.add_argument("--n-train", type=int, default=24, help="--training: train images (>= 19 covers the classes)")
+    parser.add_argument("--n-test", type=int, default=12, help="--training: test images")
+    parser.add_argument("--draws", type=int, default=256, help="--training: quota draws per epoch of the recipe")
+    parser.add_argument("--epochs", type=int, default=4, help="--training: epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--training: seeds of the full recipe")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
+
+    if args.training:
+        torch.set_num_threads(args.threads)
+        run_training(args)
+        return
 
     from hpa_kernel.ablation import AblationConfig, run_ablation
     from hpa_kernel.classifier import load_config
