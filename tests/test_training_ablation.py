@@ -13,7 +13,7 @@ def _flat(config) -> dict:
     """Every field of a TrainConfig, nested configs as 'outer.inner'."""
     out = {}
     for name, value in dataclasses.asdict(config).items():
-        if isinstance(value, dict) and name in ("augment", "loss", "sampler", "soft"):
+        if isinstance(value, dict) and name in ("augment", "loss", "sampler", "soft", "labels"):
             out.update({f"{name}.{k}": v for k, v in value.items()})
         else:
             out[name] = value
@@ -29,6 +29,9 @@ EXPECTED = {
     },
     "loss on logits": {"loss.on": ("probabilities", "logits")},
     "epoch = number of cells": {"sampler.epoch_size": (316_666, None)},
+    "kit pseudo-label scope (every class)": {"labels.pseudo_scope": ("milimed2021", "all")},
+    "no class-6 antibody rule": {"labels.antibody_class": (6, None)},
+    "duplicates from manual scores only": {"sampler.duplicate_source": ("any", "manual")},
 }
 
 

@@ -42,9 +42,12 @@ TRAINING_SWITCHES: dict[str, Switch] = {
     "epoch = number of cells": lambda c: replace(c, sampler=replace(c.sampler, epoch_size=None)),
 }
 
-#: The label options (class-6 antibody rule, duplicates, pseudo-label scope, ...): one line each,
-#: ``name: config -> config``, in the form of :data:`TRAINING_SWITCHES`.
-LABEL_SWITCHES: dict[str, Switch] = {}
+#: The team's label rules, each switched back to the kit's: ``{name: config -> config}``.
+LABEL_SWITCHES: dict[str, Switch] = {
+    "kit pseudo-label scope (every class)": lambda c: replace(c, labels=replace(c.labels, pseudo_scope="all")),
+    "no class-6 antibody rule": lambda c: replace(c, labels=replace(c.labels, antibody_class=None)),
+    "duplicates from manual scores only": lambda c: replace(c, sampler=replace(c.sampler, duplicate_source="manual")),
+}
 
 IOU_MODES = ("box", "mask")
 
@@ -57,7 +60,8 @@ def training_ablation_variants(recipe: str = "milimed2021", group: int = 1, **ov
 
     >>> list(training_ablation_variants("milimed2021", 1))  # doctest: +NORMALIZE_WHITESPACE
     ['recipe', 'kit train filter', 'kit training crops', 'kit network (adapted stem, timm BN, no drop path)',
-     'loss on logits', 'epoch = number of cells']
+     'loss on logits', 'epoch = number of cells', 'kit pseudo-label scope (every class)',
+     'no class-6 antibody rule', 'duplicates from manual scores only']
     >>> list(training_ablation_variants("kit2025", 1))
     ['recipe']
     """
