@@ -126,13 +126,14 @@ def test_prepare_batch_scales_by_dtype(small_config):
     rng = np.random.default_rng(3)
     crops16 = rng.integers(0, 65535, size=(2, 64, 64, 4), endpoint=True).astype(np.uint16)
     x = prepare_batch(crops16, small_config)  # input_size 64: no resize
-    by_hand = (crops16.transpose(0, 3, 1, 2).astype(np.float64) / 65535.0 - np.array(small_config.mean)[None, :, None, None]) / np.array(
-        small_config.std
-    )[None, :, None, None]
+    mean = np.array(small_config.mean)[None, :, None, None]
+    std = np.array(small_config.std)[None, :, None, None]
+    by_hand = (crops16.transpose(0, 3, 1, 2).astype(np.float64) / 65535.0 - mean) / std
     np.testing.assert_allclose(x.numpy(), by_hand, rtol=0, atol=1e-5)
     crops8 = rng.integers(0, 255, size=(2, 64, 64, 4), endpoint=True).astype(np.uint8)
     # an 8-bit value v and the team's 16-bit 257 v are the same input
-    np.testing.assert_allclose(prepare_batch(crops8, small_config).numpy(), prepare_batch(crops8.astype(np.uint16) * 257, small_config).numpy(), rtol=0, atol=1e-6)
+    as16 = crops8.astype(np.uint16) * 257
+    np.testing.assert_allclose(prepare_batch(crops8, small_config).numpy(), prepare_batch(as16, small_config).numpy(), rtol=0, atol=1e-6)
 
 
 def test_config_checks_itself():

@@ -26,7 +26,10 @@ import logging
 
 import numpy as np
 
-__all__ = ["CROP_MODES", "DEFAULT_CROP_MODE", "crop_dtype", "to_uint8", "to_uint16", "square_window", "crop_cell", "crop_cells", "cell_boxes"]
+__all__ = [
+    "CROP_MODES", "DEFAULT_CROP_MODE", "crop_dtype", "to_uint8", "to_uint16", "square_window", "crop_cell", "crop_cells",
+    "cell_boxes",
+]
 
 logger = logging.getLogger(__name__)
 
