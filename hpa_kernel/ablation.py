@@ -1,8 +1,9 @@
 """The ablation table: one labelled set scored under a recipe with each element switched off in turn.
 
 :func:`run_ablation` segments the images and cuts the crops once, runs the ensemble once without
-TTA (and once more with it, for the TTA row), and keeps per image only the cells table, the
-encoded masks and the probabilities. Each variant (:func:`ablation_variants`, a
+TTA (and once more with it, for the TTA row; and once on the other crop mode's crops, cut from the
+same label images, for the crop row), and keeps per image only the cells table, the encoded masks
+and the probabilities. Each variant (:func:`ablation_variants`, a
 ``dataclasses.replace`` of the recipe) then only recomputes the confidence step
 (:func:`hpa_kernel.confidence.recipe_confidence`), writes its submission and is scored in both IoU
 modes (:func:`hpa_kernel.metric.score_submission`). :meth:`AblationResult.markdown` is a table like the
@@ -29,10 +30,13 @@ IOU_MODES = ("box", "mask")
 
 
 def ablation_variants(recipe: InferenceRecipe | str | None = None) -> dict[str, InferenceRecipe]:
-    """The recipe, then one element switched off at a time (TTA switched on, or off if it was on).
+    """The recipe, then one element switched off at a time (TTA switched on, or off if it was on;
+    the other crop mode of :data:`hpa_kernel.cells.crops.CROP_MODES`).
 
     >>> list(ablation_variants("milimed2021"))
-    ['recipe', 'no cell/image blend', 'no border cleaner', 'no outlier cleaner', 'no Negative rule', 'TTA on']
+    ['recipe', 'no cell/image blend', 'no border cleaner', 'no outlier cleaner', 'no Negative rule', 'TTA on', 'kit crop (8-bit, INTER_AREA, re-masked)']
+    >>> ablation_variants("kit2025")["team crop (16-bit, INTER_LINEAR, soft edge)"].crop
+    'milimed2021'
     """
     recipe = get_recipe(recipe)
     replace = dataclasses.replace
@@ -43,7 +47,13 @@ def ablation_variants(recipe: InferenceRecipe | str | None = None) -> dict[str, 
         "no outlier cleaner": replace(recipe, outlier_cleaner=None),
         "no Negative rule": replace(recipe, negative="none"),
         ("TTA off" if recipe.tta else "TTA on"): replace(recipe, tta=not recipe.tta),
+        _CROP_VARIANTS[recipe.crop]: replace(recipe, crop=_OTHER_CROP[recipe.crop]),
     }
+
+
+#: The ablation row that swaps the crop mode, named by the recipe's own mode.
+_CROP_VARIANTS = {"milimed2021": "kit crop (8-bit, INTER_AREA, re-masked)", "kit2025": "team crop (16-bit, INTER_LINEAR, soft edge)"}
+_OTHER_CROP = {"milimed2021": "kit2025", "kit2025": "milimed2021"}
 
 
 @dataclass(frozen=True)
@@ -150,8 +160,9 @@ def _truth(config: AblationConfig, competition) -> dict:
     return {"truth": load_truth(cells, masks)}
 
 
-def _cells_and_probs(config: AblationConfig, competition, ensemble, image_ids, tta_needed: bool):
-    """Per image: (table, encoded masks, {tta: probs}); segmentation and crops run once."""
+def _cells_and_probs(config: AblationConfig, competition, ensemble, image_ids, needed: set[tuple[str, bool]]):
+    """Per image: (table, encoded masks, {(crop mode, tta): probs}) for the ``needed`` pairs;
+    segmentation runs once, the crops once per mode."""
     from hpa_kernel.cells import CellConfig, CellPipeline, PipelineOptions
     from hpa_kernel.classifier.ensemble import DEFAULT_TTA
     from hpa_kernel.segmentation import create_segmenter
@@ -170,18 +181,34 @@ def _cells_and_probs(config: AblationConfig, competition, ensemble, image_ids, t
     else:
         segmenter = create_segmenter("classic")
     crop_size = max(m.config.input_size for m in ensemble.members)
+    main_crop = ensemble.recipe.crop
     pipeline = CellPipeline(
-        segmenter, CellConfig(crop_size=crop_size), config.workers, None, options=PipelineOptions(encode_masks=True)
+        segmenter, CellConfig(crop_size=crop_size, crop=main_crop), config.workers, None,
+        options=PipelineOptions(encode_masks=True, keep_labels=any(crop != main_crop for crop, _ in needed)),
     )
-    views = {False: ("identity",), True: DEFAULT_TTA} if tta_needed else {False: ("identity",)}
     images = {}
     for result in pipeline.run(competition.test_dir, image_ids, progress=False):
         if not result.ok:
             logger.warning("image %s failed (%s): it gets no detections in every variant", result.image_id, result.reason)
             continue
-        probs = {tta: ensemble.predict(result.crops, tta=v, batch_size=config.batch_size) for tta, v in views.items()}
+        crops = {main_crop: result.crops}
+        probs = {}
+        for crop, tta in sorted(needed):
+            if crop not in crops:
+                crops[crop] = _recrop(competition, result, crop, crop_size)
+            probs[crop, tta] = ensemble.predict(crops[crop], tta=DEFAULT_TTA if tta else ("identity",), batch_size=config.batch_size)
         images[result.image_id] = (result.table, result.encoded, probs)
     return images
+
+
+def _recrop(competition, result, crop: str, crop_size: int):
+    """The crops of ``result``'s cells in the other crop mode, from its kept label image."""
+    from hpa_kernel.cells.crops import crop_cells
+    from hpa_kernel.io import read_image
+
+    boxes = {int(r[0]): tuple(int(v) for v in r[1:]) for r in result.table[["cell_id", "y0", "x0", "y1", "x1"]].to_numpy()}
+    image = read_image(competition.test_dir, result.image_id)
+    return crop_cells(image, result.cell_label, list(boxes), size=crop_size, boxes=boxes, mode=crop)
 
 
 def run_ablation(config: AblationConfig) -> AblationResult:
@@ -211,14 +238,14 @@ def run_ablation(config: AblationConfig) -> AblationResult:
     image_ids = [s[0] for s in read_sample(competition.sample_submission)]
     manifest = load_manifest(weights_dir=config.weights, require_segmentation=config.segmenter == "hpa")
     ensemble = Ensemble.from_manifest(manifest, config.device, variants["recipe"])
-    images = _cells_and_probs(config, competition, ensemble, image_ids, any(r.tta for r in variants.values()))
+    images = _cells_and_probs(config, competition, ensemble, image_ids, {(r.crop, r.tta) for r in variants.values()})
     timings["cells and classifier"] = time.perf_counter() - t
     t = time.perf_counter()
     config.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for k, (name, recipe) in enumerate(variants.items()):
         predictions = {
-            image_id: prediction_string_for_cells(encoded, recipe_confidence(probs[recipe.tta], table, recipe)) if len(table) else ""
+            image_id: prediction_string_for_cells(encoded, recipe_confidence(probs[recipe.crop, recipe.tta], table, recipe)) if len(table) else ""
             for image_id, (table, encoded, probs) in images.items()
         }
         path = write_submission(predictions, competition.sample_submission, config.out / f"variant{k}.csv")

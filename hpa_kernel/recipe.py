@@ -10,14 +10,16 @@ A recipe is a frozen, self-checking :class:`InferenceRecipe`. Two named presets 
     value ``v`` = border cleaner (flat-edge ratios of the nucleus's bounding box, x0.01 for a
     nucleus without blue) x outlier cleaner (per-cell channel sums, 0.077 / 0.05 of the means,
     x0.001); every class x ``v``; then ``0.7 * (v * p) + 0.3 * mean(p over the image's cells
-    with v == 1, the cell itself included)`` for every class except 11 and 18; no TTA.
+    with v == 1, the cell itself included)`` for every class except 11 and 18; no TTA; the team's
+    16-bit crops (:mod:`hpa_kernel.cells.crops`); an image without cells gets the sample row.
 
 ``"kit2025"``
     The kit's behaviour before the recipe existed: 19 outputs with Negative learned as a class;
     the ellipse estimate of the nucleus cut with penalty ``clip(1 - cut, 0.05, 1)``; the
     4-feature robust-z outlier vote (the cells table's ``outlier`` flag) with x0.2; the blend
     ``(0.7 p + 0.3 mean(p over the image's *other valid* cells)) x penalty`` over all 19
-    classes; flip TTA.
+    classes; flip TTA; 8-bit crops, INTER_AREA when shrinking, re-masked after the resize; an
+    image without cells gets an empty PredictionString.
 
 An experiment is a ``dataclasses.replace`` of a preset (this is how ``hpa-kernel ablate`` switches
 elements off), never an edit of the registry.
@@ -37,6 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hpa_kernel.cells.crops import CROP_MODES
 from hpa_kernel.classes import NUM_CLASSES
 
 __all__ = [
@@ -47,6 +50,8 @@ __all__ = [
     "BORDER_CLEANERS",
     "OUTLIER_CLEANERS",
     "BLEND_CONTEXTS",
+    "CROP_MODES",
+    "NO_CELLS_ROWS",
     "get_recipe",
     "recipe_names",
     "recipes_for_outputs",
@@ -63,6 +68,9 @@ BORDER_CLEANERS = ("milimed", "ellipse", None)
 OUTLIER_CLEANERS = ("milimed", "robust_z", None)
 #: Which cells form a cell's image term in the blend (see :class:`InferenceRecipe`).
 BLEND_CONTEXTS = ("clean_cells", "other_valid_cells")
+#: The row of an image in which no cell was found: the sample submission's row (the team) or an
+#: empty PredictionString; see :func:`hpa_kernel.submission.writer.no_cells_prediction`.
+NO_CELLS_ROWS = ("sample", "empty")
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,14 @@ class InferenceRecipe:
         cells of the table's ``valid`` column; own p if none)) * v``.
     tta : bool
         Flip TTA (identity, hflip, vflip) when the time budget allows.
+    crop : {"milimed2021", "kit2025"}
+        How cells are cropped (:data:`hpa_kernel.cells.crops.CROP_MODES`): the team's uint16 crop
+        (INTER_LINEAR, no re-masking) or the kit's uint8 crop (INTER_AREA when shrinking,
+        re-masked).
+    no_cells_row : {"sample", "empty"}
+        PredictionString of an image in which no cell was found: ``"sample"`` (team) the sample
+        submission's row for it, ``"empty"`` no detections. Images that fail get an empty row
+        under both.
     """
 
     name: str = DEFAULT_RECIPE
@@ -113,6 +129,8 @@ class InferenceRecipe:
     blend_skip_classes: tuple[int, ...] = (11, 18)
     blend_context: str = "clean_cells"
     tta: bool = False
+    crop: str = "milimed2021"
+    no_cells_row: str = "sample"
     no_nucleus_factor: float = 0.01
     outlier_candidate_min: float = 0.01
     outlier_red_ratio: float = 0.077
@@ -132,6 +150,8 @@ class InferenceRecipe:
             ("border_cleaner", BORDER_CLEANERS),
             ("outlier_cleaner", OUTLIER_CLEANERS),
             ("blend_context", BLEND_CONTEXTS),
+            ("crop", CROP_MODES),
+            ("no_cells_row", NO_CELLS_ROWS),
         ):
             if getattr(self, field_name) not in allowed:
                 raise ValueError(f"{field_name} must be one of {allowed}, got {getattr(self, field_name)!r}")
@@ -165,7 +185,7 @@ class InferenceRecipe:
         )
         return (
             f"recipe {self.name}: {self.num_outputs} outputs, Negative {self.negative}, border {self.border_cleaner}, "
-            f"outlier {self.outlier_cleaner}, {blend}, TTA {'on' if self.tta else 'off'}"
+            f"outlier {self.outlier_cleaner}, {blend}, TTA {'on' if self.tta else 'off'}, crop {self.crop}"
         )
 
 
@@ -180,6 +200,8 @@ RECIPES: dict[str, InferenceRecipe] = {
         blend_skip_classes=(),
         blend_context="other_valid_cells",
         tta=True,
+        crop="kit2025",
+        no_cells_row="empty",
     ),
 }
 

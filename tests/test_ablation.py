@@ -16,6 +16,7 @@ def test_variants_switch_off_one_element_each():
     assert v["no cell/image blend"].blend is False and v["no border cleaner"].border_cleaner is None
     assert v["no outlier cleaner"].outlier_cleaner is None and v["no Negative rule"].negative == "none"
     assert v["TTA on"].tta is True and base.tta is False
+    assert base.crop == "milimed2021" and v["kit crop (8-bit, INTER_AREA, re-masked)"].crop == "kit2025"
     for name, recipe in v.items():  # everything else as in the recipe
         differs = [f for f in base.__dataclass_fields__ if getattr(recipe, f) != getattr(base, f)]
         assert len(differs) == (0 if name == "recipe" else 1), (name, differs)
@@ -38,14 +39,16 @@ def test_ablation_runs_cells_once_and_the_classifier_once_per_tta_setting(tmp_pa
         return original_run(self, *args, **kwargs)
 
     def counting_predict(self, crops, **kwargs):
-        views.append(tuple(kwargs.get("tta") or ()))
+        views.append((tuple(kwargs.get("tta") or ()), crops.dtype.name))
         return original_predict(self, crops, **kwargs)
 
     monkeypatch.setattr(CellPipeline, "run", counting_run)
     monkeypatch.setattr(Ensemble, "predict", counting_predict)
     result = run_ablation(AblationConfig(data=comp.root, weights=tmp_path / "weights", out=tmp_path / "out"))
     assert len(runs) == 1
-    assert sorted(views) == sorted([("identity",), ("identity", "hflip", "vflip")] * result.n_images)
+    # the recipe's uint16 crops without and with TTA, and the kit crop's uint8 crops for its row
+    calls = [(("identity",), "uint16"), (("identity", "hflip", "vflip"), "uint16"), (("identity",), "uint8")]
+    assert sorted(views) == sorted(calls * result.n_images)
     assert [r.name for r in result.rows] == list(ablation_variants("milimed2021"))
     assert result.n_images == 2 and result.n_cells > 0
     for row in result.rows:

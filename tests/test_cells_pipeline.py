@@ -368,3 +368,21 @@ def test_two_workers_leave_no_shared_memory(images, monkeypatch):
         block.close()
         left.append(name)
     assert not left, f"shared-memory blocks left behind: {left}"
+
+
+def test_milimed2021_crops_are_uint16_through_a_worker(images):
+    """CellConfig.crop reaches the worker; the team's uint16 crops come back through shared memory."""
+    from hpa_kernel.cells.crops import crop_cells
+    from hpa_kernel.io import read_image
+
+    folder, ids, samples = images
+    config = dataclasses.replace(CONFIG, crop="milimed2021")
+    results = list(CellPipeline(TruthSegmenter(samples), config, workers=1).run(folder, ids[:2], progress=False))
+    for r, s in zip(results, samples):
+        assert r.crops.dtype == np.uint16 and r.crops.shape[1:] == (64, 64, 4)
+        image = read_image(folder, r.image_id)
+        expected = crop_cells(image, s.cell_mask, r.table["cell_id"].tolist(), size=64, mode="milimed2021")
+        np.testing.assert_array_equal(r.crops, expected)
+    assert CONFIG.crop == "kit2025" and CONFIG.table_settings() == config.table_settings()  # the cache key ignores the crop
+    with pytest.raises(ValueError, match="crop must be one of"):
+        CellConfig(crop="team")

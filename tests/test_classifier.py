@@ -115,10 +115,25 @@ def test_prepare_batch_orders_resizes_and_normalises(small_config):
     yrgb = CheckpointConfig(arch="resnet18", input_size=64, channels=("yellow", "red", "green", "blue"))
     x2 = prepare_batch(crops, yrgb)
     assert float(x2[:, 1].mean()) == pytest.approx(1.0) and float(x2[:, 0].mean()) == 0.0
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ValueError, match="uint8 or uint16"):
         prepare_batch(crops.astype(np.float32), small_config)
     with pytest.raises(ValueError, match=r"\(N, S, S, 4\)"):
         prepare_batch(crops[..., :3], small_config)
+
+
+def test_prepare_batch_scales_by_dtype(small_config):
+    """uint8 / 255 (kit2025 crops), uint16 / 65535 (milimed2021 crops, the team's scale); mean/std after."""
+    rng = np.random.default_rng(3)
+    crops16 = rng.integers(0, 65535, size=(2, 64, 64, 4), endpoint=True).astype(np.uint16)
+    x = prepare_batch(crops16, small_config)  # input_size 64: no resize
+    mean = np.array(small_config.mean)[None, :, None, None]
+    std = np.array(small_config.std)[None, :, None, None]
+    by_hand = (crops16.transpose(0, 3, 1, 2).astype(np.float64) / 65535.0 - mean) / std
+    np.testing.assert_allclose(x.numpy(), by_hand, rtol=0, atol=1e-5)
+    crops8 = rng.integers(0, 255, size=(2, 64, 64, 4), endpoint=True).astype(np.uint8)
+    # an 8-bit value v and the team's 16-bit 257 v are the same input
+    as16 = crops8.astype(np.uint16) * 257
+    np.testing.assert_allclose(prepare_batch(crops8, small_config).numpy(), prepare_batch(as16, small_config).numpy(), rtol=0, atol=1e-6)
 
 
 def test_config_checks_itself():

@@ -85,10 +85,13 @@ def test_tta_averages_flipped_views():
 
 def test_input_checks():
     ens = _const_ensemble([[0.0]], [1.0])
-    with pytest.raises(ValueError, match="uint8 of shape"):
+    with pytest.raises(ValueError, match="uint8 or uint16 of shape"):
         ens.predict(np.zeros((1, 32, 32, 3), dtype=np.uint8))
-    with pytest.raises(ValueError, match="uint8 of shape"):
+    with pytest.raises(ValueError, match="uint8 or uint16 of shape"):
         ens.predict([[1, 2], [3, 4]])  # not an array: still the same explanation
+    with pytest.raises(ValueError, match="uint8 or uint16 of shape"):
+        ens.predict(np.zeros((1, 32, 32, 4), dtype=np.float32))
+    assert ens.predict(np.zeros((0, 32, 32, 4), dtype=np.uint16)).shape == (0, NUM_CLASSES)  # milimed2021 crops
     assert ens.predict(np.zeros((0, 32, 32, 4), dtype=np.uint8)).shape == (0, NUM_CLASSES)
     with pytest.raises(ValueError, match="sum to 1"):
         _const_ensemble([[0.0], [0.0]], [0.5, 0.6])

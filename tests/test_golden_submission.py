@@ -35,10 +35,24 @@ from hpa_kernel.segmentation.base import BaseSegmenter, SegmentationMaps  # noqa
 from hpa_kernel.submission import SubmitConfig, run_submission  # noqa: E402
 
 # ----------------------------------------------------------------------------- what a blank image gets
-# ONE place for the row of an image without cells. Today both recipes write an empty PredictionString.
-# LEAD, at the merge of a_crops: milimed2021 keeps the sample row, so set its entry to
-# "0 1 eNoLCAgIMAEABJkBdQ==" (kit2025 keeps "").
-NO_CELLS_ROW = {"milimed2021": "", "kit2025": ""}
+# The row of an image without cells. milimed2021: the team kept the sample row (In[25]); on Kaggle
+# that is "0 1 eNoLCAgIMAEABJkBdQ==", class 0 at confidence 1 on an empty 2048 x 2048 mask, which does
+# not decode at other sizes, so the kit writes the same placeholder at the image's own size. kit2025:
+# an empty PredictionString.
+TEAM_SAMPLE_ROW = "0 1 eNoLCAgIMAEABJkBdQ=="
+
+
+def empty_mask_row(height: int, width: int) -> str:
+    """``0 1 <empty H x W mask>``, encoded here with pycocotools + zlib (level 9) + base64."""
+    counts = coco_mask.encode(np.asfortranarray(np.zeros((height, width), np.uint8)))["counts"]
+    return "0 1 " + base64.b64encode(zlib.compress(counts, 9)).decode()
+
+
+def no_cells_row(recipe: str, height: int, width: int) -> str:
+    if recipe == "kit2025":
+        return ""
+    return TEAM_SAMPLE_ROW if (height, width) == (2048, 2048) else empty_mask_row(height, width)
+
 
 # ----------------------------------------------------------------------------- the team's numbers
 GROUP_WEIGHTS = (0.2, 0.4, 0.4)  # groups "old", "resize + pad", "resize" (In[21]-In[24])
@@ -371,6 +385,9 @@ def read_triples(path: Path, scenes: dict[str, Scene]) -> dict[str, dict[tuple[i
     out = {}
     for image_id, text in zip(frame["ID"], frame["PredictionString"], strict=True):
         s = scenes[image_id]
+        if not s.names:  # a blank image: its row is compared as text (no_cells_row)
+            out[image_id] = ({}, text)
+            continue
         tokens = text.split(" ") if text else []
         assert len(tokens) % 3 == 0, f"{image_id}: {len(tokens)} tokens"
         masks = {}
@@ -437,7 +454,7 @@ def test_golden_submission(recipe, scenes, competition, tmp_path):
     for image_id, s in scenes.items():
         got, text = rows[image_id]
         if not s.names:
-            assert text == NO_CELLS_ROW[recipe], f"{image_id} (no cells): {text!r}"
+            assert text == no_cells_row(recipe, *s.cells.shape), f"{image_id} (no cells): {text!r}"
             continue
         _compare(image_id, s, expect(s, heads), got)
 
@@ -480,3 +497,9 @@ def test_scene_exercises_every_rule(scenes):
     groups = repo["ensemble"]["groups"]
     assert tuple(g["weight"] for g in groups) == GROUP_WEIGHTS
     assert tuple(tuple(c.get("weight", 1.0) for c in g["checkpoints"]) for g in groups) == CHECKPOINT_WEIGHTS
+
+
+def test_the_team_sample_row_is_an_empty_2048_mask():
+    """The independent encoder above gives the team's constant at 2048 x 2048 (so no_cells_row is their rule)."""
+    assert empty_mask_row(2048, 2048) == TEAM_SAMPLE_ROW
+    assert empty_mask_row(48, 48) != TEAM_SAMPLE_ROW

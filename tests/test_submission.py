@@ -19,6 +19,7 @@ from hpa_kernel.submission import (
     check_submission,
     format_prediction_string,
     prediction_string_for_cells,
+    no_cells_prediction,
     validate_submission,
     write_submission,
 )
@@ -68,9 +69,9 @@ def good(tmp_path, sample, labels):
 
 def test_format_prediction_string():
     mask = "eNoLCAgIMAEABJkBdQ=="
-    assert format_prediction_string([(3, 0.1234567, mask), (18, 1, mask)]) == f"3 0.123457 {mask} 18 1.000000 {mask}"
+    assert format_prediction_string([(3, 0.1234567, mask), (18, 1, mask)]) == f"3 0.1234567 {mask} 18 1.0 {mask}"
     assert format_prediction_string([]) == ""
-    assert format_prediction_string([(1, 1 + 1e-12, mask), (2, -1e-12, mask)]) == f"1 1.000000 {mask} 2 0.000000 {mask}"
+    assert format_prediction_string([(1, 1 + 1e-12, mask), (2, -1e-12, mask)]) == f"1 1.0 {mask} 2 0.0 {mask}"
     for bad, match in [
         ((19, 0.5, mask), "label"),
         ((True, 0.5, mask), "label"),
@@ -93,9 +94,43 @@ def test_prediction_string_for_cells_repeats_each_mask_for_all_classes():
     assert len(tokens) == 2 * 19 * 3
     assert tokens[0::3] == [str(c) for c in range(19)] * 2
     assert tokens[2::3] == [masks[0]] * 19 + [masks[1]] * 19
-    assert [float(t) for t in tokens[1::3]] == pytest.approx(probs.ravel(), abs=1e-6)
+    assert [float(t) for t in tokens[1::3]] == probs.ravel().tolist()  # exact: shortest round-trip text
     with pytest.raises(ValueError, match=r"\(N, 19\)"):
         prediction_string_for_cells(masks, probs[:, :18])
+
+
+def test_tiny_confidences_stay_distinct_through_the_file_the_validator_and_the_scorer(tmp_path, sample, labels):
+    """Values far below 5e-7 (which %.6f tied at 0) keep their order and read back exactly."""
+    label = labels["img_a"]
+    encoded = list(encode_label_image(label).values())
+    values = [1e-9, 2e-9, 3e-12, 5e-324, 1.0 - 2.0**-53, 0.1 + 0.2, np.float32(0.3), 4.9999e-7]
+    probs = np.zeros((len(encoded), 19))
+    probs.ravel()[: len(values)] = values
+    text = prediction_string_for_cells(encoded, probs)
+    confidences = [t for t in text.split(" ")[1::3]]
+    read_back = [float(t) for t in confidences[: len(values)]]
+    assert read_back == [float(v) for v in values]  # exact round trip
+    assert len(set(confidences[: len(values)])) == len(values)  # no ties between different values
+    path = write_submission({"img_a": text}, sample, tmp_path / "s.csv")
+    assert validate_submission(path, sample) == []
+    frame = pd.read_csv(path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
+    assert [float(t) for t in frame.PredictionString[0].split(" ")[1::3]][: len(values)] == read_back
+    cells = np.array(sorted(c for c in np.unique(label) if c))
+    truth = {i: TruthImage(labels[i], np.array(sorted(c for c in np.unique(labels[i]) if c)), [(0,)] * 4) for i in SIZES}
+    assert score_submission(path, truth=truth).num_tp[0] == len(cells)
+
+
+def test_no_cells_row_is_the_sample_row_or_the_placeholder_at_the_image_size():
+    placeholder = "0 1 eNoLCAgIMAEABJkBdQ=="  # Kaggle's sample row: class 0, confidence 1, empty 2048 x 2048 mask
+    assert no_cells_prediction(placeholder, 2048, 2048) == placeholder
+    row = "3 0.5 eNozSDAAAAGDAME="  # a full 4 x 4 mask: kept as the sample gives it
+    assert no_cells_prediction(row, 4, 4) == row
+    for sample_text, (height, width) in [("", (1728, 1728)), (placeholder, (1728, 1728)), (placeholder, (3072, 3072)),
+                                         ("", (40, 20)), ("0 1 not-base64!", (8, 8)), ("0 1", (8, 8))]:
+        label, confidence, mask = no_cells_prediction(sample_text, width, height).split(" ")
+        assert (label, confidence) == ("0", "1")
+        assert not decode_mask(mask, height, width).any()  # empty, and decodes at this image's size
+    assert no_cells_prediction("", 2048, 2048) == placeholder
 
 
 def test_write_read_decode_round_trip(good, sample, labels):

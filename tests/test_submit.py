@@ -390,3 +390,61 @@ def test_cli_submit_with_classic_segmenter(synthetic_competition, weights_dir, t
     assert "1 predicted, 2 fallback" in capsys.readouterr().out
     assert check_submission(out, synthetic_competition.sample_submission).ok
     assert main(["submit", "--data", str(synthetic_competition.root), "--weights", str(weights_dir), "--out", str(out)]) == 1
+
+
+# --------------------------------------------------------------------------- the recipe's crop and no-cells row
+
+
+class NoCellsSegmenter(BlobSegmenter):
+    """Finds nothing: every image has no cell."""
+
+    @staticmethod
+    def postprocess_fn(maps):
+        empty = np.zeros(maps.cell.shape, np.int32)
+        return empty, empty
+
+
+@pytest.fixture(scope="module")
+def kit_weights_dir(tmp_path_factory):
+    from hpa_kernel.demo import random_ensemble
+
+    folder = tmp_path_factory.mktemp("kit_weights")
+    random_ensemble(folder, sizes=(1,), weights=(1.0,), arch="resnet18", input_size=32, recipe="kit2025")
+    return folder
+
+
+def test_the_recipe_crop_reaches_the_classifier(synthetic_competition, weights_dir, kit_weights_dir, tmp_path, monkeypatch):
+    from hpa_kernel.classifier import Ensemble
+
+    seen = []
+    original = Ensemble.predict
+
+    def recording(self, crops, **kwargs):
+        seen.append((self.recipe.name, crops.dtype.name))
+        return original(self, crops, **kwargs)
+
+    monkeypatch.setattr(Ensemble, "predict", recording)
+    comp = synthetic_competition
+    for recipe, folder in (("milimed2021", weights_dir), ("kit2025", kit_weights_dir)):
+        report = run_submission(_config(comp, folder, tmp_path / f"{recipe}.csv", tta=False, recipe=recipe, limit=1), segmenter=BlobSegmenter())
+        assert report.n_predicted == 1 and report.problems == []
+    assert sorted(set(seen)) == [("kit2025", "uint8"), ("milimed2021", "uint16")]
+
+
+def test_no_cells_row_follows_the_recipe(synthetic_competition, weights_dir, kit_weights_dir, tmp_path):
+    """milimed2021: the sample row (here empty, so the team's placeholder at the image's size);
+    kit2025: empty. Neither is a fallback."""
+    from hpa_kernel.submission.rle import decode_mask
+
+    comp = synthetic_competition
+    sample = read_sample_submission(comp.sample_submission)
+    team = run_submission(_config(comp, weights_dir, tmp_path / "team.csv", tta=False), segmenter=NoCellsSegmenter())
+    kit = run_submission(_config(comp, kit_weights_dir, tmp_path / "kit.csv", tta=False, recipe="kit2025"), segmenter=NoCellsSegmenter())
+    for report in (team, kit):
+        assert report.n_predicted == 3 and report.n_fallback == 0 and report.problems == []
+    assert (_rows(kit.path)["PredictionString"] == "").all()
+    for row in _rows(team.path).itertuples():
+        label, confidence, mask = row.PredictionString.split(" ")
+        assert (label, confidence) == ("0", "1")
+        assert not decode_mask(mask, row.ImageHeight, row.ImageWidth).any()
+    assert list(_rows(team.path)["ID"]) == list(sample["ID"])

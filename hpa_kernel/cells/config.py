@@ -29,6 +29,10 @@ class CellConfig:
     margin : int
         Pixels added around the cell's bounding box before squaring (pixels outside the cell are
         zeroed anyway, so the margin only adds empty context around the cell).
+    crop : {"kit2025", "milimed2021"}
+        The crop mode (:data:`hpa_kernel.cells.crops.CROP_MODES`): the kit's uint8 crop (default;
+        the training set's PNGs are 8-bit) or the team's uint16 test crop. Inference sets the
+        recipe's (:attr:`hpa_kernel.recipe.InferenceRecipe.crop`).
     max_train_cut : float
         A cell whose estimated nucleus fraction outside the image (``nucleus_cut``) exceeds this is
         flagged ``border`` and dropped from training (``valid=False``).
@@ -62,6 +66,7 @@ class CellConfig:
 
     crop_size: int = 512
     margin: int = 0
+    crop: str = "kit2025"
     max_train_cut: float = 0.1
     cut_penalty: float = 1.0
     min_penalty: float = 0.05
@@ -77,6 +82,10 @@ class CellConfig:
             raise ValueError(f"crop_size must be an int >= 8, got {self.crop_size!r}")
         if not isinstance(self.margin, int) or self.margin < 0:
             raise ValueError(f"margin must be an int >= 0, got {self.margin!r}")
+        from hpa_kernel.cells.crops import CROP_MODES
+
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"crop must be one of {CROP_MODES}, got {self.crop!r}")
         for name in ("max_train_cut",):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -113,5 +122,6 @@ class CellConfig:
         settings = asdict(self)
         settings.pop("crop_size")
         settings.pop("margin")
+        settings.pop("crop")
         settings["outlier_features"] = list(self.outlier_features)
         return settings

@@ -1,16 +1,23 @@
-"""Square, fixed-size, 4-channel crops of single cells.
+"""Square, fixed-size, 4-channel crops of single cells, in two named modes (:data:`CROP_MODES`).
 
-For each cell the bounding box (plus an optional margin) is padded to a square around its centre,
-so the aspect ratio is kept; pixels outside the cell's mask are zeroed; the square is resized to
-S x S with ``cv2.INTER_AREA`` when shrinking and ``cv2.INTER_LINEAR`` when enlarging. Parts of the
-square that fall outside the image (cells at the border) are zero.
+For each cell the bounding box (plus an optional margin) is padded to a square around its centre
+(the odd pixel goes right/bottom), so the aspect ratio is kept; pixels of other cells and of the
+background are zeroed; parts of the square outside the image (cells at the border) are zero. Then:
 
-The mask is applied twice: before resizing, so that neighbouring cells do not bleed into the
-crop's edge, and after, with the mask resized by the same interpolation and thresholded at 0.5,
-so that the crop's support is exactly that resized mask.
+``"milimed2021"`` (the 4th-place team's test crop, ``HPAsubmission.ipynb`` In[8], In[15])
+    8-bit images are first made 16-bit (x257); the **uint16** square is resized to S x S by
+    ``cv2.resize`` with its default ``INTER_LINEAR``, shrinking and enlarging alike, and nothing
+    is re-masked afterwards (the cell's edge stays soft). The crops are uint16; the classifier
+    divides them by 65535.
+``"kit2025"`` (the kit's crop before the recipe existed)
+    16-bit images are converted to 8 bits by ``round(x / 257)`` (:func:`to_uint8`) first; the
+    square is resized with ``cv2.INTER_AREA`` when shrinking and ``cv2.INTER_LINEAR`` when
+    enlarging; the mask is applied again after the resize (resized by the same interpolation and
+    thresholded at 0.5), so that the crop's support is exactly that resized mask. The crops are
+    uint8; the classifier divides them by 255.
 
-16-bit images are converted to 8 bits by ``round(x / 257)`` (65535 -> 255, 257 k -> k), the
-linear map of the full 16-bit range onto the 8-bit range.
+A uint8 value ``v`` is ``257 v / 65535 = v / 255`` either way, so both modes give the network the
+same [0, 1] scale.
 """
 
 from __future__ import annotations
@@ -20,11 +27,29 @@ import logging
 import numpy as np
 
 __all__ = [
-    "to_uint8", "unit_scale", "square_window", "TRAIN_CROP_MARGIN", "milimed_train_window", "milimed_train_crop",
-    "crop_cell", "crop_cells", "cell_boxes",
+    "CROP_MODES", "CROP_SCALE", "DEFAULT_CROP_MODE", "crop_dtype", "to_uint8", "to_uint16", "unit_scale", "square_window",
+    "TRAIN_CROP_MARGIN", "milimed_train_window", "milimed_train_crop", "crop_cell", "crop_cells", "cell_boxes",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The crop modes: the team's 16-bit crop and the kit's 8-bit one (see the module docstring).
+CROP_MODES: tuple[str, ...] = ("milimed2021", "kit2025")
+#: The mode of :func:`crop_cells` and of :class:`~hpa_kernel.cells.config.CellConfig` when none is
+#: named: the kit's, whose uint8 crops the training set's 8-bit PNGs hold. Inference takes the
+#: recipe's mode (:attr:`hpa_kernel.recipe.InferenceRecipe.crop`).
+DEFAULT_CROP_MODE = "kit2025"
+
+
+def crop_dtype(mode: str) -> np.dtype:
+    """The dtype of the crops of ``mode``: uint16 for ``"milimed2021"``, uint8 for ``"kit2025"``.
+
+    >>> crop_dtype("milimed2021"), crop_dtype("kit2025")
+    (dtype('uint16'), dtype('uint8'))
+    """
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop mode must be one of {CROP_MODES}, got {mode!r}")
+    return np.dtype(np.uint16 if mode == "milimed2021" else np.uint8)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -40,6 +65,24 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"image dtype must be uint8 or uint16, got {image.dtype}")
 
 
+#: Crop dtype -> the divisor that maps it to [0, 1]: uint8 / 255 (the kit's crop), uint16 / 65535 (the
+#: team's; an 8-bit file was x257 first, so ``v`` -> ``v / 255`` either way).
+CROP_SCALE: dict[np.dtype, float] = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def to_uint16(image: np.ndarray) -> np.ndarray:
+    """Convert uint8/uint16 pixels to uint16: uint16 unchanged, uint8 as ``x * 257`` (the team's rule).
+
+    >>> to_uint16(np.array([0, 1, 255], dtype=np.uint8)).tolist()
+    [0, 257, 65535]
+    """
+    if image.dtype == np.uint16:
+        return image
+    if image.dtype == np.uint8:
+        return image.astype(np.uint16) * np.uint16(257)
+    raise ValueError(f"image dtype must be uint8 or uint16, got {image.dtype}")
+
+
 def unit_scale(array: np.ndarray) -> np.ndarray:
     """uint8 or uint16 pixels as float32 in [0, 1]: uint8 / 255, uint16 / 65535.
 
@@ -47,11 +90,9 @@ def unit_scale(array: np.ndarray) -> np.ndarray:
     ([0.0, 1.0], [1.0])
     """
     array = np.asarray(array)
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / np.float32(255.0)
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / np.float32(65535.0)
-    raise ValueError(f"array dtype must be uint8 or uint16, got {array.dtype}")
+    if array.dtype not in CROP_SCALE:
+        raise ValueError(f"array dtype must be uint8 or uint16, got {array.dtype}")
+    return array.astype(np.float32) / np.float32(CROP_SCALE[array.dtype])
 
 
 def cell_boxes(cell_label: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
@@ -127,11 +168,7 @@ def milimed_train_crop(image: np.ndarray, cell_label: np.ndarray, cell_id: int, 
     """
     from hpa_kernel._cv2 import cv2
 
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        image = image.astype(np.uint16) * np.uint16(257)
-    elif image.dtype != np.uint16:
-        raise ValueError(f"image dtype must be uint8 or uint16, got {image.dtype}")
+    image = to_uint16(np.asarray(image))
     y0, x0, y1, x1 = milimed_train_window(box, cell_label.shape, margin)
     labels = cell_label[y0:y1, x0:x1]
     other = (labels != 0) & (labels != cell_id)
@@ -151,8 +188,9 @@ def crop_cell(
     box: tuple[int, int, int, int],
     size: int = 512,
     margin: int = 0,
+    mode: str = DEFAULT_CROP_MODE,
 ) -> np.ndarray:
-    """The (size, size, C) uint8 crop of one cell; see the module docstring. Inputs are trusted."""
+    """The (size, size, C) crop of one cell in ``mode``; see the module docstring. Inputs are trusted."""
     from hpa_kernel._cv2 import cv2
 
     top, left, side = square_window(box, margin)
@@ -160,23 +198,29 @@ def crop_cell(
     # Intersection of the square with the image, in image and in square coordinates.
     iy0, ix0 = max(top, 0), max(left, 0)
     iy1, ix1 = min(top + side, height), min(left + side, width)
-    channels = image.shape[2]
-    canvas = np.zeros((side, side, channels), np.uint8)
+    team = mode == "milimed2021"
+    convert = to_uint16 if team else to_uint8
+    canvas = np.zeros((side, side, image.shape[2]), np.uint16 if team else np.uint8)
     inside = cell_label[iy0:iy1, ix0:ix1] == cell_id
     rows, cols = slice(iy0 - top, iy1 - top), slice(ix0 - left, ix1 - left)
     # pixels of the cell, zero elsewhere: a product with the mask (no gather/scatter by index)
-    np.multiply(to_uint8(image[iy0:iy1, ix0:ix1]), inside[:, :, None], out=canvas[rows, cols])
+    np.multiply(convert(image[iy0:iy1, ix0:ix1]), inside[:, :, None], out=canvas[rows, cols])
     if side == size:
         return canvas
+    if team:  # cv2's default INTER_LINEAR on the 16-bit square, no re-masking
+        return _channels_kept(cv2.resize(canvas, (size, size)))
     mask = np.zeros((side, side), np.float32)
     mask[rows, cols] = inside
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    crop = cv2.resize(canvas, (size, size), interpolation=interpolation)
-    if crop.ndim == 2:  # cv2 drops a single channel axis
-        crop = crop[:, :, None]
+    crop = _channels_kept(cv2.resize(canvas, (size, size), interpolation=interpolation))
     support = cv2.resize(mask, (size, size), interpolation=interpolation) > 0.5
     np.multiply(crop, support[:, :, None], out=crop)
     return crop
+
+
+def _channels_kept(crop: np.ndarray) -> np.ndarray:
+    """``cv2.resize`` drops a single channel axis; put it back."""
+    return crop[:, :, None] if crop.ndim == 2 else crop
 
 
 def crop_cells(
@@ -186,13 +230,15 @@ def crop_cells(
     size: int = 512,
     margin: int = 0,
     boxes: dict[int, tuple[int, int, int, int]] | None = None,
+    mode: str = DEFAULT_CROP_MODE,
 ) -> np.ndarray:
     """Crops of the cells of a label image, in the order of ``cell_ids``.
 
     Parameters
     ----------
     image : ndarray, shape (H, W, C)
-        uint8 or uint16 (converted as in :func:`to_uint8`); C = 4 for R, G, B, Y.
+        uint8 or uint16 (converted by :func:`to_uint16` or :func:`to_uint8`, by ``mode``); C = 4
+        for R, G, B, Y.
     cell_label : ndarray, shape (H, W)
         Integer label image, 0 = background.
     cell_ids : sequence of int, optional
@@ -203,11 +249,14 @@ def crop_cells(
         Pixels added around each bounding box before squaring.
     boxes : dict, optional
         Precomputed :func:`cell_boxes`.
+    mode : {"milimed2021", "kit2025"}
+        The crop (:data:`CROP_MODES`, module docstring); default the kit's.
 
     Returns
     -------
-    crops : ndarray, shape (N, size, size, C), uint8
-        Zero outside each cell.
+    crops : ndarray, shape (N, size, size, C)
+        uint16 for ``"milimed2021"``, uint8 for ``"kit2025"`` (:func:`crop_dtype`). Zero away from
+        each cell (``"kit2025"``: exactly outside its resized mask).
 
     Examples
     --------
@@ -216,6 +265,9 @@ def crop_cells(
     >>> crops = crop_cells(image, label, size=6)
     >>> crops.shape, int((crops[0, :, :, 0] > 0).sum())
     ((1, 6, 6, 4), 12)
+    >>> team = crop_cells(image, label, size=6, mode="milimed2021")
+    >>> team.dtype.name, int(team[0, 2, 2, 0])
+    ('uint16', 51400)
     """
     image = np.asarray(image)
     cell_label = np.asarray(cell_label)
@@ -231,6 +283,7 @@ def crop_cells(
         raise ValueError(f"size must be a positive int, got {size!r}")
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin!r}")
+    dtype = crop_dtype(mode)
     if boxes is None:
         boxes = cell_boxes(cell_label)
     if cell_ids is None:
@@ -238,7 +291,7 @@ def crop_cells(
     missing = [int(c) for c in cell_ids if int(c) not in boxes]
     if missing:
         raise ValueError(f"cell_ids {missing[:5]} are not labels of cell_label")
-    crops = np.zeros((len(cell_ids), size, size, image.shape[2]), np.uint8)
+    crops = np.zeros((len(cell_ids), size, size, image.shape[2]), dtype)
     for k, cell_id in enumerate(cell_ids):
-        crops[k] = crop_cell(image, cell_label, int(cell_id), boxes[int(cell_id)], size, margin)
+        crops[k] = crop_cell(image, cell_label, int(cell_id), boxes[int(cell_id)], size, margin, mode)
     return crops

@@ -106,8 +106,9 @@ class ImageCells:
     table : pandas.DataFrame
         One row per cell, ascending ``cell_id``; columns
         :data:`hpa_kernel.cells.heuristics.TABLE_COLUMNS`.
-    crops : ndarray, shape (N, S, S, 4), uint8
-        Row k is the crop of ``table.iloc[k]``; zero outside the cell.
+    crops : ndarray, shape (N, S, S, 4), uint8 or uint16
+        Row k is the crop of ``table.iloc[k]``, in the config's crop mode (uint16 for
+        ``"milimed2021"``, uint8 for ``"kit2025"``); zero away from the cell.
     encoded : list of str or None
         The EncodedMask of each cell in table order (None when encoding is off).
     from_cache : bool
@@ -389,7 +390,7 @@ def process_image(
     ids = table["cell_id"].to_numpy()
     # the table's boxes are the cells' bounding boxes
     boxes = {int(r[0]): tuple(int(v) for v in r[1:]) for r in table[["cell_id", "y0", "x0", "y1", "x1"]].to_numpy()}
-    crops = crop_cells(image, cell_label, ids, size=config.crop_size, margin=config.margin, boxes=boxes)
+    crops = crop_cells(image, cell_label, ids, size=config.crop_size, margin=config.margin, boxes=boxes, mode=config.crop)
     encoded = None
     if options.encode_masks:
         from hpa_kernel.submission.rle import encode_label_image

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hpa_kernel.cells.crops import CROP_SCALE
 from hpa_kernel.classes import NUM_CLASSES
 from hpa_kernel.diskspace import torch_save
 from hpa_kernel.io import CHANNELS, atomic_write, read_json_object
 
-__all__ = ["CheckpointConfig", "config_path_for", "save_checkpoint", "load_config", "load_checkpoint", "prepare_batch"]
+__all__ = ["CROP_SCALE", "CheckpointConfig", "config_path_for", "save_checkpoint", "load_config", "load_checkpoint", "prepare_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +32,13 @@ logger = logging.getLogger(__name__)
 #: network: ``TrainConfig.batchnorm``) need BatchNorm eps 1e-3 and momentum 0.01 (= 1 - 0.99).
 SOURCE_FORMATS: dict[str, dict] = {"timm": {}, "efficientnet_pytorch": {"bn_eps": 1e-3, "bn_momentum": 0.01}}
 
-
 @dataclass(frozen=True)
 class CheckpointConfig:
     """How a checkpoint was built and how to feed it.
 
-    Inputs are uint8 crops (N, S, S, 4) in ``channels`` order; they are resized to
-    ``input_size``, scaled to [0, 1] and normalised per channel with ``mean`` and ``std``.
+    Inputs are uint8 or uint16 crops (N, S, S, 4); they are scaled to [0, 1] by their dtype
+    (:data:`CROP_SCALE`), put in ``channels`` order, resized to ``input_size`` and normalised per
+    channel with ``mean`` and ``std``.
 
     ``num_classes`` is the number of outputs: 18 (classes 0-17, Negative computed at inference)
     for the ``milimed2021`` recipe, 19 for ``kit2025``. ``recipe`` names the recipe the checkpoint
@@ -164,22 +165,27 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
 
 
 def prepare_batch(crops: np.ndarray, config: CheckpointConfig, device="cpu", channels_last: bool = False):
-    """Turn uint8 crops (N, S, S, C) in ``hpa_kernel.io.CHANNELS`` order into a normalised tensor.
+    """Turn crops (N, S, S, C) in ``hpa_kernel.io.CHANNELS`` order into a normalised tensor.
 
-    The channels are reordered to ``config.channels``, the crops resized to ``config.input_size``
-    (bilinear, antialiased when shrinking), scaled to [0, 1] and normalised with ``config.mean`` and
-    ``config.std``. Returns a float32 tensor (N, C, input_size, input_size) on ``device``.
+    The crops are scaled to [0, 1] by their dtype (:data:`CROP_SCALE`: uint8 / 255, the kit2025
+    crop; uint16 / 65535, the milimed2021 crop), the channels reordered to ``config.channels``,
+    the crops resized to ``config.input_size`` (bilinear, antialiased when shrinking) and
+    normalised with ``config.mean`` and ``config.std``. A uint8 value ``v`` and the uint16 value
+    ``257 v`` give the same input. Returns a float32 tensor (N, C, input_size, input_size) on
+    ``device``.
     """
     import torch
     import torch.nn.functional as F
 
     if crops.ndim != 4 or crops.shape[-1] != len(CHANNELS):
         raise ValueError(f"crops must have shape (N, S, S, {len(CHANNELS)}), got {crops.shape}")
-    if crops.dtype != np.uint8:
-        raise ValueError(f"crops must be uint8, got {crops.dtype}")
+    if crops.dtype not in CROP_SCALE:
+        raise ValueError(f"crops must be uint8 or uint16, got {crops.dtype}")
     order = [CHANNELS.index(c) for c in config.channels]
-    x = torch.from_numpy(np.ascontiguousarray(crops[..., order])).to(device)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(np.ascontiguousarray(crops[..., order]))
+    if crops.dtype == np.uint16:
+        x = x.float()  # converted on the host: uint16 tensors have little support on devices
+    x = x.to(device).permute(0, 3, 1, 2).float().div_(CROP_SCALE[crops.dtype])
     if x.shape[-1] != config.input_size or x.shape[-2] != config.input_size:
         shrink = x.shape[-1] > config.input_size
         x = F.interpolate(x, size=(config.input_size, config.input_size), mode="bilinear", align_corners=False, antialias=shrink)

@@ -207,12 +207,12 @@ class Ensemble:
 
     # -- inference -------------------------------------------------------------------------------
     def predict(self, crops: np.ndarray, *, tta=False, checkpoints_per_group=None, batch_size: int = 32) -> np.ndarray:
-        """Ensemble probabilities for uint8 crops.
+        """Ensemble probabilities for uint8 or uint16 crops (scaled by dtype, :data:`~hpa_kernel.classifier.checkpoint.CROP_SCALE`).
 
         Parameters
         ----------
-        crops : ndarray, shape (N, S, S, 4), uint8
-            Cell crops in R, G, B, Y order.
+        crops : ndarray, shape (N, S, S, 4), uint8 or uint16
+            Cell crops in R, G, B, Y order (kit2025 crops are uint8, milimed2021 crops uint16).
         tta : bool or sequence of str
             ``True`` for :data:`DEFAULT_TTA`, or views from :data:`TTA_VIEWS`.
         checkpoints_per_group : sequence of int, optional
@@ -226,8 +226,8 @@ class Ensemble:
         import torch
 
         crops = np.asarray(crops)
-        if crops.ndim != 4 or crops.shape[-1] != 4 or crops.dtype != np.uint8:
-            raise ValueError(f"crops must be uint8 of shape (N, S, S, 4), got {crops.dtype} {crops.shape}")
+        if crops.ndim != 4 or crops.shape[-1] != 4 or crops.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"crops must be uint8 or uint16 of shape (N, S, S, 4), got {crops.dtype} {crops.shape}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         plan = self._check_plan(checkpoints_per_group)

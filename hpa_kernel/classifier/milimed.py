@@ -23,9 +23,10 @@ This module maps that key layout (``_conv_stem``, ``_bn0``, ``_blocks.N._depthwi
 
 Inputs: the team feeds channels R, G, B, Y as 16-bit crops divided by 65535, with no mean/std;
 8-bit PNGs are first multiplied by 257, so a value ``v`` becomes ``257 v / 65535 = v / 255``. The
-kit's crops are uint8 and :func:`~hpa_kernel.classifier.checkpoint.prepare_batch` divides them by
-255 with mean 0 and std 1: the same numbers. (A 16-bit source image loses its low 8 bits in the
-kit's uint8 crops, a difference of at most 1/255 per pixel before the network.)
+milimed2021 recipe's crops are uint16 cut as theirs (:mod:`hpa_kernel.cells.crops`) and
+:func:`~hpa_kernel.classifier.checkpoint.prepare_batch` divides them by 65535 with mean 0 and
+std 1: the same numbers. (kit2025's crops are uint8, divided by 255: the same scale, but a 16-bit
+source image loses its low 8 bits there.)
 
 Ensemble weights (their In[21]-In[24]): group ``resize`` 0.4 with per-checkpoint weights
 0.2/0.3/0.3/0.2 for epochs 12-15, ``resize_and_pad`` 0.4 with 0.5/0.5 for epochs 12-13, and
@@ -96,7 +97,7 @@ def milimed_config(source: str | os.PathLike | None = None, **overrides) -> Chec
     """The kit's :class:`CheckpointConfig` for a converted team checkpoint.
 
     ``tf_efficientnet_b0``, 4 channels R, G, B, Y, 18 outputs, input 512, mean 0 and std 1 (the
-    uint8 crop / 255, equal to the team's uint16 / 65535), ``source_format="efficientnet_pytorch"``
+    uint16 crop / 65535 as the team's; a uint8 crop / 255 is the same scale), ``source_format="efficientnet_pytorch"``
     and ``recipe="milimed2021"``. ``source`` (the original file's name) and the input scaling are
     recorded in ``extra``; ``overrides`` replace any of these fields (e.g. ``epoch=12``).
     """

@@ -13,9 +13,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "ablate",
         help="score a labelled set with each element of a recipe switched off in turn (the ablation table)",
-        description="Segment the images of a labelled set once, run the ensemble once (and once more with TTA), "
-        "then score the recipe and each variant with one element switched off (the cell/image blend, the "
-        "border cleaner, the outlier cleaner, the Negative rule; TTA switched on) in both IoU modes. "
+        description="Segment the images of a labelled set once, run the ensemble once (once more with TTA, and "
+        "once on the other crop mode's crops), then score the recipe and each variant with one element "
+        "switched off (the cell/image blend, the border cleaner, the outlier cleaner, the Negative rule; TTA "
+        "switched on; the kit's 8-bit crop instead of the team's, or the other way round) in both IoU modes. "
         "Writes one submission per variant and ablation.md. On synthetic data the table measures the "
         "synthetic data: it cannot decide between recipes. With --train-cells: the training ablation instead "
         "(one group trained per team element switched back to the kit's, each scored with the recipe).",

@@ -24,7 +24,9 @@ only when the time left covers an estimate of their loading (:func:`load_estimat
 every row gets the fallback and the file is written within the budget. Run as a program,
 ``hpa-kernel submit`` counts the budget from the process start (imports and start-up included). A fallback row is an empty PredictionString ("no
 detections", :data:`hpa_kernel.submission.writer.FALLBACK_PREDICTION`), given to images that failed (logged
-with the reason) and to those that the budget did not reach.
+with the reason) and to those that the budget did not reach. An image in which no cell was found is
+not a fallback: it gets the recipe's no-cells row (milimed2021: the sample submission's row, as the
+team; kit2025: empty).
 
 The segmenter is ``"hpa"`` when the manifest's segmentation weights are in the weights folder; if
 they are not, the run stops with an error unless ``segmenter="classic"`` was asked for explicitly.
@@ -645,7 +647,7 @@ def _load_models(config: SubmitConfig, weights: ResolvedWeights, segmenter=None)
             segmenter = create_segmenter("classic")
     crop_size = config.crop_size or max(m.config.input_size for m in ensemble.members)
     pipeline = CellPipeline(
-        segmenter, CellConfig(crop_size=crop_size), config.workers, config.cache_dir,
+        segmenter, CellConfig(crop_size=crop_size, crop=config.inference_recipe.crop), config.workers, config.cache_dir,
         options=PipelineOptions(batch_size=config.seg_batch_size, encode_masks=True),
     )
     return _Models(ensemble, pipeline)
@@ -690,11 +692,25 @@ def _image_outcome(run: _Run, models: _Models, result, image_id: str, plan: Plan
             "it gets the fallback row", image_id, width, height, result.width, result.height,
         )
         return ImageOutcome(image_id, plan, reason=f"size: sample {width}x{height}, files {result.width}x{result.height}")
+    if len(result.table) == 0:
+        return ImageOutcome(image_id, plan, row=_no_cells_row(run, image_id, width, height))
     try:
         return ImageOutcome(image_id, plan, row=predict_image(result, models.ensemble, plan, run.config.batch_size))
     except Exception as exc:  # noqa: BLE001 - one image's error must not sink the submission
         logger.error("image %s: prediction failed (%s: %s); it gets the fallback row", image_id, type(exc).__name__, exc)
         return ImageOutcome(image_id, plan, reason=f"failed: {type(exc).__name__}: {exc}")
+
+
+def _no_cells_row(run: _Run, image_id: str, width: int, height: int) -> str:
+    """The row of an image in which no cell was found, by the recipe's ``no_cells_row``: the
+    sample submission's row (:func:`~hpa_kernel.submission.writer.no_cells_prediction`), or empty."""
+    from hpa_kernel.submission.writer import no_cells_prediction, read_sample_submission
+
+    if run.config.inference_recipe.no_cells_row == "empty":
+        return ""
+    sample = read_sample_submission(run.competition.sample_submission)
+    text = sample.loc[sample["ID"] == image_id, "PredictionString"]
+    return no_cells_prediction(text.iloc[0] if len(text) else "", width, height)
 
 
 def _fallback_reasons(

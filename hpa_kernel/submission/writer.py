@@ -16,6 +16,17 @@ Fallback row
     metric counts the image's cells as misses. The alternative, an empty-mask placeholder triple,
     scores exactly the same (empty masks are dropped before matching) but must be encoded at the
     image's size to decode at all.
+
+No-cells row
+    An image in which no cell was found is not a fallback: the recipe decides its row
+    (:attr:`hpa_kernel.recipe.InferenceRecipe.no_cells_row`). ``milimed2021`` writes the sample
+    submission's row as the team did (:func:`no_cells_prediction`), ``kit2025`` an empty string.
+
+Confidences
+    Written as Python's shortest round-trip text of the float (``repr``: ``0.25``, ``1.0``,
+    ``3e-12``), as the team's ``str(float)``: two different values never print alike, and the
+    text reads back to the same float. (The kit wrote ``%.6f`` before, which tied every value
+    below 5e-7 at 0.)
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ import numpy as np
 
 from hpa_kernel.classes import NUM_CLASSES
 from hpa_kernel.diskspace import DiskFullError, is_disk_full
-from hpa_kernel.submission.rle import decode_runs
+from hpa_kernel.submission.rle import decode_runs, encode_mask
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,6 +57,8 @@ __all__ = [
     "SUBMISSION_HEADER",
     "FALLBACK_PREDICTION",
     "Problem",
+    "format_confidence",
+    "no_cells_prediction",
     "ValidationReport",
     "format_prediction_string",
     "prediction_string_for_cells",
@@ -73,15 +86,23 @@ _B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 # --------------------------------------------------------------------------- writing
 
 
-def _format_confidence(value: float) -> str:
-    return f"{value:.6f}"
+def format_confidence(value: float) -> str:
+    """A confidence as the shortest text that reads back to the same float (``repr``); -0.0 as 0.0.
+
+    Different floats never give the same text, however small:
+
+    >>> [format_confidence(v) for v in (0.25, 1.0, 0.0, 1e-09, 2e-09, 3e-12, 0.1 + 0.2)]
+    ['0.25', '1.0', '0.0', '1e-09', '2e-09', '3e-12', '0.30000000000000004']
+    """
+    return repr(float(value) + 0.0)
 
 
 def format_prediction_string(triples: Iterable[tuple[int, float, str]]) -> str:
     """Join ``(label, confidence, EncodedMask)`` triples into a PredictionString.
 
-    Tokens are separated by single spaces; confidences are written with 6 decimals, after clipping
-    values within 1e-6 outside [0, 1] (float rounding) to [0, 1].
+    Tokens are separated by single spaces; confidences are written by :func:`format_confidence`
+    (shortest round-trip text), after clipping values within 1e-6 outside [0, 1] (float rounding)
+    to [0, 1].
 
     Raises
     ------
@@ -92,7 +113,7 @@ def format_prediction_string(triples: Iterable[tuple[int, float, str]]) -> str:
     Examples
     --------
     >>> format_prediction_string([(0, 0.25, "eNoLCAgIMAEABJkBdQ=="), (18, 1, "eNoLCAgIMAEABJkBdQ==")])
-    '0 0.250000 eNoLCAgIMAEABJkBdQ== 18 1.000000 eNoLCAgIMAEABJkBdQ=='
+    '0 0.25 eNoLCAgIMAEABJkBdQ== 18 1.0 eNoLCAgIMAEABJkBdQ=='
     >>> format_prediction_string([])
     ''
     """
@@ -113,7 +134,7 @@ def format_prediction_string(triples: Iterable[tuple[int, float, str]]) -> str:
         confidence = min(max(confidence, 0.0), 1.0)  # float rounding of a probability, e.g. 1.0000000000000002
         if not isinstance(encoded, str) or not encoded or not set(encoded) <= _B64_CHARS:
             raise ValueError(f"triple {k}: EncodedMask must be non-empty base64 text, got {str(encoded)[:40]!r}")
-        parts.append(f"{int(label)} {_format_confidence(confidence)} {encoded}")
+        parts.append(f"{int(label)} {format_confidence(confidence)} {encoded}")
     return " ".join(parts)
 
 
@@ -133,7 +154,7 @@ def prediction_string_for_cells(encoded_masks: list[str], probs: np.ndarray) -> 
     --------
     >>> s = prediction_string_for_cells(["eNoLCAgIMAEABJkBdQ=="], np.full((1, 19), 0.5))
     >>> len(s.split(" ")), s.split(" ")[:3]
-    (57, ['0', '0.500000', 'eNoLCAgIMAEABJkBdQ=='])
+    (57, ['0', '0.5', 'eNoLCAgIMAEABJkBdQ=='])
     """
     probs = np.asarray(probs, dtype=np.float64)
     encoded_masks = list(encoded_masks)
@@ -142,6 +163,46 @@ def prediction_string_for_cells(encoded_masks: list[str], probs: np.ndarray) -> 
     return format_prediction_string(
         (c, probs[i, c], mask) for i, mask in enumerate(encoded_masks) for c in range(NUM_CLASSES)
     )
+
+
+def no_cells_prediction(sample_text: str, width: int, height: int) -> str:
+    """The team's PredictionString for an image in which no cell was found.
+
+    The team wrote such an image's row of ``sample_submission.csv`` as it was (their In[25]); on
+    Kaggle that is ``0 1 eNoLCAgIMAEABJkBdQ==``, class 0 at confidence 1 on an empty 2048 x 2048
+    mask. The metric drops empty masks, so it scores as an empty row. This returns
+    ``sample_text`` when it is a well-formed PredictionString whose masks decode at
+    ``height`` x ``width``; otherwise (an empty sample row, or the 2048-pixel string on a 1728 or
+    3072 image, which would not decode) the same placeholder at the image's own size:
+    ``0 1 <empty H x W mask>``.
+
+    >>> no_cells_prediction("0 1 eNoLCAgIMAEABJkBdQ==", 2048, 2048)
+    '0 1 eNoLCAgIMAEABJkBdQ=='
+    >>> no_cells_prediction("", 2048, 2048)
+    '0 1 eNoLCAgIMAEABJkBdQ=='
+    >>> no_cells_prediction("0 1 eNoLCAgIMAEABJkBdQ==", 4, 4)
+    '0 1 eNpLMAAAAPIAkQ=='
+    """
+    if _decodes(sample_text, width, height):
+        return sample_text
+    return f"0 1 {encode_mask(np.zeros((height, width), dtype=bool))}"
+
+
+def _decodes(text: str, width: int, height: int) -> bool:
+    """Whether ``text`` is a non-empty, well-formed PredictionString whose masks decode at H x W."""
+    if not isinstance(text, str) or not text or any(ch in text for ch in ",\n\r\"\t"):
+        return False
+    triples, problems = split_prediction_string(text)
+    if problems:
+        return False
+    try:
+        for label, confidence, mask in triples:
+            parse_label(label)
+            parse_confidence(confidence)
+            decode_runs(mask, height, width)
+    except ValueError:
+        return False
+    return True
 
 
 def _sample_frame(sample: SampleSource, what: str, require_predictions: bool):
