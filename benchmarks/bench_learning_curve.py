@@ -103,6 +103,7 @@ def plot(rows: list, baseline: dict, ceiling: dict, path: Path) -> None:
 def main(argv=None) -> int:
     from hpa_kernel.demo import build_training_cells, frequency_baseline, make_demo_competition, oracle_submission, score_submission
     from hpa_kernel.demo_loop import cpu_seconds, segment_test
+    from hpa_kernel.io import Competition
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("curve_out"))
@@ -118,8 +119,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     t = cpu_seconds()
-    comp = make_demo_competition(args.out / "data", max(args.sizes), args.n_test)
-    cells_csv = build_training_cells(comp, args.out / "train_cells", workers=args.workers)
+    cells_csv = args.out / "train_cells" / "cells.csv"
+    if (args.out / "data" / "sample_submission.csv").is_file() and cells_csv.is_file():  # an earlier run's
+        comp = Competition(args.out / "data")
+    else:
+        comp = make_demo_competition(args.out / "data", max(args.sizes), args.n_test)
+        cells_csv = build_training_cells(comp, args.out / "train_cells", workers=args.workers)
     test_cells = segment_test(comp, workers=args.workers)
     logger.info("data, training cells and test cells: %.1f CPU-min", (cpu_seconds() - t) / 60)
     rows = [run_size(n, args, comp, cells_csv, test_cells) for n in sorted(args.sizes)]

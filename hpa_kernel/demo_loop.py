@@ -349,9 +349,26 @@ def _annotate_and_finetune(config: LoopConfig, out: Path, comp, cells_csv, start
     return models, answers
 
 
+def _data_and_cells(out: Path, config: LoopConfig):
+    """The competition and its training cells in ``out``; a finished earlier run's are reused."""
+    from hpa_kernel.demo import build_training_cells, make_demo_competition
+    from hpa_kernel.io import Competition
+
+    cells_csv = out / "train_cells" / "cells.csv"
+    if (out / "data" / "sample_submission.csv").is_file() and cells_csv.is_file():
+        logger.info("reusing the competition and training cells in %s", out)
+        return Competition(out / "data"), cells_csv
+    comp = make_demo_competition(out / "data", config.n_train, config.n_test, config.size, config.seed)
+    return comp, build_training_cells(comp, out / "train_cells", workers=config.workers)
+
+
 def run_loop(out: str | os.PathLike = "loop_out", config: LoopConfig | None = None, **kwargs) -> LoopResult:
-    """Run the four steps into ``out`` and score each on the same test cells; see the module doc."""
-    from hpa_kernel.demo import build_training_cells, frequency_baseline, make_demo_competition, oracle_submission
+    """Run the four steps into ``out`` and score each on the same test cells; see the module doc.
+
+    The synthetic competition and the training cells of an earlier run in ``out`` are reused
+    (delete ``out`` to start afresh after changing the data settings).
+    """
+    from hpa_kernel.demo import frequency_baseline, oracle_submission
 
     config = dataclasses.replace(config or LoopConfig(), **kwargs)
     if config.torch_threads is not None:
@@ -362,8 +379,7 @@ def run_loop(out: str | os.PathLike = "loop_out", config: LoopConfig | None = No
     out.mkdir(parents=True, exist_ok=True)
     cpu: dict = {}
     t = cpu_seconds()
-    comp = make_demo_competition(out / "data", config.n_train, config.n_test, config.size, config.seed)
-    cells_csv = build_training_cells(comp, out / "train_cells", workers=config.workers)
+    comp, cells_csv = _data_and_cells(out, config)
     test_cells = segment_test(comp, workers=config.workers)
     cpu["data and cells"] = cpu_seconds() - t
     t = cpu_seconds()
