@@ -403,6 +403,13 @@ def run_loop(out: str | os.PathLike = "loop_out", config: LoopConfig | None = No
     return LoopResult(out, rows, cpu, answers)
 
 
+def _short(name: str) -> str:
+    """A step's name for an axis label: "3+4 annotate 30/class, fine-tune" -> "3+4: 30/class\nfine-tuned"."""
+    if name.startswith("3+4 annotate "):
+        return "3+4: " + name.split()[2] + "\nfine-tuned"
+    return name.split(" (")[0].replace("label-frequency ", "").replace(" ", "\n", 1)
+
+
 def plot_loop(result: LoopResult, path: str | os.PathLike) -> Path:
     """PNG of the box mAP after each step with its bootstrap interval. Needs matplotlib."""
     import matplotlib
@@ -415,7 +422,7 @@ def plot_loop(result: LoopResult, path: str | os.PathLike) -> Path:
     err = np.clip(np.array([[r[2] - r[3] for r in result.rows], [r[4] - r[2] for r in result.rows]]), 0, None)
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.errorbar(np.arange(len(y)), y, yerr=err, fmt="o", capsize=4)
-    ax.set_xticks(np.arange(len(y)), [n.replace(", ", ",\n").replace(" (", "\n(") for n in names], fontsize=7)
+    ax.set_xticks(np.arange(len(y)), [_short(n) for n in names], fontsize=8)
     ax.set_ylabel("box mAP@0.6 (95 % bootstrap interval)")
     ax.set_title("The data-centric loop on synthetic data: score after each step", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
