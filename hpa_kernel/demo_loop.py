@@ -150,14 +150,14 @@ def segment_test(competition, crop_size: int = 64, workers: int | None = None) -
 def submit_cells(ensemble, cells: dict, competition, out: str | os.PathLike, recipe: str | None = None) -> Path:
     """A submission for the cells of :func:`segment_test`: ``ensemble`` (no TTA), then the recipe's confidences.
 
-    ``ensemble`` is an :class:`hpa_kernel.classifier.Ensemble` or a list of checkpoint paths (one
-    group, equal weights).
+    ``ensemble`` is an :class:`hpa_kernel.classifier.Ensemble` (or any object with its ``predict``) or
+    a list of checkpoint paths (one group, equal weights).
     """
     from hpa_kernel.classifier import Ensemble
     from hpa_kernel.confidence import recipe_confidence
     from hpa_kernel.submission import prediction_string_for_cells, write_submission
 
-    if not isinstance(ensemble, Ensemble):
+    if not hasattr(ensemble, "predict"):
         paths = [str(p) for p in ensemble]
         ensemble = Ensemble.from_checkpoints([paths], [1.0], recipe=recipe)
     rows = {}
