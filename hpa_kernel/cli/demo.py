@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -25,6 +26,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=None, help="epochs per group (default 2)")
     train.add_argument("--steps-per-epoch", type=int, default=None, help="optimizer steps per epoch (default 80)")
     train.add_argument("--no-train", action="store_true", help="use an untrained (random) ensemble: a fast smoke run")
+    loop = parser.add_argument_group("the data-centric loop (hpa_kernel.demo_loop)")
+    loop.add_argument("--loop", action="store_true",
+                      help="instead of the demo, run and score the loop: image labels -> pseudo labels -> a simulated "
+                      "annotator through the labelling store -> fine-tuning, each step with a bootstrap interval")
+    loop.add_argument("--n-per-class", type=int, nargs="+", default=[10, 30, 100],
+                      help="cells the simulated annotator scores per class, one fine-tuning each (default 10 30 100)")
+    loop.add_argument("--noise", type=float, default=0.1, help="the annotator's rate of wrong answers (default 0.1)")
+    loop.add_argument("--bootstrap", type=int, default=200, help="resamples of the test images (default 200)")
     run_opts = parser.add_argument_group("execution")
     run_opts.add_argument("--workers", type=int, default=None, help="post-processing processes (default: all cores)")
     run_opts.add_argument("--threads", type=int, default=1,
@@ -36,9 +45,27 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def run_loop(args: argparse.Namespace) -> int:
+    """``--loop``: :func:`hpa_kernel.demo_loop.run_loop`, its table, and ``loop.png`` with ``--report``."""
+    from hpa_kernel.demo_loop import LoopConfig, plot_loop, run_loop
+
+    steps = 2 * (args.steps_per_epoch or 80) if args.epochs is None else args.epochs * (args.steps_per_epoch or 80)
+    config = LoopConfig(n_train=args.n_train, n_test=args.n_test, size=args.size, seed=args.seed,
+                        n_per_class=tuple(args.n_per_class), noise=args.noise, steps=steps, bootstrap=args.bootstrap,
+                        torch_threads=args.threads, workers=args.workers)
+    result = run_loop(args.out, config)
+    sys.stdout.write("hpa-kernel demo --loop\n" + result.markdown() + "\n")
+    sys.stdout.write("CPU seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.cpu_s.items()) + "\n")
+    if args.report:
+        sys.stdout.write(f"picture: {plot_loop(result, Path(args.out) / 'loop.png')}\n")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from hpa_kernel.demo import DemoConfig, run_demo
 
+    if args.loop:
+        return run_loop(args)
     training = {k: v for k, v in (("input_size", args.input_size), ("epochs", args.epochs),
                                   ("steps_per_epoch", args.steps_per_epoch)) if v is not None}
     config = DemoConfig(
