@@ -31,6 +31,17 @@ def team_layout_state(seed: int = 0) -> dict:
 
     torch.manual_seed(seed)
     net = create_classifier(milimed.ARCH, in_chans=4, num_classes=milimed.NUM_OUTPUTS, bn_eps=1e-3)
+    # Running statistics drawn from nothing would wash the input out within a few blocks (every crop
+    # would give the same output, and test_milimed's ensemble comparison would be vacuous): random
+    # affine BatchNorm parameters, then statistics measured on random crops in one training pass.
+    g = torch.Generator().manual_seed(seed + 1)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in bns:
+            m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.momentum = None  # cumulative average over the calibration pass
+        net.train()(torch.rand(4, 4, 128, 128, generator=g))
     state = net.state_dict()
     return {team: state[ours].clone() for team, ours in milimed.milimed_key_map().items()}
 
