@@ -270,36 +270,13 @@ def simulate_annotator(store_path: str | os.PathLike, rows, labeller: str = "sim
 def write_pseudo_labels(checkpoint: str | os.PathLike, cells_csv: str | os.PathLike, out_csv: str | os.PathLike) -> Path:
     """Pseudo labels of the training cells from ``checkpoint`` with the recipe's rules; the file training reads.
 
-    The columns of :data:`hpa_kernel.training.pseudo.PSEUDO_COLUMNS`. An 18-output model's Negative
-    is ``1 - max`` of the others (as at inference), so that the rules see 19 classes.
+    :func:`hpa_kernel.training.pseudo.make_pseudo_labels` on the CPU (an 18-output model's Negative is
+    ``1 - max`` of the others, as at inference).
     """
-    import pandas as pd
+    from hpa_kernel.training.pseudo import make_pseudo_labels
 
-    from hpa_kernel.classes import format_labels
-    from hpa_kernel.manifest import sha256_of
-    from hpa_kernel.training.config import PseudoLabelConfig
-    from hpa_kernel.training.dataset import read_cells_table
-    from hpa_kernel.training.pseudo import PSEUDO_COLUMNS, apply_pseudo_rules, predict_cells
-
-    config = PseudoLabelConfig()
-    table = read_cells_table(cells_csv)
-    probs = predict_cells(checkpoint, table)
-    if probs.shape[1] == 18:
-        probs = np.concatenate([probs, 1.0 - probs.max(axis=1, keepdims=True)], axis=1)
-    rules = apply_pseudo_rules(table["label_ids"].tolist(), probs, config.negative_threshold, config.positive_threshold,
-                               config.positive_class)
-    df = pd.DataFrame({
-        "image_id": table["image_id"], "cell_id": table["cell_id"], "labels": table["labels"],
-        "pseudo_labels": [format_labels(r["pseudo_labels"]) for r in rules],
-        "dropped": [format_labels(r["dropped"]) for r in rules], "added": [format_labels(r["added"]) for r in rules],
-        "rule": [r["rule"] for r in rules], "model": "demo_loop_step1", "checkpoint": Path(checkpoint).name,
-        "checkpoint_sha256": sha256_of(checkpoint), "negative_threshold": config.negative_threshold,
-        "positive_threshold": config.positive_threshold,
-    }, columns=list(PSEUDO_COLUMNS))
-    out_csv = Path(out_csv)
-    df.to_csv(out_csv, index=False)
-    logger.info("pseudo labels: %d cells, %d lost a label", len(df), int((df["dropped"] != "").sum()))
-    return out_csv
+    make_pseudo_labels(cells_csv, checkpoint, out_csv, device="cpu")
+    return Path(out_csv)
 
 
 def _train_one(cells_csv, out_dir: Path, steps: int, pseudo_labels=None) -> Path:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -340,3 +341,21 @@ def test_cli_pseudo_labels_validation_cells_and_finetune(toy_cells, tmp_path):
                  "--finetune-cells", str(toy_cells), "--finetune-size", "4", "--repeats", "2", *tiny]) == 0
     assert (out / "finetuned" / "g1_m0.pth").is_file()
     assert main(["train", "--cells", str(toy_cells), "--out", str(out), "--init", str(out / "g1_m0.pth")]) == 1
+
+
+def test_predict_cells_gives_an_18_output_checkpoint_its_negative(toy_cells, monkeypatch):
+    """A milimed2021 checkpoint has 18 outputs: the pseudo-labeller's rules see Negative = 1 - max (as at inference)."""
+    import torch
+
+    import hpa_kernel.classifier as classifier
+    import hpa_kernel.training.loop as loop
+    from hpa_kernel.training.dataset import read_cells_table
+    from hpa_kernel.training.pseudo import predict_cells
+
+    probs18 = np.array([[0.2] * 18, [0.9] + [0.1] * 17], np.float32)
+    monkeypatch.setattr(classifier, "load_checkpoint", lambda *a, **k: (torch.nn.Identity(), SimpleNamespace(input_size=8)))
+    monkeypatch.setattr(loop, "predict", lambda *a, **k: probs18)
+    out = predict_cells("milimed.pth", read_cells_table(toy_cells).iloc[:2])
+    assert out.shape == (2, 19)
+    np.testing.assert_array_equal(out[:, :18], probs18)
+    np.testing.assert_allclose(out[:, 18], [0.8, 0.1], rtol=1e-6)

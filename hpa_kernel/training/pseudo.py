@@ -51,7 +51,10 @@ def train_pseudo_labeller(cells_csv: str | os.PathLike, out_dir: str | os.PathLi
 
 
 def predict_cells(checkpoint: str | os.PathLike, table, device: str = "cpu", batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """Probabilities (N, 19) of a checkpoint over the crops of a cells table, in table order."""
+    """Probabilities (N, 19) of a checkpoint over the crops of a cells table, in table order.
+
+    An 18-output checkpoint (milimed2021) gets Negative = ``1 - max`` of its outputs, as at inference.
+    """
     from hpa_kernel.classifier import load_checkpoint
     from hpa_kernel.training.dataset import CellDataset
     from hpa_kernel.training.loop import predict
@@ -59,7 +62,10 @@ def predict_cells(checkpoint: str | os.PathLike, table, device: str = "cpu", bat
     model, cfg = load_checkpoint(checkpoint, map_location=device)
     model.to(device)
     dataset = CellDataset(table["crop_path"], np.zeros((len(table), NUM_CLASSES), np.float32), cfg.input_size)
-    return predict(model, dataset, cfg, device, batch_size=batch_size, progress=progress)
+    probs = predict(model, dataset, cfg, device, batch_size=batch_size, progress=progress)
+    if probs.shape[1] == NEGATIVE:
+        probs = np.concatenate([probs, 1.0 - probs.max(axis=1, keepdims=True)], axis=1)
+    return probs
 
 
 def apply_pseudo_rules(image_labels, probs: np.ndarray, negative_threshold: float = 0.3, positive_threshold: float = 0.9,
