@@ -56,6 +56,7 @@ __all__ = [
     "truth_training_cells",
     "oracle_submission",
     "cell_predictions",
+    "bootstrap_scores",
     "bootstrap_difference",
     "random_ensemble",
     "train_demo_ensemble",
@@ -247,13 +248,11 @@ def oracle_submission(submission: str | os.PathLike, competition, out: str | os.
     return write_submission(rows, competition.sample_submission, out)
 
 
-def bootstrap_difference(a: str | os.PathLike, b: str | os.PathLike, competition, n: int = 200, seed: int = 0,
-                         iou: str = "box") -> tuple[float, float, float]:
-    """mAP(a) - mAP(b) and its 95 % percentile interval over test images resampled with replacement.
+def bootstrap_scores(submissions: dict, competition, n: int = 200, seed: int = 0, iou: str = "box") -> tuple[dict, list[dict]]:
+    """The mAP of each submission on the test images, then on ``n`` resamples of them (with replacement).
 
-    Returns
-    -------
-    (difference, low, high) : tuple of float
+    Every submission is scored on the same resamples. Returns ``(point, draws)``: ``{name: mAP}`` and
+    one such dict per resample.
     """
     import pandas as pd
 
@@ -262,24 +261,36 @@ def bootstrap_difference(a: str | os.PathLike, b: str | os.PathLike, competition
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     truth = load_truth(competition.truth_cells("test"), competition.truth_masks("test"))
-    subs = [pd.read_csv(p, dtype={"ID": str, "PredictionString": str}, keep_default_na=False).set_index("ID") for p in (a, b)]
+    subs = {k: pd.read_csv(p, dtype={"ID": str, "PredictionString": str}, keep_default_na=False).set_index("ID")
+            for k, p in submissions.items()}
     ids = sorted(truth)
-    rng = np.random.default_rng(seed)
 
-    def diff(pick) -> float:
+    def scores(pick) -> dict:
         keys = [f"{ids[i]}#{j}" for j, i in enumerate(pick)]
         t = {key: truth[ids[i]] for key, i in zip(keys, pick)}
-        scores = []
-        for sub in subs:
+        out = {}
+        for name, sub in subs.items():
             rows = sub.loc[[ids[i] for i in pick]].reset_index()
             rows["ID"] = keys
-            scores.append(score_submission(rows, truth=t, iou=iou).map)
-        return scores[0] - scores[1]
+            out[name] = score_submission(rows, truth=t, iou=iou).map
+        return out
 
-    point = diff(np.arange(len(ids)))
-    draws = [diff(rng.integers(0, len(ids), len(ids))) for _ in range(n)]
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return point, float(low), float(high)
+    point = scores(np.arange(len(ids)))
+    rng = np.random.default_rng(seed)
+    return point, [scores(rng.integers(0, len(ids), len(ids))) for _ in range(n)]
+
+
+def bootstrap_difference(a: str | os.PathLike, b: str | os.PathLike, competition, n: int = 200, seed: int = 0,
+                         iou: str = "box") -> tuple[float, float, float]:
+    """mAP(a) - mAP(b) and its 95 % percentile interval over test images resampled with replacement.
+
+    Returns
+    -------
+    (difference, low, high) : tuple of float
+    """
+    point, draws = bootstrap_scores({"a": a, "b": b}, competition, n, seed, iou)
+    low, high = np.percentile([d["a"] - d["b"] for d in draws], [2.5, 97.5])
+    return point["a"] - point["b"], float(low), float(high)
 
 
 def random_ensemble(

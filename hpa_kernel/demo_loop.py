@@ -173,33 +173,13 @@ def submit_cells(ensemble, cells: dict, competition, out: str | os.PathLike, rec
 def bootstrap_maps(submissions: dict, competition, n: int = 200, seed: int = 0, iou: str = "box") -> dict:
     """mAP of each submission and its 95 % percentile interval over test images resampled with replacement.
 
-    Every submission is scored on the same resamples. Returns ``{name: (map, low, high)}``.
+    Every submission is scored on the same resamples (:func:`hpa_kernel.demo.bootstrap_scores`).
+    Returns ``{name: (map, low, high)}``.
     """
-    import pandas as pd
+    from hpa_kernel.demo import bootstrap_scores
 
-    from hpa_kernel.metric import load_truth, score_submission
-
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    truth = load_truth(competition.truth_cells("test"), competition.truth_masks("test"))
-    subs = {k: pd.read_csv(p, dtype={"ID": str, "PredictionString": str}, keep_default_na=False).set_index("ID")
-            for k, p in submissions.items()}
-    ids = sorted(truth)
-
-    def scores(pick) -> dict:
-        keys = [f"{ids[i]}#{j}" for j, i in enumerate(pick)]
-        t = {key: truth[ids[i]] for key, i in zip(keys, pick)}
-        out = {}
-        for name, sub in subs.items():
-            rows = sub.loc[[ids[i] for i in pick]].reset_index()
-            rows["ID"] = keys
-            out[name] = score_submission(rows, truth=t, iou=iou).map
-        return out
-
-    point = scores(np.arange(len(ids)))
-    rng = np.random.default_rng(seed)
-    draws = [scores(rng.integers(0, len(ids), len(ids))) for _ in range(n)]
-    return {k: (point[k], *map(float, np.percentile([d[k] for d in draws], [2.5, 97.5]))) for k in subs}
+    point, draws = bootstrap_scores(submissions, competition, n, seed, iou)
+    return {k: (point[k], *map(float, np.percentile([d[k] for d in draws], [2.5, 97.5]))) for k in submissions}
 
 
 def match_truth_cells(table, competition, split: str = "train", min_iou: float = 0.5) -> list:
