@@ -142,22 +142,6 @@ class TrainingAblationResult:
         return "\n".join(lines)
 
 
-def _test_cells(competition, image_ids, crop_size: int) -> dict:
-    """Per test image: (cells table, encoded masks, crops), segmented once with the classic segmenter."""
-    from hpa_kernel.cells import CellConfig, CellPipeline, PipelineOptions
-    from hpa_kernel.segmentation import create_segmenter
-
-    pipeline = CellPipeline(create_segmenter("classic"), CellConfig(crop_size=crop_size), 0, None,
-                            options=PipelineOptions(encode_masks=True))
-    images = {}
-    for result in pipeline.run(competition.test_dir, image_ids, progress=False):
-        if not result.ok:
-            logger.warning("image %s failed (%s): no detections in every variant", result.image_id, result.reason)
-            continue
-        images[result.image_id] = (result.table, result.encoded, result.crops)
-    return images
-
-
 def _score(paths, images, competition, truth, out: Path, recipe, device: str) -> dict:
     """mAP per IoU mode of the ensemble of ``paths`` (one group) under the inference ``recipe``."""
     from hpa_kernel.classifier import Ensemble
@@ -189,17 +173,16 @@ def _runs(config: TrainingAblationConfig) -> list[tuple[str, TrainConfig]]:
 
 def run_training_ablation(config: TrainingAblationConfig) -> TrainingAblationResult:
     """Train and score every variant (see the module doc); also writes ``out/training_ablation.md``."""
+    from hpa_kernel.demo_loop import segment_test
     from hpa_kernel.io import find_competition
     from hpa_kernel.metric import load_truth
     from hpa_kernel.recipe import get_recipe
-    from hpa_kernel.submission import read_sample
     from hpa_kernel.training import RunOptions, train_group
 
     runs = _runs(config)
     competition = find_competition(config.data)
     truth = load_truth(competition.truth_cells("test"), competition.truth_masks("test"))
-    image_ids = [s[0] for s in read_sample(competition.sample_submission)]
-    images = _test_cells(competition, image_ids, runs[0][1].input_size)
+    images = segment_test(competition, runs[0][1].input_size, workers=0)
     recipe = get_recipe(config.recipe)
     config.out.mkdir(parents=True, exist_ok=True)
     rows = []
