@@ -445,8 +445,9 @@ class TrainConfig:
         BatchNorm settings, a key of :data:`hpa_kernel.classifier.checkpoint.SOURCE_FORMATS`:
         ``"timm"`` (timm's defaults for ``arch``: momentum 0.1, eps 1e-5, or 1e-3 for ``tf_*``) or
         ``"efficientnet_pytorch"`` (eps 1e-3, PyTorch momentum 0.01 = 1 - the TF decay 0.99, the
-        team's; needs a ``tf_efficientnet_*`` arch). Recorded as the checkpoint's ``source_format``,
-        so inference rebuilds the same network.
+        team's; needs a ``tf_efficientnet_*`` arch; the head then gets PyTorch's ``nn.Linear``
+        initialisation, as efficientnet_pytorch's ``_fc``). Recorded as the checkpoint's
+        ``source_format``, so inference rebuilds the same network.
     drop_path_rate : float
         Stochastic depth (efficientnet_pytorch's ``drop_connect_rate``), growing linearly over the blocks.
     n_checkpoints : int
