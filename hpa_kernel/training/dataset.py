@@ -455,8 +455,10 @@ def filter_cells(path: str | os.PathLike, column: str = "penalty", exempt_class:
 class CellDataset:
     """A map-style dataset of (crop, target): uint8 tensor (4, S, S) and float32 tensor (19,).
 
-    A 16-bit crop (the team's training crops) comes out as a float32 tensor in [0, 1]
-    (:func:`~hpa_kernel.cells.crops.unit_scale`, x / 65535); the training loop scales uint8 by 1/255.
+    A 16-bit crop (the team's training crops) becomes float32 in [0, 1]
+    (:func:`~hpa_kernel.cells.crops.unit_scale`, x / 65535) before it is augmented and comes out
+    as a float32 tensor; a uint8 crop is augmented and returned as uint8, and the training loop
+    scales it by 1/255.
 
     Each crop is read, resized to ``input_size`` (area interpolation when shrinking) and then
     augmented at that size by ``augment(crop, rng)``. With ``cache=True`` the resized crops are kept
@@ -498,10 +500,10 @@ class CellDataset:
         from hpa_kernel.cells.crops import unit_scale
 
         crop = self.load(int(index))
+        if crop.dtype == np.uint16:  # 16-bit crops (the team's): float32 in [0, 1] before augmenting, as their
+            crop = unit_scale(crop)  # torchvision transforms ran on float tensors (no rounding to 1/65535)
         if self.augment is not None:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
             crop = self.augment(crop, rng)
-        if crop.dtype == np.uint16:  # 16-bit crops (the team's) leave as float32 in [0, 1]
-            crop = unit_scale(crop)
         x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))
         return x, torch.from_numpy(self.targets[index])
