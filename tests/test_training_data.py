@@ -132,6 +132,27 @@ def test_dataset_items(toy_cells):
         CellDataset(table["crop_path"], y[:2], 32)
 
 
+def test_16_bit_crops_are_augmented_in_float(tmp_path):
+    """The team's torchvision transforms ran on float tensors: a resize of a uint16 crop is not rounded to 1/65535."""
+    import torch
+    from hpa_kernel._cv2 import cv2
+    from hpa_kernel.cells.builder import write_crop
+
+    crop = np.random.default_rng(5).integers(0, 65536, (32, 32, 4), dtype=np.uint16)
+    write_crop(tmp_path / "c.png", crop)
+    resize = C.AugmentConfig(flip=False, rotate90=False, rotate_p=0.0, resize_p=1.0, resize_range=(0.5, 0.5), pad_p=0.0)
+    torch.manual_seed(0)
+    x, _ = CellDataset([tmp_path / "c.png"], np.zeros((1, NUM_CLASSES), np.float32), 32, Augmenter(resize))[0]
+    # by hand: x / 65535 in float32, INTER_AREA down to 16, INTER_LINEAR back to 32 (RandomResizer)
+    f = crop.astype(np.float32) / np.float32(65535.0)
+    want = cv2.resize(cv2.resize(f, (16, 16), interpolation=cv2.INTER_AREA), (32, 32), interpolation=cv2.INTER_LINEAR)
+    got = x.numpy().transpose(1, 2, 0)
+    assert x.dtype == torch.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+    steps = got * 65535.0
+    assert np.abs(steps - np.round(steps)).max() > 0.1  # not multiples of 1/65535
+
+
 # -- sampler ------------------------------------------------------------------------------------
 
 def _imbalanced_targets(n=2000, seed=0):

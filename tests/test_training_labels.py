@@ -108,6 +108,31 @@ def test_pseudo_labels_only_the_team_classes_and_late_negatives_override_manual_
     assert broad.targets[1, [6, 11, 18]].tolist() == pytest.approx([0.99, 0.99, 0.01])
 
 
+# --- issue 20 item 3: the spindle rule keeps the other soft targets ------------------------------------
+
+def test_spindle_rule_keeps_the_soft_targets_as_the_team_relabel_eleven():
+    cfg = C.training_preset("milimed2021", 1)
+    table = _table([("a", 1, (0, 6, 8, 12, 16)), ("b", 1, (0, 1, 3)), ("c", 1, (8, 12))])
+    scores = {("a", 1): {11: 3.0, 9: 4.0}, ("b", 1): {11: 5.0}, ("c", 1): {8: 2.0, 12: 3.0, 11: 2.0}}
+    pseudo = {("b", 1): (3,)}  # b: 0 dropped (auto-relabel, 0.01) and 1 dropped (auto-relabel2, 0.01)
+    ts = recipe_targets(table, cfg, scores=scores, pseudo_labels=pseudo)
+    # The team's label tensor: 1 on image_labels, then every relabel value; relabel_eleven (last) only
+    # sets image_labels = {11}. a: 6 -> 1.0 (relabel_me6, unmarked), 8 -> 0.69 (unscored), 9 -> 1.0
+    # (map 9: score 4), 12 -> 0.69 reset to 1.0 by UpSampleSampler(12), 11 -> 0.2 (score 3); 0, 16 plain -> 0.
+    want_a = np.zeros(19, np.float32)
+    want_a[[6, 8, 9, 12, 11]] = [1.0, 0.69, 1.0, 1.0, 0.2]
+    # b: 0 -> 0.01, 1 -> 0.69 then 0.01 (auto-relabel2 after relabel_me), 3 plain -> 0, 11 -> 1.0 (score 5)
+    want_b = np.zeros(19, np.float32)
+    want_b[[0, 1, 11]] = [0.01, 0.01, 1.0]
+    # c: 11 at 0.05 (score 2) is below 0.2: no rule; 8 -> 0.5, 12 -> 0.75
+    want_c = np.zeros(19, np.float32)
+    want_c[[8, 11, 12]] = [0.5, 0.05, 0.75]
+    np.testing.assert_allclose(ts.targets, np.stack([want_a, want_b, want_c]), atol=1e-6)
+    assert [row.nonzero()[0].tolist() for row in ts.labels] == [[11], [11], [8, 11, 12]]
+    kit = C.training_preset("kit2025", 1)
+    assert kit.soft.exclusive_min is None and kit.soft.exclusive_keeps == ()  # kit2025 has no spindle rule
+
+
 # --- item 7: fine-tuning composition -----------------------------------------------------------------
 
 def _cells_csv(path, rows):

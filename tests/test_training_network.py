@@ -186,6 +186,21 @@ def test_milimed_trains_the_team_network(imagenet_tf_b0, tmp_path):
     assert (kit_bn.eps, kit_bn.momentum) == (1e-5, 0.1)
 
 
+def test_milimed_head_has_pytorch_linear_init_and_kit_keeps_timm(imagenet_tf_b0, tmp_path):
+    """The team's head is efficientnet_pytorch's nn.Linear(1280, 18): weight and bias U(+-1/sqrt(1280))."""
+    path, _ = imagenet_tf_b0
+    bound = 1.0 / math.sqrt(1280)  # 0.027951
+    for cfg in (C.training_preset("milimed2021", 1, pretrained=str(path)), C.training_preset("milimed2021", 2, pretrained=None)):
+        head = _built_network(cfg, tmp_path).classifier
+        w, b = head.weight.detach().numpy(), head.bias.detach().numpy()
+        assert w.shape == (18, 1280) and b.shape == (18,)
+        assert np.abs(w).max() <= bound + 1e-7 and np.abs(b).max() <= bound + 1e-7
+        assert np.count_nonzero(b) == 18  # timm's init leaves the bias at zero
+        assert abs(w.std() - bound / math.sqrt(3)) < 0.02 * bound / math.sqrt(3)  # uniform: std = bound / sqrt(3)
+    kit = _built_network(C.training_preset("kit2025", 1), tmp_path).classifier
+    assert not kit.bias.detach().numpy().any()  # kit2025 keeps timm's head (zero bias)
+
+
 def test_network_equals_efficientnet_pytorch_from_pretrained(tmp_path, monkeypatch):
     """Against the team's own library: their from_pretrained(in_channels=4) and the kit's network on the
     same efficientnet_pytorch ImageNet file agree everywhere but the random stem and head."""

@@ -1,4 +1,5 @@
-"""4-channel augmentations of uint8 or uint16 crops (S, S, 4), numpy and OpenCV.
+"""4-channel augmentations of crops (S, S, 4), numpy and OpenCV: uint8 (kit2025) or float32 in [0, 1]
+(milimed2021's 16-bit crops, scaled before augmenting as the team's torchvision ran on float tensors).
 
 Each transform is a function ``f(crop, rng) -> crop`` of the same shape and dtype; :class:`Augmenter`
 chains them as a :class:`~hpa_kernel.training.config.AugmentConfig` says, in the order

@@ -300,6 +300,10 @@ class SoftLabelConfig:
     exclusive_class, exclusive_min : int, float
         A manual soft label of ``exclusive_class`` at or above ``exclusive_min`` makes it the cell's
         only label (the team: mitotic spindle, 0.2); ``exclusive_min`` None disables the rule.
+        The cell keeps the soft targets the other rules set; plain image labels drop to 0.
+    exclusive_keeps : tuple of int
+        Classes whose plain image-label target such a cell keeps when the file scores the class
+        (the team: 12, whose unscored 0.69 their class-12 sampler reset to 1.0).
     """
 
     default_map: dict | None = None
@@ -308,6 +312,7 @@ class SoftLabelConfig:
     unscored_classes: tuple[int, ...] = ()
     exclusive_class: int = MITOTIC_SPINDLE
     exclusive_min: float | None = None
+    exclusive_keeps: tuple[int, ...] = ()
 
     def __post_init__(self):
         def norm(m, where):
@@ -320,6 +325,9 @@ class SoftLabelConfig:
             object.__setattr__(self, "default_map", norm(self.default_map, "default_map"))
         object.__setattr__(self, "class_maps", {int(c): norm(m, f"class_maps[{c}]") for c, m in dict(self.class_maps).items()})
         object.__setattr__(self, "unscored_classes", tuple(int(c) for c in self.unscored_classes))
+        object.__setattr__(self, "exclusive_keeps", tuple(int(c) for c in self.exclusive_keeps))
+        if any(not 0 <= c < NUM_CLASSES for c in self.exclusive_keeps):
+            raise ValueError(f"exclusive_keeps must be class indices 0..{NUM_CLASSES - 1}, got {self.exclusive_keeps}")
         if self.unscored_value is not None:
             _check_prob("unscored_value", self.unscored_value)
         if self.exclusive_min is not None:
@@ -437,8 +445,9 @@ class TrainConfig:
         BatchNorm settings, a key of :data:`hpa_kernel.classifier.checkpoint.SOURCE_FORMATS`:
         ``"timm"`` (timm's defaults for ``arch``: momentum 0.1, eps 1e-5, or 1e-3 for ``tf_*``) or
         ``"efficientnet_pytorch"`` (eps 1e-3, PyTorch momentum 0.01 = 1 - the TF decay 0.99, the
-        team's; needs a ``tf_efficientnet_*`` arch). Recorded as the checkpoint's ``source_format``,
-        so inference rebuilds the same network.
+        team's; needs a ``tf_efficientnet_*`` arch; the head then gets PyTorch's ``nn.Linear``
+        initialisation, as efficientnet_pytorch's ``_fc``). Recorded as the checkpoint's
+        ``source_format``, so inference rebuilds the same network.
     drop_path_rate : float
         Stochastic depth (efficientnet_pytorch's ``drop_connect_rate``), growing linearly over the blocks.
     n_checkpoints : int
@@ -628,6 +637,7 @@ MILIMED_SOFT = SoftLabelConfig(
     # The team set 0.69 for unscored positives of 1, 8, 9, 12 and 15, but their class-12 sampler
     # (``UpSampleSampler``) then reset class 12's 0.69 to 1.0 before training: 12 is left out here.
     unscored_value=0.69, unscored_classes=(1, 8, 9, 15), exclusive_class=MITOTIC_SPINDLE, exclusive_min=0.2,
+    exclusive_keeps=(12,),
 )
 
 #: The team's draws per epoch: the sum of their per-class quotas (9,896 batches of 32).

@@ -291,16 +291,27 @@ def _pseudo_rules(cell: _CellLabels, kept: set, config, scope) -> set:
     return dropped & after
 
 
-def _manual_rules(cell: _CellLabels, values: dict, soft) -> None:
-    """The manual soft labels and the exclusive (mitotic spindle) rule."""
+def _manual_rules(cell: _CellLabels, values: dict) -> None:
+    """The manual soft labels: they set their classes and add them to the labels."""
     cell.own |= set(values)
-    if soft.exclusive_min is not None and values.get(soft.exclusive_class, -1.0) >= soft.exclusive_min:
-        cell.own = {soft.exclusive_class}
-        cell.targets[:] = 0.0
-        cell.relabelled[:] = False
     for c, v in values.items():
         cell.targets[c] = v
         cell.manual[c] = cell.relabelled[c] = True
+
+
+def _exclusive_rule(cell: _CellLabels, soft, scored: set) -> None:
+    """The mitotic-spindle rule, last as the team's ``relabel_eleven``: 11 becomes the only label.
+
+    Their target vector is 1 on the labels, then every soft value the earlier steps set (pseudo
+    0.01/0.99, class 6's 0.51/1.0, manual scores, 0.69): so the cell keeps those, and a plain
+    image label other than 11 drops to 0, except ``soft.exclusive_keeps`` classes that the file
+    scores (the team's 0.69, reset to 1.0 by their class-12 sampler).
+    """
+    keep = cell.relabelled.copy()
+    for c in soft.exclusive_keeps:
+        keep[c] |= c in cell.own and c in scored
+    cell.targets[~keep] = 0.0
+    cell.own = {soft.exclusive_class}
 
 
 def _late_negatives(cell: _CellLabels, late: set, value: float) -> None:
@@ -321,13 +332,14 @@ def recipe_targets(table, config, soft_labels=None, scores=None, pseudo_labels=N
        (``config.labels.pseudo_scope``: every class, or the team's lists).
     3. Manual scores (``scores``, mapped with ``config.soft``'s maps) or, without maps, the export's
        ``soft_labels`` set their classes and add them to the labels.
-    4. ``config.soft.exclusive_min``: a manual mitotic-spindle value at or above it makes 11 the
-       only label (other targets 0 unless manually scored).
-    5. The late pseudo-negatives (the team's 1, 6, 12) set 0.01 and override a manual score; with
+    4. The late pseudo-negatives (the team's 1, 6, 12) set 0.01 and override a manual score; with
        ``config.labels.pseudo_overrides_manual`` False they come before step 3.
-    6. ``config.soft.unscored_value``: a labelled cell of ``unscored_classes`` (1, 8, 9, 15)
+    5. ``config.soft.unscored_value``: a labelled cell of ``unscored_classes`` (1, 8, 9, 15)
        without a manual score for the class gets it (0.69) where its target is >= 0.5 and the file
        scores that class.
+    6. ``config.soft.exclusive_min``: a manual mitotic-spindle value at or above it makes 11 the
+       only label; the cell keeps the targets steps 1-5 set and its other plain image labels go
+       to 0 (the team's ``relabel_eleven``, run last; see ``soft.exclusive_keeps``).
 
     ``TargetSet.relabelled`` marks the targets a rule set (steps 1-6, not a plain image label): the
     team's "soft label from any source".
@@ -357,15 +369,17 @@ def recipe_targets(table, config, soft_labels=None, scores=None, pseudo_labels=N
         values = _manual_values(key, config, soft_labels, scores)
         if values:
             out.source[i] = "manual"
-            _manual_rules(cell, values, soft)
+            _manual_rules(cell, values)
         if late:
             _late_negatives(cell, late, config.pseudo_negative)
-        out.labels[i, sorted(cell.own)] = True
         if soft.unscored_value is not None:
             for c in soft.unscored_classes:
                 if c in cell.own and not cell.manual[c] and c in scored and cell.targets[c] >= 0.5:
                     cell.targets[c] = soft.unscored_value
                     cell.relabelled[c] = True
+        if soft.exclusive_min is not None and values.get(soft.exclusive_class, -1.0) >= soft.exclusive_min:
+            _exclusive_rule(cell, soft, scored)
+        out.labels[i, sorted(cell.own)] = True
     out.source = out.source.astype(str)
     return out
 
@@ -441,8 +455,10 @@ def filter_cells(path: str | os.PathLike, column: str = "penalty", exempt_class:
 class CellDataset:
     """A map-style dataset of (crop, target): uint8 tensor (4, S, S) and float32 tensor (19,).
 
-    A 16-bit crop (the team's training crops) comes out as a float32 tensor in [0, 1]
-    (:func:`~hpa_kernel.cells.crops.unit_scale`, x / 65535); the training loop scales uint8 by 1/255.
+    A 16-bit crop (the team's training crops) becomes float32 in [0, 1]
+    (:func:`~hpa_kernel.cells.crops.unit_scale`, x / 65535) before it is augmented and comes out
+    as a float32 tensor; a uint8 crop is augmented and returned as uint8, and the training loop
+    scales it by 1/255.
 
     Each crop is read, resized to ``input_size`` (area interpolation when shrinking) and then
     augmented at that size by ``augment(crop, rng)``. With ``cache=True`` the resized crops are kept
@@ -484,10 +500,10 @@ class CellDataset:
         from hpa_kernel.cells.crops import unit_scale
 
         crop = self.load(int(index))
+        if crop.dtype == np.uint16:  # 16-bit crops (the team's): float32 in [0, 1] before augmenting, as their
+            crop = unit_scale(crop)  # torchvision transforms ran on float tensors (no rounding to 1/65535)
         if self.augment is not None:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
             crop = self.augment(crop, rng)
-        if crop.dtype == np.uint16:  # 16-bit crops (the team's) leave as float32 in [0, 1]
-            crop = unit_scale(crop)
         x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))
         return x, torch.from_numpy(self.targets[index])

@@ -540,6 +540,8 @@ def _build(job: _FitJob, dist: _Dist) -> _Run:
     pretrained = config.pretrained if job.init_state is None and not job.resume else None
     model = create_classifier(config.arch, in_chans=4, num_classes=config.num_classes, pretrained=pretrained, stem=config.stem,
                               **config.network_kwargs())
+    if config.batchnorm == "efficientnet_pytorch":  # the team's head: nn.Linear's own init, U(+-1/sqrt(fan_in))
+        model.get_classifier().reset_parameters()
     if job.init_state is not None:
         model.load_state_dict(job.init_state)
     model.to(dist.device)
