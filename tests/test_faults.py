@@ -369,6 +369,61 @@ def test_budget_shorter_than_the_model_loading_loads_nothing(comp, weights_dir, 
                        segmenter=BlobSegmenter())  # fmt: skip
 
 
+class CountingSegmenter(BlobSegmenter):
+    """A :class:`BlobSegmenter` that counts its ``predict`` calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict(self, images):
+        self.calls += 1
+        return super().predict(images)
+
+
+def test_first_image_that_cannot_finish_is_not_started(comp, weights_dir, tmp_path, monkeypatch, caplog):  # noqa: F811
+    """A fake clock that never moves; loading is priced at 0 s, so the models load and only the
+    first image's prior decides: 0.5 s left is below any image's prior (at least 1 s per image)."""
+    import hpa_kernel.submission.driver as driver
+
+    monkeypatch.setattr(driver, "load_estimate_s", lambda *args, **kwargs: 0.0)
+    segmenter = CountingSegmenter()
+    with caplog.at_level(logging.WARNING, logger="hpa_kernel"):
+        report = run_submission(_config(comp, weights_dir, tmp_path / "s.csv", budget_s=2.5, reserve_s=2.0), clock=lambda: 50.0,
+                                segmenter=segmenter)  # fmt: skip
+    assert segmenter.calls == 0  # no image was segmented
+    assert report.n_predicted == 0 and report.n_fallback == report.n_images == 2
+    assert all(reason.startswith("budget") for reason in report.fallback.values())
+    assert any("the first image takes about" in r.getMessage() for r in caplog.records)
+    rows = pd.read_csv(report.path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
+    assert len(rows) == 2 and (rows["PredictionString"] == "").all()
+    assert check_submission(report.path, comp.sample_submission).ok
+    # a generous budget, the same clock: the first image (and the second) is processed
+    segmenter = CountingSegmenter()
+    report = run_submission(_config(comp, weights_dir, tmp_path / "t.csv", budget_s=3600.0, reserve_s=2.0), clock=lambda: 50.0,
+                            segmenter=segmenter)  # fmt: skip
+    assert segmenter.calls >= 1 and report.n_predicted == 2
+
+
+def test_measured_costs_replace_the_prior():
+    """Once an image is measured the prior plays no part: the same plans as a planner without one."""
+    from hpa_kernel.submission.budget import BudgetPlanner, CostEstimates, plan_ladder
+
+    ladder = plan_ladder((1, 2), (0.5, 0.5))  # 3 passes, 2, 1 (0/1)
+    huge = CostEstimates(base_s=1e6, pass_s=1e6, cells_per_image=100)
+    plain = BudgetPlanner(100.0, n_images=10, reserve_s=0.0, ladder=ladder, safety=1.0)
+    careful = plain.with_prior(huge)
+    measured = CostEstimates(base_s=1.0, pass_s=0.2, cells_per_image=10)  # 1 s + 2 s per pass
+    assert careful.choose(0.0, 0, CostEstimates()).fallback  # the prior alone: not started
+    for elapsed, done, passes in [(0.0, 1, 3), (50.0, 1, 2), (70.0, 1, 1), (95.0, 1, 1), (99.5, 1, 0)]:
+        # by hand: 9 images left; 9 x (1 + 2 x passes) <= left, else one more image at 1 pass
+        left = 100.0 - elapsed
+        fits = [p for p in (3, 2, 1) if 9 * (1 + 2 * p) <= left]
+        expected = fits[0] if fits else (1 if 3 <= left else 0)
+        assert expected == passes
+        assert careful.choose(elapsed, done, measured).passes == passes
+        assert careful.choose(elapsed, done, measured) == plain.choose(elapsed, done, measured)
+
+
 # --------------------------------------------------------------------------- item 8: messages in the caller's words
 
 

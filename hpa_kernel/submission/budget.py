@@ -4,7 +4,8 @@ A :class:`Plan` says what to run for one image (the TTA views and how many check
 group); :func:`plan_ladder` lists the plans from richest to cheapest; :class:`CostTracker`
 accumulates what each processed image cost and gives :class:`CostEstimates`; :class:`BudgetPlanner`
 chooses, before each image, the richest plan whose projected time for the remaining images still
-fits the budget. Everything here is pure (no clock, no I/O): the driver
+fits the budget; before the first image is measured it uses a prior (:func:`prior_costs`).
+Everything here is pure (no clock, no I/O): the driver
 (:mod:`hpa_kernel.submission.driver`) passes the elapsed time in.
 """
 
@@ -21,6 +22,7 @@ __all__ = [
     "CostEstimates",
     "CostTracker",
     "BudgetPlanner",
+    "prior_costs",
 ]
 
 
@@ -111,6 +113,57 @@ class CostEstimates:
         return self.base_s + self.cells_per_image * self.pass_s * plan.passes
 
 
+# The prior: what one image is assumed to cost before any image is measured (the first image). The
+# numbers are deliberately high, so that the first image is not started when it cannot finish; once
+# an image is measured, the measured costs replace them. Sources: benchmarks/RESULTS.md, "Submission
+# pipeline stages" (a loaded 2-core CPU, so pessimistic up to 2x) and the CPU-stage benchmark.
+#: Seconds per image whatever its size: reading the four channels, starting the workers, set-up.
+PRIOR_IMAGE_S = 1.0
+#: Seconds per megapixel of the CPU stage (restore the maps, ``label_cell``, crops, masks): measured
+#: 0.2 + 1.63 + 0.82 + 0.07 + 0.5 = 3.2 s for a 2048 x 2048 image (0.8 s/MP) under load.
+PRIOR_CELLS_S_PER_MPIX = 1.0
+#: Seconds of the HPA segmentation networks per image (none for the classic or a caller's segmenter):
+#: CPU measured 25.1 s under load; CUDA estimated 0.29 s on a T4, raised for the first call's warm-up.
+PRIOR_NETWORKS_S = {"cpu": 25.0, "cuda": 5.0}
+#: Seconds per cell and forward pass of a 512-px checkpoint (scaled by the input area): CPU measured
+#: 0.86 s for EfficientNet-B0; CUDA estimated 0.5 ms on a T4, taken 10x higher.
+PRIOR_PASS_S_512 = {"cpu": 0.86, "cuda": 0.005}
+#: Cells per image: RESULTS.md's 559-image estimate counts 20-40; the upper end.
+PRIOR_CELLS_PER_IMAGE = 40
+
+
+def prior_costs(megapixels: float, device: str = "cpu", input_size: int = 512, networks: bool = True) -> CostEstimates:
+    """The prior :class:`CostEstimates` of an image of ``megapixels`` before anything is measured.
+
+    Parameters
+    ----------
+    megapixels : float
+        Width x height / 1e6 of the image.
+    device : str
+        ``"cuda"`` (or ``"cuda:N"``) takes the CUDA numbers; anything else the CPU's.
+    input_size : int
+        The classifier's input size in pixels; a pass costs in proportion to its area.
+    networks : bool
+        Whether the HPA segmentation networks run (False for the classic or a caller's segmenter).
+
+    Examples
+    --------
+    >>> prior = prior_costs(2048 * 2048 / 1e6, "cpu")  # 1 s + 4.19 MP x 1 s + 25 s; 40 cells x 0.86 s
+    >>> round(prior.base_s, 2), prior.pass_s, prior.cells_per_image
+    (30.19, 0.86, 40)
+    >>> prior_costs(1.0, "cuda:0", input_size=256, networks=False).per_image(Plan((1,)))  # 2 s + 40 x 1.25 ms
+    2.05
+    """
+    if not math.isfinite(megapixels) or megapixels < 0:
+        raise ValueError(f"megapixels must be a finite number >= 0, got {megapixels}")
+    if input_size < 1:
+        raise ValueError(f"input_size must be >= 1 pixel, got {input_size}")
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    base = PRIOR_IMAGE_S + PRIOR_CELLS_S_PER_MPIX * megapixels + (PRIOR_NETWORKS_S[kind] if networks else 0.0)
+    pass_s = PRIOR_PASS_S_512[kind] * (input_size / 512) ** 2
+    return CostEstimates(base_s=base, pass_s=pass_s, cells_per_image=PRIOR_CELLS_PER_IMAGE)
+
+
 class CostTracker:
     """Accumulates what each processed image cost; :meth:`estimates` gives running means."""
 
@@ -152,14 +205,18 @@ class BudgetPlanner:
         From :func:`plan_ladder`, richest first.
     safety : float
         Projected costs are multiplied by this factor (>= 1).
+    prior : CostEstimates, optional
+        The costs assumed before anything is measured (:func:`prior_costs`); without it, the
+        richest plan is chosen then.
 
     Notes
     -----
     ``choose(elapsed, done, costs)``: with ``left = budget_s - reserve_s - elapsed`` and ``n`` images
     to go, the first plan of the ladder with ``n * cost(plan) * safety <= left`` is chosen. If none
     fits every remaining image, the cheapest plan is used while one more image fits; after that,
-    and whenever ``left <= 0``, the fallback. Before anything is measured, the richest plan is
-    chosen (the first image measures the costs).
+    and whenever ``left <= 0``, the fallback. Before anything is measured, the same rule runs on
+    the ``prior`` costs: the first image is not started when even the cheapest plan's prior does
+    not fit the time left (without a prior: the richest plan). Measured costs replace the prior.
 
     Examples
     --------
@@ -176,9 +233,20 @@ class BudgetPlanner:
     'checkpoints 0/1, no TTA'
     >>> planner.choose(89.5, 5, costs).describe()
     'fallback'
+    >>> prior = CostEstimates(base_s=30.0, pass_s=1.0, cells_per_image=10)  # 30 s + 10 s per pass
+    >>> careful = planner.with_prior(prior)
+    >>> careful.choose(0.0, 0, CostEstimates()).describe()    # 10 x 40 s = 400 s > 90 s; one image: 40 s fits
+    'checkpoints 0/1, no TTA'
+    >>> careful.choose(60.0, 0, CostEstimates()).describe()   # 30 s left < 40 s: not started
+    'fallback'
+    >>> careful.choose(60.0, 0, costs).describe()             # measured costs win: 10 x 3 s fits
+    'checkpoints 1/1, no TTA'
     """
 
-    def __init__(self, budget_s: float, n_images: int, reserve_s: float, ladder: Sequence[Plan], safety: float = 1.15):
+    def __init__(
+        self, budget_s: float, n_images: int, reserve_s: float, ladder: Sequence[Plan], safety: float = 1.15,
+        prior: CostEstimates | None = None,
+    ):
         if not math.isfinite(budget_s) or budget_s < 0:
             raise ValueError(f"budget_s must be a finite number >= 0, got {budget_s}")
         if n_images < 0:
@@ -189,11 +257,18 @@ class BudgetPlanner:
             raise ValueError("ladder must be a non-empty list of non-fallback plans")
         if safety < 1:
             raise ValueError(f"safety must be >= 1, got {safety}")
+        if prior is not None and not prior.known:
+            raise ValueError(f"prior must give every cost (base_s, pass_s, cells_per_image), got {prior}")
         self.budget_s = float(budget_s)
         self.n_images = int(n_images)
         self.reserve_s = float(reserve_s)
         self.ladder = list(ladder)
         self.safety = float(safety)
+        self.prior = prior
+
+    def with_prior(self, prior: CostEstimates | None) -> BudgetPlanner:
+        """This planner with ``prior`` as the costs assumed before anything is measured."""
+        return BudgetPlanner(self.budget_s, self.n_images, self.reserve_s, self.ladder, self.safety, prior)
 
     def time_left(self, elapsed: float) -> float:
         return self.budget_s - self.reserve_s - elapsed
@@ -205,7 +280,9 @@ class BudgetPlanner:
         if left <= 0 or remaining <= 0:
             return FALLBACK_PLAN
         if not costs.known:
-            return self.ladder[0]
+            if self.prior is None:
+                return self.ladder[0]
+            costs = self.prior
         for plan in self.ladder:
             if remaining * costs.per_image(plan) * self.safety <= left:
                 return plan

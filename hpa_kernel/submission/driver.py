@@ -6,7 +6,9 @@ of ``sample_submission.csv``. Before each image it asks a
 :class:`~hpa_kernel.submission.budget.BudgetPlanner` for the richest
 :class:`~hpa_kernel.submission.budget.Plan` that still fits the time left, using per-image costs
 measured so far (:class:`~hpa_kernel.submission.budget.CostTracker`: the wall time spent waiting for
-the cells pipeline, and the classifier time per cell and forward pass):
+the cells pipeline, and the classifier time per cell and forward pass; before the first image is
+measured, a conservative prior, :func:`~hpa_kernel.submission.budget.prior_costs`, so that the first
+image is not started when it cannot finish):
 
 1. TTA and every checkpoint of the manifest;
 2. no TTA, every checkpoint;
@@ -47,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpa_kernel.options import say_option
 from hpa_kernel.recipe import DEFAULT_RECIPE, InferenceRecipe, get_recipe
-from hpa_kernel.submission.budget import BudgetPlanner, CostEstimates, CostTracker, Plan, plan_ladder
+from hpa_kernel.submission.budget import BudgetPlanner, CostEstimates, CostTracker, Plan, plan_ladder, prior_costs
 from hpa_kernel.submission.weights import ResolvedWeights, resolve_weights
 
 if TYPE_CHECKING:
@@ -588,7 +590,18 @@ def _predict(run: _Run, writer: _SubmissionWriter, segmenter=None) -> tuple[str 
         logger.warning("budget: %.1f s left, loading the models takes about %.1f s; no image is predicted", left, loading)
         return segmenter_name, []
     models = _load_models(config, weights, segmenter)
+    planner = planner.with_prior(_first_image_prior(run, models, networks=segmenter is None and weights.segmenter == "hpa"))
     return segmenter_name, _record(run, writer, _predict_images(run, models, planner, lambda: writer.closed))
+
+
+def _first_image_prior(run: _Run, models: _Models, networks: bool) -> CostEstimates:
+    """The prior costs (:func:`~hpa_kernel.submission.budget.prior_costs`) of the first image to
+    predict, on the ensemble's device and at its largest input size."""
+    width, height = run.sizes[run.todo[0]]
+    input_size = max(m.config.input_size for m in models.ensemble.members)
+    prior = prior_costs(width * height / 1e6, str(models.ensemble.device), input_size, networks)
+    logger.debug("prior for the first image: %s", prior)
+    return prior
 
 
 #: The prior of :func:`load_estimate_s`: seconds to build the models, plus reading their files at this rate.
@@ -665,6 +678,10 @@ def _predict_images(run: _Run, models: _Models, planner: BudgetPlanner, stop: Ca
             if plan != current:
                 logger.info("image %d/%d: plan %s (%.0f s left)", done + 1, len(run.todo), plan.describe(), planner.time_left(run.elapsed()))
                 current = plan
+            if plan.fallback and done == 0 and planner.prior is not None:
+                logger.warning("budget: %.1f s left, the first image takes about %.1f s at the cheapest plan (prior); "
+                               "no image is predicted", planner.time_left(run.elapsed()),
+                               planner.prior.per_image(planner.ladder[-1]) * planner.safety)  # fmt: skip
             if plan.fallback or stop():
                 return
             wait_start = run.elapsed()
