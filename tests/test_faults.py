@@ -53,6 +53,21 @@ def _submit_argv(comp, weights, out, *extra):
             "--device", "cpu", "--workers", "0", "--torch-threads", "1", "--no-progress", *extra]
 
 
+def _sigkill_at(proc: subprocess.Popen, marker: str) -> None:
+    """Wait for the line ``marker`` on ``proc``'s stdout, then SIGKILL it; a watchdog ends a run that never prints it."""
+    watchdog = threading.Timer(240, proc.kill)
+    watchdog.start()
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == marker, line
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.stdout.close()
+
+
 # --------------------------------------------------------------------------- item 4: a full disk
 
 
@@ -222,17 +237,7 @@ def test_sigkill_during_training_then_resume_gives_bit_identical_checkpoints(tra
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", _STOP_AFTER_EPOCH_1, *argv(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env=env)
-    watchdog = threading.Timer(240, proc.kill)
-    watchdog.start()
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "EPOCH 1 SAVED", line
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        watchdog.cancel()
-        proc.kill()
-        proc.stdout.close()
+    _sigkill_at(proc, "EPOCH 1 SAVED")
     assert torch.load(out / "runs" / "g2" / "last.pt", weights_only=True)["epoch"] == 1
     assert main(argv(out) + ["--resume"]) == 0
     _same_checkpoints(reference, out)  # as the same run never interrupted
@@ -280,17 +285,7 @@ def test_sigkill_of_a_rerun_leaves_the_previous_file_byte_identical(comp, weight
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_LOADING, *_submit_argv(comp, weights_dir, out, "--budget-hours", "1")],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    watchdog = threading.Timer(240, proc.kill)
-    watchdog.start()
-    try:
-        line = proc.stdout.readline()  # the run has started and reached the model loading
-        assert line.strip() == "LOADING MODELS", line
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        watchdog.cancel()
-        proc.kill()
-        proc.stdout.close()
+    _sigkill_at(proc, "LOADING MODELS")  # the run has started and reached the model loading
     assert out.read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir() if "tmp" in p.name) == []
 
