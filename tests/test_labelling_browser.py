@@ -44,6 +44,10 @@ KEYS = {  # key -> (code, windows virtual key code)
 }
 
 
+#: DevTools errors of an evaluation that raced a navigation: the old page is gone, the new one not there yet.
+NAVIGATING = ("Inspected target navigated or closed", "Cannot find context with specified id", "Execution context was destroyed")
+
+
 class DevTools:
     """A minimal DevTools-protocol client for a chromium started with --remote-debugging-pipe."""
 
@@ -108,10 +112,17 @@ class DevTools:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def wait_for(self, expression: str, timeout: float = 15.0):
+    def wait_for(self, expression: str, timeout: float = 60.0):
+        """Poll ``expression`` until it is truthy; a page in the middle of a navigation (a reload) counts as
+        not yet. ``timeout`` only guards against a hang: a loaded machine makes the test slower, not red."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError as exc:
+                if not any(s in str(exc) for s in NAVIGATING):
+                    raise
+                value = None
             if value:
                 return value
             time.sleep(0.05)
